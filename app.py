@@ -1,0 +1,37 @@
+"""FRA Studio: router and shared sidebar. Run with `streamlit run app.py`."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages.ui import render_sidebar
+
+st.set_page_config(page_title="FRA Studio", page_icon="🔍", layout="wide")
+
+# (file, title, icon) in menu order, grouped into sections. Each page file is a thin script.
+SECTIONS: dict[str, list[tuple[str, str, str]]] = {
+    "Models": [
+        ("pages/models.py", "Models", ":material/memory:"),
+    ],
+    "Explore": [],
+    "Build": [
+        ("pages/sae.py", "SAEs", ":material/hub:"),
+        ("pages/restoration_data.py", "Restoration data", ":material/text_snippet:"),
+        ("pages/restoration_train.py", "Restoration model", ":material/model_training:"),
+        ("pages/restoration_convert.py", "Convert to TL", ":material/transform:"),
+    ],
+}
+
+
+def build_navigation():
+    nav = {}
+    for section, pages in SECTIONS.items():
+        entries = [st.Page(path, title=title, icon=icon) for path, title, icon in pages]
+        if entries:
+            nav[section] = entries
+    return st.navigation(nav)
+
+
+page = build_navigation()
+render_sidebar()
+page.run()

@@ -1,0 +1,291 @@
+"""Background jobs: one process per job, talking to the app only through files in its job folder.
+
+A job folder (``$FRA_WORKSPACE/jobs/<job_id>/``) holds::
+
+    job.json       {"kind": ..., "created": ...}            written once at launch
+    config.yaml    the frozen job config (runs unchanged in the CLI)
+    status.json    {"state", "done", "total", "rate", "eta_s", "message", "pid", "updated", ...}
+    metrics.jsonl  one JSON object per logged step (loss, l0, ...)
+    log.txt        the process's stdout/stderr
+    cancel         present => the job stops at its next progress check
+    shards/ ...    job-specific outputs (written atomically: temp name, then os.replace)
+
+The job process is started with ``start_new_session=True`` so it survives a closed browser tab and an
+app restart. States: queued -> running -> done | failed | cancelled; a "running" job whose pid is gone
+reads as "died" and can be resumed (jobs are written to be idempotent on resume).
+
+This module imports no torch: pages that only watch jobs stay light.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fra_core.config import JobConfig
+
+# kind -> ("module:ConfigClass", "module:run_function"); run_function(cfg, progress) -> dict (result)
+JOB_KINDS: dict[str, tuple[str, str]] = {
+    "train-sae": ("fra_core.sae.train:TrainSAEConfig", "fra_core.sae.train:run_train_sae"),
+    "accumulate": ("fra_core.accumulate:AccumulateFRAConfig", "fra_core.accumulate:run_accumulate"),
+    "train-restoration": (
+        "fra_core.restoration.train:TrainRestorationConfig",
+        "fra_core.restoration.train:run_train_restoration",
+    ),
+    "demo-selftest": ("fra_core.jobs:SleepConfig", "fra_core.jobs:run_sleep"),
+}
+
+TERMINAL_STATES = ("done", "failed", "cancelled")
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when its cancel file appears."""
+
+
+def _resolve(spec: str) -> Any:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def config_class(kind: str) -> type[JobConfig]:
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown job kind {kind!r}; known: {sorted(JOB_KINDS)}")
+    return _resolve(JOB_KINDS[kind][0])
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of this process counts as dead
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+class Progress:
+    """Handed to a job's run function: report progress, log metrics, check for cancellation."""
+
+    def __init__(self, job_dir: Path, min_interval_s: float = 0.5):
+        self.job_dir = Path(job_dir)
+        self.min_interval_s = min_interval_s
+        self._t0 = time.time()
+        self._last_write = 0.0
+        self._status = read_json(self.job_dir / "status.json", {}) or {}
+        self._start_done: float | None = None  # progress already made before this process (resume)
+
+    @property
+    def cancel_requested(self) -> bool:
+        return (self.job_dir / "cancel").exists()
+
+    def check_cancel(self) -> None:
+        if self.cancel_requested:
+            raise JobCancelled("cancelled by user")
+
+    def update(self, done: float, total: float | None = None, message: str = "", force: bool = False,
+               **extra: Any) -> None:
+        """Record progress (throttled to one write per `min_interval_s`) and honour cancellation."""
+        now = time.time()
+        elapsed = max(now - self._t0, 1e-9)
+        if self._start_done is None:
+            self._start_done = done
+        rate = (done - self._start_done) / elapsed
+        eta = (total - done) / rate if total is not None and rate > 0 else None
+        self._status.update(state="running", done=done, total=total, rate=rate, eta_s=eta,
+                            elapsed_s=elapsed, message=message, updated=_now(), pid=os.getpid(), **extra)
+        if force or now - self._last_write >= self.min_interval_s:
+            write_json_atomic(self.job_dir / "status.json", self._status)
+            self._last_write = now
+        self.check_cancel()
+
+    def log_metrics(self, step: int, **metrics: float) -> None:
+        with open(self.job_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+
+    def log(self, text: str) -> None:
+        print(text, flush=True)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    kind: str
+    path: Path
+    status: dict[str, Any]
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "unknown")
+
+
+def job_status(job_dir: Path) -> dict[str, Any]:
+    status = read_json(Path(job_dir) / "status.json", {}) or {}
+    if status.get("state") in ("running", "queued") and not pid_alive(status.get("pid")):
+        status = {**status, "state": "died",
+                  "message": "the job process is gone (killed or machine restarted); resume it to continue"}
+    return status
+
+
+def new_job_dir(jobs_root: Path, kind: str, cfg: JobConfig) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    job_dir = Path(jobs_root) / f"{kind}-{stamp}-{cfg.config_hash()[:8]}"
+    suffix = 1
+    while job_dir.exists():
+        suffix += 1
+        job_dir = job_dir.with_name(f"{job_dir.name.split('~')[0]}~{suffix}")
+    job_dir.mkdir(parents=True)
+    write_json_atomic(job_dir / "job.json", {"kind": kind, "created": _now(),
+                                             "config_hash": cfg.config_hash()})
+    cfg.save_yaml(job_dir / "config.yaml")
+    write_json_atomic(job_dir / "status.json", {"state": "queued", "updated": _now()})
+    return job_dir
+
+
+def start_process(job_dir: Path, env: dict[str, str] | None = None) -> int:
+    """Start (or restart, for resume) the job process for an existing job folder; returns its pid."""
+    job_dir = Path(job_dir)
+    (job_dir / "cancel").unlink(missing_ok=True)
+    log = open(job_dir / "log.txt", "ab")
+    repo_root = Path(__file__).resolve().parent.parent
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo_root), full_env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fra_core.jobs", "run", str(job_dir)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, env=full_env, cwd=os.getcwd(),
+    )
+    log.close()
+    status = read_json(job_dir / "status.json", {}) or {}
+    write_json_atomic(job_dir / "status.json", {**status, "state": "queued", "pid": proc.pid, "updated": _now()})
+    return proc.pid
+
+
+def launch_job(jobs_root: Path, kind: str, cfg: JobConfig, env: dict[str, str] | None = None) -> Path:
+    """Create a job folder for `cfg` and start its process in the background."""
+    if not isinstance(cfg, config_class(kind)):
+        raise TypeError(f"job kind {kind!r} needs a {config_class(kind).__name__}, got {type(cfg).__name__}")
+    job_dir = new_job_dir(jobs_root, kind, cfg)
+    start_process(job_dir, env)
+    return job_dir
+
+
+def cancel_job(job_dir: Path) -> None:
+    (Path(job_dir) / "cancel").write_text(_now(), encoding="utf-8")
+
+
+def list_jobs(jobs_root: Path, kind: str | None = None) -> list[JobInfo]:
+    """Newest first."""
+    out = []
+    root = Path(jobs_root)
+    if not root.is_dir():
+        return out
+    for job_dir in sorted(root.iterdir(), reverse=True):
+        meta = read_json(job_dir / "job.json")
+        if not meta or (kind and meta.get("kind") != kind):
+            continue
+        out.append(JobInfo(job_dir.name, meta["kind"], job_dir, job_status(job_dir)))
+    return out
+
+
+def read_metrics(job_dir: Path) -> list[dict[str, Any]]:
+    path = Path(job_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line being written right now
+    return rows
+
+
+def run_job_dir(job_dir: Path, run_fn: Callable | None = None) -> int:
+    """Body of the job process (also callable in-process by tests). Returns an exit code."""
+    job_dir = Path(job_dir)
+    meta = read_json(job_dir / "job.json") or {}
+    kind = meta.get("kind", "?")
+    status = read_json(job_dir / "status.json", {}) or {}
+    base = {"pid": os.getpid(), "started": _now(), "kind": kind}
+    write_json_atomic(job_dir / "status.json", {**status, **base, "state": "running", "message": "starting"})
+    t0 = time.time()
+    try:
+        cfg = config_class(kind).load_yaml(job_dir / "config.yaml")
+        run = run_fn or _resolve(JOB_KINDS[kind][1])
+        progress = Progress(job_dir)
+        result = run(cfg, progress) or {}
+        final = {**progress._status, **base, "state": "done", "message": "finished",
+                 "result": result, "wall_s": time.time() - t0, "updated": _now()}
+        code = 0
+    except JobCancelled as exc:
+        final = {**read_json(job_dir / "status.json", {}), "state": "cancelled", "message": str(exc),
+                 "updated": _now(), "wall_s": time.time() - t0}
+        code = 3
+    except Exception as exc:  # noqa: BLE001 - the job reports every failure in its status
+        traceback.print_exc()
+        final = {**read_json(job_dir / "status.json", {}), "state": "failed",
+                 "message": f"{type(exc).__name__}: {exc}", "updated": _now(), "wall_s": time.time() - t0}
+        code = 1
+    write_json_atomic(job_dir / "status.json", final)
+    return code
+
+
+@dataclass(frozen=True)
+class SleepConfig(JobConfig):
+    """A trivial job used to test the job machinery itself (steps of `step_s` seconds)."""
+
+    steps: int = 5
+    step_s: float = 0.1
+
+
+def run_sleep(cfg: SleepConfig, progress: Progress) -> dict:
+    for step in range(cfg.steps):
+        time.sleep(cfg.step_s)
+        progress.log_metrics(step, value=float(step))
+        progress.update(step + 1, cfg.steps, message=f"step {step + 1}/{cfg.steps}")
+    return {"steps": cfg.steps}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 2 or argv[0] != "run":
+        print("usage: python -m fra_core.jobs run <job_dir>", file=sys.stderr)
+        return 2
+    return run_job_dir(Path(argv[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

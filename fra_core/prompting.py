@@ -1,0 +1,45 @@
+"""Prompt-level helpers for pages: tokenise with limits, next-token table, attention patterns."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+
+
+class PromptError(ValueError):
+    """Text that the model cannot take (empty, too long, no tokenizer)."""
+
+
+def prompt_tokens(model: HookedTransformer, text: str) -> torch.Tensor:
+    """[1, pos] tokens with BOS; clear errors for empty or over-long text."""
+    if model.tokenizer is None:
+        raise PromptError("this model has no tokenizer, so it cannot take text input")
+    if not text or not text.strip():
+        raise PromptError("the text is empty")
+    tokens = model.to_tokens(text)
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise PromptError(f"the text is {tokens.shape[1]} tokens long (with BOS); this model's context is "
+                          f"{model.cfg.n_ctx} tokens — shorten it")
+    return tokens
+
+
+@torch.no_grad()
+def next_token_table(model: HookedTransformer, text: str, k: int = 10) -> tuple[pd.DataFrame, list[str]]:
+    tokens = prompt_tokens(model, text)
+    logits = model(tokens)[0, -1]
+    probs = logits.softmax(-1)
+    top = probs.topk(min(k, probs.shape[0]))
+    table = pd.DataFrame({"token": [model.tokenizer.decode([int(i)]) for i in top.indices],
+                          "probability": top.values.cpu().numpy(),
+                          "logit": logits[top.indices].cpu().numpy()})
+    return table, model.to_str_tokens(tokens[0])
+
+
+@torch.no_grad()
+def attention_patterns(model: HookedTransformer, text: str) -> list[torch.Tensor]:
+    """Per layer: [head_index, query_pos, key_pos] attention pattern for the text."""
+    tokens = prompt_tokens(model, text)
+    names = {f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)}
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    return [cache[f"blocks.{layer}.attn.hook_pattern"][0].cpu() for layer in range(model.cfg.n_layers)]

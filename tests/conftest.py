@@ -1,0 +1,50 @@
+"""Shared fixtures: seeded RNGs (autouse), an isolated workspace, tiny random models, the eBL sample."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+EBL_SAMPLE = SHARED_DATA / "ebl" / "ebl_fragments_800.json"
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    random.seed(0)
+    np.random.seed(0)
+    try:
+        import torch
+    except ImportError:  # store tests run without torch imported
+        return
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """An empty FRA workspace in a temp folder, exported as $FRA_WORKSPACE."""
+    from fra_core.workspace import Workspace
+
+    root = tmp_path / "workspace"
+    monkeypatch.setenv("FRA_WORKSPACE", str(root))
+    return Workspace(root)
+
+
+@pytest.fixture(scope="session")
+def ebl_sample() -> Path:
+    if not EBL_SAMPLE.is_file():
+        pytest.skip(f"eBL sample not found at {EBL_SAMPLE}")
+    return EBL_SAMPLE
+
+
+@pytest.fixture
+def tiny_model():
+    """A 2-layer random HookedTransformer (d_model 32, 4 heads, LayerNorm, MLPs), float32, CPU."""
+    from tests.helpers import make_tiny_model
+
+    return make_tiny_model()

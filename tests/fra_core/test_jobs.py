@@ -1,0 +1,49 @@
+import time
+
+from fra_core import jobs
+from fra_core.jobs import SleepConfig
+
+
+def _wait(job_dir, states, timeout=60):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        status = jobs.job_status(job_dir)
+        if status.get("state") in states:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job stuck in {jobs.job_status(job_dir)}")
+
+
+def test_job_runs_in_background_process(workspace):
+    job_dir = jobs.launch_job(workspace.jobs, "demo-selftest", SleepConfig(steps=3, step_s=0.05))
+    status = _wait(job_dir, jobs.TERMINAL_STATES)
+    assert status["state"] == "done", status
+    assert status["result"] == {"steps": 3}
+    assert [m["step"] for m in jobs.read_metrics(job_dir)] == [0, 1, 2]
+    assert jobs.list_jobs(workspace.jobs)[0].job_id == job_dir.name
+    assert SleepConfig.load_yaml(job_dir / "config.yaml") == SleepConfig(steps=3, step_s=0.05)
+
+
+def test_cancel_stops_the_job(workspace):
+    job_dir = jobs.launch_job(workspace.jobs, "demo-selftest", SleepConfig(steps=200, step_s=0.05))
+    _wait(job_dir, ("running",))
+    jobs.cancel_job(job_dir)
+    status = _wait(job_dir, jobs.TERMINAL_STATES)
+    assert status["state"] == "cancelled"
+
+
+def test_failure_is_reported_not_raised(workspace):
+    job_dir = jobs.new_job_dir(workspace.jobs, "demo-selftest", SleepConfig(steps=1))
+
+    def boom(cfg, progress):
+        raise ValueError("dataset is empty")
+
+    assert jobs.run_job_dir(job_dir, run_fn=boom) == 1
+    status = jobs.job_status(job_dir)
+    assert status["state"] == "failed" and "dataset is empty" in status["message"]
+
+
+def test_dead_process_reads_as_died(workspace):
+    job_dir = jobs.new_job_dir(workspace.jobs, "demo-selftest", SleepConfig(steps=1))
+    jobs.write_json_atomic(job_dir / "status.json", {"state": "running", "pid": 999_999_99})
+    assert jobs.job_status(job_dir)["state"] == "died"
