@@ -21,11 +21,12 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fra_core.devices import pick_device
-from fra_core.vocab_tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+from fra_core.vocab_tokenizer import build_tokenizer
 from fra_core.workspace import Workspace
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "demo_model"
 INDUCTION_THRESHOLD = 0.9
+DEFAULT_STEPS = 4000
 
 WORDS = tuple("""
 the a of and to in is was he she it they we you that this with for on at by from as but not or
@@ -87,7 +88,7 @@ def _training_batch(gen: torch.Generator, batch: int, n_ctx: int, n_special: int
     return torch.cat([torch.full((batch, 1), bos_id), tokens], dim=1)
 
 
-def train_demo_model(steps: int = 1500, batch: int = 48, lr: float = 3e-3, seed: int = 0,
+def train_demo_model(steps: int = DEFAULT_STEPS, batch: int = 48, lr: float = 3e-3, seed: int = 0,
                      progress: Callable[[int, int, float], None] | None = None) -> HookedTransformer:
     """Deterministically train the demo model (CPU). `progress(step, steps, loss)` is called every 50 steps."""
     torch.manual_seed(seed)
@@ -110,17 +111,10 @@ def train_demo_model(steps: int = 1500, batch: int = 48, lr: float = 3e-3, seed:
     return model.eval()
 
 
-def _attach_tokenizer(model: HookedTransformer, folder: Path) -> HookedTransformer:
-    model.set_tokenizer(load_tokenizer(folder))
-    return model
-
-
 def save_demo_model(model: HookedTransformer, folder: Path, meta: dict | None = None) -> Path:
     from fra_core.models import save_local_model
 
-    tok_folder = Path(folder).parent / f".{Path(folder).name}-tokenizer"
-    save_tokenizer(demo_tokenizer(), tok_folder)
-    return save_local_model(model, folder, tokenizer=load_tokenizer(tok_folder), meta=meta, overwrite=True)
+    return save_local_model(model, folder, tokenizer=demo_tokenizer(), meta=meta, overwrite=True)
 
 
 def demo_model_folder(workspace: Workspace | None = None) -> Path:

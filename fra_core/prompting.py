@@ -17,7 +17,7 @@ def prompt_tokens(model: HookedTransformer, text: str) -> torch.Tensor:
         raise PromptError("this model has no tokenizer, so it cannot take text input")
     if not text or not text.strip():
         raise PromptError("the text is empty")
-    tokens = model.to_tokens(text)
+    tokens = model.to_tokens(text, truncate=False)  # TL truncates to n_ctx by default: we say so instead
     if tokens.shape[1] > model.cfg.n_ctx:
         raise PromptError(f"the text is {tokens.shape[1]} tokens long (with BOS); this model's context is "
                           f"{model.cfg.n_ctx} tokens — shorten it")

@@ -57,7 +57,7 @@ except ValueError as exc:
 left, right = st.columns([1, 2])
 with left:
     st.caption("Next-token predictions")
-    st.dataframe(preds, hide_index=True, use_container_width=True)
+    st.dataframe(preds, hide_index=True, width="stretch")
 with right:
     layer = st.selectbox("Layer", range(model.cfg.n_layers), key="models_layer")
     head = st.selectbox("Head", range(model.cfg.n_heads), key="models_head")
@@ -72,7 +72,7 @@ with right:
                      color=alt.Color("attention:Q", scale=alt.Scale(scheme="blues", domain=[0, 1])),
                      tooltip=["query", "key", alt.Tooltip("attention:Q", format=".3f")])
              .add_params(pick).properties(title=f"L{layer}H{head} attention pattern", height=420))
-    st.altair_chart(chart, use_container_width=True)
+    st.altair_chart(chart, width="stretch")
 
 st.subheader("Head scores on repeated random sequences")
 scores = head_scores(model, n_seq=8, half_len=min(30, (model.cfg.n_ctx - 1) // 2))
@@ -80,11 +80,11 @@ rows = [{"layer": layer_, "head": head_, "previous_token": float(scores["previou
          "induction": float(scores["induction"][layer_, head_])}
         for layer_ in range(model.cfg.n_layers) for head_ in range(model.cfg.n_heads)]
 score_frame = pd.DataFrame(rows)
-st.dataframe(score_frame.style.format({"previous_token": "{:.3f}", "induction": "{:.3f}"})
-             .background_gradient(subset=["previous_token", "induction"], cmap="Blues", vmin=0, vmax=1),
-             hide_index=True, use_container_width=True)
-best = score_frame.loc[score_frame["induction"].idxmax()]
-st.caption(f"Strongest induction head: L{int(best.layer)}H{int(best.head)} "
-           f"(score {best.induction:.3f}); strongest previous-token head: "
-           f"L{int(score_frame.loc[score_frame['previous_token'].idxmax()].layer)}"
-           f"H{int(score_frame.loc[score_frame['previous_token'].idxmax()].head)}.")
+bar = {name: st.column_config.ProgressColumn(name, min_value=0.0, max_value=1.0, format="%.3f")
+       for name in ("previous_token", "induction")}
+st.dataframe(score_frame, column_config=bar, hide_index=True, width="stretch")
+best_ind = score_frame.loc[score_frame["induction"].idxmax()]
+best_prev = score_frame.loc[score_frame["previous_token"].idxmax()]
+st.caption(f"Strongest induction head: L{int(best_ind['layer'])}H{int(best_ind['head'])} "
+           f"(score {best_ind['induction']:.3f}); strongest previous-token head: "
+           f"L{int(best_prev['layer'])}H{int(best_prev['head'])} (score {best_prev['previous_token']:.3f}).")
