@@ -1,0 +1,120 @@
+"""The on-disk contract between an accumulation job (writer) and the store (ingest).
+
+A job folder's `shards/` holds, per shard `i` (a batch of samples)::
+
+    shard-000042.pairs.parquet     per-pair aggregates over the shard's samples (PAIRS_SCHEMA)
+    shard-000042.examples.parquet  top example contexts per pair within the shard (EXAMPLES_SCHEMA)
+    shard-000042.samples.parquet   the samples it covers, with their token strings (SAMPLES_SCHEMA)
+    shard-000042.features.parquet  active-token counts per (source, feature) (FEATURES_SCHEMA)
+    shard-000042.json              manifest: written last, so its presence marks a complete shard
+
+Every file is written to a temp name and moved into place with `os.replace`, and the manifest comes
+last: a job killed at any instant leaves either a complete shard or one without a manifest, which
+ingest ignores and the resumed job overwrites. The job folder also holds `sources.json` (the run's
+named node kinds, code version, ...) in `run.json`, written before the first shard.
+
+No torch and no duckdb here: both the job and the store import this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_KEY = [("layer", pa.uint16()), ("head", pa.uint16()), ("q_src", pa.uint16()), ("q_feat", pa.uint32()),
+        ("k_src", pa.uint16()), ("k_feat", pa.uint32())]
+PAIR_KEY = tuple(name for name, _ in _KEY)
+
+PAIRS_SCHEMA = pa.schema(_KEY + [
+    ("n", pa.uint64()), ("sum", pa.float64()), ("abs_sum", pa.float64()),
+    ("max", pa.float32()), ("min", pa.float32()),
+    ("diag_n", pa.uint64()), ("diag_sum", pa.float64()), ("diag_abs_sum", pa.float64()),
+])
+EXAMPLES_SCHEMA = pa.schema(_KEY + [
+    ("sample", pa.uint64()), ("q_pos", pa.uint16()), ("k_pos", pa.uint16()), ("value", pa.float32()),
+])
+SAMPLES_SCHEMA = pa.schema([("sample", pa.uint64()), ("n_tokens", pa.uint16()),
+                            ("tokens", pa.list_(pa.string()))])
+FEATURES_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()), ("n_active", pa.uint64()),
+                             ("n_tokens", pa.uint64())])
+
+KINDS = {"pairs": PAIRS_SCHEMA, "examples": EXAMPLES_SCHEMA, "samples": SAMPLES_SCHEMA,
+         "features": FEATURES_SCHEMA}
+_MANIFEST_RE = re.compile(r"^shard-(\d{6})\.json$")
+
+
+def shards_dir(job_dir: str | Path) -> Path:
+    return Path(job_dir) / "shards"
+
+
+def shard_path(job_dir: str | Path, shard: int, kind: str) -> Path:
+    suffix = "json" if kind == "manifest" else f"{kind}.parquet"
+    return shards_dir(job_dir) / f"shard-{shard:06d}.{suffix}"
+
+
+def _replace_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file to a temp name, then move it into place (readers never see half a file)."""
+    _replace_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def write_json_atomic(data: Any, path: Path) -> None:
+    _replace_atomic(path, lambda tmp: tmp.write_text(json.dumps(data), encoding="utf-8"))
+
+
+def write_shard(job_dir: str | Path, shard: int, tables: dict[str, pa.Table], samples: list[int],
+                meta: dict[str, Any] | None = None) -> Path:
+    """Write one complete shard (all tables, then the manifest). Raises OSError (e.g. ENOSPC) as is."""
+    folder = shards_dir(job_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for kind, schema in KINDS.items():
+        table = tables[kind]
+        if not table.schema.equals(schema):
+            raise ValueError(f"shard {shard} {kind} table has schema {table.schema}, expected {schema}")
+        write_table_atomic(table, shard_path(job_dir, shard, kind))
+        counts[kind] = table.num_rows
+    manifest = {"shard": shard, "samples": [int(s) for s in samples], "rows": counts, **(meta or {})}
+    path = shard_path(job_dir, shard, "manifest")
+    write_json_atomic(manifest, path)
+    return path
+
+
+def complete_shards(job_dir: str | Path) -> list[dict[str, Any]]:
+    """Manifests of the complete shards of a job, in shard order."""
+    folder = shards_dir(job_dir)
+    if not folder.is_dir():
+        return []
+    out = []
+    for path in sorted(folder.iterdir()):
+        if _MANIFEST_RE.match(path.name):
+            out.append(json.loads(path.read_text(encoding="utf-8")))
+    return out
+
+
+def read_shard_table(job_dir: str | Path, shard: int, kind: str) -> pa.Table:
+    return pq.read_table(shard_path(job_dir, shard, kind), schema=KINDS[kind])
+
+
+def write_run_info(job_dir: str | Path, info: dict[str, Any]) -> None:
+    """`info`: {"sources": [{"src", "kind", "name", "sae_id", "hook", "d_sae"}, ...], "code_version", ...}."""
+    write_json_atomic(info, Path(job_dir) / "run.json")
+
+
+def read_run_info(job_dir: str | Path) -> dict[str, Any]:
+    path = Path(job_dir) / "run.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}

@@ -1,0 +1,192 @@
+"""Connections to the DuckDB store without lock errors.
+
+DuckDB lets one process open a database file read-write, or many processes open it read-only, never
+both at once. FRA Studio keeps that rule by construction:
+
+* job processes never open the database (they write Parquet shards into their job folder);
+* the app ingests shards and deletes runs in short write sessions (`Store.write()`), and reads in
+  short read sessions (`Store.read()`); between sessions this process holds no lock;
+* a second process (another app, a viewer, a notebook) does the same, so a lock conflict only means
+  "another process is in a session right now": opening retries for `timeout_s` instead of failing.
+
+Within one process every session shares one DuckDB connection (DuckDB refuses two connections to one
+file with different read-only settings in one process), and each use gets its own `.cursor()`
+because a connection is not thread-safe. A read session that starts while a write session of the same
+process is open reads through the writer's connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+from store.schema import migrate
+
+
+class StoreError(ValueError):
+    """Bad input to the store (unknown run, refused SQL, ...): a one-line message for the user."""
+
+
+class StoreBusy(RuntimeError):
+    """Another process kept the database locked for longer than the timeout."""
+
+
+_LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "lock on file")
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    return any(marker in str(exc) for marker in _LOCK_MARKERS)
+
+
+def connect(path: str | Path, read_only: bool = False, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+    """Open `path` (or ":memory:"), retrying while another process holds a conflicting lock.
+
+    A read-write connection is migrated to the current schema. A read-only connection to a file
+    that does not exist yet cannot be opened: create it read-write first (`Store.ensure_schema`).
+    """
+    path = str(path)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            con = duckdb.connect(path, read_only=read_only and path != ":memory:")
+            break
+        except duckdb.Error as exc:
+            if not _is_lock_error(exc) or time.monotonic() > deadline:
+                if _is_lock_error(exc):
+                    raise StoreBusy(f"database {path} stayed locked by another process for {timeout_s:.0f} s: "
+                                    f"{exc}") from exc
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+    if not read_only or path == ":memory:":
+        migrate(con)
+    return con
+
+
+class Store:
+    """One process's handle on the database file; thread-safe; holds no lock between sessions.
+
+    `hold=True` keeps the connection open after a session (faster repeated queries; right for a
+    process that is the only user, e.g. the CLI or a benchmark), at the price of blocking other
+    processes until `close()`. `linger_s` is the middle way for the app: the connection stays open
+    (DuckDB's buffer cache warm) while sessions follow each other within `linger_s` seconds, and is
+    closed once the process has been idle that long, so another process's viewer gets its turn.
+    """
+
+    def __init__(self, path: str | Path, timeout_s: float = 30.0, hold: bool = False,
+                 linger_s: float = 0.0):
+        self.path = Path(path) if str(path) != ":memory:" else ":memory:"
+        self.timeout_s = timeout_s
+        self.hold = hold or self.path == ":memory:"
+        self._cond = threading.Condition(threading.RLock())
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._read_only = True
+        self._readers = 0
+        self._writers = 0
+        self._reading = threading.local()  # read-session depth of the current thread
+        self.linger_s = linger_s
+        self._last_use = 0.0
+        self._timer: threading.Timer | None = None
+
+    def _open(self, read_only: bool) -> None:
+        if read_only and self.path != ":memory:" and not Path(self.path).exists():
+            read_only = False  # first use creates the file and its schema
+        self._con = connect(self.path, read_only=read_only, timeout_s=self.timeout_s)
+        self._read_only = read_only and self.path != ":memory:"
+
+    def _release_if_idle(self) -> None:
+        self._last_use = time.monotonic()
+        if self._con is not None and not self.hold and self._readers == 0 and self._writers == 0:
+            if self.linger_s > 0:
+                self._schedule_close(self.linger_s)
+            else:
+                self._con.close()
+                self._con = None
+        self._cond.notify_all()
+
+    def _schedule_close(self, delay: float) -> None:
+        if self._timer is None:
+            self._timer = threading.Timer(delay, self._close_if_lingered)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _close_if_lingered(self) -> None:
+        with self._cond:
+            self._timer = None
+            if self._con is None or self._readers or self._writers:
+                return
+            idle = time.monotonic() - self._last_use
+            if idle >= self.linger_s:
+                self._con.close()
+                self._con = None
+                self._cond.notify_all()
+            else:
+                self._schedule_close(self.linger_s - idle)
+
+    @contextlib.contextmanager
+    def read(self, strict: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor for reading. `strict=True` insists on a read-only connection (waits for writers)."""
+        with self._cond:
+            if strict and self.path != ":memory:":  # an in-memory database cannot be reopened read-only
+                self._cond.wait_for(lambda: self._writers == 0)
+                if self._con is not None and not self._read_only:
+                    self._cond.wait_for(lambda: self._readers == 0 and self._writers == 0)
+                    self._con.close()
+                    self._con = None
+            if self._con is None:
+                self._open(read_only=True)
+            self._readers += 1
+            cur = self._con.cursor()
+        self._reading.depth = getattr(self._reading, "depth", 0) + 1
+        try:
+            yield cur
+        finally:
+            self._reading.depth -= 1
+            cur.close()
+            with self._cond:
+                self._readers -= 1
+                self._release_if_idle()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor on a read-write connection; the caller manages transactions on it."""
+        with self._cond:
+            if self._con is not None and self._read_only:
+                if getattr(self._reading, "depth", 0):
+                    raise RuntimeError("Store.write() inside a Store.read() of the same thread would wait for "
+                                       "itself: finish the read session first")
+                self._cond.wait_for(lambda: self._readers == 0)
+                if self._con is not None and self._read_only:
+                    self._con.close()
+                    self._con = None
+            if self._con is None:
+                self._open(read_only=False)
+            self._writers += 1
+            cur = self._con.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+            with self._cond:
+                self._writers -= 1
+                self._release_if_idle()
+
+    def ensure_schema(self) -> None:
+        """Create the file and apply pending migrations (a write session)."""
+        with self.write():
+            pass
+
+    def close(self) -> None:
+        with self._cond:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._con is not None:
+                self._con.close()
+                self._con = None

@@ -1,0 +1,128 @@
+"""Exports of a run: a filtered pair table (Parquet / CSV), the HTML report, and the `.tar.gz`
+results package (a DuckDB extract of just this run + Parquet + report + config)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import yaml
+
+from fra_core.export import html_table, render_report, svg_bar_chart, svg_histogram
+from store.connection import StoreError
+from store.ingest import KEY, resolve_run
+from store.queries import (get_run, metric_sql, pair_filter, self_fraction_by_head, summary_stats, top_pairs,
+                           value_histogram)
+from store.schema import RUN_TABLES, migrate
+
+
+def export_pairs(con, run: int | str, path: str | Path, fmt: str = "parquet", *, metric: str = "sum",
+                 limit: int | None = None, diagonal: bool = True, **filters: Any) -> Path:
+    """Write the filtered pairs of a run (all of them unless `limit`), best first, with DuckDB's COPY
+    (streams, so a 50 M-row run never passes through Python)."""
+    if fmt not in ("parquet", "csv"):
+        raise StoreError(f"unknown export format {fmt!r}; choose 'parquet' or 'csv'")
+    run_id = resolve_run(con, run)
+    where, params = pair_filter(run_id, diagonal=diagonal, **filters)
+    m = metric_sql(metric, diagonal)
+    lim = f"LIMIT {int(limit)}" if limit else ""
+    path = Path(path)
+    opts = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
+    sql = (f"SELECT {KEY}, n, sum, abs_sum, max, min, diag_n, diag_sum, diag_abs_sum, {m} AS value "
+           f"FROM pair_stats WHERE {where} ORDER BY {m} DESC NULLS LAST, {KEY} {lim}")
+    con.execute(f"COPY ({sql}) TO '{_sql_path(path)}' ({opts})", params)
+    return path
+
+
+def export_pairs_bytes(con, run: int | str, fmt: str = "parquet", **kwargs: Any) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        return export_pairs(con, run, Path(tmp) / f"pairs.{fmt}", fmt, **kwargs).read_bytes()
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def html_report(con, run: int | str, *, top_n: int = 50, metric: str = "sum") -> str:
+    """A self-contained HTML report: run facts, summary, top pairs (bar chart + table), the value
+    distribution, the self-pair fraction per head, and the config."""
+    info = get_run(con, run)
+    summary = summary_stats(con, info["id"], top_n=top_n, metric=metric)
+    top = top_pairs(con, info["id"], metric=metric, n=top_n)
+    labels = [f"L{r.layer}H{r.head} {r.q_feat}\u2192{r.k_feat}" for r in top.head(25).itertuples()]
+    hist = value_histogram(con, info["id"], metric="mean", bins=40)
+    by_head = self_fraction_by_head(con, info["id"], top_n=top_n, metric=metric)
+    width = float(hist["bin_hi"].iloc[0] - hist["bin_lo"].iloc[0]) if len(hist) else 1.0
+    sections = [
+        (f"Top pairs by {metric}", svg_bar_chart(labels, [float(v) for v in top["value"].head(25)],
+                                                  f"top {len(labels)} pairs by {metric}")),
+        (f"Top {top_n} pairs (table)", html_table(top.drop(columns=["q_src", "k_src"]))),
+        ("Distribution of mean FRA per pair", svg_histogram(list(hist["bin_lo"]), list(hist["count"]), width,
+                                                           "pairs per mean-FRA bin")),
+        ("Self-pair fraction among each head's top pairs", svg_bar_chart(
+            [f"L{r.layer}H{r.head}" for r in by_head.itertuples()],
+            [float(v or 0) for v in by_head["self_frac_top"]], f"self-pair fraction of top {top_n}") +
+         html_table(by_head)),
+    ]
+    return render_report(f"FRA run {info['id']}: {info['name']}", info, summary, sections)
+
+
+def _extract_run_db(con, run_id: int, path: Path) -> None:
+    """A standalone DuckDB file with the schema and only this run's rows (streamed via Arrow)."""
+    out = duckdb.connect(str(path))
+    try:
+        migrate(out)
+        for table in ("runs",) + RUN_TABLES:
+            column = "id" if table == "runs" else "run"
+            reader = con.sql(f"SELECT * FROM {table} WHERE {column} = {int(run_id)}").to_arrow_reader(100_000)
+            out.register("_src", reader)
+            out.execute(f"INSERT INTO {table} SELECT * FROM _src")
+            out.unregister("_src")
+        reader = con.sql(f"""SELECT f.* FROM features f WHERE f.sae_id IN
+                             (SELECT sae_id FROM sources WHERE run = {int(run_id)})""").to_arrow_reader(100_000)
+        out.register("_src", reader)
+        out.execute("INSERT INTO features SELECT * FROM _src")
+        out.unregister("_src")
+        out.execute("CHECKPOINT")
+    finally:
+        out.close()
+
+
+def results_package(con, run: int | str, out_path: str | Path) -> Path:
+    """Write `<out_path>` (.tar.gz): run.duckdb, pair_stats.parquet, pair_examples.parquet, report.html,
+    config.yaml, config.json, README.txt."""
+    info = get_run(con, run)
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / f"fra-run-{info['id']}"
+        folder.mkdir()
+        _extract_run_db(con, info["id"], folder / "run.duckdb")
+        export_pairs(con, info["id"], folder / "pair_stats.parquet")
+        con.execute(f"COPY (SELECT * FROM pair_examples WHERE run = {int(info['id'])} ORDER BY {KEY}) "
+                    f"TO '{_sql_path(folder / 'pair_examples.parquet')}' (FORMAT parquet)")
+        (folder / "report.html").write_text(html_report(con, info["id"]), encoding="utf-8")
+        config = info["config"]
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        job = "AccumulateFRAConfig" if info["kind"] == "accumulate" else info["kind"]
+        (folder / "config.yaml").write_text(yaml.safe_dump({"job": job, **config}, sort_keys=False), encoding="utf-8")
+        (folder / "README.txt").write_text(
+            f"FRA Studio results for run {info['id']} ({info['name']}).\n"
+            "run.duckdb: this run's rows in the FRA Studio schema (open with duckdb).\n"
+            "pair_stats.parquet: per-pair aggregates; pair_examples.parquet: top contexts per pair.\n"
+            "config.yaml runs unchanged with `python -m fra_core accumulate --config config.yaml`.\n",
+            encoding="utf-8")
+        tmp_out = out_path.with_name(f".{out_path.name}.tmp")
+        with tarfile.open(tmp_out, "w:gz") as tar:
+            tar.add(folder, arcname=folder.name)
+        tmp_out.replace(out_path)
+    return out_path
+
+
+def results_package_bytes(con, run: int | str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        return results_package(con, run, Path(tmp) / "results.tar.gz").read_bytes()
+

@@ -1,0 +1,313 @@
+"""Ingest of accumulation-job shards, run bookkeeping, and run deletion (the app's write path).
+
+`ingest_job_shards(con, job_dir)` is idempotent: each complete shard is ingested in one transaction
+that also records it in `ingested_shards`, so calling it again (after a crash, from a second app
+instance, every few seconds while a job runs) never counts a shard twice. The `samples_done` primary
+key is the second guard: a sample that appears in two shards aborts that shard's transaction.
+
+Shard rows land in `*_staged` tables (a cheap append); `compact_run` then merges them into
+`pair_stats` / `pair_examples` in one transaction, so queries always see a consistent run.
+Bulk data goes in through Arrow (`INSERT ... SELECT ... FROM <registered arrow table>`), never
+row-by-row.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fra_core import accumulate_shards as shards
+from fra_core.jobs import job_status, read_json
+from store.connection import StoreError
+from store.schema import RUN_TABLES
+
+KEY = ", ".join(shards.PAIR_KEY)
+_DEFAULT_EXAMPLES = 3
+
+
+def _ts(value: Any) -> _dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+def resolve_run(con, run: int | str) -> int:
+    """Run id from an id or a run name; StoreError if it does not exist."""
+    if isinstance(run, str) and not run.isdigit():
+        row = con.execute("SELECT id FROM runs WHERE name = ?", [run]).fetchone()
+    else:
+        row = con.execute("SELECT id FROM runs WHERE id = ?", [int(run)]).fetchone()
+    if row is None:
+        raise StoreError(f"run {run!r} does not exist (deleted meanwhile?)")
+    return int(row[0])
+
+
+def register_run(con, name: str, kind: str, config: dict[str, Any], *, config_hash: str | None = None,
+                 code_version: str | None = None, status: str = "queued", job_dir: str | None = None,
+                 created: _dt.datetime | None = None) -> int:
+    """Insert a run (or return the id of the existing run with that name)."""
+    row = con.execute("SELECT id FROM runs WHERE name = ?", [name]).fetchone()
+    if row is not None:
+        return int(row[0])
+    def refs(key: str) -> str | None:  # AccumulateFRAConfig has lists (q_saes, k_saes); accept one string too
+        value = config.get(key) or config.get(key[:-1])
+        return ",".join(value) if isinstance(value, (list, tuple)) else value
+
+    sae_q = refs("q_saes") or config.get("sae")
+    sae_k = refs("k_saes") or sae_q
+    heads = config.get("heads")
+    con.execute(
+        "INSERT INTO runs (name, kind, config, config_hash, model_id, q_sae_id, k_sae_id, layer, heads,"
+        " code_version, status, n_samples_target, created, updated, job_dir)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [name, kind, json.dumps(config, sort_keys=True), config_hash, config.get("model"), sae_q, sae_k,
+         config.get("layer"), list(heads) if heads else None, code_version, status,
+         config.get("n_samples"), created or _dt.datetime.now(), _dt.datetime.now(), job_dir])
+    return resolve_run(con, name)
+
+
+def _register_job(con, job_dir: Path) -> int:
+    meta = read_json(job_dir / "job.json") or {}
+    config_path = job_dir / "config.yaml"
+    if not meta or not config_path.is_file():
+        raise StoreError(f"{job_dir} is not a job folder (job.json / config.yaml missing)")
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    config.pop("job", None)
+    info = shards.read_run_info(job_dir)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        run = register_run(con, job_dir.name, meta.get("kind", "accumulate"), config,
+                           config_hash=meta.get("config_hash"), code_version=info.get("code_version"),
+                           job_dir=str(job_dir), created=_ts(meta.get("created")))
+        known = {r[0] for r in con.execute("SELECT src FROM sources WHERE run = ?", [run]).fetchall()}
+        for src in info.get("sources", []):
+            if src["src"] not in known:
+                con.execute("INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [run, src["src"], src["kind"], src["name"], src.get("sae_id"), src.get("hook"),
+                             src.get("d_sae")])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return run
+
+
+def _insert_arrow(con, table: str, run: int, view: str, columns: tuple[str, ...] | list[str]) -> None:
+    cols = ", ".join(columns)
+    con.execute(f"INSERT INTO {table} (run, {cols}) SELECT ?, {cols} FROM {view}", [run])
+
+
+def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool:
+    """Ingest one complete shard in one transaction; False if it was ingested before."""
+    shard = int(manifest["shard"])
+    if con.execute("SELECT 1 FROM ingested_shards WHERE run = ? AND shard = ?", [run, shard]).fetchone():
+        return False
+    tables = {kind: shards.read_shard_table(job_dir, shard, kind) for kind in shards.KINDS}
+    tables["samples"] = tables["samples"].append_column(
+        "shard", _const_column(shard, tables["samples"].num_rows))
+    # Arrow tables are registered as views outside the transaction (an aborted transaction refuses
+    # to unregister them)
+    for kind, table in tables.items():
+        con.register(f"_shard_{kind}", table)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _insert_arrow(con, "pair_stats_staged", run, "_shard_pairs", shards.PAIRS_SCHEMA.names)
+        _insert_arrow(con, "pair_examples_staged", run, "_shard_examples", shards.EXAMPLES_SCHEMA.names)
+        _insert_arrow(con, "feature_counts", run, "_shard_features", shards.FEATURES_SCHEMA.names)
+        _insert_arrow(con, "samples_done", run, "_shard_samples", ("sample", "shard", "n_tokens", "tokens"))
+        con.execute("INSERT INTO ingested_shards VALUES (?, ?, ?, ?, ?)",
+                    [run, shard, len(manifest["samples"]), tables["pairs"].num_rows, _dt.datetime.now()])
+        con.execute("UPDATE runs SET n_samples = n_samples + ?, updated = ? WHERE id = ?",
+                    [len(manifest["samples"]), _dt.datetime.now(), run])
+        con.execute("COMMIT")
+    except Exception as exc:
+        con.execute("ROLLBACK")
+        if "Duplicate key" in str(exc) or "PRIMARY KEY" in str(exc):
+            raise StoreError(f"shard {shard} of {job_dir.name} repeats samples that an earlier shard "
+                             f"already counted; refusing to count them twice ({exc})") from exc
+        raise
+    finally:
+        for kind in tables:
+            con.unregister(f"_shard_{kind}")
+    return True
+
+
+def _const_column(value: int, n: int):
+    import pyarrow as pa
+
+    return pa.array([value] * n, type=pa.uint32())
+
+
+def compact_run(con, run: int, examples_per_pair: int = _DEFAULT_EXAMPLES) -> int:
+    """Merge the run's staged shard rows into pair_stats / pair_examples (one transaction).
+
+    Counts and sums add, max/min combine; examples keep the top `examples_per_pair` per pair by
+    |value|. Rows are written ordered by (layer, head, sum DESC) so DuckDB's zone maps skip other heads
+    when a page filters by head, and a top-N by sum stops after the first row groups. The per-head
+    counts in pair_summary are rebuilt. Returns the number of staged rows merged.
+    """
+    staged = con.execute("SELECT count(*) FROM pair_stats_staged WHERE run = ?", [run]).fetchone()[0]
+    if not staged:
+        return 0
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _merged AS
+            SELECT run, {KEY}, sum(n)::UBIGINT AS n, sum(sum) AS sum, sum(abs_sum) AS abs_sum,
+                   max(max) AS max, min(min) AS min, sum(diag_n)::UBIGINT AS diag_n,
+                   sum(diag_sum) AS diag_sum, sum(diag_abs_sum) AS diag_abs_sum,
+                   sum(sum) - sum(diag_sum) AS nd_sum
+            FROM (SELECT * EXCLUDE (nd_sum) FROM pair_stats WHERE run = $1
+                  UNION ALL SELECT * FROM pair_stats_staged WHERE run = $1)
+            GROUP BY run, {KEY} ORDER BY layer, head, sum DESC""", [run])
+        con.execute("DELETE FROM pair_stats WHERE run = ?", [run])
+        con.execute("INSERT INTO pair_stats SELECT * FROM _merged")
+        con.execute("DELETE FROM pair_stats_staged WHERE run = ?", [run])
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _merged AS
+            SELECT * FROM (SELECT * FROM pair_examples WHERE run = $1
+                           UNION ALL SELECT * FROM pair_examples_staged WHERE run = $1)
+            QUALIFY row_number() OVER (PARTITION BY {KEY} ORDER BY abs(value) DESC, sample, q_pos, k_pos) <= $2
+            ORDER BY layer, head""", [run, examples_per_pair])
+        con.execute("DELETE FROM pair_examples WHERE run = ?", [run])
+        con.execute("INSERT INTO pair_examples SELECT * FROM _merged")
+        con.execute("DELETE FROM pair_examples_staged WHERE run = ?", [run])
+        con.execute("DROP TABLE _merged")
+        refresh_summary(con, run)
+        _update_feature_density(con, run)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return int(staged)
+
+
+def refresh_summary(con, run: int) -> None:
+    """Rebuild the run's per-head counts (pair_summary) and runs.n_pairs; call inside a transaction."""
+    con.execute("DELETE FROM pair_summary WHERE run = ?", [run])
+    con.execute("""INSERT INTO pair_summary SELECT run, layer, head, count(*),
+                       count_if(q_src = k_src AND q_feat = k_feat), sum(n), sum(diag_n)
+                   FROM pair_stats WHERE run = ? GROUP BY run, layer, head""", [run])
+    con.execute("UPDATE runs SET n_pairs = (SELECT coalesce(sum(unique_pairs), 0) FROM pair_summary WHERE run = $1)"
+                " WHERE id = $1", [run])
+
+
+def _update_feature_density(con, run: int) -> None:
+    """features.density = active tokens / tokens seen, from this run's counts (labels are kept)."""
+    con.execute("""
+        INSERT INTO features (sae_id, feature, density)
+        SELECT s.sae_id, c.feature, (sum(c.n_active) / sum(c.n_tokens))::FLOAT
+        FROM feature_counts c JOIN sources s ON s.run = c.run AND s.src = c.src
+        WHERE c.run = ? AND s.sae_id IS NOT NULL
+        GROUP BY s.sae_id, c.feature
+        ON CONFLICT (sae_id, feature) DO UPDATE SET density = excluded.density""", [run])
+
+
+def _sync_status(con, run: int, job_dir: Path) -> dict[str, Any]:
+    status = job_status(job_dir)
+    con.execute("UPDATE runs SET status = ?, message = ?, started = coalesce(?, started),"
+                " finished = ?, wall_s = ?, updated = ? WHERE id = ?",
+                [status.get("state", "unknown"), status.get("message"), _ts(status.get("started")),
+                 _ts(status.get("updated")) if status.get("state") in ("done", "failed", "cancelled") else None,
+                 status.get("wall_s"), _dt.datetime.now(), run])
+    return status
+
+
+# Compaction rewrites the whole run, so while a big run's job is still going it waits until the staged
+# rows are a quarter of the run; small runs (and finished jobs) are compacted on every ingest.
+LIVE_COMPACT_ROWS = 2_000_000
+LIVE_COMPACT_FRACTION = 0.25
+
+
+def _should_compact(con, run: int, state: str | None) -> bool:
+    n_pairs = con.execute("SELECT n_pairs FROM runs WHERE id = ?", [run]).fetchone()[0]
+    if state not in ("running", "queued") or n_pairs < LIVE_COMPACT_ROWS:
+        return True
+    staged = con.execute("SELECT count(*) FROM pair_stats_staged WHERE run = ?", [run]).fetchone()[0]
+    return staged >= n_pairs * LIVE_COMPACT_FRACTION
+
+
+def ingest_job_shards(con, job_dir: str | Path, restore: bool = False) -> dict[str, Any]:
+    """Register the job's run (if new), ingest its new complete shards, compact, sync its status.
+
+    `con` must be a read-write connection (e.g. from `Store.write()`). A run deleted before is refused
+    unless `restore=True`. Returns {"run": id, "shards": n_new, "samples": n_new_samples, "state": job state}.
+    """
+    job_dir = Path(job_dir)
+    if con.execute("SELECT 1 FROM deleted_runs WHERE name = ?", [job_dir.name]).fetchone():
+        if not restore:
+            raise StoreError(f"run {job_dir.name!r} was deleted; ingest it again with restore=True")
+        con.execute("DELETE FROM deleted_runs WHERE name = ?", [job_dir.name])
+    run = _register_job(con, job_dir)
+    new_shards = new_samples = 0
+    for manifest in shards.complete_shards(job_dir):
+        if ingest_shard(con, run, job_dir, manifest):
+            new_shards += 1
+            new_samples += len(manifest["samples"])
+    status = _sync_status(con, run, job_dir)
+    if _should_compact(con, run, status.get("state")):
+        config = json.loads(con.execute("SELECT config FROM runs WHERE id = ?", [run]).fetchone()[0] or "{}")
+        compact_run(con, run, int(config.get("examples_per_pair", _DEFAULT_EXAMPLES)))
+    return {"run": run, "shards": new_shards, "samples": new_samples, "state": status.get("state")}
+
+
+def ingest_all_jobs(con, jobs_root: str | Path) -> list[dict[str, Any]]:
+    """Ingest every accumulation job folder under `jobs_root` that has something new (shards not yet
+    ingested, or a status change); deleted runs are skipped. What the runs page calls on each visit."""
+    out = []
+    root = Path(jobs_root)
+    if not root.is_dir():
+        return out
+    known = {name: (status, n) for name, status, n in con.execute(
+        "SELECT r.name, r.status, (SELECT count(*) FROM ingested_shards s WHERE s.run = r.id) FROM runs r").fetchall()}
+    deleted = {r[0] for r in con.execute("SELECT name FROM deleted_runs").fetchall()}
+    for job_dir in sorted(root.iterdir()):
+        meta = read_json(job_dir / "job.json") or {}
+        if meta.get("kind") != "accumulate" or job_dir.name in deleted:
+            continue
+        state = job_status(job_dir).get("state")
+        n_shards = len(shards.complete_shards(job_dir))
+        if known.get(job_dir.name) == (state, n_shards):
+            continue
+        out.append({"name": job_dir.name, **ingest_job_shards(con, job_dir)})
+    return out
+
+
+def delete_run(con, run: int | str) -> int:
+    """Delete one run and all its rows (one transaction); other runs are never touched. The run's
+    name is remembered so `ingest_all_jobs` does not bring it back from its job folder."""
+    run_id = resolve_run(con, run)
+    name = con.execute("SELECT name FROM runs WHERE id = ?", [run_id]).fetchone()[0]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("INSERT OR REPLACE INTO deleted_runs VALUES (?, ?)", [name, _dt.datetime.now()])
+        for table in RUN_TABLES:
+            con.execute(f"DELETE FROM {table} WHERE run = ?", [run_id])
+        con.execute("DELETE FROM runs WHERE id = ?", [run_id])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return run_id
+
+
+def set_feature_labels(con, sae_id: str, labels: dict[int, str]) -> int:
+    """Attach human labels to SAE features (kept across runs); returns the number of labels set."""
+    import pyarrow as pa
+
+    table = pa.table({"feature": pa.array(list(labels), pa.uint32()),
+                      "label": pa.array(list(labels.values()), pa.string())})
+    con.register("_labels", table)
+    try:
+        con.execute("""INSERT INTO features (sae_id, feature, label) SELECT ?, feature, label FROM _labels
+                       ON CONFLICT (sae_id, feature) DO UPDATE SET label = excluded.label""", [sae_id])
+    finally:
+        con.unregister("_labels")
+    return len(labels)

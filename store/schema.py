@@ -1,0 +1,161 @@
+"""The DuckDB schema, as ordered, named migrations recorded in `_migrations`.
+
+A migration is applied once, in order, inside one transaction with the row that records it, so a
+crash mid-migration leaves the database at the previous version. Never edit a migration that has
+shipped: append a new one.
+
+Types are narrow on purpose (a run holds tens of millions of pair rows): `USMALLINT` layer/head/source,
+`UINTEGER` feature ids, `FLOAT` per-occurrence values (max, min, example values). Sums are `DOUBLE`:
+they add millions of float32 terms and are merged shard by shard, and float32 running sums would make
+"one job" and "two resumed halves" differ in the 4th digit.
+
+Pair statistics also keep the diagonal (query position == key position) contributions separately
+(`diag_n`, `diag_sum`, `diag_abs_sum`), so the pages can show every statistic with or without the
+diagonal from one run: the diagonal trivially creates feature-f x feature-f pairs.
+
+Compaction writes each run's pair rows ordered by (layer, head, sum DESC): DuckDB's zone maps then let
+"top N by sum" (the default view) read one row group per head instead of the whole run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("0001_runs", """
+        CREATE SEQUENCE runs_id_seq START 1;
+        CREATE TABLE runs (
+            id UINTEGER PRIMARY KEY DEFAULT nextval('runs_id_seq'),
+            name VARCHAR NOT NULL UNIQUE,        -- the job id (job folder name)
+            kind VARCHAR NOT NULL,
+            config JSON,
+            config_hash VARCHAR,
+            model_id VARCHAR,
+            q_sae_id VARCHAR,
+            k_sae_id VARCHAR,
+            layer USMALLINT,
+            heads USMALLINT[],
+            code_version VARCHAR,
+            status VARCHAR NOT NULL DEFAULT 'queued',
+            message VARCHAR,
+            n_samples UBIGINT NOT NULL DEFAULT 0,   -- samples ingested
+            n_pairs UBIGINT NOT NULL DEFAULT 0,     -- rows in pair_stats (after the last compaction)
+            n_samples_target UBIGINT,
+            created TIMESTAMP,
+            started TIMESTAMP,
+            finished TIMESTAMP,
+            updated TIMESTAMP,
+            wall_s DOUBLE,
+            job_dir VARCHAR
+        );
+    """),
+    ("0002_sources_features", """
+        CREATE TABLE sources (
+            run UINTEGER NOT NULL,
+            src USMALLINT NOT NULL,
+            kind VARCHAR NOT NULL,               -- 'sae', 'sae_error', 'bias', 'embed', ...
+            name VARCHAR NOT NULL,
+            sae_id VARCHAR,
+            hook VARCHAR,
+            d_sae UINTEGER,
+            PRIMARY KEY (run, src)
+        );
+        CREATE TABLE features (
+            sae_id VARCHAR NOT NULL,
+            feature UINTEGER NOT NULL,
+            density FLOAT,
+            label VARCHAR,
+            PRIMARY KEY (sae_id, feature)
+        );
+    """),
+    ("0003_pair_stats", """
+        CREATE TABLE pair_stats (
+            run UINTEGER NOT NULL, layer USMALLINT NOT NULL, head USMALLINT NOT NULL,
+            q_src USMALLINT NOT NULL, q_feat UINTEGER NOT NULL,
+            k_src USMALLINT NOT NULL, k_feat UINTEGER NOT NULL,
+            n UBIGINT NOT NULL, sum DOUBLE NOT NULL, abs_sum DOUBLE NOT NULL,
+            max FLOAT NOT NULL, min FLOAT NOT NULL,
+            diag_n UBIGINT NOT NULL, diag_sum DOUBLE NOT NULL, diag_abs_sum DOUBLE NOT NULL,
+            -- sum - diag_sum, stored: a plain column lets "top N without the diagonal" prune row groups
+            nd_sum DOUBLE NOT NULL
+        );
+        -- rows of ingested shards not yet merged into pair_stats (see store.ingest.compact_run)
+        CREATE TABLE pair_stats_staged AS SELECT * EXCLUDE (nd_sum) FROM pair_stats LIMIT 0;
+        -- per-head counts, rebuilt by each compaction: summary figures without scanning the run
+        CREATE TABLE pair_summary (
+            run UINTEGER NOT NULL, layer USMALLINT NOT NULL, head USMALLINT NOT NULL,
+            unique_pairs UBIGINT NOT NULL, self_pairs UBIGINT NOT NULL,
+            occurrences UBIGINT NOT NULL, diagonal_occurrences UBIGINT NOT NULL
+        );
+        CREATE TABLE pair_examples (
+            run UINTEGER NOT NULL, layer USMALLINT NOT NULL, head USMALLINT NOT NULL,
+            q_src USMALLINT NOT NULL, q_feat UINTEGER NOT NULL,
+            k_src USMALLINT NOT NULL, k_feat UINTEGER NOT NULL,
+            sample UBIGINT NOT NULL, q_pos USMALLINT NOT NULL, k_pos USMALLINT NOT NULL,
+            value FLOAT NOT NULL
+        );
+        CREATE TABLE pair_examples_staged AS SELECT * FROM pair_examples LIMIT 0;
+    """),
+    ("0004_ledgers", """
+        CREATE TABLE samples_done (
+            run UINTEGER NOT NULL, sample UBIGINT NOT NULL, shard UINTEGER NOT NULL,
+            n_tokens USMALLINT, tokens VARCHAR[],
+            PRIMARY KEY (run, sample)
+        );
+        CREATE TABLE ingested_shards (
+            run UINTEGER NOT NULL, shard UINTEGER NOT NULL, n_samples UINTEGER NOT NULL,
+            n_pairs UBIGINT NOT NULL, ingested TIMESTAMP NOT NULL,
+            PRIMARY KEY (run, shard)
+        );
+    """),
+    ("0005_feature_counts", """
+        -- active-token counts per (run, source, feature), for densities
+        CREATE TABLE feature_counts (
+            run UINTEGER NOT NULL, src USMALLINT NOT NULL, feature UINTEGER NOT NULL,
+            n_active UBIGINT NOT NULL, n_tokens UBIGINT NOT NULL
+        );
+    """),
+    ("0006_deleted_runs", """
+        -- tombstones: a deleted run's job folder is not ingested again by ingest_all_jobs
+        CREATE TABLE deleted_runs (name VARCHAR PRIMARY KEY, deleted TIMESTAMP NOT NULL);
+    """),
+)
+
+# tables that hold per-run rows (delete_run and the results package walk these)
+RUN_TABLES: tuple[str, ...] = ("pair_stats", "pair_stats_staged", "pair_summary", "pair_examples",
+                               "pair_examples_staged",
+                               "samples_done", "ingested_shards", "sources", "feature_counts")
+
+
+def applied_migrations(con) -> list[str]:
+    """Names of the migrations recorded in this database, in order (empty for a new database)."""
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = '_migrations'").fetchone()[0]
+    if not exists:
+        return []
+    return [row[0] for row in con.execute("SELECT name FROM _migrations ORDER BY seq").fetchall()]
+
+
+def migrate(con) -> list[str]:
+    """Apply every migration not yet recorded; returns the names applied now."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (seq INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
+                " applied TIMESTAMP NOT NULL)")
+    done = applied_migrations(con)
+    known = [name for name, _ in MIGRATIONS]
+    if done != known[: len(done)]:
+        raise RuntimeError(f"database migrations {done} do not match this code's {known}: "
+                           "the database was written by a different version of FRA Studio")
+    applied = []
+    for seq, (name, sql) in enumerate(MIGRATIONS):
+        if seq < len(done):
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            con.execute("INSERT INTO _migrations VALUES (?, ?, ?)", [seq, name, _dt.datetime.now()])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied
