@@ -1,0 +1,220 @@
+"""Exact FRA engine vs the float64 reference on a GPT-2-Small-shaped random model.
+
+    python benchmarks/bench_fra.py [--T 128] [--k 64] [--d-sae 24576] [--layer 5] [--top-m 8] [--samples 2]
+
+Model: d_model 768, 12 heads of d_head 64, d_mlp 3072, LayerNorm, GPT-2 vocabulary and n_ctx; only
+layers 0..L are built (layers above L never influence layer L's scores). Dictionary: a random sae_lens
+TopK SAE (k = 64, so L0 = 64 exactly) with d_sae 24 576 on blocks.L.ln1.hook_normalized, on both
+sides. Engine work timed = compute_fra for all 12 heads (full decomposition, top-m per (i, j), diagonal
+excluded) + pair_aggregates; seconds per sample-head = that / (samples · 12).
+
+Reference (`fra_core.fra.reference_fra`, float64, a Python loop over (query, key) pairs): measured on
+one head and a few query rows, then extrapolated to all T(T+1)/2 causal pairs: its per-position setup
+is timed separately (query_rows=[]) and added once; per-pair time = (rows run − setup) / pairs visited.
+
+Peak memory: each T runs in a fresh subprocess; a thread samples the process RSS (/proc/self/statm)
+every 2 ms during compute_fra + pair_aggregates of one sample × 12 heads; reported = peak RSS − RSS just
+before the call (torch allocations included; tracemalloc would miss them).
+The last line is: s_per_sample_head=<s> reference_s=<s> speedup=<x> peak_mb_T512=<MB>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def build(layer: int, d_sae: int, k: int, seed: int = 0, device: str = "cpu"):
+    import torch
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    torch.manual_seed(seed)
+    cfg = HookedTransformerConfig(n_layers=layer + 1, d_model=768, n_heads=12, d_head=64, d_mlp=3072,
+                                  d_vocab=50257, n_ctx=1024, act_fn="gelu_new", normalization_type="LN",
+                                  device=device, seed=seed)
+    model = HookedTransformer(cfg).eval()
+    sae = TopKSAE(TopKSAEConfig(d_in=768, d_sae=d_sae, k=k,
+                                metadata=SAEMetadata(hook_name=f"blocks.{layer}.ln1.hook_normalized"))).eval()
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 768 ** -0.5)
+        sae.W_dec.normal_(0, 768 ** -0.5)
+        sae.b_dec.normal_(0, 0.05)
+    return model, sae.to(device)
+
+
+def engine_run(model, sae, tokens, layer, opts):
+    from fra_core.fra import compute_fra, pair_aggregates
+
+    result = compute_fra(model, tokens, layer, None, sae, None, opts)
+    return result, pair_aggregates(result)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_child(T: int, args) -> None:
+    """Run in a subprocess: print {"T": T, "peak_mb": ...} as JSON."""
+    import gc
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model, sae = build(args.layer, args.d_sae, args.k, device=args.device)
+    tokens = torch.randint(0, 50257, (1, T), generator=torch.Generator().manual_seed(1))
+    opts = options(args)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        gpu_base = torch.cuda.memory_allocated()
+    gc.collect()
+    base, peak, done = rss_mb(), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        result, agg = engine_run(model, sae, tokens, args.layer, opts)
+    sync(args)
+    seconds = time.perf_counter() - t0
+    gpu_peak = (torch.cuda.max_memory_allocated() - gpu_base) / 2**20 if cuda else None
+    done.set()
+    thread.join()
+    peak[0] = max(peak[0], rss_mb())
+    print(json.dumps({"T": T, "peak_mb": peak[0] - base, "gpu_peak_mb": gpu_peak, "seconds": seconds,
+                      "entries": result.n_entries, "pairs": int(agg["n"].numel())}))
+
+
+def measure_memory(T: int, args) -> dict:
+    cmd = [sys.executable, __file__, "--memory-child", str(T), "--layer", str(args.layer), "--d-sae",
+           str(args.d_sae), "--k", str(args.k), "--top-m", str(args.top_m), "--threads", str(args.threads),
+           "--device", args.device]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_engine(model, sae, args):
+    import torch
+
+    opts = options(args)
+    tokens = torch.randint(0, 50257, (args.samples, args.T), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        engine_run(model, sae, tokens[:1], args.layer, opts)  # warm-up (allocator, rotary caches)
+        best = float("inf")
+        for _ in range(args.repeats):
+            sync(args)
+            t0 = time.perf_counter()
+            result, agg = engine_run(model, sae, tokens, args.layer, opts)
+            sync(args)
+            best = min(best, time.perf_counter() - t0)
+    print(f"engine: {args.samples} samples x 12 heads, T={args.T}, K={args.k}, top_m={args.top_m}: best of "
+          f"{args.repeats} = {best:.3f} s; {result.n_entries} entries, {agg['n'].numel()} distinct pairs, "
+          f"max L0 {result.q_side.max_l0}, completeness error {result.completeness_error():.2e}")
+    return best / (args.samples * 12), tokens
+
+
+def options(args):
+    from fra_core.fra import FRAOptions
+
+    # GPUs want bigger blocks than CPU caches do
+    chunk = 1 << 26 if args.device.startswith("cuda") else 1 << 23
+    return FRAOptions(k_active=args.k, top_m=args.top_m, chunk_elements=chunk)
+
+
+def sync(args) -> None:
+    if args.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def time_reference(model, sae, tokens, args):
+    import torch
+
+    from fra_core.fra import FRAOptions, reference_fra, reference_pair_aggregates
+
+    opts = FRAOptions(k_active=args.k, top_m=args.top_m)
+    T = args.T
+    rows = sorted({T - 1, (3 * T) // 4, T // 2, T // 4})[-args.ref_rows:]
+    with torch.no_grad():
+        ref = reference_fra(model, tokens[:1], args.layer, [0], sae, None, opts, query_rows=rows)
+        t0 = time.perf_counter()
+        reference_pair_aggregates(ref["entries"])
+        agg = time.perf_counter() - t0
+    per_pair = (ref["pairs_s"] + agg) / ref["n_pairs"]
+    total_pairs = T * (T + 1) // 2
+    estimate = ref["setup_s"] + per_pair * total_pairs
+    print(f"reference (extrapolated): measured on head 0, query rows {rows} = {ref['n_pairs']} of {total_pairs} "
+          f"causal pairs; per-position setup {ref['setup_s']:.2f} s (all {T} positions, counted once) + "
+          f"{per_pair * 1e3:.2f} ms/pair x {total_pairs} pairs = {estimate:.1f} s per sample-head")
+    return estimate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--T", type=int, default=128)
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--d-sae", type=int, default=24576)
+    parser.add_argument("--layer", type=int, default=5)
+    parser.add_argument("--top-m", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ref-rows", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the reference always runs on the CPU)")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    if args.memory_child is not None:
+        memory_child(args.memory_child, args)
+        return 0
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu count {os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.1f} (shared machine: timings are noisy)")
+    model, sae = build(args.layer, args.d_sae, args.k, device=args.device)
+    engine_s, tokens = time_engine(model, sae, args)
+    if args.device != "cpu":
+        print(f"device {args.device}: {torch.cuda.get_device_name()}; reference on the CPU")
+        model, sae = model.to("cpu"), sae.to("cpu")
+    reference_s = time_reference(model, sae, tokens, args)
+    peaks = {}
+    if not args.skip_memory:
+        for T in (128, 512):
+            m = measure_memory(T, args)
+            peaks[T] = m["peak_mb"]
+            gpu = f", GPU peak allocated +{m['gpu_peak_mb']:.0f} MB" if m["gpu_peak_mb"] is not None else ""
+            print(f"memory T={T}: peak RSS increase {m['peak_mb']:.0f} MB during compute_fra + pair_aggregates "
+                  f"(1 sample x 12 heads, {m['seconds']:.2f} s, {m['entries']} entries){gpu}")
+            if m["gpu_peak_mb"] is not None:
+                peaks[T] = max(peaks[T], m["gpu_peak_mb"])
+    print(f"engine {engine_s:.4f} s per sample-head, reference {reference_s:.2f} s, ratio {reference_s / engine_s:.0f}x")
+    print(f"s_per_sample_head={engine_s:.4f} reference_s={reference_s:.3f} speedup={reference_s / engine_s:.1f} "
+          f"peak_mb_T512={peaks.get(512, float('nan')):.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""Dataset-scale FRA accumulation: the job config, the job entry point and the headless CLI.
+
+    python -m fra_core accumulate --config run.yaml [--job-dir DIR] [--ingest]
+
+The job runs in its own process (`fra_core.jobs`), streams the dataset in batches, computes exact FRA
+with the engine, aggregates per pair in torch and writes atomic Parquet shards into its job folder
+(`fra_core.accumulate_shards`). It never opens the DuckDB file: the app ingests shards
+(`store.ingest_job_shards`). A killed job resumes where it stopped: samples covered by a complete shard
+are skipped, an incomplete shard is redone, so no sample is counted twice.
+
+This module imports no torch (pages build the config form from it); the work is in `accumulate_run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from fra_core.config import ConfigError, JobConfig
+
+KIND = "accumulate"
+
+
+class AccumulateError(ValueError):
+    """Bad input for an accumulation job (model/SAE mismatch, heads out of range, ...)."""
+
+
+class ShardWriteError(RuntimeError):
+    """A shard could not be written (disk full, permissions); earlier shards are intact."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AccumulateFRAConfig(JobConfig):
+    """Accumulate FRA pair statistics of one layer's heads over a dataset.
+
+    q_saes / k_saes: SAE refs (`fra_core.sae.load_sae`) for the query / key side: one SAE on
+        blocks.L.ln1.hook_normalized or blocks.L.hook_resid_pre, or the upstream blocks.l.attn.hook_z SAEs
+        (l < L). k_saes empty: the key side uses the query side's dictionaries.
+    heads: empty = every head of the layer.
+    dataset: see `fra_core.datasets` ('demo', a .txt/.jsonl path, 'disk:<folder>', 'hf:<name>').
+    include_diagonal: record the query = key cells too (kept apart in the store's diag_* columns, so the
+        pages show every statistic with and without them).
+    top_m: feature pairs kept per (query, key) cell; k_active: features kept per position and side.
+    shard_size: samples per shard, the unit of resume (and of ingest while the job runs).
+    """
+
+    model: str = "demo"
+    q_saes: tuple[str, ...] = ("demo-l1-ln1",)
+    k_saes: tuple[str, ...] = ()
+    layer: int = 1
+    heads: tuple[int, ...] = ()
+    dataset: str = "demo"
+    text_column: str = "text"
+    split: str = "train"
+    n_samples: int = 256
+    context_length: int = 64
+    batch_size: int = 8
+    shard_size: int = 64
+    prepend_bos: bool = True
+    include_diagonal: bool = True
+    exclude_bos_key: bool = False
+    exclude_bos_query: bool = False
+    row_centre: bool = False
+    attention_weighted: bool = False
+    top_m: int = 8
+    k_active: int = 64
+    examples_per_pair: int = 3
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("q_saes", "k_saes"):  # a YAML string means one SAE
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,) if value else ())
+            elif isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        if isinstance(self.heads, (int, list)):
+            object.__setattr__(self, "heads", (self.heads,) if isinstance(self.heads, int) else tuple(self.heads))
+        checks = [(not self.q_saes, "q_saes must name at least one SAE"),
+                  (self.n_samples < 1, f"n_samples must be >= 1, got {self.n_samples}"),
+                  (self.batch_size < 1, f"batch_size must be >= 1, got {self.batch_size}"),
+                  (self.shard_size < 1, f"shard_size must be >= 1, got {self.shard_size}"),
+                  (self.context_length < 2, f"context_length must be >= 2, got {self.context_length}"),
+                  (self.top_m < 1, f"top_m must be >= 1, got {self.top_m}"),
+                  (self.k_active < 1, f"k_active must be >= 1, got {self.k_active}"),
+                  (self.examples_per_pair < 0, f"examples_per_pair must be >= 0, got {self.examples_per_pair}"),
+                  (self.layer < 0, f"layer must be >= 0, got {self.layer}"),
+                  (any(h < 0 for h in self.heads), f"heads must be >= 0, got {list(self.heads)}")]
+        for bad, message in checks:
+            if bad:
+                raise ConfigError(f"AccumulateFRAConfig: {message}")
+
+
+def run_accumulate(cfg: AccumulateFRAConfig, progress, *, model=None, q_saes=None, k_saes=None) -> dict[str, Any]:
+    """Job entry point (`fra_core.jobs`): accumulate into `progress.job_dir`/shards; resumable.
+
+    `model` / `q_saes` / `k_saes` may be passed in-process (tests, notebooks) instead of loading refs.
+    """
+    from fra_core.accumulate_run import accumulate
+
+    return accumulate(cfg, progress, model=model, q_saes=q_saes, k_saes=k_saes)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fra_core accumulate",
+                                description="Accumulate FRA pair statistics over a dataset (resumable).")
+    p.add_argument("--config", help="YAML file (AccumulateFRAConfig, e.g. saved from the app)")
+    p.add_argument("--job-dir", help="resume this existing job folder instead of creating a new one")
+    p.add_argument("--ingest", action="store_true",
+                   help="ingest the shards into the workspace database at the end (skipped if the app holds it)")
+    return p
+
+
+def _ingest(job_dir: Path) -> str:
+    # The CLI is the one place fra_core reaches into store/ (DuckDB), and only on request.
+    from fra_core.workspace import Workspace
+    from store import Store, StoreBusy, ingest_job_shards
+
+    store = Store(Workspace.from_env().db_path, timeout_s=5)
+    try:
+        with store.write() as con:
+            res = ingest_job_shards(con, job_dir)
+    except StoreBusy:
+        return "database busy (an app holds it): the app ingests this job when it next lists runs"
+    finally:
+        store.close()
+    return f"ingested run {res['run']}: {res['shards']} new shards, {res['samples']} samples"
+
+
+def cli_main(argv: list[str]) -> int:
+    from fra_core import jobs
+    from fra_core.datasets import open_texts
+    from fra_core.workspace import Workspace
+
+    args = _parser().parse_args(argv)
+    try:
+        if args.job_dir:
+            job_dir = Path(args.job_dir)
+            cfg = AccumulateFRAConfig.load_yaml(job_dir / "config.yaml")
+        elif args.config:
+            cfg = AccumulateFRAConfig.load_yaml(args.config)
+            job_dir = None
+        else:
+            raise ConfigError("give --config <file.yaml> (or --job-dir <folder> to resume)")
+        open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed)  # fail fast on a bad dataset
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if job_dir is None:
+        job_dir = jobs.new_job_dir(Workspace.from_env().jobs, KIND, cfg)
+    print(f"job folder: {job_dir}", flush=True)
+    # the traceback of a failure goes to the job's log; the terminal gets one line
+    with open(job_dir / "log.txt", "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
+        code = jobs.run_job_dir(job_dir)
+    status = jobs.job_status(job_dir)
+    if code != 0:
+        print(f"error: {status.get('message', 'failed')} (details: {job_dir / 'log.txt'})", file=sys.stderr)
+        return code
+    result = status.get("result", {})
+    print(f"done: {result.get('samples')} samples in {result.get('shards')} shards, "
+          f"{status.get('wall_s', 0):.1f} s", flush=True)
+    if args.ingest:
+        print(_ingest(job_dir), flush=True)
+    return 0

@@ -1,0 +1,255 @@
+"""The accumulation loop: texts → tokens → exact FRA (engine) → per-pair aggregates → Parquet shards.
+
+Samples are numbered by their index in the dataset's fixed order. A shard covers `shard_size` samples;
+its manifest (written last) lists them. On (re)start the job reads the manifests, skips the samples
+they cover and numbers new shards after the last one, so SIGKILL at any point costs at most one shard
+of work and never counts a sample twice.
+
+Texts of one batch are grouped by token length and each group runs as one engine call without
+padding: padding would change a bidirectional head's scores, and costs nothing to avoid here.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+import fra_core
+from fra_core import accumulate_shards as shards
+from fra_core.accumulate import AccumulateError, AccumulateFRAConfig, ShardWriteError
+from fra_core.accumulate_agg import Examples, PairCodec, entry_stats, examples_table, merge, pairs_table, reduce_by_key
+from fra_core.datasets import open_texts
+
+
+def _fra_api():
+    from fra_core.fra import FRAOptions, compute_fra
+    from fra_core.fra.options import check_layer_heads
+    from fra_core.fra.sides import parse_dictionary  # the engine's own hook check, run before any work
+
+    return compute_fra, FRAOptions, check_layer_heads, parse_dictionary
+
+
+def load_parts(cfg: AccumulateFRAConfig, model=None, q_saes=None, k_saes=None):
+    """Model and both sides' SAE lists (loaded from refs unless given), checked against each other."""
+    from fra_core.devices import pick_device
+
+    device = pick_device(None if cfg.device == "auto" else cfg.device)
+    if model is None:
+        from fra_core.models import load_model
+
+        model = load_model(cfg.model, device)
+    from fra_core.sae import check_sae_fits_model, load_sae
+
+    q_saes = list(q_saes) if q_saes is not None else [load_sae(r, device) for r in cfg.q_saes]
+    if k_saes is None:
+        k_saes = [load_sae(r, device) for r in cfg.k_saes] if cfg.k_saes else q_saes
+    for ref, sae in zip(list(cfg.q_saes) + list(cfg.k_saes or cfg.q_saes), q_saes + list(k_saes)):
+        try:
+            check_sae_fits_model(sae, model)
+        except ValueError as exc:
+            raise AccumulateError(f"SAE {ref!r} does not fit model {cfg.model!r}: {exc}") from exc
+    _, _, check_layer_heads, parse_dictionary = _fra_api()
+    if cfg.context_length > model.cfg.n_ctx:
+        raise AccumulateError(
+            f"context_length {cfg.context_length} exceeds model {cfg.model!r} n_ctx={model.cfg.n_ctx}")
+    heads = check_layer_heads(model, cfg.layer, list(cfg.heads) or None)
+    for saes in (q_saes, k_saes):  # wrong hook for this layer → a clear error before any work
+        parse_dictionary(model, cfg.layer, saes[0] if len(saes) == 1 else saes)
+    return model, q_saes, list(k_saes), heads
+
+
+def _architecture(sae) -> str | None:
+    arch = getattr(sae.cfg, "architecture", None)
+    return arch() if callable(arch) else arch
+
+
+def effective_k(k_active: int, *sides) -> int:
+    """Features kept per position: `k_active`, capped by what can be active. A TopK SAE has at most k
+    active features per position, so K = Σ k over a side's SAEs loses nothing, and the engine's pair
+    block (T²·K²) shrinks from 64² to e.g. 3² cells' worth for the demo SAE."""
+    bound = 0
+    for saes in sides:
+        ks = [getattr(s.cfg, "k", None) if _architecture(s) == "topk" else None for s in saes]
+        if any(not isinstance(k, int) or k <= 0 for k in ks):
+            return k_active  # an SAE with no hard L0 bound (ReLU, JumpReLU): keep the configured K
+        bound = max(bound, sum(ks))
+    return max(1, min(k_active, bound))
+
+
+def run_sources(cfg: AccumulateFRAConfig, q_saes, k_saes) -> tuple[list[dict], list[int], list[int]]:
+    """The run's dictionary sources (one per distinct SAE ref) and each side's engine-source → src map."""
+    q_refs = list(cfg.q_saes)
+    k_refs = list(cfg.k_saes) if cfg.k_saes else q_refs
+    sources, index = [], {}
+    for ref, sae in zip(q_refs + k_refs, list(q_saes) + list(k_saes)):
+        if ref not in index:
+            index[ref] = len(sources)
+            sources.append({"src": len(sources), "kind": "sae", "name": ref, "sae_id": ref,
+                            "hook": sae.cfg.metadata.hook_name, "d_sae": int(sae.cfg.d_sae)})
+    return sources, [index[r] for r in q_refs], [index[r] for r in k_refs]
+
+
+class ShardBuffer:
+    """What one shard accumulates: pair aggregates, example candidates, sample rows, feature counts."""
+
+    def __init__(self, n_sources: int, d_max: int, examples_per_pair: int):
+        self.tables, self.examples, self.samples = [], [], []
+        self.counts = torch.zeros(n_sources, d_max, dtype=torch.long)
+        self.tokens_seen = torch.zeros(n_sources, dtype=torch.long)
+        self.k = examples_per_pair
+
+    def add(self, table, ex: Examples | None, inverse=None) -> None:
+        self.tables.append(table)
+        if ex is not None and self.k > 0:
+            self.examples.append(ex.top(self.k, inverse))
+        if len(self.tables) >= 8:  # keep memory bounded: fold batches as we go
+            self.tables = [merge(self.tables)]
+            if self.examples:
+                self.examples = [Examples.cat(self.examples).top(self.k)]
+
+    def arrow(self, codec: PairCodec, layer: int) -> dict[str, pa.Table]:
+        table = merge(self.tables) if self.tables else None
+        pairs = pairs_table(table, codec, layer) if table is not None else shards.PAIRS_SCHEMA.empty_table()
+        ex = Examples.cat(self.examples).top(self.k) if self.examples else None
+        src, feat = self.counts.nonzero(as_tuple=True)
+        features = pa.table({"src": pa.array(src.numpy().astype(np.uint16)),
+                             "feature": pa.array(feat.numpy().astype(np.uint32)),
+                             "n_active": pa.array(self.counts[src, feat].numpy().astype(np.uint64)),
+                             "n_tokens": pa.array(self.tokens_seen[src].numpy().astype(np.uint64))})
+        samples = pa.table({"sample": pa.array([s for s, _ in self.samples], pa.uint64()),
+                            "n_tokens": pa.array([len(t) for _, t in self.samples], pa.uint16()),
+                            "tokens": pa.array([t for _, t in self.samples], pa.list_(pa.string()))},
+                           schema=shards.SAMPLES_SCHEMA)
+        return {"pairs": pairs, "examples": examples_table(ex, codec, layer), "samples": samples, "features": features}
+
+
+def _count_features(buf: ShardBuffer, side, src_map: list[int]) -> None:
+    """Active-token counts per (run source, feature) from one engine side (ids/coef [batch, pos, K])."""
+    active = (side.coef != 0).cpu()
+    gid = side.ids.cpu()[active]
+    offs = torch.tensor(side.offsets)
+    s = torch.searchsorted(offs, gid, right=True) - 1
+    run_src = torch.tensor(src_map)[s]
+    flat = run_src * buf.counts.shape[1] + (gid - offs[s])
+    buf.counts += torch.bincount(flat, minlength=buf.counts.numel()).view_as(buf.counts)
+    n_tokens = side.ids.shape[0] * side.ids.shape[1]
+    for src in set(src_map):
+        buf.tokens_seen[src] += n_tokens
+
+
+def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_saes, options, codec: PairCodec,
+                  q_map: list[int], k_map: list[int], buf: ShardBuffer) -> None:
+    compute_fra = _fra_api()[0]
+    qd = q_saes[0] if len(q_saes) == 1 else q_saes
+    kd = k_saes[0] if len(k_saes) == 1 else k_saes
+    groups: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    for sample, text in items:
+        toks = model.to_tokens(text, prepend_bos=cfg.prepend_bos, truncate=True)[0, : cfg.context_length]
+        buf.samples.append((sample, [str(t) for t in model.to_str_tokens(toks)] if len(toks) else []))
+        if len(toks) >= 1:
+            groups.setdefault(len(toks), []).append((sample, toks))
+    for group in groups.values():
+        ids = torch.tensor([s for s, _ in group])
+        res = compute_fra(model, torch.stack([t for _, t in group]), cfg.layer, heads, qd, kd, options)
+        e = {k: v.cpu() for k, v in res.entries.items()}
+        key = codec.encode(e["head"], torch.tensor(q_map)[e["q_source"]], e["q_feature"],
+                           torch.tensor(k_map)[e["k_source"]], e["k_feature"])
+        diag = e["query_pos"] == e["key_pos"]
+        inverse = torch.unique(key, return_inverse=True)  # shared by the stats and the examples
+        ex = Examples(key, ids[e["batch"]], e["query_pos"], e["key_pos"], e["value"].float())
+        buf.add(reduce_by_key(key, entry_stats(e["value"], diag), inverse), ex, inverse)
+        _count_features(buf, res.q_side, q_map)
+        if not set(k_map) & set(q_map):  # distinct key-side dictionaries: count them too
+            _count_features(buf, res.k_side, k_map)
+
+
+def _write(job_dir: Path, shard: int, buf: ShardBuffer, codec, cfg, n_done: int) -> None:
+    samples = [s for s, _ in buf.samples]
+    try:
+        shards.write_shard(job_dir, shard, buf.arrow(codec, cfg.layer), samples)
+    except OSError as exc:
+        why = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise ShardWriteError(f"could not write shard {shard} ({len(samples)} samples) in "
+                              f"{shards.shards_dir(job_dir)}: "
+                              f"{why}; the {n_done} samples of earlier shards are safe: free space and resume the job"
+                              ) from exc
+
+
+def _resume_state(job_dir: Path) -> tuple[set[int], int]:
+    done, next_shard = set(), 0
+    for manifest in shards.complete_shards(job_dir):
+        done.update(int(s) for s in manifest["samples"])
+        next_shard = max(next_shard, int(manifest["shard"]) + 1)
+    folder = shards.shards_dir(job_dir)
+    if folder.is_dir():  # temp files of a killed writer
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+    return done, next_shard
+
+
+def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_saes=None) -> dict[str, Any]:
+    job_dir = Path(progress.job_dir)
+    source = open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed)  # fail fast before the model loads
+    progress.update(0, cfg.n_samples, message="loading model and SAEs", force=True)
+    model, q_saes, k_saes, heads = load_parts(cfg, model, q_saes, k_saes)
+    sources, q_map, k_map = run_sources(cfg, q_saes, k_saes)
+    shards.write_run_info(job_dir, {"code_version": fra_core.__version__, "sources": sources, "heads": heads,
+                                    "n_heads": model.cfg.n_heads, "model": cfg.model})
+    codec = PairCodec(model.cfg.n_heads, len(sources), max(s["d_sae"] for s in sources))
+    FRAOptions = _fra_api()[1]
+    options = FRAOptions(k_active=effective_k(cfg.k_active, q_saes, k_saes), top_m=cfg.top_m,
+                         exclude_diagonal=not cfg.include_diagonal, exclude_bos_key=cfg.exclude_bos_key,
+                         exclude_bos_query=cfg.exclude_bos_query, row_centre=cfg.row_centre,
+                         attention_weighted=cfg.attention_weighted)
+    done, shard = _resume_state(job_dir)
+    n_done, n_start, t0, last_print = len(done), len(done), time.time(), 0.0
+    new_buf = lambda: ShardBuffer(len(sources), codec.d_max, cfg.examples_per_pair)  # noqa: E731
+    buf, pending, seen = new_buf(), [], 0
+    progress.update(n_done, cfg.n_samples, message=f"resuming after {n_done} samples" if n_done else "running",
+                    force=True)
+    model.eval()
+    with torch.no_grad():
+        for sample, text in enumerate(source.texts(cfg.n_samples)):
+            seen += 1
+            if sample in done:
+                continue
+            pending.append((sample, text))
+            if len(pending) < cfg.batch_size and len(buf.samples) + len(pending) < cfg.shard_size:
+                continue
+            process_batch(model, pending, cfg, heads, q_saes, k_saes, options, codec, q_map, k_map, buf)
+            pending = []
+            if len(buf.samples) >= cfg.shard_size:
+                n_done += len(buf.samples)
+                _write(job_dir, shard, buf, codec, cfg, n_done - len(buf.samples))
+                shard, buf = shard + 1, new_buf()
+            last_print = _report(progress, cfg, n_done + len(buf.samples), n_start, t0, last_print)
+        if pending:
+            process_batch(model, pending, cfg, heads, q_saes, k_saes, options, codec, q_map, k_map, buf)
+        if buf.samples:
+            n_done += len(buf.samples)
+            _write(job_dir, shard, buf, codec, cfg, n_done - len(buf.samples))
+            shard += 1
+    _report(progress, cfg, n_done, n_start, t0, 0.0)
+    note = "" if seen >= cfg.n_samples else f" (the dataset has only {seen} texts)"
+    progress.update(n_done, cfg.n_samples, message=f"finished: {n_done} samples{note}", force=True)
+    return {"samples": n_done, "shards": shard, "new_samples": n_done - n_start,
+            "samples_per_s": (n_done - n_start) / max(time.time() - t0, 1e-9), "dataset_texts": seen}
+
+
+def _report(progress, cfg, n_done: int, n_start: int, t0: float, last_print: float) -> float:
+    """Status (throttled by Progress; raises JobCancelled on cancel) and a log line every 5 s."""
+    now = time.time()
+    rate = (n_done - n_start) / max(now - t0, 1e-9)
+    eta = (cfg.n_samples - n_done) / rate if rate > 0 else float("nan")
+    progress.update(n_done, cfg.n_samples, message=f"{n_done}/{cfg.n_samples} samples, {rate:.1f} samples/s",
+                    samples_per_s=rate)
+    if now - last_print >= 5.0:
+        print(f"{n_done}/{cfg.n_samples} samples  {rate:.1f} samples/s  ETA {eta:.0f} s", flush=True)
+        return now
+    return last_print
