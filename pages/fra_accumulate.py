@@ -1,0 +1,222 @@
+"""Dataset accumulation: configure and launch FRA accumulation jobs, watch them, and list their runs.
+
+A job is its own process (`fra_core.jobs`): closing the tab or restarting the app does not stop it, and
+nothing it needs lives in the session. While this page is open it polls the job folders and ingests
+finished shards into DuckDB (idempotent), so the run grows on the Pair tables page as the job works.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from fra_core import jobs
+from fra_core.accumulate import KIND, AccumulateFRAConfig
+from fra_core.datasets import open_texts
+from pages import ui, ui_store
+from store import StoreBusy, StoreError, delete_run
+
+DEMO_SAES = ("demo-l1-ln1", "demo-l0-hook-z")
+SOURCES = {"Demo texts": "demo", "Local file (.txt / .jsonl)": "file", "Saved HF dataset (folder)": "disk",
+           "Stream from the HF Hub": "hf"}
+ACTIVE = ("queued", "running")
+
+st.title("Dataset accumulation")
+ws = ui.workspace()
+
+
+def folders(root: Path, marker: str) -> list[str]:
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / marker).is_file())
+
+
+def check_saes(refs: list[str]) -> None:
+    """Each SAE ref resolves to something loadable (before a job is started for nothing)."""
+    for ref in refs:
+        if ref.startswith("release:"):
+            continue  # SAELens release: resolved (and cached) by the job
+        path = Path(ref.removeprefix("ckkissane:")).expanduser()
+        if ref.startswith("ckkissane:") and not path.is_file():
+            raise ValueError(f"SAE checkpoint not found: {path}")
+        if ref.startswith("ckkissane:") or (ws.saes / ref).is_dir() or path.is_dir():
+            continue
+        if ref in DEMO_SAES:
+            from fra_core.sae.demo import ensure_demo_saes  # torch: only when launching
+
+            if ref in ensure_demo_saes(ws, train_if_missing=False):
+                continue
+            raise ValueError(f"demo SAE {ref!r} is not built yet: build it on the SAEs page "
+                             "(or `python scripts/build_demo_saes.py`) first")
+        raise ValueError(f"SAE {ref!r} not found: not a workspace SAE (in {ws.saes}), a SAELens folder, "
+                         "'ckkissane:<file.pt>' or 'release:<release>/<sae_id>'")
+
+
+# ----------------------------------------------------------------------------- the form
+with st.expander("New accumulation run", expanded=True):
+    c = st.columns(3)
+    models = ["demo", *folders(ws.models, "config.json"), "gpt2-small", "other…"]
+    model = c[0].selectbox("Model", models, key="acc_model")
+    if model == "other…":
+        model = c[0].text_input("TransformerLens model name", key="acc_model_name").strip()
+    saes = sorted(set(DEMO_SAES) | set(folders(ws.saes, "cfg.json")))
+    q_saes = c[1].multiselect("Query-side SAE(s)", saes, default=["demo-l1-ln1"], key="acc_q_saes")
+    k_saes = c[2].multiselect("Key-side SAE(s) (empty = same as query side)", saes, key="acc_k_saes")
+    extra = st.text_input("Other query-side SAE refs (comma-separated)", key="acc_extra_saes",
+                          placeholder="ckkissane:/path/to/sae.pt, release:<release>/<sae_id>, /path/to/folder")
+    q_saes = q_saes + [s.strip() for s in extra.split(",") if s.strip()]
+    c = st.columns(3)
+    layer = int(c[0].number_input("Layer", min_value=0, value=1, step=1, key="acc_layer"))
+    heads_text = c[1].text_input("Heads (comma-separated; blank = all)", key="acc_heads")
+    source = SOURCES[c[2].selectbox("Dataset", list(SOURCES), key="acc_source")]
+    location, column, split = "", "text", "train"
+    if source != "demo":
+        c = st.columns([3, 1, 1])
+        hint = {"file": "path/to/texts.txt or .jsonl (relative: workspace datasets/ folder)",
+                "disk": "folder written by datasets.save_to_disk", "hf": "Elriggs/openwebtext-100k"}[source]
+        location = c[0].text_input("Dataset path or name", key="acc_location", placeholder=hint).strip()
+        column = c[1].text_input("Text column", "text", key="acc_column").strip() or "text"
+        split = c[2].text_input("Split", "train", key="acc_split").strip() or "train"
+    c = st.columns(4)
+    n_samples = int(c[0].number_input("Samples", min_value=1, value=256, step=64, key="acc_n_samples"))
+    context = int(c[1].number_input("Context length (tokens)", min_value=2, value=64, step=16, key="acc_context"))
+    batch = int(c[2].number_input("Batch size", min_value=1, value=8, key="acc_batch"))
+    shard = int(c[3].number_input("Samples per shard", min_value=1, value=64, key="acc_shard"))
+    c = st.columns(4)
+    top_m = int(c[0].number_input("Top-m pairs per cell", min_value=1, value=8, key="acc_top_m"))
+    k_active = int(c[1].number_input("Active features per position", min_value=1, value=64, key="acc_k_active"))
+    examples = int(c[2].number_input("Examples kept per pair", min_value=0, value=3, key="acc_examples"))
+    seed = int(c[3].number_input("Seed", min_value=0, value=0, key="acc_seed"))
+    c = st.columns(3)
+    flags = dict(prepend_bos=c[0].checkbox("Prepend BOS", True, key="acc_bos"),
+                 include_diagonal=c[0].checkbox("Record the diagonal (query = key)", True, key="acc_diag"),
+                 exclude_bos_key=c[1].checkbox("Exclude BOS as key", key="acc_bos_key"),
+                 exclude_bos_query=c[1].checkbox("Exclude BOS as query", key="acc_bos_query"),
+                 row_centre=c[2].checkbox("Row-centre scores", key="acc_row_centre"),
+                 attention_weighted=c[2].checkbox("Weight by attention", key="acc_attn_weighted"))
+    cfg = None
+    try:
+        heads = tuple(int(h) for h in heads_text.replace(" ", "").split(",") if h)
+    except ValueError:
+        st.error(f"Heads must be whole numbers separated by commas, got {heads_text!r}.")
+    else:
+        dataset = {"demo": "demo", "file": location, "disk": f"disk:{location}", "hf": f"hf:{location}"}[source]
+        try:
+            if not model:
+                raise ValueError("give a model name")
+            cfg = AccumulateFRAConfig(
+                model=model, q_saes=tuple(q_saes), k_saes=tuple(k_saes), layer=layer, heads=heads,
+                dataset=dataset, text_column=column, split=split, n_samples=n_samples, context_length=context,
+                batch_size=batch, shard_size=shard, top_m=top_m, k_active=k_active, examples_per_pair=examples,
+                device=ui.device_choice(), seed=seed, **flags)
+        except ValueError as exc:
+            ui.show_error(exc, "Invalid settings")
+    if cfg is not None:
+        c = st.columns([1, 1, 3])
+        c[1].download_button("Config YAML", cfg.to_yaml(), file_name=f"accumulate-{cfg.config_hash()[:8]}.yaml",
+                             mime="application/x-yaml", key="acc_yaml", on_click="ignore")
+        c[2].caption("The YAML runs unchanged headless: `python -m fra_core accumulate --config run.yaml --ingest`")
+        with st.expander("Config YAML"):
+            st.code(cfg.to_yaml(), language="yaml")
+        if c[0].button("Launch", type="primary", key="acc_launch"):
+            try:
+                if source != "demo" and not location:
+                    raise ValueError("give the dataset's path or name")
+                open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed, ws)  # fails fast, offline too
+                check_saes(list(cfg.q_saes) + list(cfg.k_saes))
+                job_dir = jobs.launch_job(ws.jobs, KIND, cfg)
+            except ValueError as exc:
+                ui.show_error(exc, "Not launched")
+            else:
+                st.session_state["acc_job"] = job_dir.name
+                st.success(f"Launched job **{job_dir.name}**: it runs in its own process (closing this tab does "
+                           "not stop it); its shards appear on the Pair tables page as they finish.")
+
+
+# ----------------------------------------------------------------------------- jobs and runs
+def job_table(job_list: list[jobs.JobInfo], runs: pd.DataFrame) -> pd.DataFrame:
+    by_name = {r["name"]: r for _, r in runs.iterrows()}
+    rows = []
+    for job in job_list:
+        s, run = job.status, by_name.get(job.job_id)
+        rows.append({"job": job.job_id, "state": job.state, "done": s.get("done"), "total": s.get("total"),
+                     "samples/s": s.get("rate"), "ETA s": s.get("eta_s") if job.state == "running" else None,
+                     "started": s.get("started"), "wall s": s.get("wall_s"),
+                     "run": None if run is None else int(run["id"]),
+                     "ingested samples": None if run is None else int(run["n_samples"]),
+                     "pairs": None if run is None else int(run["n_pairs"]), "message": s.get("message")})
+    for name, run in by_name.items():  # runs whose job folder is gone (or came from another machine)
+        if name not in {j.job_id for j in job_list}:
+            rows.append({"job": name, "state": run["status"], "run": int(run["id"]),
+                         "ingested samples": int(run["n_samples"]), "pairs": int(run["n_pairs"]),
+                         "wall s": run["wall_s"], "message": "no job folder"})
+    return pd.DataFrame(rows)
+
+
+def job_detail(job: jobs.JobInfo | None, run: pd.Series | None) -> None:
+    if job is not None:
+        status = ui.job_progress(job.path)
+        meta = jobs.read_json(job.path / "job.json", {}) or {}
+        st.caption(f"created {meta.get('created', '—')} · started {status.get('started', '—')} · "
+                   f"updated {status.get('updated', '—')} · wall {status.get('wall_s') or 0:.1f} s · "
+                   f"folder `{job.path}`")
+        c = st.columns(3)
+        if status.get("state") in ACTIVE and c[0].button("Cancel", key="acc_cancel"):
+            jobs.cancel_job(job.path)
+            st.info("Cancel requested: the job stops at its next progress check (its complete shards are kept).")
+        if status.get("state") in ("died", "cancelled", "failed") and c[1].button("Resume", key="acc_resume"):
+            jobs.start_process(job.path)
+            st.info("Resumed: samples of complete shards are skipped, so none is counted twice.")
+        config = job.path / "config.yaml"
+        if config.is_file():
+            with st.expander("Config"):
+                st.code(config.read_text(encoding="utf-8"), language="yaml")
+        log = job.path / "log.txt"
+        if log.is_file():
+            with st.expander("Log (last lines)"):
+                st.code("\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]) or "(empty)")
+    if run is not None:
+        c = st.columns([1, 2])
+        sure = c[1].checkbox(f"Yes, delete run #{int(run['id'])} from the database", key="acc_delete_sure")
+        if c[0].button("Delete run", key="acc_delete", disabled=not sure):
+            try:
+                with ui_store.get_store().write() as con:
+                    delete_run(con, int(run["id"]))
+                st.success(f"Deleted run #{int(run['id'])} (its job folder stays; it is not ingested again).")
+            except (StoreError, StoreBusy) as exc:
+                ui.show_error(exc)
+
+
+any_active = any(j.state in ACTIVE for j in jobs.list_jobs(ws.jobs, KIND))
+
+
+@st.fragment(run_every=2 if any_active else 10)
+def jobs_panel() -> None:
+    _, errors = ui_store.sync_jobs()
+    for message in errors:
+        st.warning(message)
+    job_list = jobs.list_jobs(ws.jobs, KIND)
+    try:
+        runs = ui_store.runs()
+    except (StoreError, StoreBusy) as exc:
+        ui.show_error(exc, "Cannot read the database")
+        return
+    table = job_table(job_list, runs)
+    if table.empty:
+        st.info("No accumulation jobs yet: fill in the form above and launch one.")
+        return
+    st.dataframe(table, hide_index=True, width="stretch")
+    names = list(table["job"])
+    if st.session_state.get("acc_job") not in names:
+        st.session_state.pop("acc_job", None)
+    name = st.selectbox("Job / run", names, key="acc_job")
+    job = next((j for j in job_list if j.job_id == name), None)
+    match = runs.loc[runs["name"] == name]
+    job_detail(job, None if match.empty else match.iloc[0])
+    st.caption(f"Refreshed {_dt.datetime.now():%H:%M:%S} (every {2 if any_active else 10} s).")
+
+
+st.subheader("Jobs and runs")
+jobs_panel()

@@ -1,0 +1,231 @@
+"""Pair tables: an accumulated run's feature-pair statistics, from DuckDB only (never imports torch).
+
+Pick a run → top pairs by a metric with filters; a feature's partners and contexts; charts; two runs or
+two heads compared; downloads; a read-only SQL box. Every query aggregates in DuckDB (≤ 10 k rows come
+back) and is cached until the run changes (see `pages.ui_store`). Altair is imported only by the views
+that draw charts, so the first render stays fast.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import ui, ui_store
+from pages.ui_store import METRIC_LABELS
+from store import METRICS, StoreBusy, StoreError, compare_summary, run_sql_readonly
+
+ORDERS = {"desc": "largest first", "asc": "smallest first", "abs": "largest |value| first"}
+SELF_MODES = {"include": None, "only": "only", "exclude": "exclude"}
+VIEWS = ["Top pairs", "Feature", "Charts", "Compare", "Export", "SQL"]
+HEAD_COLUMNS = {"unique_pairs": "unique pairs", "occurrences": "occurrences", "mean_abs": "mean |FRA| per occurrence",
+                "max_abs": "max |FRA|", "self_pair_share": "self-pair share of unique pairs"}
+
+st.title("Pair tables")
+_, sync_errors = ui_store.sync_jobs()
+for message in sync_errors:
+    st.warning(message)
+try:
+    runs = ui_store.runs()
+except (StoreError, StoreBusy) as exc:
+    ui.show_error(exc, "Cannot read the database")
+    st.stop()
+
+rows = {int(r["id"]): r for _, r in runs.iterrows()}
+last = st.session_state.get("pt_last_run")
+if last and last[0] not in rows:
+    st.error(f"Run #{last[0]} ({last[1]}) was deleted meanwhile."
+             + (" Showing another run." if rows else ""), icon=":material/delete:")
+if not rows:
+    st.info("No runs yet: launch one on the **Dataset accumulation** page; its shards appear here as they finish.")
+    st.stop()
+if st.session_state.get("pt_run") not in rows:
+    st.session_state.pop("pt_run", None)
+run_id = st.selectbox("Run", list(rows), format_func=lambda i: ui_store.run_label(rows[i]), key="pt_run")
+st.session_state["pt_last_run"] = (run_id, rows[run_id]["name"])
+version = ui_store.run_version(runs, run_id)
+
+
+def q(name: str, *args, **kwargs):
+    return ui_store.query(name, version, *args, **kwargs)
+
+
+try:
+    info, per_head = q("get_run", run_id), q("run_heads", run_id)
+except StoreError as exc:
+    ui.show_error(exc)
+    st.stop()
+sources = {int(s["src"]): s["name"] for s in info["sources"]}
+st.caption(f"model **{info['model_id']}** · SAEs {info['q_sae_id']} × {info['k_sae_id']} · layer {info['layer']} · "
+           f"status {info['status']} · created {info['created']} · wall time "
+           f"{'%.1f s' % info['wall_s'] if info['wall_s'] else '—'}")
+cols = st.columns(4)
+cols[0].metric("Samples", f"{int(info['n_samples']):,}")
+cols[1].metric("Unique pairs", f"{int(per_head['unique_pairs'].sum()):,}")
+cols[2].metric("Self-pairs", f"{int(per_head['self_pairs'].sum()):,}")
+cols[3].metric("Occurrences", f"{int(per_head['occurrences'].sum()):,}")
+heads = [(int(layer), int(head)) for layer, head in zip(per_head["layer"], per_head["head"])]
+if not heads:
+    st.info("This run has no pairs yet (its job may still be on its first shard).")
+    st.stop()
+
+# ----------------------------------------------------------------------------- filters
+head_options = {"all heads": (None, None), **{f"L{layer}H{head}": (layer, head) for layer, head in heads}}
+c = st.columns([1.3, 1.2, 1, 1, 1, 1])
+metric = c[0].selectbox("Rank by", METRICS, format_func=METRIC_LABELS.get, key="pt_metric")
+order = c[1].selectbox("Order", list(ORDERS), format_func=ORDERS.get, key="pt_order")
+layer, head = head_options[c[2].selectbox("Head", list(head_options), key="pt_head")]
+feature_text = c[3].text_input("Feature id", key="pt_feature", placeholder="any")
+side = c[4].selectbox("Feature side", ["either", "query", "key"], key="pt_side")
+min_count = int(c[5].number_input("Min count", min_value=1, value=1, step=1, key="pt_min_count"))
+c = st.columns([2, 2, 1])
+self_pairs = SELF_MODES[c[0].radio("Self-pairs", list(SELF_MODES), horizontal=True, key="pt_self")]
+diagonal = c[1].checkbox("Include the diagonal (query = key position)", value=True, key="pt_diag")
+n_rows = int(c[2].number_input("Rows", min_value=1, max_value=10_000, value=100, step=50, key="pt_rows"))
+feature = None
+if feature_text.strip():
+    if not feature_text.strip().isdigit():
+        st.error(f"Feature id must be a whole number ≥ 0, got {feature_text.strip()!r}.")
+        st.stop()
+    feature = int(feature_text)
+where = dict(layer=layer, head=head, feature=feature, side=side, self_pairs=self_pairs, min_count=min_count)
+view = st.radio("View", VIEWS, horizontal=True, key="pt_view", label_visibility="collapsed")
+
+
+def show_top() -> None:
+    df = q("top_pairs", run_id, metric=metric, n=n_rows, order=order, diagonal=diagonal, **where)
+    if df.empty:
+        st.info("No pair matches these filters.")
+        return
+    st.caption(f"{len(df):,} pairs shown, by {METRIC_LABELS[metric]} ({ORDERS[order]}); the Charts view plots them.")
+    hidden = () if len(sources) > 1 else ("q_src", "k_src")
+    keep = [col for col in df.columns if not df[col].isna().all() and col not in hidden]
+    values = df["value"].dropna()
+    lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
+    bar = st.column_config.ProgressColumn(METRIC_LABELS[metric], format="%.4g", min_value=min(lo, 0.0),
+                                          max_value=max(hi, lo + 1e-12, 0.0))
+    st.dataframe(df[keep], hide_index=True, width="stretch", column_config={"value": bar})
+
+
+def show_feature() -> None:
+    top = q("top_pairs", run_id, metric=metric, n=1, order=order, diagonal=diagonal, **where)
+    default = feature if feature is not None else (int(top["q_feat"].iloc[0]) if len(top) else 0)
+    c = st.columns([1, 2])
+    fid = int(c[0].number_input("Feature", min_value=0, value=default, step=1, key="pt_feature_view"))
+    src = None
+    if len(sources) > 1:
+        src = c[1].selectbox("Dictionary", list(sources), format_func=sources.get, key="pt_src")
+    common = dict(metric=metric, n=20, src=src, layer=layer, head=head, self_pairs=self_pairs, min_count=min_count,
+                  diagonal=diagonal)
+    left, right = st.columns(2)
+    for col, side_, title in ((left, "query", "As query: its top key partners"),
+                              (right, "key", "As key: its top query partners")):
+        df = q("feature_partners", run_id, fid, side=side_, **common)
+        col.subheader(title)
+        if df.empty:
+            col.info(f"Feature {fid} has no pairs as {side_} with these filters.")
+        else:
+            shown = ["partner", "layer", "head", "value", "n", "mean", "max_abs", "self_pair"]
+            shown += [x for x in ("k_label", "q_label") if not df[x].isna().all()]
+            col.dataframe(df[shown], hide_index=True, width="stretch")
+    st.subheader("Top contexts")
+    ex = q("pair_examples", run_id, n=20, feature=fid, side="either", src=src, layer=layer, head=head,
+           self_pairs=self_pairs)
+    if ex.empty:
+        st.info(f"No stored example contexts for feature {fid} with these filters.")
+    else:
+        st.caption("Key token in [[ ]], query token in << >>; sorted by |FRA|.")
+        shown = ["value", "head", "q_feat", "k_feat", "q_token", "k_token", "context", "sample", "q_pos", "k_pos"]
+        st.dataframe(ex[shown], hide_index=True, width="stretch")
+
+
+def show_charts() -> None:
+    from pages import ui_charts
+
+    top = q("top_pairs", run_id, metric=metric, n=n_rows, order=order, diagonal=diagonal, **where)
+    if not top.empty:
+        st.altair_chart(ui_charts.top_pairs_bar(top, metric), width="stretch")
+    log_count = st.checkbox("Log-scale counts", key="pt_hist_log")
+    hist = q("value_histogram", run_id, metric=metric, bins=50, log_count=log_count, diagonal=diagonal, **where)
+    if hist.empty:
+        st.info("No pair matches these filters.")
+    else:
+        st.altair_chart(ui_charts.histogram(hist, metric, log_count), width="stretch")
+    top_n = int(st.number_input("Top N for the self-pair fraction", 1, 10_000, 100, key="pt_top_n"))
+    st.altair_chart(ui_charts.self_fraction(q("self_fraction_by_head", run_id, top_n=top_n, metric=metric), top_n),
+                    width="stretch")
+    per_head_fra = q("head_summary", run_id)
+    column = st.selectbox("Compare heads by", list(HEAD_COLUMNS), format_func=HEAD_COLUMNS.get, key="pt_head_col")
+    st.altair_chart(ui_charts.heads_compared(per_head_fra, column, HEAD_COLUMNS[column]), width="stretch")
+    st.dataframe(per_head_fra, hide_index=True, width="stretch")
+
+
+def show_compare() -> None:
+    from pages import ui_charts
+
+    mode = st.radio("Compare", ["two heads", "two runs"], horizontal=True, key="pt_cmp_mode")
+    n = int(st.number_input("Top N of each side", 1, 5_000, 100, key="pt_cmp_n"))
+    c = st.columns(2)
+    if mode == "two heads":
+        labels = [k for k in head_options if k != "all heads"]
+        if len(labels) < 2:
+            st.info("This run has one head only: compare two runs instead.")
+            return
+        a = c[0].selectbox("Head A", labels, index=0, key="pt_cmp_a")
+        b = c[1].selectbox("Head B", labels, index=1, key="pt_cmp_b")
+        (la, ha), (lb, hb) = head_options[a], head_options[b]
+        run_b, ver, names = run_id, version, (a, b)
+        kwargs = dict(head_a=ha, head_b=hb, layer=la if la == lb else None)
+    else:
+        others = [i for i in rows if i != run_id]
+        if not others:
+            st.info("There is no other run to compare with.")
+            return
+        run_b = c[0].selectbox("Run B", others, format_func=lambda i: ui_store.run_label(rows[i]), key="pt_cmp_run")
+        ver = version + ui_store.run_version(runs, run_b)
+        names = (f"run #{run_id}", f"run #{run_b}")
+        kwargs = dict(head_a=head, head_b=head, layer=layer)
+        c[1].caption(f"Head filter of both runs: {'all heads' if head is None else f'L{layer}H{head}'} (set above).")
+    df = ui_store.query("compare_pairs", ver, run_id, run_b, metric=metric, n=n, diagonal=diagonal, **kwargs)
+    stats = compare_summary(df, n)
+    m = st.columns(3)
+    m[0].metric(f"Overlap of the top {n}", stats["overlap"])
+    m[1].metric("Jaccard", f"{stats['jaccard']:.3f}")
+    m[2].metric("Pearson (pairs on both sides)", "—" if stats["pearson"] is None else f"{stats['pearson']:.3f}")
+    st.altair_chart(ui_charts.compare_scatter(df, *names), width="stretch")
+    st.dataframe(df, hide_index=True, width="stretch")
+
+
+def show_export() -> None:
+    limit = int(st.number_input("Rows in the Parquet / CSV export (0 = every matching pair)", 0, None, 100_000,
+                                step=10_000, key="pt_export_limit"))
+    st.caption(f"Pairs matching the filters above, best first by {METRIC_LABELS[metric]}. Files are "
+               "built when you click.")
+    make = ui_store.export_callables(run_id, dict(metric=metric, diagonal=diagonal, limit=limit or None, **where))
+    c = st.columns(4)
+    stem = f"fra-run-{run_id}"
+    for col, (key, label, name, mime) in zip(c, [
+            ("parquet", "Pairs (Parquet)", f"{stem}-pairs.parquet", "application/octet-stream"),
+            ("csv", "Pairs (CSV)", f"{stem}-pairs.csv", "text/csv"),
+            ("html", "HTML report", f"{stem}-report.html", "text/html"),
+            ("package", "Results package (.tar.gz)", f"{stem}.tar.gz", "application/gzip")]):
+        col.download_button(label, make[key], file_name=name, mime=mime, on_click="ignore", key=f"pt_dl_{key}")
+
+
+def show_sql() -> None:
+    st.caption("One SELECT, on a read-only connection; at most 10 000 rows come back. Tables: runs, sources, "
+               "features, pair_stats, pair_summary, pair_examples, samples_done, ingested_shards, feature_counts "
+               f"(filter with `run = {run_id}`).")
+    sql = st.text_area("SQL", f"SELECT layer, head, count(*) AS pairs, sum(n) AS occurrences, sum(abs_sum) AS abs_sum\n"
+                              f"FROM pair_stats WHERE run = {run_id}\nGROUP BY ALL ORDER BY layer, head",
+                       height=120, key="pt_sql")
+    if st.button("Run query", key="pt_sql_run"):
+        st.dataframe(run_sql_readonly(ui_store.get_store(), sql), hide_index=True, width="stretch")
+
+
+try:
+    {"Top pairs": show_top, "Feature": show_feature, "Charts": show_charts, "Compare": show_compare,
+     "Export": show_export, "SQL": show_sql}[view]()
+except StoreError as exc:
+    ui.show_error(exc)
+except StoreBusy as exc:
+    ui.show_error(exc, "Database busy")

@@ -1,0 +1,147 @@
+"""Store helpers for the database pages: the cached `Store`, ingest-on-view of accumulation jobs, and
+cached query results. Never imports torch (the pair-table pages must stay light).
+
+* One `Store` per database file and process (`st.cache_resource`); it keeps its connection open
+  (`hold=True`): the app is the database's one writer (jobs only write Parquet shards), and a held
+  connection keeps DuckDB's buffer cache warm, which is what makes a filter change on a 10 M-row run
+  answer in well under a second. Every use takes its own cursor (`Store.read()` / `Store.write()`).
+* `sync_jobs()` ingests new shards of every accumulation job folder (idempotent, throttled to one
+  pass per `SYNC_EVERY_S`), so runs appear and grow while their jobs run, whether or not the tab that
+  launched them is still open.
+* `query(name, version, ...)` runs one of the store's read queries through `st.cache_data`; `version`
+  (the run's row in `runs`) changes whenever an ingest changes the run, which invalidates its entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import streamlit as st
+
+from pages import ui
+from store import (Store, StoreBusy, StoreError, compare_pairs, export_pairs_bytes, feature_partners, get_run,
+                   html_report, ingest_all_jobs, ingest_job_shards, list_runs, pair_examples, results_package_bytes,
+                   self_fraction_by_head, summary_stats, top_pairs, value_histogram)
+from store.page_queries import head_summary, run_heads
+
+SYNC_EVERY_S = 2.0
+METRIC_LABELS = {"sum": "sum of FRA", "mean": "mean FRA", "abs_sum": "sum of |FRA|", "mean_abs": "mean |FRA|",
+                 "max_abs": "max |FRA|", "count": "count"}
+
+_QUERIES: dict[str, Callable[..., Any]] = {
+    "top_pairs": top_pairs, "feature_partners": feature_partners, "summary_stats": summary_stats,
+    "self_fraction_by_head": self_fraction_by_head, "value_histogram": value_histogram,
+    "compare_pairs": compare_pairs, "pair_examples": pair_examples, "get_run": get_run,
+    "head_summary": head_summary, "run_heads": run_heads,
+}
+
+
+@dataclasses.dataclass
+class StoreHandle:
+    store: Store
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    last_sync: float = 0.0
+
+
+@st.cache_resource(show_spinner=False, max_entries=8, on_release=lambda h: h.store.close())
+def _handle(db_path: str) -> StoreHandle:
+    return StoreHandle(Store(db_path, timeout_s=10, hold=True))
+
+
+def db_path() -> str:
+    return str(ui.workspace().db_path)
+
+
+def get_store() -> Store:
+    return _handle(db_path()).store
+
+
+# ----------------------------------------------------------------------------- ingest on view
+def _ingest_each(con, jobs_root: Path) -> tuple[list[dict], list[str]]:
+    """Job by job, so one unreadable job folder does not hold the others back."""
+    from fra_core.jobs import list_jobs
+
+    deleted = {r[0] for r in con.execute("SELECT name FROM deleted_runs").fetchall()}
+    done, errors = [], []
+    for job in list_jobs(jobs_root, "accumulate"):
+        if job.job_id in deleted:
+            continue
+        try:
+            done.append({"name": job.job_id, **ingest_job_shards(con, job.path)})
+        except (StoreError, OSError, ValueError) as exc:
+            errors.append(f"job {job.job_id}: {exc}")
+    return done, errors
+
+
+def sync_jobs(force: bool = False) -> tuple[list[dict], list[str]]:
+    """Ingest what accumulation jobs wrote since the last pass; returns (changes, error messages)."""
+    handle = _handle(db_path())
+    with handle.lock:
+        if not force and time.monotonic() - handle.last_sync < SYNC_EVERY_S:
+            return [], []
+        handle.last_sync = time.monotonic()
+        jobs_root = ui.workspace().jobs
+        try:
+            with handle.store.write() as con:
+                try:
+                    return ingest_all_jobs(con, jobs_root), []
+                except (StoreError, OSError, ValueError):
+                    return _ingest_each(con, jobs_root)
+        except StoreBusy as exc:
+            return [], [f"database busy, runs not refreshed: {exc}"]
+
+
+# ----------------------------------------------------------------------------- queries
+def runs() -> pd.DataFrame:
+    """The `runs` table (small; never cached: it is how the pages notice a deleted or grown run)."""
+    with get_store().read() as cur:
+        return list_runs(cur)
+
+
+def run_version(runs_df: pd.DataFrame, run_id: int) -> tuple:
+    row = runs_df.loc[runs_df["id"] == run_id].iloc[0]
+    return (int(run_id), str(row["status"]), int(row["n_samples"]), int(row["n_pairs"]), str(row["finished"]))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _query(name: str, db: str, version: tuple, *args: Any, **kwargs: Any) -> Any:
+    with _handle(db).store.read() as cur:
+        return _QUERIES[name](cur, *args, **kwargs)
+
+
+def query(name: str, version: tuple, *args: Any, **kwargs: Any) -> Any:
+    """`store.<name>(cursor, *args, **kwargs)`, cached until `version` changes."""
+    return _query(name, db_path(), version, *args, **kwargs)
+
+
+def run_label(row) -> str:
+    return (f"#{row['id']} {row['name']} · {row['status']} · {int(row['n_samples']):,} samples · "
+            f"{int(row['n_pairs']):,} pairs")
+
+
+# ----------------------------------------------------------------------------- downloads (deferred)
+def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
+    """Byte producers for the download buttons; they run only when the user clicks (on another
+    thread), each in its own read session, so a large run costs nothing until asked for."""
+    store = get_store()
+
+    def pairs(fmt: str) -> Callable[[], bytes]:
+        def make() -> bytes:
+            with store.read() as cur:
+                return export_pairs_bytes(cur, run_id, fmt, **filters)
+        return make
+
+    def report() -> bytes:
+        with store.read() as cur:
+            return html_report(cur, run_id, metric=filters.get("metric", "sum")).encode("utf-8")
+
+    def package() -> bytes:
+        with store.read() as cur:
+            return results_package_bytes(cur, run_id)
+
+    return {"parquet": pairs("parquet"), "csv": pairs("csv"), "html": report, "package": package}

@@ -1,0 +1,31 @@
+"""Small read queries the database pages need beyond `store.queries` (no torch, no streamlit)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from store.ingest import resolve_run
+
+
+def head_summary(con, run: int | str) -> pd.DataFrame:
+    """Per (layer, head) of a run: unique pairs, self-pairs, occurrences (from pair_summary, no scan of
+    pair_stats) and the |FRA| totals of its pairs (one grouped scan): abs_sum = Σ|FRA| over every
+    occurrence, mean_abs = abs_sum / occurrences, max_abs = the largest single |FRA|."""
+    run_id = resolve_run(con, run)
+    return con.execute("""
+        WITH agg AS (SELECT layer, head, sum(abs_sum) AS abs_sum,
+                            max(greatest(abs(max), abs(min))) AS max_abs
+                     FROM pair_stats WHERE run = ? GROUP BY layer, head)
+        SELECT s.layer, s.head, s.unique_pairs, s.self_pairs, s.occurrences, s.diagonal_occurrences,
+               s.self_pairs / nullif(s.unique_pairs, 0) AS self_pair_share,
+               a.abs_sum, a.abs_sum / nullif(s.occurrences, 0) AS mean_abs, a.max_abs
+        FROM pair_summary s LEFT JOIN agg a USING (layer, head)
+        WHERE s.run = ? ORDER BY s.layer, s.head""", [run_id, run_id]).df()
+
+
+def run_heads(con, run: int | str) -> pd.DataFrame:
+    """The run's (layer, head) rows of pair_summary — unique pairs, self-pairs, occurrences, diagonal
+    occurrences per head — without touching pair_stats (what a page needs on its first render)."""
+    run_id = resolve_run(con, run)
+    return con.execute("""SELECT layer, head, unique_pairs, self_pairs, occurrences, diagonal_occurrences
+                          FROM pair_summary WHERE run = ? ORDER BY layer, head""", [run_id]).df()
