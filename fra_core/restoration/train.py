@@ -1,0 +1,334 @@
+"""Train the restoration model: background job (kind ``train-restoration``), in-process, or CLI
+(``python -m fra_core train-restoration --config cfg.yaml``).
+
+Masked-character objective: cross-entropy on masked positions only (labels -100 elsewhere), masks
+redrawn every batch from the dataset's `maskable` column with the dataset's masking settings, so a
+position without ground truth is never a target. AdamW, linear warm-up then cosine decay to 10 % over
+whichever ends first, `max_steps` or `time_budget_s`. Batches group examples of similar length (less
+padding); <pad> is not masked out of attention (see model.py).
+
+Outputs under ``$FRA_WORKSPACE/restoration/<name>/``: ``checkpoint.pt`` (config, weights, vocab, meta)
+and ``result.json`` (training curve summary, test evaluation vs the n-gram baseline). With
+``convert: true`` the model is also converted, verified and saved as workspace model ``<name>``.
+Everything is written into a temp folder renamed at the end: a cancelled or failed run leaves nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fra_core.atf import PAD_ID
+from fra_core.config import ConfigError, JobConfig
+from fra_core.restoration.dataset import IGNORE_INDEX, apply_mask, load_restoration_dataset, sample_mask
+from fra_core.restoration.evaluate import evaluate, fit_ngram, select_ngram
+from fra_core.restoration.model import RestorationModel, RestorationModelConfig, save_checkpoint
+from fra_core.restoration.runs import CHECKPOINT_FILE, RESULT_FILE, restoration_root
+from fra_core.workspace import Workspace, check_name
+
+
+@dataclass(frozen=True)
+class TrainRestorationConfig(JobConfig):
+    dataset: str = ""            # workspace dataset name (datasets/<name>) or a dataset folder
+    name: str = "restoration"    # output: restoration/<name>/ and (convert) workspace model <name>
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 0               # 0: 4 * d_model
+    rope_base: float = 10000.0
+    rope_quirk: bool = False     # train with the seed's RoPE slicing quirk (see model.py)
+    dropout: float = 0.0
+    train_mask_rate: float = 0.0  # 0: the dataset's rate; higher = more targets per step (cheaper learning)
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    max_steps: int = 1000
+    time_budget_s: float = 0.0   # > 0: stop (and finish the LR schedule) after this many seconds
+    budget_clock: str = "wall"   # wall | cpu: count the budget in process CPU seconds, so a busy machine
+    #                              (other users' jobs) does not shrink the training a run gets
+    grad_clip: float = 1.0
+    log_every: int = 10
+    eval_every: int = 100
+    val_examples: int = 64
+    ngram_order: int = 6         # 0: choose the order (3..7) with the best top-1 on the validation split
+    convert: bool = True
+    overwrite: bool = False
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0             # torch CPU threads (0: torch's default). Small models on a busy machine
+    #                              train several times faster with 1: no spinning at OpenMP barriers.
+
+    def validate(self) -> "TrainRestorationConfig":
+        check_name(self.name, "restoration model name")
+        if not self.dataset:
+            raise ConfigError("no dataset given: build one on the Restoration data page first")
+        for name in ("n_layers", "d_model", "n_heads", "batch_size", "max_steps", "log_every", "eval_every"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.budget_clock not in ("wall", "cpu"):
+            raise ConfigError(f"budget_clock must be 'wall' or 'cpu', got {self.budget_clock!r}")
+        if not 0 <= self.train_mask_rate < 1:
+            raise ConfigError(f"train_mask_rate must be in [0, 1), got {self.train_mask_rate}")
+        if self.lr <= 0 or self.time_budget_s < 0 or self.ngram_order < 0:
+            raise ConfigError(f"bad settings: lr={self.lr}, time_budget_s={self.time_budget_s}, "
+                              f"ngram_order={self.ngram_order}")
+        return self
+
+
+class NullProgress:
+    def update(self, done, total=None, message="", force=False, **extra):
+        pass
+
+    def log_metrics(self, step, **metrics):
+        pass
+
+    def log(self, text):
+        pass
+
+
+class ConsoleProgress(NullProgress):
+    def __init__(self, every_s: float = 10.0):
+        self.every_s, self._last = every_s, 0.0
+
+    def update(self, done, total=None, message="", force=False, **extra):
+        if force or time.time() - self._last >= self.every_s:
+            self._last = time.time()
+            print(f"[train-restoration] {message or f'{done}/{total}'}", flush=True)
+
+    def log(self, text):
+        print(text, flush=True)
+
+
+# ----------------------------------------------------------------------------- batches
+def length_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of batches of similar-length examples, in random order."""
+    order = np.argsort(np.asarray(lengths) + rng.random(len(lengths)), kind="stable")
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(rows: Sequence[dict], rng: np.random.Generator | None,
+            mask_settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masked ids, labels) [batch, pos], padded with <pad> / -100. rng=None: the stored fixed masks."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for j, r in enumerate(rows):
+        if rng is None:
+            masked, lab = r["masked_ids"], r["labels"]
+        else:
+            mask = sample_mask(np.asarray(r["maskable"], dtype=bool), rng, **mask_settings)
+            masked, lab = apply_mask(r["input_ids"], mask)
+        ids[j, :len(masked)] = torch.tensor(masked)
+        labels[j, :len(lab)] = torch.tensor(lab)
+    return ids, labels
+
+
+def lr_at(cfg: TrainRestorationConfig, step: int, elapsed_s: float) -> float:
+    frac = step / cfg.max_steps
+    if cfg.time_budget_s > 0:
+        frac = max(frac, elapsed_s / cfg.time_budget_s)
+    warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+@torch.no_grad()
+def validation(model, rows: Sequence[dict], device, batch_size: int) -> dict[str, float]:
+    model.eval()
+    loss_sum, n, correct = 0.0, 0, 0
+    for i in range(0, len(rows), batch_size):
+        ids, labels = collate(rows[i:i + batch_size], None, {})
+        logits = model(ids.to(device))
+        labels = labels.to(device)
+        keep = labels != IGNORE_INDEX
+        loss_sum += F.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
+        correct += (logits[keep].argmax(-1) == labels[keep]).sum().item()
+        n += int(keep.sum())
+    model.train()
+    return {"val_loss": loss_sum / max(n, 1), "val_top1": correct / max(n, 1)}
+
+
+# ----------------------------------------------------------------------------- training
+def make_optimizer(model, cfg: TrainRestorationConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, LayerNorm parameters (1-D tensors)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+
+
+def train_step(model, opt, ids: torch.Tensor, labels: torch.Tensor, lr: float, grad_clip: float) -> float:
+    """One update on masked positions only (labels -100 elsewhere); returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    logits = model(ids)
+    loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.item()
+
+
+def train_model(cfg: TrainRestorationConfig, train_rows: Sequence[dict], val_rows: Sequence[dict], d_vocab: int,
+                max_len: int, mask_settings: dict, progress, device) -> tuple[RestorationModel, dict]:
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    mcfg = RestorationModelConfig(d_vocab=d_vocab, n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
+                                  d_mlp=cfg.d_mlp, max_len=max_len, rope_base=cfg.rope_base,
+                                  rope_quirk=cfg.rope_quirk, dropout=cfg.dropout)
+    model = RestorationModel(mcfg).to(device).train()
+    opt = make_optimizer(model, cfg)
+    lengths = [len(r["input_ids"]) for r in train_rows]
+    clock = time.process_time if cfg.budget_clock == "cpu" else time.time
+    t0, c0, step, history, batches = time.time(), clock(), 0, [], []
+    val = {}
+    while step < cfg.max_steps and not (cfg.time_budget_s and clock() - c0 >= cfg.time_budget_s):
+        if not batches:
+            batches = length_batches(lengths, cfg.batch_size, rng)
+        ids, labels = collate([train_rows[i] for i in batches.pop()], rng, mask_settings)
+        lr = lr_at(cfg, step, clock() - c0)
+        loss = train_step(model, opt, ids.to(device), labels.to(device), lr, cfg.grad_clip)
+        step += 1
+        if step % cfg.log_every == 0 or step == 1:
+            history.append({"step": step, "loss": loss, "lr": lr})
+            progress.log_metrics(step, loss=loss, lr=lr)
+        if val_rows and (step % cfg.eval_every == 0):
+            val = validation(model, val_rows, device, cfg.batch_size)
+            progress.log_metrics(step, **val)
+        progress.update(step, cfg.max_steps, message=f"step {step}: loss {loss:.3f}"
+                        + (f", val top-1 {val['val_top1']:.3f}" if val else ""))
+    if val_rows:
+        val = validation(model, val_rows, device, cfg.batch_size)
+        progress.log_metrics(step, **val)
+    summary = {"steps": step, "train_s": time.time() - t0, "budget_clock_s": clock() - c0,
+               "final_loss": history[-1]["loss"] if history else None, "history": history[-200:], **val}
+    return model.eval(), summary
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Use `n` torch CPU threads inside the block (n <= 0: leave the setting alone); restored after."""
+    if n <= 0:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run_train_restoration(cfg: TrainRestorationConfig, progress=None,
+                          workspace: Workspace | None = None) -> dict[str, Any]:
+    """Train, evaluate on the test split (model vs n-gram), save the checkpoint, optionally convert."""
+    cfg.validate()
+    progress = progress or NullProgress()
+    workspace = workspace or Workspace.from_env()
+    out_dir = restoration_root(workspace) / cfg.name
+    model_dir = workspace.models / cfg.name
+    for path in (out_dir, model_dir) if cfg.convert else (out_dir,):
+        if path.exists() and not cfg.overwrite:
+            raise ConfigError(f"{path} already exists; choose another name (or set overwrite)")
+    with torch_threads(cfg.threads):
+        return _train_evaluate_save(cfg, progress, workspace, out_dir, model_dir)
+
+
+def _train_evaluate_save(cfg: TrainRestorationConfig, progress, workspace: Workspace, out_dir: Path,
+                         model_dir: Path) -> dict[str, Any]:
+    from fra_core.devices import pick_device
+
+    device = pick_device(None if cfg.device in ("", "auto") else cfg.device)
+    t0 = time.time()
+    dsd, vocab, settings = load_restoration_dataset(cfg.dataset, workspace)
+    dcfg = settings["config"]
+    mask_settings = {"rate": cfg.train_mask_rate or dcfg["mask_rate"], "span_prob": dcfg["span_prob"],
+                     "max_span": dcfg["max_span"]}
+    train_rows, test_rows = list(dsd["train"]), list(dsd["test"])
+    val_rows = list(dsd["validation"])[:cfg.val_examples]
+    if not train_rows:
+        raise ConfigError(f"dataset {cfg.dataset!r} has no training examples")
+    progress.update(0, cfg.max_steps, message=f"training on {len(train_rows)} examples", force=True)
+    model, summary = train_model(cfg, train_rows, val_rows, vocab.size, dcfg["max_len"], mask_settings,
+                                 progress, device)
+    progress.update(summary["steps"], cfg.max_steps, message="evaluating on the test split", force=True)
+    if cfg.ngram_order:
+        ngram = fit_ngram(train_rows, cfg.ngram_order, vocab.size)
+    else:
+        progress.update(summary["steps"], cfg.max_steps, message="choosing the n-gram order", force=True)
+        ngram = select_ngram(train_rows, list(dsd["validation"]), vocab.size)
+    report = evaluate(model, test_rows, ngram, device, cfg.batch_size)
+    result = {"name": cfg.name, "config": cfg.to_dict(), "config_hash": cfg.config_hash(), "dataset": cfg.dataset,
+              "dataset_hash": settings.get("config_hash"), "train": summary, "eval": report.to_dict()}
+    model = model.cpu()
+    _write_outputs(out_dir, model, vocab, result, workspace)
+    result["checkpoint"] = str(out_dir / CHECKPOINT_FILE)
+    if cfg.convert:
+        progress.update(summary["steps"], cfg.max_steps, message="converting to TransformerLens", force=True)
+        result.update(_convert(model, vocab, test_rows, model_dir, result, cfg.overwrite))
+    result["wall_s"] = time.time() - t0
+    return {k: v for k, v in result.items() if k != "config"}
+
+
+def _write_outputs(out_dir: Path, model, vocab, result: dict, workspace: Workspace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        meta = {k: result[k] for k in ("dataset", "dataset_hash", "eval")} | {"train": result["config"]}
+        save_checkpoint(model, tmp / CHECKPOINT_FILE, vocab.to_json(), meta)
+        (tmp / RESULT_FILE).write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _convert(model, vocab, test_rows, model_dir: Path, result: dict, overwrite: bool) -> dict[str, Any]:
+    from fra_core.restoration.convert import TOLERANCE, convert_and_verify, save_converted
+
+    texts = [r["text"] for r in test_rows[:200]]
+    tl, worst, n = convert_and_verify(model, vocab, texts=texts)
+    if worst > TOLERANCE:
+        return {"converted": None, "max_abs_dlogit": worst}
+    meta = {"origin": "restoration-training", "checkpoint": str(Path(result.get("checkpoint", "")).resolve()),
+            "restoration_config": model.cfg.to_dict(), "rope_quirk": model.cfg.rope_quirk, "max_abs_dlogit": worst,
+            "verified_batches": n, "tolerance": TOLERANCE, "eval": result["eval"], "dataset": result["dataset"],
+            "description": f"character restoration encoder, {model.cfg.n_layers} layers, bidirectional RoPE"}
+    save_converted(tl, vocab, model_dir, meta, overwrite=overwrite)
+    return {"converted": str(model_dir), "max_abs_dlogit": worst}
+
+
+def cli_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fra_core train-restoration",
+                                     description="Train a restoration model from a TrainRestorationConfig YAML.")
+    parser.add_argument("--config", required=True, help="YAML file (as saved by the restoration training page)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = TrainRestorationConfig.load_yaml(args.config)
+        result = run_train_restoration(cfg, ConsoleProgress())
+    except (ValueError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    ev = result["eval"]
+    print(f"test: top1 {ev['model']['top1']:.4f} (n-gram {ev['ngram']['top1']:.4f}), "
+          f"top5 {ev['model']['top5']:.4f}, cer {ev['model']['cer']:.4f}")
+    print(f"checkpoint: {result['checkpoint']}")
+    if result.get("converted"):
+        print(f"model: {result['converted']} (max |dlogit| {result['max_abs_dlogit']:.2e})")
+    return 0
