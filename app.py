@@ -13,7 +13,13 @@ SECTIONS: dict[str, list[tuple[str, str, str]]] = {
     "Models": [
         ("pages/models.py", "Models", ":material/memory:"),
     ],
-    "Explore": [],
+    "Explore": [
+        ("pages/fra_text.py", "Single text FRA", ":material/grid_on:"),
+        ("pages/fra_weights.py", "Data-independent view", ":material/schema:"),
+        ("pages/fra_validation.py", "Validation", ":material/fact_check:"),
+        ("pages/fra_accumulate.py", "Dataset accumulation", ":material/dataset:"),
+        ("pages/pair_tables.py", "Pair tables", ":material/table_chart:"),
+    ],
     "Build": [
         ("pages/sae.py", "SAEs", ":material/hub:"),
         ("pages/restoration_data.py", "Restoration data", ":material/text_snippet:"),

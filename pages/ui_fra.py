@@ -1,0 +1,241 @@
+"""Shared widgets and cached computations of the FRA explorer pages (single text, weights, validation).
+
+Model, SAE sides, layer/head and text pickers; cached FRA results keyed on (model ref, SAE refs, text,
+layer, heads, options) so reruns (clicks, toggles elsewhere) never recompute. torch-heavy modules are
+imported inside functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from pages import ui
+
+CUSTOM = "custom refs…"
+
+
+def select_model(prefix: str):
+    """Model selectbox (+ custom TransformerLens name); returns (ref, model) or stops with st.error."""
+    from fra_core.models import list_models
+
+    refs = [e.ref for e in list_models(ui.workspace())]
+    ref = st.selectbox("Model", refs, key=f"{prefix}_model",
+                       help="The built-in demo works offline; gpt2-small needs the Hugging Face cache.")
+    try:
+        model = ui.get_model(ref)
+    except Exception as exc:  # ModelLoadError and friends: a message, not a traceback
+        ui.show_error(exc, f"Could not load {ref!r}")
+        st.stop()
+    if ref == "demo":
+        ensure_demo_saes()
+    return ref, model
+
+
+@st.cache_resource(show_spinner="Preparing the demo SAEs…")
+def _demo_saes(root: str, train: bool) -> list[str]:
+    from fra_core.sae.demo import ensure_demo_saes as ensure
+    from fra_core.workspace import Workspace
+
+    return sorted(ensure(Workspace(Path(root)), train_if_missing=train))
+
+
+def ensure_demo_saes() -> None:
+    """Copy the shipped demo SAEs into the workspace; offer to train them when they are not shipped."""
+    root = str(ui.workspace().root)
+    have = _demo_saes(root, False)
+    if len(have) < 2:
+        st.info("The demo SAEs (demo-l1-ln1, demo-l0-hook-z) are not in this workspace yet.")
+        if st.button("Train the demo SAEs (a few minutes on CPU)", key="fra_train_demo_saes"):
+            _demo_saes.clear()
+            _demo_saes(root, True)
+            _demo_saes.clear()
+            st.rerun()
+
+
+def side_options(model, layer: int) -> dict[str, tuple[str, ...]]:
+    """Workspace SAEs that can be a side of `layer`: head-input SAEs of that layer, and all upstream
+    hook_z SAEs (one per layer l < layer) as one combined side."""
+    from fra_core.explore import hook_layer
+    from fra_core.sae import list_saes
+
+    opts: dict[str, tuple[str, ...]] = {}
+    upstream: dict[int, str] = {}
+    for e in list_saes(ui.workspace()):
+        hook = e.hook_name or ""
+        head_input = hook in (f"blocks.{layer}.ln1.hook_normalized", f"blocks.{layer}.hook_resid_pre")
+        if head_input and e.d_in == model.cfg.d_model:
+            opts[f"{e.name}  ({hook})"] = (e.name,)
+        elif hook.endswith("attn.hook_z") and (hook_layer(hook) or 0) < layer:
+            upstream.setdefault(hook_layer(hook), e.name)
+    if upstream:
+        names = tuple(upstream[l] for l in sorted(upstream))
+        opts[f"upstream hook_z: {', '.join(names)}"] = names
+    return opts
+
+
+def select_sides(prefix: str, model, layer: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Query and key SAE pickers (key defaults to the query side); stops with a message if none fit."""
+    opts = side_options(model, layer)
+    if not opts:
+        st.error(f"No SAE for layer {layer} in this workspace: train one on blocks.{layer}.ln1.hook_normalized "
+                 f"(SAEs page), or give SAE refs below.", icon=":material/error:")
+    labels = list(opts) + [CUSTOM]
+    cols = st.columns(2)
+    q_label = cols[0].selectbox("Query-side SAE", labels, key=f"{prefix}_qsae",
+                                help="An SAE on this layer's head input (ln1.hook_normalized / hook_resid_pre), "
+                                     "or the upstream attention-output (hook_z) SAEs of earlier layers.")
+    k_label = cols[1].selectbox("Key-side SAE", ["same as query"] + labels, key=f"{prefix}_ksae")
+    custom = ""
+    if CUSTOM in (q_label, k_label):
+        custom = st.text_input("SAE refs (comma-separated: workspace names, folders, ckkissane:<file.pt>, "
+                               "release:<release>/<id>)", key=f"{prefix}_custom")
+        if not custom.strip():
+            st.info("Enter SAE refs (for an upstream side: one hook_z SAE per earlier layer).")
+            st.stop()
+    custom_refs = tuple(r.strip() for r in custom.split(",") if r.strip())
+    q = custom_refs if q_label == CUSTOM else opts[q_label]
+    k = q if k_label == "same as query" else custom_refs if k_label == CUSTOM else opts[k_label]
+    return q, k
+
+
+def load_side(refs: tuple[str, ...], model):
+    """One SAE, or a list for hook_z sides (raises SAELoadError & co. with a readable message)."""
+    from pages.ui_sae import get_sae
+
+    saes = [get_sae(r) for r in refs]
+    hooks = [s.cfg.metadata.hook_name or "" for s in saes]
+    for sae in saes:  # SAELens sets a hook_z SAE's d_head on its first 4-D input; the engine may read it first
+        if getattr(sae, "hook_z_reshaping_mode", False) and getattr(sae, "d_head", None) is None:
+            sae.d_head = model.cfg.d_head
+    return saes if len(saes) > 1 or hooks[0].endswith("attn.hook_z") else saes[0]
+
+
+def is_gpt2(model) -> bool:
+    return "gpt2" in (model.cfg.model_name or "").lower() and model.cfg.d_model == 768
+
+
+def layer_head(prefix: str, model, all_heads: bool = True) -> tuple[int, int, bool]:
+    """Layer selectbox, head number input (checked against the model, not clamped), all-heads toggle."""
+    cols = st.columns(3)
+    default_layer = 1 if model.cfg.n_layers > 1 else 0
+    layer = cols[0].selectbox("Layer", list(range(model.cfg.n_layers)), index=default_layer, key=f"{prefix}_layer")
+    head = int(cols[1].number_input("Head", min_value=0, value=0, step=1, key=f"{prefix}_head",
+                                    help=f"0..{model.cfg.n_heads - 1}"))
+    every = cols[2].toggle("All heads (summary)", key=f"{prefix}_all") if all_heads else False
+    if head >= model.cfg.n_heads:
+        st.error(f"Head {head} is out of range: layer {layer} has {model.cfg.n_heads} heads "
+                 f"(0..{model.cfg.n_heads - 1}).", icon=":material/error:")
+        st.stop()
+    return layer, head, every
+
+
+def pick_text(prefix: str, ref: str, model) -> str:
+    """A demo text (or a default) in an editable text area."""
+    from fra_core.demo import demo_texts
+
+    samples = demo_texts(8, seed=1, n_words=min(48, model.cfg.n_ctx - 2)) if ref == "demo" else [
+        "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog."]
+    which = st.selectbox("Example text", range(len(samples)), key=f"{prefix}_example",
+                         format_func=lambda i: f"{i}: {samples[i][:60]}…")
+    return st.text_area("Text", samples[which], key=f"{prefix}_text_{which}", height=90,
+                        help=f"Up to the model's context ({model.cfg.n_ctx} tokens with BOS).")
+
+
+def fra_options(prefix: str, validation: bool = False) -> dict:
+    """Toggles and advanced options → FRAOptions keyword arguments (a plain dict, hashable as items)."""
+    cols = st.columns(4)
+    out = {"row_centre": cols[2].toggle("Row-centre", False, key=f"{prefix}_centre"),
+           "attention_weighted": cols[3].toggle("Attention-weighted", False, key=f"{prefix}_weight")}
+    if not validation:  # cell exclusions only change the sparse pair table, not the budget or the loss
+        out["exclude_diagonal"] = cols[0].toggle("Exclude diagonal", True, key=f"{prefix}_diag")
+        out["exclude_bos_key"] = cols[1].toggle("Exclude BOS", False, key=f"{prefix}_bos")
+    else:
+        out["exclude_diagonal"] = False
+    with st.expander("Advanced"):
+        out["k_active"] = int(st.number_input("Features kept per position (K)", 1, 4096, 64, key=f"{prefix}_k",
+                                              help="K ≥ the SAE's L0 is exact; smaller K moves the rest into "
+                                                   "the 'truncation' node."))
+        out["top_m"] = int(st.number_input("Pairs kept per cell (top-m)", 1, 10_000, 16, key=f"{prefix}_m"))
+    return out
+
+
+def version(refs: tuple) -> tuple:
+    """Cache-key part that changes when the workspace or a workspace SAE's weights change."""
+    from pages.ui_sae import sae_stamp
+
+    ws = ui.workspace()
+    return (str(ws.root), *(sae_stamp(r, ws) for r in refs))
+
+
+@st.cache_resource(show_spinner="Computing FRA…", max_entries=16)
+def _fra(model_ref: str, device: str, q_refs: tuple, k_refs: tuple, texts: tuple, layer: int, heads: tuple | None,
+         opts: tuple, stamp: tuple):
+    import torch
+
+    from fra_core.fra import FRAOptions, compute_fra
+    from fra_core.prompting import prompt_tokens
+
+    model = ui.get_model(model_ref)
+    toks = [prompt_tokens(model, t) for t in texts]
+    if len({t.shape[1] for t in toks}) != 1:
+        raise ValueError("texts of different token lengths cannot share a batch")
+    tokens = torch.cat(toks)
+    result = compute_fra(model, tokens, layer, list(heads) if heads is not None else None, load_side(q_refs, model),
+                         load_side(k_refs, model), FRAOptions(**dict(opts)))
+    return tokens, result
+
+
+def get_fra(model_ref, q_refs, k_refs, texts, layer, heads, opts: dict):
+    """(tokens [batch, pos], FRAResult), cached per model/SAEs/texts/layer/heads/options."""
+    return _fra(model_ref, ui.device_choice(), tuple(q_refs), tuple(k_refs), tuple(texts), int(layer),
+                None if heads is None else tuple(heads), tuple(sorted(opts.items())), version(q_refs + k_refs))
+
+
+@st.cache_resource(show_spinner="Describing features…", max_entries=16)
+def _profiles(model_ref: str, device: str, refs: tuple, texts: tuple, stamp: tuple):
+    from fra_core.explore import feature_activations, feature_profiles
+    from fra_core.prompting import prompt_tokens
+
+    import pandas as pd
+    import torch
+
+    model = ui.get_model(model_ref)
+    side = load_side(refs, model)
+    toks = [prompt_tokens(model, t) for t in texts]
+    acts, strs = [], []
+    for length in sorted({t.shape[1] for t in toks}):  # one forward pass per token length
+        batch = torch.cat([t for t in toks if t.shape[1] == length])
+        a = feature_activations(model, batch, side)
+        acts.append(a.assign(batch=a["batch"] + len(strs)))
+        strs += [[str(s) for s in model.to_str_tokens(row)] for row in batch]
+    return feature_profiles(pd.concat(acts, ignore_index=True), strs)
+
+
+def get_profiles(model_ref: str, refs, texts):
+    """Feature descriptions (top token / top previous token) from activations on `texts`."""
+    return _profiles(model_ref, ui.device_choice(), tuple(refs), tuple(texts), version(tuple(refs)))
+
+
+def profile_texts(ref: str, model, text: str) -> tuple[str, ...]:
+    """Texts that describe features: the current text plus demo texts for the demo model."""
+    if ref == "demo":
+        from fra_core.demo import demo_texts
+
+        return (text, *demo_texts(48, seed=123, n_words=min(48, model.cfg.n_ctx - 2)))
+    return (text,)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _acts(model_ref: str, device: str, refs: tuple, text: str, stamp: tuple):
+    from fra_core.explore import feature_activations
+    from fra_core.prompting import prompt_tokens
+
+    model = ui.get_model(model_ref)
+    return feature_activations(model, prompt_tokens(model, text), load_side(refs, model))
+
+
+def get_activations(model_ref: str, refs, text: str):
+    """Non-zero SAE activations of a side on one text (cached): batch, pos, source, feature, activation."""
+    return _acts(model_ref, ui.device_choice(), tuple(refs), text, version(tuple(refs)))
