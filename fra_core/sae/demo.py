@@ -1,0 +1,79 @@
+"""The demo workspace's SAEs, created on first use like the demo model.
+
+- ``demo-l1-ln1`` on ``blocks.1.ln1.hook_normalized``: the induction head's input space, so FRA on it is
+  exact up to the SAE error. Layer 1's input is LN(token embedding + position + the layer-0 previous-token
+  head's output), so a TopK SAE with a few active features per token and d_sae >= 4x the vocabulary
+  learns "current token = A" features and "previous token was A" features.
+- ``demo-l0-hook-z`` on ``blocks.0.attn.hook_z`` (head-major flattened, d_in = 4 x 16): the upstream
+  features side (what layer 0's heads write).
+
+Both are trained by `fra_core.sae.train.run_train_sae` (the code the UI's jobs run), deterministically.
+`scripts/build_demo_saes.py` writes them to ``fra_core/assets/demo_saes/`` (shipped, < 2 MB each);
+`ensure_demo_saes` copies the shipped folders into the workspace, or trains them there if missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from fra_core.sae.train import SAEExistsError, TrainSAEConfig, run_train_sae
+from fra_core.workspace import Workspace
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo_saes"
+
+DEMO_SAE_CONFIGS: dict[str, TrainSAEConfig] = {
+    "demo-l1-ln1": TrainSAEConfig(
+        model="demo", hook_name="blocks.1.ln1.hook_normalized", architecture="topk", k=3, d_sae=768,
+        training_tokens=153_600, lr=3e-3, train_batch_size_tokens=512, context_size=64, n_batches_in_buffer=16,
+        dataset="demo", n_texts=4000, output_name="demo-l1-ln1", device="cpu", seed=0, log_every=20),
+    "demo-l0-hook-z": TrainSAEConfig(
+        model="demo", hook_name="blocks.0.attn.hook_z", architecture="topk", k=3, d_sae=512,
+        training_tokens=76_800, lr=3e-3, train_batch_size_tokens=512, context_size=64, n_batches_in_buffer=16,
+        dataset="demo", n_texts=4000, output_name="demo-l0-hook-z", device="cpu", seed=0, log_every=20),
+}
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file()
+
+
+def _copy_asset(src: Path, dest: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp.chmod(0o755)
+    try:
+        for f in src.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        if not dest.exists():
+            tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_demo_saes(workspace: Workspace | None = None, progress=None, train_if_missing: bool = True,
+                     asset_dir: Path = ASSET_DIR, model=None,
+                     configs: dict[str, TrainSAEConfig] | None = None) -> dict[str, Path]:
+    """Make sure the demo SAEs are in the workspace; returns {name: folder} of those present.
+
+    Existing folders are kept; shipped folders (`asset_dir`) are copied; otherwise (if `train_if_missing`)
+    they are trained on the demo model (or `model`) with `configs` (default `DEMO_SAE_CONFIGS`).
+    """
+    workspace = workspace or Workspace.from_env()
+    out: dict[str, Path] = {}
+    for name, cfg in (configs or DEMO_SAE_CONFIGS).items():
+        dest = workspace.saes / name
+        if not _complete(dest) and _complete(asset_dir / name):
+            _copy_asset(asset_dir / name, dest)
+        if not _complete(dest) and train_if_missing and not dest.exists():
+            if model is None:
+                from fra_core.demo import load_demo_model
+
+                model = load_demo_model(cfg.device, workspace=workspace)
+            try:
+                run_train_sae(cfg, progress, model=model, workspace=workspace)
+            except SAEExistsError:  # another process finished it first
+                pass
+        if _complete(dest):
+            out[name] = dest
+    return out
