@@ -3,8 +3,9 @@
     python benchmarks/bench_pages.py [--rows 10000000] [--repeat 3] [--db PATH]
 
 Builds a run of N pair rows inside DuckDB (range() + random(), no Python rows) in a temp workspace,
-laid out as compaction writes it (rows ordered by layer, head, sum DESC; 12 heads; d_sae 24 576; ~3 %
-self-pairs), with 2 M example rows and 100 k samples, then, in fresh Python processes:
+laid out as compaction writes it (rows ordered by layer, head, sum DESC, with the run's top-K lists;
+12 heads; d_sae 24 576; ~3 % self-pairs), with 2 M example rows and 100 k samples, then, in fresh Python
+processes:
 
   cold_load   time of the first `AppTest.from_file("pages/pair_tables.py").run()` to a complete render,
               in a fresh process where only Streamlit itself has started (its test harness imported and
@@ -66,21 +67,22 @@ PAGE_RUN = textwrap.dedent("""
     warm.write_text("import streamlit as st\\nst.write('warm')\\n")
     AppTest.from_file(str(warm), default_timeout=600).run()
     t_import = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     at = AppTest.from_file(sys.argv[1], default_timeout=600)
     at.run()
-    cold = time.perf_counter() - t0
+    cold, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
     assert not at.exception and not at.error, ([e.value for e in at.exception], [e.value for e in at.error])
-    out = {"import_s": t_import, "cold_s": cold, "rows": len(at.dataframe[0].value), "filters": []}
+    out = {"import_s": t_import, "cold_s": cold, "cold_cpu_s": cold_cpu, "rows": len(at.dataframe[0].value),
+           "filters": []}
     if sys.argv[2] == "filters":
         for label, kind, key, value in json.loads(sys.argv[3]):
             widget = getattr(at, kind)(key=key)
             widget.set_value(value)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             at.run()
-            ms = (time.perf_counter() - t0) * 1000
+            ms, cpu_ms = (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
             assert not at.exception and not at.error, (label, [e.value for e in at.error])
-            out["filters"].append([label, ms, len(at.dataframe[0].value) if at.dataframe else 0])
+            out["filters"].append([label, ms, len(at.dataframe[0].value) if at.dataframe else 0, cpu_ms])
     print(json.dumps(out))
 """)
 
@@ -139,7 +141,7 @@ def page_process(workspace: Path, mode: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def query_only(db_path: Path, run: int) -> list[tuple[str, float]]:
+def query_only(db_path: Path, run: int) -> list[tuple[str, tuple[float, float]]]:
     """The same filter changes as bare store calls (what the page runs uncached for the Top pairs view)."""
     from store import Store, top_pairs
 
@@ -160,11 +162,11 @@ def query_only(db_path: Path, run: int) -> list[tuple[str, float]]:
                 state["self_pairs"] = value
             else:
                 state[remap[key]] = value
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             args = {k: v for k, v in state.items() if k not in ("metric", "order", "diagonal")}
             top_pairs(cur, run, metric=state["metric"], n=100, order=state["order"], diagonal=state["diagonal"],
                       layer=LAYER if state["head"] is not None else None, **args)
-            out.append((label, (time.perf_counter() - t0) * 1000))
+            out.append((label, ((time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000)))
     store.close()
     return out
 
@@ -182,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         if not db_path.exists():
             t0 = time.perf_counter()
             run = build(db_path, args.rows)
-            print(f"built {args.rows:,} pair rows (+2 M examples, 100 k samples) in {time.perf_counter() - t0:.1f} s "
-                  f"({db_path.stat().st_size / 2**20:.0f} MiB)", flush=True)
+            print(f"built {args.rows:,} pair rows (+2 M examples, 100 k samples, top-K lists) in "
+                  f"{time.perf_counter() - t0:.1f} s ({db_path.stat().st_size / 2**20:.0f} MiB)", flush=True)
         else:
             run = 1
         print(f"load average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
@@ -192,17 +194,23 @@ def main(argv: list[str] | None = None) -> int:
             res = page_process(workspace, "filters" if i == args.repeat - 1 else "cold")
             colds.append(res["cold_s"])
             imports.append(res["import_s"])
-            print(f"cold load #{i + 1}: {res['cold_s']:.2f} s (first render, {res['rows']} rows; streamlit harness "
+            print(f"cold load #{i + 1}: {res['cold_s']:.2f} s, process CPU {res['cold_cpu_s']:.2f} s (first render, "
+                  f"{res['rows']} rows; streamlit harness "
                   f"start-up before it, not counted: {res['import_s']:.2f} s)", flush=True)
         cold = statistics.median(colds)
-        print("filter changes (end-to-end page rerun | bare top_pairs query on a held connection):")
+        print("filter changes, wall (process CPU) in ms: end-to-end page rerun | bare top_pairs query on a held "
+              "connection:")
         bare = dict(query_only(db_path, run))
         page = res["filters"]
-        for label, ms, n_rows in page:
-            print(f"  {label:22s} {ms:8.1f} ms | {bare[label]:7.1f} ms  ({n_rows} rows)")
-        page_ms = [ms for _, ms, _ in page]
-        print(f"filter change: median {statistics.median(page_ms):.1f} ms, slowest {max(page_ms):.1f} ms end to end; "
-              f"bare queries median {statistics.median(bare.values()):.1f} ms, slowest {max(bare.values()):.1f} ms")
+        for label, ms, n_rows, cpu_ms in page:
+            print(f"  {label:22s} {ms:8.1f} ({cpu_ms:7.1f}) | {bare[label][0]:7.1f} ({bare[label][1]:7.1f})  "
+                  f"({n_rows} rows)")
+        page_ms = [row[1] for row in page]
+        bare_ms = [wall for wall, _ in bare.values()]
+        print(f"filter change: median {statistics.median(page_ms):.1f} ms, slowest {max(page_ms):.1f} ms end to end "
+              f"(process CPU median {statistics.median(row[3] for row in page):.1f} ms, slowest "
+              f"{max(row[3] for row in page):.1f} ms); bare queries median {statistics.median(bare_ms):.1f} ms, "
+              f"slowest {max(bare_ms):.1f} ms")
         print(f"load average after timing: {os.getloadavg()[0]:.1f}")
         print(f"cold_load_s={cold:.2f} filter_ms={max(page_ms):.0f}")
     return 0

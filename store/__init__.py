@@ -14,7 +14,9 @@ Every read function takes a connection or cursor and returns a small DataFrame /
 or a name (the job folder name); a deleted run raises StoreError("... does not exist (deleted meanwhile?)").
 Filters shared by the pair queries (`pair_filter`): layer, head, feature (+ side 'either'|'query'|'key',
 src), self_pairs None|'only'|'exclude', min_count, diagonal (False removes query = key occurrences).
-Metrics: sum, mean, abs_sum, mean_abs, max_abs, count.
+Metrics: sum, mean, abs_sum, mean_abs, max_abs, count. Top-N queries are answered from each run's
+pre-ranked top-K lists where those provably hold the answer (`store.topk`, rebuilt by compaction), else
+by a scan. `run_sql_readonly` runs user SQL on a sandboxed connection (no file or extension access).
 """
 
 from store.connection import Store, StoreBusy, StoreError, connect

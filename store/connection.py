@@ -43,7 +43,16 @@ def _is_lock_error(exc: Exception) -> bool:
     return any(marker in str(exc) for marker in _LOCK_MARKERS)
 
 
-def connect(path: str | Path, read_only: bool = False, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+# A connection for SQL typed by a user: no file system (read_text, read_csv, COPY, ATTACH, glob, ...), no
+# scans of Python variables, no extension install/load, and a locked configuration so the SQL cannot
+# SET any of it back. DuckDB holds these per database instance, hence a connection of its own.
+SANDBOX_CONFIG = {"enable_external_access": False, "allow_community_extensions": False,
+                  "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                  "lock_configuration": True}
+
+
+def connect(path: str | Path, read_only: bool = False, timeout_s: float = 30.0,
+            config: dict | None = None) -> duckdb.DuckDBPyConnection:
     """Open `path` (or ":memory:"), retrying while another process holds a conflicting lock.
 
     A read-write connection is migrated to the current schema. A read-only connection to a file
@@ -54,7 +63,7 @@ def connect(path: str | Path, read_only: bool = False, timeout_s: float = 30.0) 
     delay = 0.005
     while True:
         try:
-            con = duckdb.connect(path, read_only=read_only and path != ":memory:")
+            con = duckdb.connect(path, read_only=read_only and path != ":memory:", config=config or {})
             break
         except duckdb.Error as exc:
             if not _is_lock_error(exc) or time.monotonic() > deadline:
@@ -90,6 +99,7 @@ class Store:
         self._readers = 0
         self._writers = 0
         self._reading = threading.local()  # read-session depth of the current thread
+        self._sandboxed = False  # a `sandboxed()` session owns the file: other sessions wait
         self.linger_s = linger_s
         self._last_use = 0.0
         self._timer: threading.Timer | None = None
@@ -133,6 +143,7 @@ class Store:
     def read(self, strict: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor for reading. `strict=True` insists on a read-only connection (waits for writers)."""
         with self._cond:
+            self._cond.wait_for(lambda: not self._sandboxed)
             if strict and self.path != ":memory:":  # an in-memory database cannot be reopened read-only
                 self._cond.wait_for(lambda: self._writers == 0)
                 if self._con is not None and not self._read_only:
@@ -157,6 +168,7 @@ class Store:
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor on a read-write connection; the caller manages transactions on it."""
         with self._cond:
+            self._cond.wait_for(lambda: not self._sandboxed)
             if self._con is not None and self._read_only:
                 if getattr(self._reading, "depth", 0):
                     raise RuntimeError("Store.write() inside a Store.read() of the same thread would wait for "
@@ -176,6 +188,39 @@ class Store:
             with self._cond:
                 self._writers -= 1
                 self._release_if_idle()
+
+    @contextlib.contextmanager
+    def sandboxed(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection with `SANDBOX_CONFIG`, for SQL typed by a user (the SQL box).
+
+        DuckDB refuses a second connection to one file with another configuration in one process,
+        so this waits until no other session of this Store is open, closes the shared connection,
+        and opens the locked-down one; other sessions wait until it is closed, then reopen the normal
+        connection (its buffer cache starts cold: the price of a query from the SQL box).
+        """
+        if self.path == ":memory:":
+            raise StoreError("the SQL box needs a database file (an in-memory database cannot be reopened)")
+        if getattr(self._reading, "depth", 0):
+            raise RuntimeError("Store.sandboxed() inside a Store.read() of the same thread would wait for itself")
+        with self._cond:
+            self._cond.wait_for(lambda: not self._sandboxed and self._readers == 0 and self._writers == 0)
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+            self._sandboxed = True
+        try:
+            try:
+                con = connect(self.path, read_only=True, timeout_s=self.timeout_s, config=SANDBOX_CONFIG)
+            except duckdb.ConnectionException as exc:  # another handle on the file in this process
+                raise StoreError(f"the SQL box cannot open the database now: {str(exc).splitlines()[0]}") from exc
+            try:
+                yield con
+            finally:
+                con.close()
+        finally:
+            with self._cond:
+                self._sandboxed = False
+                self._cond.notify_all()
 
     def ensure_schema(self) -> None:
         """Create the file and apply pending migrations (a write session)."""

@@ -24,6 +24,7 @@ from fra_core import accumulate_shards as shards
 from fra_core.jobs import job_status, read_json
 from store.connection import StoreError
 from store.schema import RUN_TABLES
+from store.topk import backfill_top, refresh_top
 
 KEY = ", ".join(shards.PAIR_KEY)
 _DEFAULT_EXAMPLES = 3
@@ -190,13 +191,15 @@ def compact_run(con, run: int, examples_per_pair: int = _DEFAULT_EXAMPLES) -> in
 
 
 def refresh_summary(con, run: int) -> None:
-    """Rebuild the run's per-head counts (pair_summary) and runs.n_pairs; call inside a transaction."""
+    """Rebuild the run's per-head counts (pair_summary), runs.n_pairs and its pre-ranked top-K lists
+    (`store.topk`); call inside a transaction."""
     con.execute("DELETE FROM pair_summary WHERE run = ?", [run])
     con.execute("""INSERT INTO pair_summary SELECT run, layer, head, count(*),
                        count_if(q_src = k_src AND q_feat = k_feat), sum(n), sum(diag_n)
                    FROM pair_stats WHERE run = ? GROUP BY run, layer, head""", [run])
     con.execute("UPDATE runs SET n_pairs = (SELECT coalesce(sum(unique_pairs), 0) FROM pair_summary WHERE run = $1)"
                 " WHERE id = $1", [run])
+    refresh_top(con, run)
 
 
 def _update_feature_density(con, run: int) -> None:
@@ -262,6 +265,7 @@ def ingest_all_jobs(con, jobs_root: str | Path) -> list[dict[str, Any]]:
     """Ingest every accumulation job folder under `jobs_root` that has something new (shards not yet
     ingested, or a status change); deleted runs are skipped. What the runs page calls on each visit."""
     out = []
+    backfill_top(con)  # runs from a database written before the lists existed
     root = Path(jobs_root)
     if not root.is_dir():
         return out

@@ -19,6 +19,7 @@ import pandas as pd
 
 from store.connection import StoreError
 from store.ingest import KEY, resolve_run
+from store.topk import top_candidates
 
 METRICS = ("sum", "mean", "abs_sum", "mean_abs", "max_abs", "count")
 SIDES = ("either", "query", "key")
@@ -78,19 +79,35 @@ def pair_filter(run: int, *, layer: int | None = None, head: int | None = None, 
 def top_pairs(con, run: int | str, *, metric: str = "sum", n: int = 100, order: str = "desc",
               diagonal: bool = True, **filters: Any) -> pd.DataFrame:
     """Top `n` pairs of a run by `metric` (`order`: 'desc', 'asc' or 'abs' = by |metric|), with filters
-    (see `pair_filter`), each row with mean, max |v|, and the features' labels / densities."""
+    (see `pair_filter`), each row with mean, max |v|, and the features' labels / densities.
+
+    Ranked from the run's pre-ranked top-K lists where they provably hold the answer (`store.topk`: a
+    lookup of a few thousand rows), else from pair_stats (a scan)."""
     run_id = resolve_run(con, run)
     n = min(int(n), MAX_UI_ROWS)
-    m = metric_sql(metric, diagonal)
-    nn, s, a = _cols(diagonal)
-    where, params = pair_filter(run_id, diagonal=diagonal, **filters)
-    sort = {"desc": f"{m} DESC", "asc": f"{m} ASC", "abs": f"abs({m}) DESC"}.get(order)
+    sort = {"desc": "DESC", "asc": "ASC", "abs": "DESC"}.get(order)
     if sort is None:
         raise StoreError(f"order must be 'desc', 'asc' or 'abs', got {order!r}")
+    where, params = pair_filter(run_id, diagonal=diagonal, **filters)
+    listed = top_candidates(con, run_id, metric, diagonal, order, n, filters)
+    if listed is not None:
+        source, source_params, exact_if_short = listed
+        df = _top_pairs_from(con, source, source_params, run_id, metric, order, n, diagonal, where, params)
+        if len(df) >= n or exact_if_short:
+            return df
+    return _top_pairs_from(con, "pair_stats", [], run_id, metric, order, n, diagonal, where, params)
+
+
+def _top_pairs_from(con, source: str, source_params: list[Any], run_id: int, metric: str, order: str, n: int,
+                    diagonal: bool, where: str, params: list[Any]) -> pd.DataFrame:
+    m = metric_sql(metric, diagonal)
+    nn, s, a = _cols(diagonal)
+    value = f"abs({m})" if order == "abs" else m
+    sort = "ASC" if order == "asc" else "DESC"
     sql = f"""
         WITH top AS (
-            SELECT {KEY}, {nn} AS n, {s} AS sum, {a} AS abs_sum, max, min, {m} AS value
-            FROM pair_stats WHERE {where} ORDER BY {sort} NULLS LAST, {KEY} LIMIT {n})
+            SELECT {KEY}, {nn} AS n, {s} AS sum, {a} AS abs_sum, max, min, {m} AS value, {value} AS rank_value
+            FROM {source} WHERE {where} ORDER BY rank_value {sort} NULLS LAST, {KEY} LIMIT {n})
         SELECT t.layer, t.head, t.q_src, t.q_feat, t.k_src, t.k_feat, t.n, t.sum,
                t.sum / nullif(t.n, 0) AS mean, t.abs_sum, t.max, t.min,
                greatest(abs(t.max), abs(t.min)) AS max_abs, t.value,
@@ -101,8 +118,8 @@ def top_pairs(con, run: int | str, *, metric: str = "sum", n: int = 100, order: 
         LEFT JOIN sources sk ON sk.run = ? AND sk.src = t.k_src
         LEFT JOIN features fq ON fq.sae_id = sq.sae_id AND fq.feature = t.q_feat
         LEFT JOIN features fk ON fk.sae_id = sk.sae_id AND fk.feature = t.k_feat
-        ORDER BY {sort.replace(m, 't.value')} NULLS LAST, t.layer, t.head, t.q_src, t.q_feat, t.k_src, t.k_feat"""
-    return con.execute(sql, params + [run_id, run_id]).df()
+        ORDER BY t.rank_value {sort} NULLS LAST, t.layer, t.head, t.q_src, t.q_feat, t.k_src, t.k_feat"""
+    return con.execute(sql, source_params + params + [run_id, run_id]).df()
 
 
 def feature_partners(con, run: int | str, feature: int, *, side: str = "query", src: int | None = None,
@@ -120,7 +137,7 @@ def summary_stats(con, run: int | str, *, top_n: int = 100, metric: str = "sum",
                   head: int | None = None) -> dict[str, Any]:
     """Unique pairs, self-pairs, occurrence counts (from pair_summary, kept by compaction), and the
     fraction of self-pairs among the top `top_n` pairs by `metric` with and without the diagonal
-    (two top-N scans; by sum they stop early thanks to the table's sum-descending order)."""
+    (two top-N lookups in the run's pre-ranked lists, or two scans where the lists cannot answer)."""
     run_id = resolve_run(con, run)
     where, params = pair_filter(run_id, layer=layer, head=head, min_count=None)
     counts = con.execute(f"""SELECT sum(unique_pairs), sum(self_pairs), sum(occurrences), sum(diagonal_occurrences)
@@ -128,12 +145,19 @@ def summary_stats(con, run: int | str, *, top_n: int = 100, metric: str = "sum",
     top_n = max(1, int(top_n))
 
     def frac(diagonal: bool) -> float | None:
+        # pairs exist because they occurred (n >= 1), so min_count=1 only drops rows with no occurrence
+        # left once the diagonal is removed: the same rows as the old `n > diag_n`
+        where_d, params_d = pair_filter(run_id, layer=layer, head=head, diagonal=diagonal)
         m = metric_sql(metric, diagonal)
-        extra = "" if diagonal else " AND n > diag_n"
-        value = con.execute(f"""SELECT avg(self::INT) FROM (SELECT {SELF} AS self FROM pair_stats
-                                WHERE {where}{extra} ORDER BY {m} DESC NULLS LAST LIMIT {top_n})""",
-                            params).fetchone()[0]
-        return float(value) if value is not None else None
+        listed = top_candidates(con, run_id, metric, diagonal, "desc", top_n, {"layer": layer, "head": head})
+        for source, source_params, exact_if_short in ([listed] if listed else []) + [("pair_stats", [], True)]:
+            got, value = con.execute(f"""SELECT count(*), avg(self::INT) FROM (
+                                         SELECT {SELF} AS self FROM {source} WHERE {where_d}
+                                         ORDER BY {m} DESC NULLS LAST, {KEY} LIMIT {top_n})""",
+                                     source_params + params_d).fetchone()
+            if got >= top_n or exact_if_short:
+                return float(value) if value is not None else None
+        return None
 
     return {"unique_pairs": int(counts[0] or 0), "self_pairs": int(counts[1] or 0),
             "occurrences": int(counts[2] or 0), "diagonal_occurrences": int(counts[3] or 0), "top_n": top_n,

@@ -14,7 +14,8 @@ Pair statistics also keep the diagonal (query position == key position) contribu
 diagonal from one run: the diagonal trivially creates feature-f x feature-f pairs.
 
 Compaction writes each run's pair rows ordered by (layer, head, sum DESC): DuckDB's zone maps then let
-"top N by sum" (the default view) read one row group per head instead of the whole run.
+"top N by sum" (the default view) read one row group per head instead of the whole run. Rankings by
+other metrics come from `pair_top` (per-run top-K lists, `store.topk`), also rebuilt by compaction.
 """
 
 from __future__ import annotations
@@ -119,11 +120,26 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         -- tombstones: a deleted run's job folder is not ingested again by ingest_all_jobs
         CREATE TABLE deleted_runs (name VARCHAR PRIMARY KEY, deleted TIMESTAMP NOT NULL);
     """),
+    ("0007_pair_top", """
+        -- per run and (metric, diagonal, dir): the K best pair_stats rows of the whole run, rebuilt by
+        -- each compaction, so a page's top-N by an expression (mean, max |FRA|) needs no scan (store.topk)
+        CREATE TABLE pair_top AS
+            SELECT run, ''::VARCHAR AS metric, true AS diagonal, ''::VARCHAR AS dir, * EXCLUDE (run),
+                   0::DOUBLE AS value
+            FROM pair_stats LIMIT 0;
+        CREATE TABLE pair_top_lists (
+            run UINTEGER NOT NULL, metric VARCHAR NOT NULL, diagonal BOOLEAN NOT NULL, dir VARCHAR NOT NULL,
+            k UINTEGER NOT NULL,        -- the list's capacity when it was built
+            n_rows UBIGINT NOT NULL,    -- rows kept (< k: the list holds every ranked row of the run)
+            cut DOUBLE,                 -- the last kept value: rows beyond it are all in the list
+            PRIMARY KEY (run, metric, diagonal, dir)
+        );
+    """),
 )
 
 # tables that hold per-run rows (delete_run and the results package walk these)
 RUN_TABLES: tuple[str, ...] = ("pair_stats", "pair_stats_staged", "pair_summary", "pair_examples",
-                               "pair_examples_staged",
+                               "pair_examples_staged", "pair_top", "pair_top_lists",
                                "samples_done", "ingested_shards", "sources", "feature_counts")
 
 

@@ -1,8 +1,11 @@
 """A read-only SQL box for power users.
 
-Two guards: the text must be exactly one SELECT statement (DuckDB's own parser decides, so
-`WITH ... SELECT` passes and `SELECT 1; DROP TABLE runs` does not), and it runs on a read-only
-connection (`Store.read(strict=True)`), so even a SELECT that found a way to write could not.
+Three guards: the text must be exactly one SELECT statement (DuckDB's own parser decides, so
+`WITH ... SELECT` passes and `SELECT 1; DROP TABLE runs` does not); it runs on a read-only connection,
+so even a SELECT that found a way to write could not; and that connection has external access disabled
+and its configuration locked (`Store.sandboxed`), so a SELECT cannot read the server's files
+(`read_text('/etc/passwd')`, read_csv/read_parquet on a path, glob), scan the app's Python variables,
+or install/load extensions; refused queries say so.
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ def check_select(sql: str) -> str:
 
 
 def run_sql_readonly(store: Store, sql: str, limit: int = MAX_UI_ROWS) -> pd.DataFrame:
-    """Run one SELECT on a read-only connection; at most `limit` rows come back."""
+    """Run one SELECT on a read-only, sandboxed connection; at most `limit` rows come back."""
     query = check_select(sql)
-    with store.read(strict=True) as cur:
+    with store.sandboxed() as con:
         try:
-            return cur.sql(query).limit(int(limit)).df()
+            return con.sql(query).limit(int(limit)).df()
+        except duckdb.PermissionException as exc:
+            raise StoreError("refused: the SQL box reads only this database's tables (no files, extensions "
+                             f"or settings): {str(exc).splitlines()[0]}") from exc
         except duckdb.Error as exc:
             raise StoreError(f"query failed: {str(exc).splitlines()[0]}") from exc
