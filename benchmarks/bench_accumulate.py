@@ -1,6 +1,10 @@
 """Accumulation speed end to end: demo model, all heads of layer 1, demo text → shards → DuckDB.
 
     python benchmarks/bench_accumulate.py [--samples 256] [--batch-size 16] [--k-active 64] [--top-m 8]
+                                          [--threads 2] [--baseline DIR --repeats 2]
+
+--baseline DIR: DIR holds an older copy of the fra_core package (DIR/fra_core); old and new then run
+alternately, each in a fresh process, and the best figures of each are printed side by side.
 
 Uses the workspace in $FRA_WORKSPACE (default ./workspace); the demo model and the demo SAE
 `demo-l1-ln1` are copied or trained there on first use (not timed). The timed part is what a user
@@ -19,6 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if os.environ.get("FRA_BENCH_PKG"):  # --baseline child: an older copy of the fra_core package comes first
+    sys.path.insert(0, os.environ["FRA_BENCH_PKG"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k-active", type=int, default=64, help="features kept per position (capped by a TopK SAE's k)")
     parser.add_argument("--top-m", type=int, default=8)
     parser.add_argument("--context-length", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baseline", default=None, help="folder holding an older fra_core package copy")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each version with --baseline")
     args = parser.parse_args(argv)
+    if args.baseline:
+        return compare(args, argv or sys.argv[1:])
 
     import torch
+
+    torch.set_num_threads(args.threads)
 
     from fra_core.accumulate import AccumulateFRAConfig, run_accumulate
     from fra_core.demo import load_demo_model
@@ -78,6 +91,41 @@ def main(argv: list[str] | None = None) -> int:
     print(f"end to end: {total:.1f} s wall, {cpu:.1f} s CPU of this process ({n / max(cpu, 1e-9):.1f} samples per "
           f"CPU-second), load average {load:.1f} on {os.cpu_count()} cores (goal >= 20 samples/s on 2 idle cores)")
     print(f"samples_per_s={n / total:.1f}")
+    return 0
+
+
+def compare(args, argv: list[str]) -> int:
+    """Run new and baseline alternately in fresh processes; print both, then the new samples_per_s."""
+    import subprocess
+
+    child = []
+    skip = False
+    for a in argv:  # the same arguments minus --baseline / --repeats
+        if skip:
+            skip = False
+        elif a in ("--baseline", "--repeats"):
+            skip = True
+        elif not a.startswith(("--baseline=", "--repeats=")):
+            child.append(a)
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(args.repeats):
+        for name, pkg in (("new", ""), ("baseline", args.baseline)):
+            env = {**os.environ, "FRA_BENCH_PKG": pkg}
+            out = subprocess.run([sys.executable, __file__, *child], env=env, capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"{name} run failed:\n{out.stderr[-2000:]}")
+            lines = out.stdout.strip().splitlines()
+            wall = next(line for line in lines if line.startswith("end to end:"))
+            rate = float(lines[-1].split("=")[1])
+            per_cpu = float(wall.split("(")[1].split(" samples per CPU-second")[0])
+            print(f"{name}: {wall}", flush=True)
+            b = best.setdefault(name, {"rate": 0.0, "per_cpu": 0.0})
+            b["rate"], b["per_cpu"] = max(b["rate"], rate), max(b["per_cpu"], per_cpu)
+    for name, b in best.items():
+        print(f"best {name}: {b['rate']:.1f} samples/s wall, {b['per_cpu']:.1f} samples per CPU-second")
+    print(f"new vs baseline (same run): wall x{best['new']['rate'] / best['baseline']['rate']:.2f}, "
+          f"CPU x{best['new']['per_cpu'] / best['baseline']['per_cpu']:.2f}")
+    print(f"samples_per_s={best['new']['rate']:.1f}")
     return 0
 
 

@@ -1,12 +1,19 @@
 """Exact FRA engine vs the float64 reference on a GPT-2-Small-shaped random model.
 
     python benchmarks/bench_fra.py [--T 128] [--k 64] [--d-sae 24576] [--layer 5] [--top-m 8] [--samples 2]
+                                   [--threads 2] [--device cpu|cuda] [--baseline DIR]
 
 Model: d_model 768, 12 heads of d_head 64, d_mlp 3072, LayerNorm, GPT-2 vocabulary and n_ctx; only
 layers 0..L are built (layers above L never influence layer L's scores). Dictionary: a random sae_lens
 TopK SAE (k = 64, so L0 = 64 exactly) with d_sae 24 576 on blocks.L.ln1.hook_normalized, on both
 sides. Engine work timed = compute_fra for all 12 heads (full decomposition, top-m per (i, j), diagonal
-excluded) + pair_aggregates; seconds per sample-head = that / (samples · 12).
+excluded) + pair_aggregates; seconds per sample-head = that / (samples · 12), best of --repeats calls
+after one warm-up call (which also fills the engine's cache of projected decoder rows), as wall-clock
+and as CPU seconds of this process (on a loaded machine the wall clock mostly measures the neighbours;
+with several threads the CPU figure includes OpenMP spin-waits, so compare CPU figures at --threads 1).
+--baseline DIR: DIR/fra_orig is an older copy of fra_core/fra with its imports rewritten to fra_orig
+(e.g. `cp -r fra_core/fra DIR/fra_orig && sed -i s/fra_core\.fra/fra_orig/g DIR/fra_orig/*.py`); it is
+timed alternately with the current engine in the same process, and its T = 512 peak measured too.
 
 Reference (`fra_core.fra.reference_fra`, float64, a Python loop over (query, key) pairs): measured on
 one head and a few query rows, then extrapolated to all T(T+1)/2 causal pairs: its per-position setup
@@ -52,11 +59,23 @@ def build(layer: int, d_sae: int, k: int, seed: int = 0, device: str = "cpu"):
     return model, sae.to(device)
 
 
-def engine_run(model, sae, tokens, layer, opts):
-    from fra_core.fra import compute_fra, pair_aggregates
+def fra_api(baseline: str | None = None):
+    """The engine package: fra_core.fra, or (`--baseline DIR`) an older copy saved as DIR/fra_orig (its
+    imports rewritten from fra_core.fra to fra_orig), to time old and new in the same process."""
+    if baseline is None:
+        import fra_core.fra as api
+    else:
+        sys.path.insert(0, baseline)
+        import fra_orig as api
+    return api
 
-    result = compute_fra(model, tokens, layer, None, sae, None, opts)
-    return result, pair_aggregates(result)
+
+def engine_run(model, sae, tokens, layer, opts, api=None):
+    if api is None:
+        import fra_core.fra as api
+
+    result = api.compute_fra(model, tokens, layer, None, sae, None, opts)
+    return result, api.pair_aggregates(result)
 
 
 def rss_mb() -> float:
@@ -73,7 +92,8 @@ def memory_child(T: int, args) -> None:
     torch.set_num_threads(args.threads)
     model, sae = build(args.layer, args.d_sae, args.k, device=args.device)
     tokens = torch.randint(0, 50257, (1, T), generator=torch.Generator().manual_seed(1))
-    opts = options(args)
+    api = fra_api(args.baseline)
+    opts = options(args, api)
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -91,7 +111,7 @@ def memory_child(T: int, args) -> None:
     thread.start()
     t0 = time.perf_counter()
     with torch.no_grad():
-        result, agg = engine_run(model, sae, tokens, args.layer, opts)
+        result, agg = engine_run(model, sae, tokens, args.layer, opts, api)
     sync(args)
     seconds = time.perf_counter() - t0
     gpu_peak = (torch.cuda.max_memory_allocated() - gpu_base) / 2**20 if cuda else None
@@ -102,40 +122,60 @@ def memory_child(T: int, args) -> None:
                       "entries": result.n_entries, "pairs": int(agg["n"].numel())}))
 
 
-def measure_memory(T: int, args) -> dict:
+def measure_memory(T: int, args, baseline: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--memory-child", str(T), "--layer", str(args.layer), "--d-sae",
            str(args.d_sae), "--k", str(args.k), "--top-m", str(args.top_m), "--threads", str(args.threads),
-           "--device", args.device]
+           "--device", args.device] + (["--baseline", baseline] if baseline else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def time_engine(model, sae, args):
+    """Best-of-`repeats` seconds per sample-head (wall and CPU); with --baseline, old and new alternate."""
     import torch
 
-    opts = options(args)
     tokens = torch.randint(0, 50257, (args.samples, args.T), generator=torch.Generator().manual_seed(0))
+    apis = {"engine": fra_api()}
+    if args.baseline:
+        apis["baseline"] = fra_api(args.baseline)
+    best = {name: [float("inf"), float("inf")] for name in apis}
     with torch.no_grad():
-        engine_run(model, sae, tokens[:1], args.layer, opts)  # warm-up (allocator, rotary caches)
-        best = float("inf")
+        for api in apis.values():  # warm-up (allocator, rotary caches, projected decoder rows)
+            engine_run(model, sae, tokens, args.layer, options(args, api), api)
         for _ in range(args.repeats):
-            sync(args)
-            t0 = time.perf_counter()
-            result, agg = engine_run(model, sae, tokens, args.layer, opts)
-            sync(args)
-            best = min(best, time.perf_counter() - t0)
-    print(f"engine: {args.samples} samples x 12 heads, T={args.T}, K={args.k}, top_m={args.top_m}: best of "
-          f"{args.repeats} = {best:.3f} s; {result.n_entries} entries, {agg['n'].numel()} distinct pairs, "
-          f"max L0 {result.q_side.max_l0}, completeness error {result.completeness_error():.2e}")
-    return best / (args.samples * 12), tokens
+            for name, api in apis.items():
+                sync(args)
+                t0, c0 = time.perf_counter(), time.process_time()
+                result, agg = engine_run(model, sae, tokens, args.layer, options(args, api), api)
+                sync(args)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                best[name] = [min(best[name][0], wall), min(best[name][1], cpu)]
+                if name == "engine":
+                    out = result, agg
+    n = args.samples * 12
+    for name, (wall, cpu) in best.items():
+        print(f"{name}: {args.samples} samples x 12 heads, T={args.T}, K={args.k}, top_m={args.top_m}: best of "
+              f"{args.repeats} = {wall:.3f} s wall ({wall / n:.4f} s per sample-head), {cpu:.3f} s CPU "
+              f"({cpu / n:.4f} CPU-s per sample-head, {args.threads} threads)")
+    result, agg = out
+    print(f"engine: {result.n_entries} entries, {agg['n'].numel()} distinct pairs, max L0 {result.q_side.max_l0}, "
+          f"completeness error {result.completeness_error():.2e}")
+    if args.baseline:
+        print(f"engine vs baseline (same run): wall x{best['baseline'][0] / best['engine'][0]:.2f}, "
+              f"CPU x{best['baseline'][1] / best['engine'][1]:.2f}")
+    return best["engine"][0] / n, tokens
 
 
-def options(args):
-    from fra_core.fra import FRAOptions
+def options(args, api=None):
+    if api is None:
+        import fra_core.fra as api
 
-    # GPUs want bigger blocks than CPU caches do
-    chunk = 1 << 26 if args.device.startswith("cuda") else 1 << 23
-    return FRAOptions(k_active=args.k, top_m=args.top_m, chunk_elements=chunk)
+    # GPUs want bigger blocks than CPU caches do; the baseline keeps the block size it was tuned with
+    if args.device.startswith("cuda"):
+        chunk = 1 << 26
+    else:
+        chunk = 1 << 23 if api.__name__ == "fra_orig" else api.FRAOptions.chunk_elements
+    return api.FRAOptions(k_active=args.k, top_m=args.top_m, chunk_elements=chunk)
 
 
 def sync(args) -> None:
@@ -180,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the reference always runs on the CPU)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-reference", action="store_true", help="engine timings only (speedup = nan)")
+    parser.add_argument("--baseline", default=None,
+                        help="folder holding an older engine copy as fra_orig/ (timed in the same run)")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -199,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu":
         print(f"device {args.device}: {torch.cuda.get_device_name()}; reference on the CPU")
         model, sae = model.to("cpu"), sae.to("cpu")
-    reference_s = time_reference(model, sae, tokens, args)
+    reference_s = float("nan") if args.skip_reference else time_reference(model, sae, tokens, args)
     peaks = {}
     if not args.skip_memory:
         for T in (128, 512):
@@ -210,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"(1 sample x 12 heads, {m['seconds']:.2f} s, {m['entries']} entries){gpu}")
             if m["gpu_peak_mb"] is not None:
                 peaks[T] = max(peaks[T], m["gpu_peak_mb"])
+            if args.baseline:
+                mb = measure_memory(T, args, args.baseline)
+                print(f"memory T={T} baseline: peak RSS increase {mb['peak_mb']:.0f} MB ({mb['seconds']:.2f} s, "
+                      f"{mb['entries']} entries)")
     print(f"engine {engine_s:.4f} s per sample-head, reference {reference_s:.2f} s, ratio {reference_s / engine_s:.0f}x")
     print(f"s_per_sample_head={engine_s:.4f} reference_s={reference_s:.3f} speedup={reference_s / engine_s:.1f} "
           f"peak_mb_T512={peaks.get(512, float('nan')):.0f}")

@@ -83,22 +83,16 @@ def merge(tables: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 def top_per_group(inv: torch.Tensor, n_groups: int, score: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (unordered) of the (up to) k rows with the largest score in each group (`inv` = group of
-    each row; ties: the earlier row). k rounds of scatter-max, O(k·rows): no sort of the whole batch."""
-    picked = []
+    each row; ties: the earlier row). Two stable sorts — by score, then by group — list each group's rows
+    best first; a row is kept when its rank (position − its group's first position) is below k."""
     if k <= 0 or len(inv) == 0:
         return torch.zeros(0, dtype=torch.long)
-    rows = torch.arange(len(inv))
-    score = score.clone()
-    for _ in range(k):
-        best = torch.full((n_groups,), -1.0, dtype=score.dtype).scatter_reduce_(0, inv, score, "amax")
-        is_best = (score == best[inv]) & (score >= 0)
-        first = torch.full((n_groups,), len(inv)).scatter_reduce_(0, inv[is_best], rows[is_best], "amin")
-        first = first[first < len(inv)]
-        if len(first) == 0:
-            break
-        picked.append(first)
-        score[first] = -1.0  # taken (scores are |values| >= 0)
-    return torch.cat(picked)  # round by round (callers need the set, not an order)
+    by_score = torch.argsort(score, descending=True, stable=True)  # equal scores keep row order
+    rows = by_score[torch.argsort(inv[by_score], stable=True)]  # group-major, best first inside a group
+    counts = torch.bincount(inv, minlength=n_groups)
+    first = torch.cumsum(counts, 0) - counts  # position of each group's first row in `rows`
+    rank = torch.arange(len(rows)) - first[inv[rows]]
+    return rows[rank < k]
 
 
 def top_per_key(key: torch.Tensor, score: torch.Tensor, k: int) -> torch.Tensor:

@@ -7,7 +7,8 @@ Public API (pure torch; import this package lazily from pages)::
     result = compute_fra(model, tokens, layer, heads=None | int | [ints], q_dict=sae, k_dict=None,
                          options=FRAOptions(k_active=64, top_m=8, exclude_diagonal=True, ...))
     result.entries          # sparse pair table: dict of 1-D tensors, columns ENTRY_FIELDS:
-                            #   batch, head, query_pos, key_pos, q_source, q_feature, k_source, k_feature, value
+                            #   batch, head, query_pos, key_pos, q_source, q_feature, k_source, k_feature
+                            #   (int32: cast with .long() before building int64 keys), value (float)
     result.node_terms(b, hi)        # [query_pos, key_pos, n_q_nodes, n_k_nodes] dense node×node terms
     result.q_node_names / k_node_names  # node 0 = "features", then sae_error, b_dec, truncation, ln1.b, bias…
     result.target(b, hi)            # actual hook_attn_scores, transformed like the terms
@@ -34,8 +35,10 @@ Also: `pair_strengths`, `top_partners` (data-independent U_f·V_g/√d_head), `d
 hook_z SAE of the same layer), `error_budget`, `reconstructed_scores`, `loss_recovered`, and the slow
 float64 `reference_fra` used by tests and benchmarks/bench_fra.py.
 
-Cost: T²·K²·d_head per sample-head for the pair block (one einsum per block of query rows), never
-d_sae²; only the decoder rows active in the batch are projected.
+Cost: T²·K²·d_head per sample-head for the pair block (one batched GEMM per block of (sample, head)
+items × query rows; top-m per cell via group maxima, no full sort), never d_sae². Projected decoder
+rows (d_f·W_Q, d_f·W_K) are cached per model/layer/heads/SAE across calls and projected lazily, only
+for features that have been active (`fra_core.fra.rowcache`; invalidated when the weights change).
 """
 
 from fra_core.fra.aggregate import AGG_COLUMNS, merge_pair_tables, pair_aggregates

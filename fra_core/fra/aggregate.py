@@ -14,7 +14,10 @@ AGG_COLUMNS = ("head", "q_source", "q_feature", "k_source", "k_feature", "n", "s
 
 
 def _gid(offsets: list[int], source: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(offsets, device=source.device)[source] + feature
+    """Global feature id, int64 (the entry table's columns are int32: their key products would overflow)."""
+    if len(offsets) == 2:  # one source: the feature id is the global id
+        return feature.long()
+    return torch.tensor(offsets, device=source.device)[source.long()] + feature.long()
 
 
 def _ungid(offsets: list[int], gid: torch.Tensor):
@@ -32,7 +35,7 @@ def pair_aggregates(result, sample_offset: int = 0) -> dict[str, torch.Tensor]:
     e = result.entries
     oq, ok = result.q_side.offsets, result.k_side.offsets
     Gq, Gk = oq[-1] + 1, ok[-1] + 1
-    key = (e["head"] * Gq + _gid(oq, e["q_source"], e["q_feature"])) * Gk + _gid(ok, e["k_source"], e["k_feature"])
+    key = (e["head"].long() * Gq + _gid(oq, e["q_source"], e["q_feature"])) * Gk + _gid(ok, e["k_source"], e["k_feature"])
     best = {"best_batch": e["batch"] + sample_offset if sample_offset else e["batch"], "best_query_pos": e["query_pos"], "best_key_pos": e["key_pos"]}
     v = e["value"]
     table = reduce_pairs(key, {"n": None, "sum": v, "abs_sum": v.abs(), "max": v, "min": v, "best_value": v, **best})
@@ -76,7 +79,7 @@ def merge_pair_tables(tables: list[dict[str, torch.Tensor]], q_offsets: list[int
     """Merge aggregate tables of the same dictionaries (offsets = result.q_side.offsets / k_side.offsets)."""
     cat = {c: torch.cat([t[c] for t in tables]) for c in AGG_COLUMNS}
     Gq, Gk = q_offsets[-1] + 1, k_offsets[-1] + 1
-    key = ((cat["head"] * Gq + _gid(q_offsets, cat["q_source"], cat["q_feature"])) * Gk
+    key = ((cat["head"].long() * Gq + _gid(q_offsets, cat["q_source"], cat["q_feature"])) * Gk
            + _gid(k_offsets, cat["k_source"], cat["k_feature"]))
     cols = {c: cat[c] for c in ("n", "sum", "abs_sum", "max", "min", "best_value", "best_batch",
                                 "best_query_pos", "best_key_pos")}

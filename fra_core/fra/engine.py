@@ -6,9 +6,12 @@ each side (features, SAE error, b_dec, truncation, ln1.b, bias, … see `sides.p
     s_ij = Σ_{a,b} q_i^a · k_j^b / attn_scale                     (exact, bilinear)
 
 The feature×feature block is computed sparsely: with the K active features per position scaled by
-activation/σ and projected (U = D W_Q, V = D W_K, rank d_head), one einsum per block of query rows
-gives vals[i, j, l, k] = U_{f_ik} · V_{g_jl} / attn_scale at cost T²K²·d_head. Everything else is dense
-and small: node vectors [pos, n_nodes, d_head] give node terms [query_pos, key_pos, n_q, n_k] on demand.
+activation/σ and projected (U = D W_Q, V = D W_K, rank d_head, cached across calls by `rowcache`), one
+batched GEMM per block of (sample, head) items × query rows gives v[g, i, k, j, l] = U_{f_ik} · V_{g_jl} /
+attn_scale at cost T²K²·d_head (`blocks.py`: the GEMM, the value transforms, the top-m selection).
+Small problems (the demo model) run every sample and head in one block; long sequences split the
+query rows so that a block stays cache-sized. Everything else is dense and small: node vectors
+[pos, n_nodes, d_head] give node terms [query_pos, key_pos, n_q, n_k] on demand.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from collections.abc import Sequence
 
 import torch
 
+from fra_core.fra.blocks import block_values, merge_top_n, top_m_cells, top_n_block
 from fra_core.fra.options import FRAInputError, FRAOptions, check_layer_heads, check_model_supported, check_tokens
 from fra_core.fra.result import FRAResult, transform
 from fra_core.fra.sides import build_side, cache_hooks, parse_dictionary
 
 ENTRY_FIELDS = ("batch", "head", "query_pos", "key_pos", "q_source", "q_feature", "k_source", "k_feature", "value")
+# int32 columns (half the memory of int64: 12.5 M entries at T = 512): cast with .long() before
+# building int64 pair keys from them (int32 products overflow)
+ENTRY_INT = torch.int32
 
 
 def run_sides(model, tokens, layer: int, heads, q_dict, k_dict, k_active: int):
@@ -77,131 +84,124 @@ def compute_fra(model, tokens, layer: int, heads: int | Sequence[int] | None = N
     tokens, heads, q_side, k_side, scores, pattern = run_sides(
         model, tokens, layer, heads, q_dict, k_dict, opts.k_active)
     B, T = tokens.shape
+    causal = model.cfg.attention_dir != "bidirectional"
     amask = attention_mask(model, T, scores.device)
     sel = selection_mask(amask, opts)
     scale = float(model.blocks[layer].attn.attn_scale)
-    entries, kept_sum = [], torch.zeros(B, len(heads), T, T, dtype=scores.dtype, device=scores.device)
-    for b in range(B):
-        for hi in range(len(heads)):
-            ent = _sample_head(q_side, k_side, b, hi, amask, sel, pattern[b, hi], scale, opts)
-            kept_sum[b, hi].index_put_((ent["query_pos"], ent["key_pos"]), ent["value"], accumulate=True)
-            ent.update(_feature_columns(q_side, k_side, b, ent))
-            ent["batch"] = torch.full_like(ent["query_pos"], b)
-            ent["head"] = torch.full_like(ent["query_pos"], heads[hi])
-            entries.append(ent)
-    # column by column, freeing each column's pieces at once: peak = table + one column, not 2 × table
-    table = {f: torch.cat([e.pop(f) for e in entries]) for f in ENTRY_FIELDS}
+    kept_sum = torch.zeros(B, len(heads), T, T, dtype=scores.dtype, device=scores.device)
+    with torch.no_grad():
+        table = pair_table(q_side, k_side, heads, amask, sel, pattern, scale, opts, causal, kept_sum)
     return FRAResult(layer=layer, heads=heads, options=opts, attn_scale=scale, scores=scores, pattern=pattern,
                      attn_mask=amask, select_mask=sel, entries=table, kept_sum=kept_sum, q_side=q_side,
-                     k_side=k_side, causal=model.cfg.attention_dir != "bidirectional")
+                     k_side=k_side, causal=causal)
 
 
-def _feature_columns(q_side, k_side, b: int, ent) -> dict[str, torch.Tensor]:
-    """Map the (pos, slot) of sample b's entries to (source index, local feature id) on both sides."""
-    out = {}
-    for p, side, slot, pos in (("q", q_side, "qk", "query_pos"), ("k", k_side, "kk", "key_pos")):
-        gid = side.ids[b][ent[pos], ent.pop(slot)]
-        offs = torch.tensor(side.offsets, device=gid.device)
-        src = torch.searchsorted(offs, gid, right=True) - 1
-        out[f"{p}_source"], out[f"{p}_feature"] = src, gid - offs[src]
-    return out
+def plan_blocks(opts: FRAOptions, n_items: int, T: int, K: int, L: int, causal: bool):
+    """(items per block, [(i0, i1)] query-row ranges) so that a block holds ≤ chunk_elements values.
 
-
-def chunk_rows(opts: FRAOptions, T: int, K: int, L: int) -> int:
-    if opts.chunk_rows is not None:
-        return opts.chunk_rows
-    return max(1, min(T, opts.chunk_elements // max(1, T * K * L)))
-
-
-def _sample_head(q_side, k_side, b, hi, amask, sel, pattern, scale, opts) -> dict[str, torch.Tensor]:
-    """Sparse kept entries for one (sample, head): query_pos, key_pos, qk, kk (slots), value."""
-    # fold 1/attn_scale into the query vectors once instead of dividing every [i, j, l, k] value
-    qf, kf = q_side.feature_vectors(b, hi) / scale, k_side.feature_vectors(b, hi)  # [pos, K, d_head]
-    T, K, L = qf.shape[0], qf.shape[1], kf.shape[1]
-    # bucket of each key slot's feature id, for the per-row, per-pair means of row centring
-    _, k_bucket = torch.unique(k_side.ids[b], return_inverse=True)
-    n_buckets = int(k_bucket.max()) + 1
-    rows, found = chunk_rows(opts, T, K, L), []
-    # one reusable GEMM buffer: fresh 30 MB allocations per block cost page faults on every block
-    buf = torch.empty(rows * T * L * K, dtype=qf.dtype, device=qf.device)
-    plain = not (opts.row_centre or opts.attention_weighted)
-    for i0 in range(0, T, rows):
-        i1 = min(T, i0 + rows)
-        J = int(amask[i0:i1].any(0).nonzero().max()) + 1  # keys beyond J are masked for every row
-        v = block_values(qf[i0:i1], kf[:J], amask[i0:i1, :J], pattern[i0:i1, :J], k_bucket[:J], n_buckets, opts,
-                         buf)
-        # plain values are cheap to recompute for the few kept entries, so |v| may overwrite v in place
-        exact = (lambda i, j, l, k, i0=i0: (qf[i + i0, k] * kf[j, l]).sum(-1)) if plain else None
-        found.append(_select(v, sel[i0:i1, :J], i0, opts, exact))
-        if opts.top_n is not None and len(found) > 1:
-            found = [_merge_top_n(found, opts.top_n)]
-    if opts.top_n is not None:
-        return _merge_top_n(found, opts.top_n)
-    return {k: torch.cat([f[k] for f in found]) for k in found[0]}
-
-
-def block_values(qf, kf, amask, pattern, k_bucket, n_buckets: int, opts: FRAOptions, buf=None):
-    """vals [i, j, l, k] = U_{f_ik} · V_{g_jl} (qf already ÷ attn_scale), optionally centred and weighted.
-
-    qf [rows, K, d_head], kf [keys, L, d_head], amask/pattern [rows, keys], k_bucket [keys, L].
-    Layout (i, j, l, k) keeps each cell's L·K values contiguous for the per-cell top-m; one GEMM per
-    query row (keys·L × d_head @ d_head × K) writes it directly, with no permute copy.
+    A causal block of rows [i0, i1) only needs keys [0, i1): r rows starting at i0 hold r·(i0 + r)·K·L
+    values, so r = ⌊(√(i0² + 4c) − i0) / 2⌋ with c = chunk_elements / (K·L) rows·keys.
     """
-    ci, J, L, K = qf.shape[0], kf.shape[0], kf.shape[1], qf.shape[1]
-    kflat = kf.reshape(J * L, -1)
-    v = (buf[:ci * J * L * K] if buf is not None else qf.new_empty(ci * J * L * K)).view(ci, J * L, K)
-    if qf.is_cuda:  # one batched GEMM (the shared key matrix is a stride-0 batch)
-        torch.matmul(kflat, qf.transpose(1, 2), out=v)
-    else:  # on CPU, per-row GEMMs into the buffer beat the broadcast batched matmul
-        for i in range(ci):
-            torch.mm(kflat, qf[i].T, out=v[i])
-    v = v.view(ci, J, L, K)
-    if opts.row_centre:
-        # mean_i(f, g) = (1/n_i) Σ_{j' allowed} v(i, j', f, g): sum each row's values per key feature
-        v = v * amask[:, :, None, None].to(v.dtype)
-        idx = k_bucket.reshape(1, J * L, 1).expand(ci, J * L, K)
-        sums = v.new_zeros(ci, n_buckets, K).scatter_add_(1, idx, v.view(ci, J * L, K))
-        means = sums / amask.sum(1).clamp(min=1)[:, None, None].to(v.dtype)
-        v = (v - means.gather(1, idx).view(ci, J, L, K)) * amask[:, :, None, None].to(v.dtype)
-    if opts.attention_weighted:
-        v = v * pattern[:, :, None, None]
-    return v
+    c = max(1, opts.chunk_elements // (K * L))
+    if opts.chunk_rows is not None or T * T <= c:
+        rows = opts.chunk_rows or T
+        return max(1, c // (min(rows, T) * T)), [(i, min(T, i + rows)) for i in range(0, T, rows)]
+    ranges, i0 = [], 0
+    while i0 < T:
+        r = int(((i0 * i0 + 4 * c) ** 0.5 - i0) / 2) if causal else c // T
+        ranges.append((i0, min(T, i0 + max(1, r))))
+        i0 = ranges[-1][1]
+    return 1, ranges
 
 
-def _select(v: torch.Tensor, sel: torch.Tensor, i0: int, opts: FRAOptions, exact=None) -> dict[str, torch.Tensor]:
-    """Keep top-m |value| per selected cell (or all / the top-N) of a block v [i, j, l, k].
+def pair_table(q_side, k_side, heads, amask, sel, pattern, scale, opts, causal, kept_sum) -> dict:
+    """The sparse pair table (columns ENTRY_FIELDS) of every (sample, head); fills kept_sum in place."""
+    B, T, K = q_side.ids.shape
+    L, H, dev = k_side.ids.shape[2], len(heads), q_side.ids.device
+    per_block, ranges = plan_blocks(opts, B * H, T, K, L, causal)
+    cells = [tuple(t.to(dev) for t in sel[i0:i1, :i1 if causal else T].cpu().nonzero(as_tuple=True))
+             for i0, i1 in ranges]  # selected cells of each row range, found once (no device syncs later)
+    buckets = torch.unique(k_side.ids, return_inverse=True) if opts.row_centre else None
+    # one reusable GEMM buffer for the largest block: fresh allocations per block cost page faults
+    n_buf = max(min(per_block, B * H) * (i1 - i0) * K * (i1 if causal else T) * L for i0, i1 in ranges)
+    buf, found = q_side.coef.new_empty(n_buf), []
+    for g0 in range(0, B * H, per_block):
+        g = torch.arange(g0, min(B * H, g0 + per_block), device=dev)
+        b_idx, h_idx = g // H, g % H  # item g = (sample b, head index hi), the layout of kept_sum
+        qf = q_side.feature_block(b_idx, h_idx) / scale  # fold 1/attn_scale into the queries once
+        kf = k_side.feature_block(b_idx, h_idx)
+        pat = pattern[b_idx, h_idx]
+        kb = buckets[1][b_idx] if buckets is not None else None
+        parts = []
+        for (i0, i1), (ic, jc) in zip(ranges, cells):
+            J = i1 if causal else T  # keys beyond J are masked for every row of the block
+            v = block_values(qf[:, i0:i1], kf[:, :J], amask[i0:i1, :J], pat[:, i0:i1, :J],
+                             kb[:, :J] if kb is not None else None, len(buckets[0]) if buckets is not None else 0,
+                             opts, buf)
+            if opts.top_n is not None:
+                parts = [merge_top_n(parts + [_shift_rows(top_n_block(v, sel[i0:i1, :J], opts.top_n), i0)],
+                                     opts.top_n)]
+            elif len(ic):
+                parts.append(_cells(v, ic, jc, i0, T, opts.top_m or K * L, g, kept_sum.view(B * H, T * T)))
+        block = _top_n_entries(parts[0], g, T, kept_sum) if opts.top_n is not None else _cat_by_item(parts)
+        if block is not None:
+            found.append(_columns(block, q_side, k_side, heads, H))
+    # column by column, freeing each column's pieces at once: peak = table + one column, not 2 × table
+    if not found:
+        return {f: torch.zeros(0, dtype=torch.float32 if f == "value" else ENTRY_INT, device=dev)
+                for f in ENTRY_FIELDS}
+    return {f: torch.cat([e.pop(f) for e in found]) for f in ENTRY_FIELDS}
 
-    Padding slots and masked cells hold exact zeros; entries with value 0 are never kept. With
-    `exact(i, j, l, k) -> values`, v is overwritten by |v| and the kept values are recomputed.
-    """
-    ci, J, L, K = v.shape
-    score = v.abs_() if exact is not None else v.abs()
-    if opts.top_n is None and opts.top_m is not None and opts.top_m < K * L:
-        # top-m is per cell, so unselected cells need no masking pass: drop them afterwards
-        top = score.view(ci * J, L * K).topk(opts.top_m, dim=-1, sorted=False)
-        cell = torch.arange(ci * J, device=v.device)[:, None].expand_as(top.indices)
-        keep = (top.values > 0) & sel.reshape(-1)[:, None]
-        cell, flat = cell[keep], top.indices[keep]
-        i, j, l, k = cell // J, cell % J, flat // K, flat % K
-    else:
-        score.masked_fill_(~sel[:, :, None, None], 0.0)
-        flat = score.view(-1)
-        if opts.top_n is not None:
-            top = flat.topk(min(opts.top_n, flat.numel()), sorted=False)
-            idx = top.indices[top.values > 0]
-        else:
-            idx = flat.nonzero().squeeze(1)
-        i, j, l, k = torch.unravel_index(idx, (ci, J, L, K))
-    value = exact(i, j, l, k) if exact is not None else v[i, j, l, k]
-    return {"query_pos": i + i0, "key_pos": j, "qk": k, "kk": l, "value": value}
+
+def _cells(v, ic, jc, i0: int, T: int, m: int, g, kept_flat) -> dict[str, torch.Tensor]:
+    """Top-m pairs of the selected cells (ic + i0, jc) of a block → entries (g, i, j, k, l, value)."""
+    value, k, l, keep = top_m_cells(v, ic, jc, m)
+    kept_flat[g[:, None], ((ic + i0) * T + jc)[None, :]] = (value * keep).sum(-1)  # Σ kept pairs per cell
+    gi, ci, si = keep.nonzero(as_tuple=True)
+    return {"g": g[gi], "i": ic[ci] + i0, "j": jc[ci], "k": k[gi, ci, si], "l": l[gi, ci, si],
+            "value": value[gi, ci, si]}
 
 
-def _merge_top_n(found: list[dict], n: int) -> dict[str, torch.Tensor]:
-    cat = {k: torch.cat([f[k] for f in found]) for k in found[0]}
-    if len(cat["value"]) > n:
-        idx = cat["value"].abs().topk(n).indices
-        cat = {k: t[idx] for k, t in cat.items()}
+def _cat_by_item(parts: list[dict]) -> dict | None:
+    """Concatenate the row blocks of a group of items in (item, query row, key) order."""
+    if not parts:
+        return None
+    cat = {c: torch.cat([p[c] for p in parts]) for c in parts[0]}
+    if len(parts) > 1 and bool((cat["g"][1:] < cat["g"][:-1]).any()):
+        order = torch.argsort(cat["g"], stable=True)  # blocks are g-major inside: interleave them per g
+        cat = {c: t[order] for c, t in cat.items()}
     return cat
 
 
-__all__ = ["compute_fra", "attention_mask", "selection_mask", "block_values", "transform", "run_sides"]
+def _shift_rows(top: tuple, i0: int) -> tuple:
+    value, i, k, j, l = top
+    return value, i + i0, k, j, l
+
+
+def _top_n_entries(top: tuple, g, T: int, kept_sum) -> dict[str, torch.Tensor]:
+    """Entries of the merged per-item top-N candidates [G, n] (zeros dropped); fills kept_sum."""
+    value, i, k, j, l = top
+    gi, si = (value != 0).nonzero(as_tuple=True)
+    out = {"g": g[gi], "i": i[gi, si], "j": j[gi, si], "k": k[gi, si], "l": l[gi, si], "value": value[gi, si]}
+    kept_sum.view(-1).index_put_((out["g"] * (T * T) + out["i"] * T + out["j"],), out["value"], accumulate=True)
+    return out
+
+
+def _columns(e: dict, q_side, k_side, heads: list[int], H: int) -> dict[str, torch.Tensor]:
+    """(g, i, j, k, l, value) → ENTRY_FIELDS columns: sample, model head, positions, (source, feature)."""
+    b = e["g"] // H
+    out = {"batch": b.to(ENTRY_INT), "head": torch.tensor(heads, device=b.device, dtype=ENTRY_INT)[e["g"] % H],
+           "query_pos": e["i"].to(ENTRY_INT), "key_pos": e["j"].to(ENTRY_INT), "value": e["value"]}
+    for p, side, pos, slot in (("q", q_side, "i", "k"), ("k", k_side, "j", "l")):
+        gid = side.ids[b, e[pos], e[slot]]
+        if len(side.offsets) == 2:  # one source: the global id is the feature id
+            src, feat = torch.zeros_like(gid), gid
+        else:
+            offs = torch.tensor(side.offsets, device=gid.device)
+            src = torch.searchsorted(offs, gid, right=True) - 1
+            feat = gid - offs[src]
+        out[f"{p}_source"], out[f"{p}_feature"] = src.to(ENTRY_INT), feat.to(ENTRY_INT)
+    return out
+
+
+__all__ = ["compute_fra", "attention_mask", "selection_mask", "block_values", "transform", "run_sides", "plan_blocks"]

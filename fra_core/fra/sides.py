@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 
 from fra_core.fra.options import FRAInputError
+from fra_core.fra.rowcache import projected_rows
 
 NORMALIZED, RESID, HOOK_Z = "normalized", "resid_pre", "hook_z"
 
@@ -139,7 +140,8 @@ class Side:
 
     ids:    [batch, pos, K] global feature ids (offsets[s] + local id); padding = offsets[-1]
     coef:   [batch, pos, K] activation × (1/σ_i where the side applies it); 0 on padding
-    rows:   [n_rows, head_index, d_head] projected decoder rows (no σ, no rotation); last row = 0
+    rows:   [n_rows, head_index, d_head] projected decoder rows (no σ, no rotation), shared with the
+            cache of `rowcache` (read-only); the padding id's row is 0
     row_of: [batch, pos, K] index into rows
     nodes:  [batch, pos, head_index, n_nodes, d_head] named non-feature nodes, scaled and rotated
     """
@@ -164,8 +166,13 @@ class Side:
 
     def feature_vectors(self, b: int, h: int) -> torch.Tensor:
         """[pos, K, d_head]: coef · (projected row), rotated at its position."""
-        v = self.coef[b, :, :, None] * self.rows[self.row_of[b], h]
-        return self.rotate(v[None])[0] if self.rotate is not None else v
+        dev = self.ids.device
+        return self.feature_block(torch.tensor([b], device=dev), torch.tensor([h], device=dev))[0]
+
+    def feature_block(self, b_idx: torch.Tensor, h_idx: torch.Tensor) -> torch.Tensor:
+        """[G, pos, K, d_head]: `feature_vectors(b_idx[g], h_idx[g])` for G (sample, head index) pairs."""
+        v = self.coef[b_idx, :, :, None] * self.rows[self.row_of[b_idx], h_idx[:, None, None]]
+        return self.rotate(v) if self.rotate is not None else v  # rotate takes [batch, pos, n, d_head]
 
 
 def head_weights(model, layer: int, which: str, heads: list[int]):
@@ -225,7 +232,7 @@ def build_side(model, cache, layer: int, dic: Dictionary, which: str, heads: lis
     for sae in dic.saes:
         offsets.append(offsets[-1] + sae.cfg.d_sae)
     ids, acts = _select_global(encs, offsets, k)
-    rows, row_of = _project_rows(dic, maps, ids, offsets)
+    rows, row_of = projected_rows(model, layer, dic, which, heads, maps, ids, offsets, sae_decoder)
     names, vecs = _nodes(model, cache, layer, dic, encs, maps, M_res, ids, acts, offsets)
     nodes = torch.stack(vecs, dim=-2) * inv_sigma[..., None, None]  # [batch, pos, head, n, d_head]
     names += (["ln1.b"] if b_term is not None else []) + ["bias"]
@@ -249,19 +256,6 @@ def _select_global(encs: list[Encoded], offsets: list[int], k: int):
         ids, acts = ids.gather(-1, top), acts.gather(-1, top)
     ids = torch.where(acts != 0, ids, torch.full_like(ids, offsets[-1]))  # padding id
     return ids, acts
-
-
-def _project_rows(dic: Dictionary, maps, ids: torch.Tensor, offsets: list[int]):
-    """Project only the decoder rows that are active somewhere in the batch."""
-    uniq, row_of = torch.unique(ids, return_inverse=True)
-    n_heads, d_head = maps[0].shape[1:]
-    rows = torch.zeros(len(uniq), n_heads, d_head, dtype=maps[0].dtype, device=maps[0].device)
-    for s, (sae, M) in enumerate(zip(dic.saes, maps)):
-        sel = (uniq >= offsets[s]) & (uniq < offsets[s + 1])
-        if sel.any():
-            D = sae_decoder(sae)[uniq[sel] - offsets[s]].to(M.dtype)
-            rows[sel] = _project(D, M)
-    return rows, row_of  # the padding id (if present) is the last uniq value and keeps a zero row
 
 
 def _nodes(model, cache, layer, dic, encs, maps, M_res, ids, acts, offsets):

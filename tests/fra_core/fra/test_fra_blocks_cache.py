@@ -1,0 +1,64 @@
+"""Block planning (several items per block, row ranges) and the projected-row cache across calls."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from fra_core.fra import FRAOptions, compute_fra
+from fra_core.fra.engine import ENTRY_FIELDS, plan_blocks
+from fra_core.fra.rowcache import clear_cache
+
+from .helpers_fra import side_saes, tiny, tokens
+
+OPTS = FRAOptions(k_active=5, top_m=3, exclude_diagonal=False)
+
+
+def _table(result) -> dict:
+    e = result.entries
+    return {tuple(int(e[f][r]) for f in ENTRY_FIELDS[:-1]): float(e["value"][r]) for r in range(result.n_entries)}
+
+
+def test_plan_blocks_covers_rows_within_budget():
+    per, ranges = plan_blocks(FRAOptions(chunk_elements=1 << 12), 8, 100, 4, 4, causal=True)
+    assert per == 1 and ranges[0][0] == 0 and ranges[-1][1] == 100
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all((i1 - i0) * i1 * 16 <= 1 << 12 or i1 - i0 == 1 for i0, i1 in ranges)
+    per, ranges = plan_blocks(FRAOptions(), 48, 10, 3, 3, causal=True)
+    assert ranges == [(0, 10)] and per == FRAOptions().chunk_elements // 9 // 100
+
+
+def test_block_shapes_do_not_change_the_table():
+    model = tiny("LN", rotary=True)
+    d, tok = side_saes(model, 1, "resid_pre"), tokens(model, 3, 11)
+    runs = [compute_fra(model, tok, 1, None, d, None, dataclasses.replace(OPTS, **kw)) for kw in (
+        {}, {"chunk_rows": 2}, {"chunk_elements": 64}, {"chunk_rows": 4, "chunk_elements": 4 * 11 * 25 * 2})]
+    base = runs[0]
+    for r in runs[1:]:
+        for f in ENTRY_FIELDS[:-1]:
+            assert torch.equal(r.entries[f], base.entries[f]), f  # same rows in the same order
+        assert torch.allclose(r.entries["value"], base.entries["value"], atol=1e-6)
+        assert torch.allclose(r.kept_sum, base.kept_sum, atol=1e-6)
+    assert base.entries["query_pos"].dtype == torch.int32 and base.entries["value"].dtype == torch.float32
+
+
+def test_row_cache_follows_weight_changes():
+    clear_cache()
+    model = tiny("LN")
+    d, tok = side_saes(model, 1, "normalized"), tokens(model, 2, 9)
+    first = compute_fra(model, tok, 1, [0, 2], d, None, OPTS)
+    again = compute_fra(model, tok, 1, [0, 2], d, None, OPTS)  # served from the cache
+    assert _table(first) == _table(again)
+    one_head = compute_fra(model, tok, 1, [2], d, None, OPTS)
+    e = first.entries
+    assert _table(one_head) == {k: v for k, v in _table(first).items() if k[1] == 2} and len(e["value"])
+    with torch.no_grad():  # in-place changes of the decoder and of W_K: the cached rows are stale
+        d.W_dec.mul_(1.5)
+        model.blocks[1].attn.W_K.add_(0.1)
+    changed = compute_fra(model, tok, 1, [0, 2], d, None, OPTS)
+    assert changed.completeness_error() <= 1e-4
+    clear_cache()
+    fresh = compute_fra(model, tok, 1, [0, 2], d, None, OPTS)
+    assert _table(changed).keys() == _table(fresh).keys()
+    assert all(abs(v - _table(fresh)[k]) <= 1e-6 for k, v in _table(changed).items())
