@@ -139,6 +139,34 @@ class Progress:
         print(text, flush=True)
 
 
+class NullProgress:
+    """The Progress interface doing nothing: for in-process calls (tests, benchmarks, library use)."""
+
+    def update(self, done, total=None, message="", force=False, **extra) -> None:
+        pass
+
+    def log_metrics(self, step, **metrics) -> None:
+        pass
+
+    def log(self, text: str) -> None:
+        pass
+
+
+class ConsoleProgress(NullProgress):
+    """Progress for the CLI: one line every `every_s` seconds, prefixed with the job kind."""
+
+    def __init__(self, prefix: str = "job", every_s: float = 5.0):
+        self.prefix, self.every_s, self._last = prefix, every_s, 0.0
+
+    def update(self, done, total=None, message="", force=False, **extra) -> None:
+        if force or time.time() - self._last >= self.every_s:
+            self._last = time.time()
+            print(f"[{self.prefix}] {message or f'{done}/{total}'}", flush=True)
+
+    def log(self, text: str) -> None:
+        print(text, flush=True)
+
+
 @dataclass(frozen=True)
 class JobInfo:
     job_id: str

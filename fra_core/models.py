@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import socket
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from fra_core.atomic import atomic_folder
 from fra_core.devices import pick_device
 from fra_core.vocab_tokenizer import load_tokenizer, save_tokenizer
 from fra_core.workspace import Workspace
@@ -75,11 +74,7 @@ def save_local_model(model: HookedTransformer, folder: str | Path, tokenizer=Non
                      meta: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Write a model folder atomically (temp folder, then rename). Refuses to overwrite unless asked."""
     folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"model folder already exists: {folder} (choose another name)")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder, overwrite=overwrite) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg_to_json(model.cfg), indent=1), encoding="utf-8")
         state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
                  if v.is_floating_point()}
@@ -88,12 +83,6 @@ def save_local_model(model: HookedTransformer, folder: str | Path, tokenizer=Non
         if tok is not None:
             save_tokenizer(tok, tmp / TOKENIZER_DIR)
         (tmp / META_FILE).write_text(json.dumps(meta or {}, indent=1, default=str), encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from fra_core.atomic import atomic_folder
 from fra_core.atf import (BOS_ID, LINE_SEP, MASK_ID, AtfError, CharVocab, CleanLine, CleanOptions, Fragment,
                           build_vocab, clean_fragment, dedupe_ids, load_fragments)
 from fra_core.workspace import Workspace, check_name
@@ -237,19 +235,12 @@ def build_restoration_dataset(cfg: BuildDatasetConfig, workspace: Workspace | No
     if folder.exists() and not overwrite:
         raise DatasetBuildError(f"dataset {cfg.name!r} already exists in {workspace.datasets}; choose another name")
     examples, vocab = build_examples(fragments, cfg)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.", dir=workspace.datasets))
-    try:
+    with atomic_folder(folder, overwrite=overwrite) as tmp:
         _to_dataset_dict(examples).save_to_disk(str(tmp / "hf"))
         vocab.save(tmp / "vocab.json")
         settings = {"kind": "restoration", "config": cfg.to_dict(), "config_hash": cfg.config_hash(),
                     "vocab_size": vocab.size, "stats": dataset_stats(examples)}
         (tmp / "settings.json").write_text(json.dumps(settings, indent=1, ensure_ascii=False), encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -20,16 +20,15 @@ import collections
 import datetime as _dt
 import json
 import logging
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from fra_core.atomic import atomic_folder
 from fra_core.config import ConfigError, JobConfig
+from fra_core.jobs import ConsoleProgress, NullProgress
 from fra_core.workspace import Workspace, check_name
 
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
@@ -96,32 +95,6 @@ class TrainSAEConfig(JobConfig):
         return self
 
 
-class _NullProgress:
-    def update(self, done, total=None, message="", force=False, **extra):
-        pass
-
-    def log_metrics(self, step, **metrics):
-        pass
-
-    def log(self, text):
-        pass
-
-
-class ConsoleProgress(_NullProgress):
-    """Progress for the CLI: a line every `every_s` seconds."""
-
-    def __init__(self, every_s: float = 5.0):
-        self.every_s, self._last = every_s, 0.0
-
-    def update(self, done, total=None, message="", force=False, **extra):
-        if force or time.time() - self._last >= self.every_s:
-            self._last = time.time()
-            print(f"[train-sae] {message or f'{done}/{total}'}", flush=True)
-
-    def log(self, text):
-        print(text, flush=True)
-
-
 # ----------------------------------------------------------------------------- data
 def build_text_dataset(spec: str, n_texts: int, seed: int, workspace: Workspace):
     """A `datasets.Dataset` with a "text" column: the first `n_texts` texts of a `fra_core.datasets` spec
@@ -179,7 +152,7 @@ def _live_trainer_class():
 
         def __init__(self, *args, progress=None, log_every: int = 10, keep_batches: int = 2, **kwargs):
             super().__init__(*args, **kwargs)
-            self.progress, self.log_every = progress or _NullProgress(), log_every
+            self.progress, self.log_every = progress or NullProgress(), log_every
             self.history: list[dict[str, float]] = []
             self.total_steps = self.cfg.total_training_samples // self.cfg.train_batch_size_samples
             self.recent_batches: collections.deque = collections.deque(maxlen=max(1, keep_batches))
@@ -278,7 +251,7 @@ def run_train_sae(cfg: TrainSAEConfig, progress=None, *, model=None,
     from sae_lens import LanguageModelSAETrainingRunner, __version__ as sae_lens_version
 
     t0 = time.time()
-    progress = progress or _NullProgress()
+    progress = progress or NullProgress()
     workspace = workspace or Workspace.from_env()
     torch.manual_seed(cfg.seed)
     model, d_in, rcfg, dataset, out_dir = prepare(cfg, model, workspace)
@@ -311,22 +284,18 @@ def run_train_sae(cfg: TrainSAEConfig, progress=None, *, model=None,
     metrics["train_s"] = train_s
     progress.update(cfg.training_tokens, cfg.training_tokens, message="saving", force=True)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.output_name}.", dir=workspace.saes))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a saved SAE is an ordinary folder
     try:
-        sae.save_inference_model(str(tmp))
-        meta = {"name": cfg.output_name, "model": cfg.model, "hook_name": cfg.hook_name, "d_in": d_in,
-                "d_sae": sae.cfg.d_sae, "architecture": cfg.architecture, "config": cfg.to_dict(),
-                "config_hash": cfg.config_hash(), "metrics": metrics, "history": trainer.history[-200:],
-                "sae_lens_version": sae_lens_version, "created": _dt.datetime.now().isoformat(timespec="seconds")}
-        (tmp / "fra_meta.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
-        if out_dir.exists():  # someone else finished first: keep theirs
-            raise SAEExistsError(f"an SAE named {cfg.output_name!r} appeared at {out_dir} while training; "
-                                 f"not overwriting it")
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(out_dir) as tmp:
+            sae.save_inference_model(str(tmp))
+            meta = {"name": cfg.output_name, "model": cfg.model, "hook_name": cfg.hook_name, "d_in": d_in,
+                    "d_sae": sae.cfg.d_sae, "architecture": cfg.architecture, "config": cfg.to_dict(),
+                    "config_hash": cfg.config_hash(), "metrics": metrics, "history": trainer.history[-200:],
+                    "sae_lens_version": sae_lens_version,
+                    "created": _dt.datetime.now().isoformat(timespec="seconds")}
+            (tmp / "fra_meta.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
+    except FileExistsError as exc:  # someone else finished first: keep theirs
+        raise SAEExistsError(f"an SAE named {cfg.output_name!r} appeared at {out_dir} while training; "
+                             f"not overwriting it") from exc
     return {"sae_name": cfg.output_name, "path": str(out_dir), **metrics, "wall_s": time.time() - t0}
 
 
@@ -341,7 +310,7 @@ def cli_main(argv: list[str]) -> int:
         cfg = TrainSAEConfig.load_yaml(args.config)
         if args.name:
             cfg = TrainSAEConfig.from_dict({**cfg.to_dict(), "output_name": args.name})
-        result = run_train_sae(cfg, ConsoleProgress())
+        result = run_train_sae(cfg, ConsoleProgress("train-sae"))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
