@@ -83,6 +83,8 @@ def parse_dictionary(model, layer: int, dictionary) -> Dictionary:
         if int(parts[1]) >= layer:
             raise FRAInputError(f"hook_z SAE {hook} is not upstream of layer {layer} (needs l < {layer})")
         _check_sae(sae, hook, cfg.n_heads * cfg.d_head)
+        if getattr(sae, "hook_z_reshaping_mode", False) and getattr(sae, "d_head", None) is None:
+            sae.d_head = cfg.d_head  # SAELens only learns d_head from its first 4-D input
         layers.append(int(parts[1]))
     if len(set(layers)) != len(layers):
         raise FRAInputError(f"two hook_z SAEs for the same layer: {hooks}")
@@ -121,7 +123,8 @@ class Encoded:
 def encode(sae, x: torch.Tensor, k: int) -> Encoded:
     """Encode x [batch, pos, d_in] with the SAE's own `encode` (any architecture) and keep top-k."""
     with torch.no_grad():
-        sae_in = x.unflatten(-1, (-1, sae.d_head)) if getattr(sae, "hook_z_reshaping_mode", False) and sae.d_head else x
+        d_head = getattr(sae, "d_head", None) if getattr(sae, "hook_z_reshaping_mode", False) else None
+        sae_in = x.unflatten(-1, (-1, d_head)) if d_head else x
         acts = sae.encode(sae_in.to(sae.W_dec.dtype)).to(x.dtype)
         D = sae_decoder(sae).to(x.dtype)
         l0 = (acts != 0).sum(-1)
