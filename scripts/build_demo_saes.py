@@ -1,12 +1,16 @@
 """Regenerate the shipped demo SAEs in fra_core/assets/demo_saes/ (run after the demo model changes).
 
-    python scripts/build_demo_saes.py [--check]
+    python scripts/build_demo_saes.py [--check] [--only NAME ...]
 
-Trains `demo-l1-ln1` and `demo-l0-hook-z` with `fra_core.sae.demo.DEMO_SAE_CONFIGS` through
-`run_train_sae` (the job code the UI uses) on the demo model, in a temporary workspace, then replaces
-the asset folders. Prints each SAE's L0, explained variance, dead features, and how many features are
-"current token = A" / "previous token was A" features (>= 80 % of the feature's activation mass on one
-current / previous token) on fresh demo texts.
+Trains `demo-l1-ln1` and `demo-l0-hook-z` (or only the named ones) with
+`fra_core.sae.demo.DEMO_SAE_CONFIGS` through `run_train_sae` (the job code the UI uses) on the demo
+model, in a temporary workspace, then replaces the asset folders. Prints each SAE's L0, explained
+variance, dead features, size, and on fresh demo texts:
+
+- how many features are "current token = A" / "previous token was A" features (>= 80 % of the
+  feature's activation mass on one current / previous token);
+- per-word coverage (`fra_core.sae.demo.word_coverage`): for how many vocabulary words some feature
+  is a clean detector of "current token = w", and of "previous token = w".
 """
 
 from __future__ import annotations
@@ -44,28 +48,41 @@ def token_feature_counts(acts) -> dict[str, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="train and report, but do not replace the assets")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="rebuild only these demo SAEs")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="demo-saes-"))
     os.environ["FRA_WORKSPACE"] = str(root)
 
     from fra_core.demo import demo_texts, load_demo_model
     from fra_core.sae import load_sae
-    from fra_core.sae.demo import ASSET_DIR, DEMO_SAE_CONFIGS, ensure_demo_saes
+    from fra_core.sae.demo import ASSET_DIR, DEMO_SAE_CONFIGS, ensure_demo_saes, word_coverage
     from fra_core.sae.inspect import collect_activations, dead_features
-    from fra_core.sae.train import ConsoleProgress
+    from fra_core.jobs import ConsoleProgress
     from fra_core.workspace import Workspace
 
+    names = args.only or list(DEMO_SAE_CONFIGS)
+    unknown = sorted(set(names) - set(DEMO_SAE_CONFIGS))
+    if unknown:
+        print(f"error: unknown demo SAE(s) {unknown}; known: {sorted(DEMO_SAE_CONFIGS)}", file=sys.stderr)
+        return 1
+    import torch
+
+    # tiny matrices: one thread is as fast as two, much faster on a loaded shared machine, and makes
+    # the result independent of the core count
+    torch.set_num_threads(1)
     ws = Workspace.from_env()
     model = load_demo_model("cpu")
     t0 = time.time()
-    made = ensure_demo_saes(ws, progress=ConsoleProgress(10.0), model=model, asset_dir=root / "none")
+    made = ensure_demo_saes(ws, progress=ConsoleProgress("demo-saes", 10.0), model=model, asset_dir=root / "none",
+                            configs={n: DEMO_SAE_CONFIGS[n] for n in names})
     print(f"trained {sorted(made)} in {time.time() - t0:.0f} s")
     texts = demo_texts(200, seed=12345)
-    for name in DEMO_SAE_CONFIGS:
+    for name in names:
         acts = collect_activations(model, load_sae(name, device="cpu"), texts)
         size = sum(f.stat().st_size for f in made[name].iterdir())
         print(f"{name}: L0={acts.mean_l0:.2f} explained_variance={acts.explained_variance:.3f} "
-              f"dead={dead_features(acts).size}/{acts.d_sae} {token_feature_counts(acts)} size={size / 1e6:.2f} MB")
+              f"dead={dead_features(acts).size}/{acts.d_sae} {token_feature_counts(acts)} "
+              f"{word_coverage(acts)} size={size / 1e6:.2f} MB")
         if not args.check:
             dest = ASSET_DIR / name
             if dest.exists():

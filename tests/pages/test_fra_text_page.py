@@ -67,16 +67,15 @@ def _profiles(model, sae, extra_text: str):
 
 
 def test_induction_cells_top_pair_is_current_A_times_after_A(fra_ws):
-    """At the induction head's induction cells (query = a repeated token A, key = the token after the
-    earlier A), the page's top pair is (query feature "current token = A") × (key feature "previous
-    token = A", written by the layer-0 previous-token head).
+    """At every strongly attended induction cell of the page's example text (query = a repeated token A,
+    key = the token after the earlier A, attention >= 0.5), the page's top pair is (query feature whose
+    top token is A) x (key feature whose top previous token is A: "previous token was A", written by the
+    layer-0 previous-token heads), and the page's meaning columns say so.
 
-    What the demo data shows (measured over 20 texts): query features are clean current-token features
-    (top token carries > 80 % of their activation); the key-side features are "previous token ∈ {A, B,
-    C}" features, so A is checked among the 3 previous tokens after which the feature is most active
-    (per occurrence). Where the top pair dominates the cell (> 20 % of the score) it is this pair in
-    98 % of cells; where it does not, the SAE has no feature for A at that position and the score sits in
-    the SAE-error terms. The test asserts exactly that, on every strongly attended induction cell.
+    The shipped `demo-l1-ln1` has a clean current-token feature for 168 of 169 words and a clean
+    previous-token feature for ~135 (precision and recall >= 0.8, `scripts/build_demo_saes.py`). Measured
+    with it: all 12 strong induction cells of this text pass (top pair >= 60 % of the cell's score), and
+    89 of 95 (94 %) over the page's 8 example texts. No miss is allowed on this text.
     """
     import torch
 
@@ -98,28 +97,28 @@ def test_induction_cells_top_pair_is_current_A_times_after_A(fra_ws):
     pattern = cache["blocks.1.attn.hook_pattern"][0, head]
     cells = [(i, j) for i, j in zip(*explore.induction_positions(tokens[0].tolist())[["query_pos", "key_pos"]].T.values)
              if float(pattern[i, j]) >= 0.5]
-    assert len(cells) >= 5, cells  # the head attends from each repeated token to the token after its earlier copy
+    assert len(cells) >= 10, cells  # the head attends from each repeated token to the token after its earlier copy
     q0, k0 = at.number_input(key="fra_text_qpos").value, at.number_input(key="fra_text_kpos").value
     assert (q0, k0) in cells  # the page opens on the strongest induction cell
     prof = _profiles(model, load_sae("demo-l1-ln1", workspace=fra_ws), text)
-    dominant, good = 0, []
+    misses = []
     for i, j in cells:
         at.number_input(key="fra_text_qpos").set_value(int(i))
         at.number_input(key="fra_text_kpos").set_value(int(j))
         at.run()
         assert not at.exception and not errors(at), errors(at)
         top = frame_with(at, "q_meaning").iloc[0]
-        if top.share <= 0.2:
-            continue
-        dominant += 1
         A = toks[i]
         q_ok = top.q_feature in prof.index and prof.loc[top.q_feature, "top_token"] == A
-        k_ok = top.k_feature in prof.index and A in prof.loc[top.k_feature, "after"]
-        good.append(q_ok and k_ok)
-        if q_ok and k_ok:  # the page's meaning columns say the same
-            assert f"tok ‘{A}’" in top.q_meaning and f"‘{A}’" in top.k_meaning.split("after")[1], top.to_dict()
-    assert dominant >= 4, (dominant, cells)
-    assert sum(good) >= dominant - 1, (good, cells)
+        k_ok = top.k_feature in prof.index and prof.loc[top.k_feature, "top_prev"] == A
+        if not (q_ok and k_ok):
+            misses.append((int(i), int(j), A, top.q_meaning, top.k_meaning, round(float(top.share), 3)))
+            continue
+        assert top.share > 0.2, top.to_dict()  # the pair carries a real part of the cell's score
+        # the page's meaning columns say the same: query "tok ‘A’", key "after ‘A’/…" (A first)
+        assert top.q_meaning.startswith(f"tok ‘{A}’"), top.to_dict()
+        assert top.k_meaning.split("after ", 1)[1].startswith(f"‘{A}’"), top.to_dict()
+    assert not misses, (misses, cells)
 
 
 def test_bad_input_is_a_message(fra_ws):
