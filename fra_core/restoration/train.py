@@ -3,9 +3,11 @@
 
 Masked-character objective: cross-entropy on masked positions only (labels -100 elsewhere), masks
 redrawn every batch from the dataset's `maskable` column with the dataset's masking settings, so a
-position without ground truth is never a target. AdamW, linear warm-up then cosine decay to 10 % over
-whichever ends first, `max_steps` or `time_budget_s`. Batches group examples of similar length (less
-padding); <pad> is not masked out of attention (see model.py).
+position without ground truth is never a target. AdamW, linear warm-up then cosine or linear decay to
+`min_lr_frac` of the peak over whichever ends first, `max_steps` or `time_budget_s` (the schedule reads
+the budget's clock, so the decay ends when the budget does). With `keep_best` the weights with the best
+validation top-1 (checked every `eval_every` steps and at the end) are the ones evaluated and saved.
+Batches group examples of similar length (less padding); <pad> is not masked out of attention (see model.py).
 
 Outputs under ``$FRA_WORKSPACE/restoration/<name>/``: ``checkpoint.pt`` (config, weights, vocab, meta)
 and ``result.json`` (training curve summary, test evaluation vs the n-gram baseline). With
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fra_core.jobs import ConsoleProgress, NullProgress
 from fra_core.atf import PAD_ID
 from fra_core.config import ConfigError, JobConfig
 from fra_core.restoration.dataset import IGNORE_INDEX, apply_mask, load_restoration_dataset, sample_mask
@@ -55,7 +58,11 @@ class TrainRestorationConfig(JobConfig):
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
     warmup_steps: int = 50
+    lr_schedule: str = "cosine"  # cosine | linear: decay from the peak to min_lr_frac * lr at the end
+    min_lr_frac: float = 0.1
     max_steps: int = 1000
     time_budget_s: float = 0.0   # > 0: stop (and finish the LR schedule) after this many seconds
     budget_clock: str = "wall"   # wall | cpu: count the budget in process CPU seconds, so a busy machine
@@ -64,6 +71,7 @@ class TrainRestorationConfig(JobConfig):
     log_every: int = 10
     eval_every: int = 100
     val_examples: int = 64
+    keep_best: bool = True       # evaluate/save the weights with the best validation top-1
     ngram_order: int = 6         # 0: choose the order (3..7) with the best top-1 on the validation split
     convert: bool = True
     overwrite: bool = False
@@ -81,36 +89,17 @@ class TrainRestorationConfig(JobConfig):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.budget_clock not in ("wall", "cpu"):
             raise ConfigError(f"budget_clock must be 'wall' or 'cpu', got {self.budget_clock!r}")
+        if self.lr_schedule not in ("cosine", "linear"):
+            raise ConfigError(f"lr_schedule must be 'cosine' or 'linear', got {self.lr_schedule!r}")
+        if not 0 <= self.min_lr_frac <= 1 or not 0 <= self.adam_beta1 < 1 or not 0 <= self.adam_beta2 < 1:
+            raise ConfigError(f"bad optimiser settings: min_lr_frac={self.min_lr_frac}, "
+                              f"betas=({self.adam_beta1}, {self.adam_beta2})")
         if not 0 <= self.train_mask_rate < 1:
             raise ConfigError(f"train_mask_rate must be in [0, 1), got {self.train_mask_rate}")
         if self.lr <= 0 or self.time_budget_s < 0 or self.ngram_order < 0:
             raise ConfigError(f"bad settings: lr={self.lr}, time_budget_s={self.time_budget_s}, "
                               f"ngram_order={self.ngram_order}")
         return self
-
-
-class NullProgress:
-    def update(self, done, total=None, message="", force=False, **extra):
-        pass
-
-    def log_metrics(self, step, **metrics):
-        pass
-
-    def log(self, text):
-        pass
-
-
-class ConsoleProgress(NullProgress):
-    def __init__(self, every_s: float = 10.0):
-        self.every_s, self._last = every_s, 0.0
-
-    def update(self, done, total=None, message="", force=False, **extra):
-        if force or time.time() - self._last >= self.every_s:
-            self._last = time.time()
-            print(f"[train-restoration] {message or f'{done}/{total}'}", flush=True)
-
-    def log(self, text):
-        print(text, flush=True)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -139,11 +128,15 @@ def collate(rows: Sequence[dict], rng: np.random.Generator | None,
 
 
 def lr_at(cfg: TrainRestorationConfig, step: int, elapsed_s: float) -> float:
+    """Warm-up over `warmup_steps`, then decay to `min_lr_frac`·lr at the end of the run; the progress
+    `frac` is the larger of steps/max_steps and elapsed/time_budget_s (on the budget's clock)."""
     frac = step / cfg.max_steps
     if cfg.time_budget_s > 0:
         frac = max(frac, elapsed_s / cfg.time_budget_s)
+    frac = min(frac, 1.0)
     warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
-    return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+    shape = 0.5 * (1 + math.cos(math.pi * frac)) if cfg.lr_schedule == "cosine" else 1.0 - frac
+    return cfg.lr * warm * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * shape)
 
 
 @torch.no_grad()
@@ -168,7 +161,8 @@ def make_optimizer(model, cfg: TrainRestorationConfig) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                             betas=(cfg.adam_beta1, cfg.adam_beta2))
 
 
 def train_step(model, opt, ids: torch.Tensor, labels: torch.Tensor, lr: float, grad_clip: float) -> float:
@@ -196,7 +190,7 @@ def train_model(cfg: TrainRestorationConfig, train_rows: Sequence[dict], val_row
     lengths = [len(r["input_ids"]) for r in train_rows]
     clock = time.process_time if cfg.budget_clock == "cpu" else time.time
     t0, c0, step, history, batches = time.time(), clock(), 0, [], []
-    val = {}
+    val, best = {}, None  # best: (val_top1, step, weights, val metrics) of the best validated weights so far
     while step < cfg.max_steps and not (cfg.time_budget_s and clock() - c0 >= cfg.time_budget_s):
         if not batches:
             batches = length_batches(lengths, cfg.batch_size, rng)
@@ -210,14 +204,26 @@ def train_model(cfg: TrainRestorationConfig, train_rows: Sequence[dict], val_row
         if val_rows and (step % cfg.eval_every == 0):
             val = validation(model, val_rows, device, cfg.batch_size)
             progress.log_metrics(step, **val)
+            best = _keep_best(cfg, model, val, step, best)
         progress.update(step, cfg.max_steps, message=f"step {step}: loss {loss:.3f}"
                         + (f", val top-1 {val['val_top1']:.3f}" if val else ""))
     if val_rows:
         val = validation(model, val_rows, device, cfg.batch_size)
         progress.log_metrics(step, **val)
+        best = _keep_best(cfg, model, val, step, best)
     summary = {"steps": step, "train_s": time.time() - t0, "budget_clock_s": clock() - c0,
                "final_loss": history[-1]["loss"] if history else None, "history": history[-200:], **val}
+    if best is not None and best[1] != step:
+        model.load_state_dict(best[2])
+        summary.update(best[3], best_step=best[1])
     return model.eval(), summary
+
+
+def _keep_best(cfg: TrainRestorationConfig, model, val: dict, step: int, best):
+    """(val_top1, step, weights copy, val metrics) of the best validation top-1 so far (ties: the later)."""
+    if not cfg.keep_best or (best is not None and val["val_top1"] < best[0]):
+        return best
+    return val["val_top1"], step, {k: v.detach().clone() for k, v in model.state_dict().items()}, dict(val)
 
 
 @contextmanager
@@ -321,7 +327,7 @@ def cli_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = TrainRestorationConfig.load_yaml(args.config)
-        result = run_train_restoration(cfg, ConsoleProgress())
+        result = run_train_restoration(cfg, ConsoleProgress("train-restoration", every_s=10.0))
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -11,7 +11,9 @@ from fra_core.atf import MASK_ID, load_fragments
 from fra_core.restoration.dataset import IGNORE_INDEX, BuildDatasetConfig, build_restoration_dataset
 from fra_core.restoration.evaluate import Scores, bucket_of, gap_runs, restore_text, select_ngram
 from fra_core.restoration.ngram import NgramModel
-from fra_core.restoration.train import TrainRestorationConfig, run_train_restoration
+from fra_core.jobs import NullProgress
+from fra_core.restoration.train import (TrainRestorationConfig, lr_at, run_train_restoration,
+                                        train_model, validation)
 
 TINY = dict(n_layers=1, d_model=32, n_heads=2, batch_size=8, max_steps=12, log_every=2, eval_every=6,
             val_examples=8, ngram_order=3, device="cpu")
@@ -86,6 +88,42 @@ def test_bad_training_configs(workspace):
         run_train_restoration(TrainRestorationConfig(dataset="missing", name="x"), workspace=workspace)
     with pytest.raises(ValueError, match="invalid"):
         TrainRestorationConfig(dataset="d", name="../x").validate()
+
+
+def test_lr_schedule_warms_up_and_decays_to_the_budget_end():
+    cfg = TrainRestorationConfig(dataset="d", lr=1e-3, warmup_steps=10, max_steps=10**6, time_budget_s=100.0,
+                                 min_lr_frac=0.1)
+    assert lr_at(cfg, 0, 0.0) == pytest.approx(1e-4)  # warm-up: (step + 1) / warmup_steps
+    assert lr_at(cfg, 9, 0.0) == pytest.approx(1e-3)
+    assert lr_at(cfg, 50, 50.0) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # cosine half-way
+    assert lr_at(cfg, 99, 100.0) == pytest.approx(1e-4) == lr_at(cfg, 99, 250.0)  # budget spent: the floor
+    linear = TrainRestorationConfig(dataset="d", lr=1e-3, warmup_steps=1, max_steps=200, lr_schedule="linear",
+                                    min_lr_frac=0.0)
+    assert [lr_at(linear, s, 0.0) for s in (50, 100, 200)] == pytest.approx([7.5e-4, 5e-4, 0.0])
+    for bad in (dict(lr_schedule="step"), dict(min_lr_frac=1.5), dict(adam_beta2=1.0)):
+        with pytest.raises(ValueError):
+            TrainRestorationConfig(dataset="d", **bad).validate()
+
+
+def test_keep_best_returns_the_best_validated_weights(ebl_dataset):
+    from fra_core.restoration.dataset import load_restoration_dataset
+
+    class Recorder(NullProgress):
+        def __init__(self):
+            self.val = []
+
+        def log_metrics(self, step, **metrics):
+            if "val_top1" in metrics:
+                self.val.append(metrics["val_top1"])
+
+    dsd, vocab, settings = load_restoration_dataset("ebl80", ebl_dataset)
+    train_rows, val_rows = list(dsd["train"]), list(dsd["validation"])[:8]
+    cfg = TrainRestorationConfig(dataset="ebl80", **{**TINY, "max_steps": 9, "eval_every": 2, "lr": 3e-2})
+    recorder = Recorder()
+    model, summary = train_model(cfg, train_rows, val_rows, vocab.size, 64, {"rate": 0.3, "span_prob": 0.5,
+                                                                             "max_span": 8}, recorder, "cpu")
+    assert not model.training and len(recorder.val) == 5 and summary["val_top1"] == max(recorder.val)
+    assert validation(model, val_rows, "cpu", 8)["val_top1"] == summary["val_top1"]  # the kept weights
 
 
 # ----------------------------------------------------------------------------- metrics and n-gram
