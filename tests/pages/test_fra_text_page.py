@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
-from tests.pages.fra_helpers import errors, frame_with, induction_head, install_demo_saes, open_page
+from tests.pages.fra_helpers import errors, frame_with, induction_head, open_page
 
 PAGE = "pages/fra_text.py"
 
-
-@pytest.fixture
-def fra_ws(workspace):
-    install_demo_saes(workspace)
-    return workspace
 
 
 def _set_head(at, head: int):

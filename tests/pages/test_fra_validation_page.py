@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pages.fra_helpers import errors, frame_with, induction_head, install_demo_saes, open_page
+from tests.pages.fra_helpers import errors, frame_with, induction_head, open_page
 
 PAGE = "pages/fra_validation.py"
 
-
-@pytest.fixture
-def fra_ws(workspace):
-    install_demo_saes(workspace)
-    return workspace
 
 
 def test_validation_page_end_to_end(fra_ws):
