@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fra_core.atomic import atomic_folder
+from fra_core.checks import read_json_file, state_dict_problem
 from fra_core.devices import pick_device
 from fra_core.vocab_tokenizer import load_tokenizer, save_tokenizer
 from fra_core.workspace import Workspace
@@ -86,20 +87,6 @@ def save_local_model(model: HookedTransformer, folder: str | Path, tokenizer=Non
     return folder
 
 
-def _check_state_dict(model: HookedTransformer, state: dict[str, torch.Tensor], folder: Path) -> None:
-    expected = {k: v.shape for k, v in model.state_dict().items() if v.is_floating_point()}
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise ModelLoadError(f"{folder / WEIGHTS_FILE} lacks {len(missing)} tensors, e.g. {missing[:3]}")
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise ModelLoadError(f"{folder / WEIGHTS_FILE} has tensors the config does not define: {unexpected[:3]}")
-    for name, shape in expected.items():
-        if tuple(state[name].shape) != tuple(shape):
-            raise ModelLoadError(f"{folder / WEIGHTS_FILE}: tensor {name} has shape {tuple(state[name].shape)}, "
-                                 f"config.json implies {tuple(shape)}")
-
-
 def load_local_model(folder: str | Path, device: torch.device | str | None = None) -> HookedTransformer:
     """Load a folder written by `save_local_model`, validating every file with a clear message."""
     folder = Path(folder)
@@ -108,10 +95,7 @@ def load_local_model(folder: str | Path, device: torch.device | str | None = Non
     for needed in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / needed).is_file():
             raise ModelLoadError(f"{folder} is not a model folder: {needed} is missing")
-    try:
-        data = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{folder / CONFIG_FILE} is not valid JSON: {exc}") from exc
+    data = read_json_file(folder / CONFIG_FILE, ModelLoadError)
     if not isinstance(data, dict):
         raise ModelLoadError(f"{folder / CONFIG_FILE} must hold a JSON object, got {type(data).__name__}")
     device = pick_device(str(device) if device is not None else None)
@@ -124,7 +108,10 @@ def load_local_model(folder: str | Path, device: torch.device | str | None = Non
     if (folder / TOKENIZER_DIR / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    _check_state_dict(model, state, folder)
+    expected = {k: v.shape for k, v in model.state_dict().items() if v.is_floating_point()}
+    problem = state_dict_problem(expected, state, str(folder / WEIGHTS_FILE))
+    if problem:
+        raise ModelLoadError(problem)
     model.load_state_dict(state, strict=False)
     return model.to(device).eval()
 

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fra_core.checks import state_dict_problem
 from fra_core.config import JobConfig
 
 CHECKPOINT_FORMAT = "fra-restoration-v1"
@@ -192,19 +193,10 @@ def expected_shapes(cfg: RestorationModelConfig) -> dict[str, tuple[int, ...]]:
 
 def check_state_dict(state: dict[str, Any], cfg: RestorationModelConfig, source: str = "checkpoint") -> None:
     """Raise CheckpointError naming the first missing, unexpected or mis-shaped tensor."""
-    expected = expected_shapes(cfg)
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise CheckpointError(f"{source} lacks {len(missing)} tensors, e.g. {missing[:3]}")
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise CheckpointError(f"{source} has tensors this model family does not define: {unexpected[:3]}")
-    for name, shape in expected.items():
-        value = state[name]
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{source}: {name} is a {type(value).__name__}, not a tensor")
-        if tuple(value.shape) != shape:
-            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(value.shape)}, the config implies {shape}")
+    problem = state_dict_problem(expected_shapes(cfg), state, source)
+    if problem:
+        raise CheckpointError(problem)
+    for name, value in state.items():
         if not torch.isfinite(value).all():
             raise CheckpointError(f"{source}: tensor {name} holds NaN or infinite values")
 

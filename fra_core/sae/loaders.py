@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from fra_core.checks import read_json_file
 from fra_core.workspace import Workspace
 
 CFG_FILE, WEIGHTS_FILE, META_FILE = "cfg.json", "sae_weights.safetensors", "fra_meta.json"
@@ -109,10 +110,7 @@ def load_sae_folder(folder: str | Path, device: str = "cpu"):
     for path in (cfg_path, weights_path):
         if not path.is_file():
             raise SAELoadError(f"{folder} is not a SAELens SAE folder: {path.name} is missing")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SAELoadError(f"{cfg_path} is not valid JSON: {exc}") from exc
+    cfg = read_json_file(cfg_path, SAELoadError)
     if not isinstance(cfg, dict) or not {"d_in", "d_sae"} <= set(cfg):
         raise SAELoadError(f"{cfg_path} is not a SAELens config (needs d_in, d_sae, architecture)")
     try:
@@ -159,10 +157,7 @@ def load_ckkissane(pt_path: str | Path, device: str = "cpu"):
         raise SAELoadError(f"ckkissane SAE weights not found: {pt_path}")
     if not cfg_path.is_file():
         raise SAELoadError(f"ckkissane SAE config not found: {cfg_path} (expected beside {pt_path.name})")
-    try:
-        old = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SAELoadError(f"{cfg_path} is not valid JSON: {exc}") from exc
+    old = read_json_file(cfg_path, SAELoadError)
     missing = [k for k in ("act_name", "act_size", "dict_size") if not isinstance(old, dict) or k not in old]
     if missing:
         raise SAELoadError(f"{cfg_path} lacks the keys {missing}")
