@@ -123,8 +123,8 @@ m[1].metric("Σ terms", f"{check['sum_of_terms']:.4f}")
 m[2].metric("Abs. error", f"{check['abs_error']:.1e}")
 m[3].metric("Rel. error", f"{check['rel_error']:.1e}")
 
-q_hooks = [s.cfg.metadata.hook_name for s in explore.as_list(fu.load_side(q_refs, model))]
-k_hooks = [s.cfg.metadata.hook_name for s in explore.as_list(fu.load_side(k_refs, model))]
+q_hooks = [s.cfg.metadata.hook_name for s in explore.as_list(fu.load_side(q_refs))]
+k_hooks = [s.cfg.metadata.hook_name for s in explore.as_list(fu.load_side(k_refs))]
 gpt2 = fu.is_gpt2(model)
 pairs.insert(2, "q_meaning", [explore.describe(profiles, s, f) for s, f in zip(pairs.q_source, pairs.q_feature)])
 pairs.insert(6, "k_meaning", [explore.describe(k_profiles, s, f) for s, f in zip(pairs.k_source, pairs.k_feature)])

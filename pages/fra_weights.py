@@ -18,7 +18,7 @@ ref, model = fu.select_model(P)
 layer, head, _ = fu.layer_head(P, model, all_heads=False)
 q_refs, k_refs = fu.select_sides(P, model, layer)
 try:
-    q_dict, k_dict = fu.load_side(q_refs, model), fu.load_side(k_refs, model)
+    q_dict, k_dict = fu.load_side(q_refs), fu.load_side(k_refs)
 except ValueError as exc:
     ui.show_error(exc)
     st.stop()

@@ -100,15 +100,12 @@ def select_sides(prefix: str, model, layer: int) -> tuple[tuple[str, ...], tuple
     return q, k
 
 
-def load_side(refs: tuple[str, ...], model):
+def load_side(refs: tuple[str, ...]):
     """One SAE, or a list for hook_z sides (raises SAELoadError & co. with a readable message)."""
     from pages.ui_sae import get_sae
 
     saes = [get_sae(r) for r in refs]
     hooks = [s.cfg.metadata.hook_name or "" for s in saes]
-    for sae in saes:  # SAELens sets a hook_z SAE's d_head on its first 4-D input; the engine may read it first
-        if getattr(sae, "hook_z_reshaping_mode", False) and getattr(sae, "d_head", None) is None:
-            sae.d_head = model.cfg.d_head
     return saes if len(saes) > 1 or hooks[0].endswith("attn.hook_z") else saes[0]
 
 
@@ -182,8 +179,8 @@ def _fra(model_ref: str, device: str, q_refs: tuple, k_refs: tuple, texts: tuple
     if len({t.shape[1] for t in toks}) != 1:
         raise ValueError("texts of different token lengths cannot share a batch")
     tokens = torch.cat(toks)
-    result = compute_fra(model, tokens, layer, list(heads) if heads is not None else None, load_side(q_refs, model),
-                         load_side(k_refs, model), FRAOptions(**dict(opts)))
+    result = compute_fra(model, tokens, layer, list(heads) if heads is not None else None, load_side(q_refs),
+                         load_side(k_refs), FRAOptions(**dict(opts)))
     return tokens, result
 
 
@@ -202,7 +199,7 @@ def _profiles(model_ref: str, device: str, refs: tuple, texts: tuple, stamp: tup
     import torch
 
     model = ui.get_model(model_ref)
-    side = load_side(refs, model)
+    side = load_side(refs)
     toks = [prompt_tokens(model, t) for t in texts]
     acts, strs = [], []
     for length in sorted({t.shape[1] for t in toks}):  # one forward pass per token length
@@ -233,7 +230,7 @@ def _acts(model_ref: str, device: str, refs: tuple, text: str, stamp: tuple):
     from fra_core.prompting import prompt_tokens
 
     model = ui.get_model(model_ref)
-    return feature_activations(model, prompt_tokens(model, text), load_side(refs, model))
+    return feature_activations(model, prompt_tokens(model, text), load_side(refs))
 
 
 def get_activations(model_ref: str, refs, text: str):
