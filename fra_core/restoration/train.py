@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fra_core.atomic import atomic_folder
 from fra_core.jobs import ConsoleProgress, NullProgress
 from fra_core.atf import PAD_ID
 from fra_core.config import ConfigError, JobConfig
@@ -292,17 +291,10 @@ def _train_evaluate_save(cfg: TrainRestorationConfig, progress, workspace: Works
 
 
 def _write_outputs(out_dir: Path, model, vocab, result: dict, workspace: Workspace) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir, overwrite=True) as tmp:
         meta = {k: result[k] for k in ("dataset", "dataset_hash", "eval")} | {"train": result["config"]}
         save_checkpoint(model, tmp / CHECKPOINT_FILE, vocab.to_json(), meta)
         (tmp / RESULT_FILE).write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _convert(model, vocab, test_rows, model_dir: Path, result: dict, overwrite: bool) -> dict[str, Any]:

@@ -19,9 +19,9 @@ Both are trained by `fra_core.sae.train.run_train_sae` (the code the UI's jobs r
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
+from fra_core.atomic import atomic_folder
 from fra_core.sae.train import SAEExistsError, TrainSAEConfig, run_train_sae
 from fra_core.workspace import Workspace
 
@@ -44,15 +44,13 @@ def _complete(folder: Path) -> bool:
 
 
 def _copy_asset(src: Path, dest: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    tmp.chmod(0o755)
+    """Copy a shipped SAE folder into the workspace; if another process got there first, keep theirs."""
     try:
-        for f in src.iterdir():
-            shutil.copy2(f, tmp / f.name)
-        if not dest.exists():
-            tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(dest) as tmp:
+            for f in src.iterdir():
+                shutil.copy2(f, tmp / f.name)
+    except FileExistsError:
+        pass
 
 
 def ensure_demo_saes(workspace: Workspace | None = None, progress=None, train_if_missing: bool = True,
