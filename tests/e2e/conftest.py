@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -110,15 +111,10 @@ class AppServer:
             return ""
 
 
-@pytest.fixture(scope="session")
-def app_server(tmp_path_factory) -> AppServer:
-    """`streamlit run app.py` with FRA_WORKSPACE in a temp folder; yields once /_stcore/health answers."""
-    workspace = tmp_path_factory.mktemp("e2e") / "workspace"
-    workspace.mkdir()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in SCREENSHOTS.glob("*.png"):  # screenshots always show this run
-        old.unlink()
-    log_path = ARTIFACTS / "e2e-streamlit.log"
+@contextmanager
+def running_app(workspace: Path, log_path: Path):
+    """`streamlit run app.py` with FRA_WORKSPACE=workspace, logging to log_path; yields an AppServer once
+    /_stcore/health answers, and stops the server and the jobs it started on exit."""
     port = _free_port()
     env = {**os.environ, "FRA_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1",
            "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
@@ -153,6 +149,18 @@ def app_server(tmp_path_factory) -> AppServer:
         proc.wait(timeout=30)
         _stop_jobs(workspace)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory) -> AppServer:
+    """The walkthrough's server, with an empty temporary workspace."""
+    workspace = tmp_path_factory.mktemp("e2e") / "workspace"
+    workspace.mkdir()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in SCREENSHOTS.glob("*.png"):  # screenshots always show this run
+        old.unlink()
+    with running_app(workspace, ARTIFACTS / "e2e-streamlit.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
