@@ -6,11 +6,12 @@
 Model: d_model 768, 12 heads of d_head 64, d_mlp 3072, LayerNorm, GPT-2 vocabulary and n_ctx; only
 layers 0..L are built (layers above L never influence layer L's scores). Dictionary: a random sae_lens
 TopK SAE (k = 64, so L0 = 64 exactly) with d_sae 24 576 on blocks.L.ln1.hook_normalized, on both
-sides. Engine work timed = compute_fra for all 12 heads (full decomposition, top-m per (i, j), diagonal
-excluded) + pair_aggregates; seconds per sample-head = that / (samples · 12), best of --repeats calls
-after one warm-up call (which also fills the engine's cache of projected decoder rows), as wall-clock
-and as CPU seconds of this process (on a loaded machine the wall clock mostly measures the neighbours;
-with several threads the CPU figure includes OpenMP spin-waits, so compare CPU figures at --threads 1).
+sides. Engine work timed = compute_fra for all 12 heads (top-m per (i, j), diagonal excluded) + every
+(sample, head)'s dense node×node terms (so the whole decomposition) + pair_aggregates; seconds per
+sample-head = that / (samples · 12), best of --repeats calls after one warm-up call (which also fills
+the engine's cache of projected decoder rows), as wall-clock and as CPU seconds of this process (on a
+loaded machine the wall clock mostly measures the neighbours; with several threads the CPU figure
+includes OpenMP spin-waits, so compare CPU figures at --threads 1).
 --baseline DIR: DIR/fra_orig is an older copy of fra_core/fra with its imports rewritten to fra_orig
 (e.g. `cp -r fra_core/fra DIR/fra_orig && sed -i s/fra_core\.fra/fra_orig/g DIR/fra_orig/*.py`); it is
 timed alternately with the current engine in the same process, and its T = 512 peak measured too.
@@ -75,6 +76,11 @@ def engine_run(model, sae, tokens, layer, opts, api=None):
         import fra_core.fra as api
 
     result = api.compute_fra(model, tokens, layer, None, sae, None, opts)
+    # the dense node×node terms (Σ features, SAE error, b_dec, truncation, ln1.b, bias) are computed on
+    # demand: materialise every (sample, head)'s, so the time covers the whole decomposition
+    for b in range(tokens.shape[0]):
+        for hi in range(len(result.heads)):
+            result.node_terms(b, hi)
     return result, api.pair_aggregates(result)
 
 
@@ -220,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the reference always runs on the CPU)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-lengths", default="128,512",
+                        help="comma-separated sequence lengths of the peak-memory runs (the last line reports 512)")
     parser.add_argument("--skip-reference", action="store_true", help="engine timings only (speedup = nan)")
     parser.add_argument("--baseline", default=None,
                         help="folder holding an older engine copy as fra_orig/ (timed in the same run)")
@@ -245,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     reference_s = float("nan") if args.skip_reference else time_reference(model, sae, tokens, args)
     peaks = {}
     if not args.skip_memory:
-        for T in (128, 512):
+        for T in (int(t) for t in args.memory_lengths.split(",")):
             m = measure_memory(T, args)
             peaks[T] = m["peak_mb"]
             gpu = f", GPU peak allocated +{m['gpu_peak_mb']:.0f} MB" if m["gpu_peak_mb"] is not None else ""

@@ -26,26 +26,43 @@ def _ungid(offsets: list[int], gid: torch.Tensor):
     return src, gid - offs[src]
 
 
-def pair_aggregates(result, sample_offset: int = 0) -> dict[str, torch.Tensor]:
+CHUNK_ROWS = 1 << 21  # entries reduced at a time: bounds the sort's temporaries (~100 MB per int64 column)
+
+
+def pair_aggregates(result, sample_offset: int = 0, chunk_rows: int = CHUNK_ROWS) -> dict[str, torch.Tensor]:
     """Aggregate `result.entries` per (head, q feature, k feature).
 
     Returns 1-D tensors with columns AGG_COLUMNS: n, sum, abs_sum, max, min of the kept values, and the
     entry with the largest |value| (best_batch = sample_offset + batch index, query/key pos, value).
+    Entries are reduced `chunk_rows` at a time and the (far smaller) chunk tables merged: the same
+    table, with sums added in another order (ties for the best entry still go to the first one).
     """
-    e = result.entries
-    oq, ok = result.q_side.offsets, result.k_side.offsets
+    e, oq, ok = result.entries, result.q_side.offsets, result.k_side.offsets
+    n = int(e["value"].numel())
+    if n <= chunk_rows:
+        return _aggregate_rows(e, oq, ok, sample_offset)
+    tables = [_aggregate_rows({c: t[r0:r0 + chunk_rows] for c, t in e.items()}, oq, ok, sample_offset)
+              for r0 in range(0, n, chunk_rows)]
+    return merge_pair_tables(tables, oq, ok)
+
+
+def _aggregate_rows(e: dict, oq: list[int], ok: list[int], sample_offset: int) -> dict[str, torch.Tensor]:
     Gq, Gk = oq[-1] + 1, ok[-1] + 1
     key = (e["head"].long() * Gq + _gid(oq, e["q_source"], e["q_feature"])) * Gk + _gid(ok, e["k_source"], e["k_feature"])
     best = {"best_batch": e["batch"] + sample_offset if sample_offset else e["batch"], "best_query_pos": e["query_pos"], "best_key_pos": e["key_pos"]}
     v = e["value"]
     table = reduce_pairs(key, {"n": None, "sum": v, "abs_sum": v.abs(), "max": v, "min": v, "best_value": v, **best})
+    return _with_pair_columns(table, oq, ok)
+
+
+def _with_pair_columns(table: dict[str, torch.Tensor], oq: list[int], ok: list[int]) -> dict[str, torch.Tensor]:
+    """reduce_pairs output (int64 "key") → AGG_COLUMNS (head, q/k source and feature decoded from the key)."""
+    Gq, Gk = oq[-1] + 1, ok[-1] + 1
     k = table.pop("key")
-    k_gid = k % Gk
     rest = k // Gk
-    q_gid, head = rest % Gq, rest // Gq
-    out = {"head": head}
-    out["q_source"], out["q_feature"] = _ungid(oq, q_gid)
-    out["k_source"], out["k_feature"] = _ungid(ok, k_gid)
+    out = {"head": rest // Gq}
+    out["q_source"], out["q_feature"] = _ungid(oq, rest % Gq)
+    out["k_source"], out["k_feature"] = _ungid(ok, k % Gk)
     out.update(table)
     return {c: out[c] for c in AGG_COLUMNS}
 
@@ -83,11 +100,4 @@ def merge_pair_tables(tables: list[dict[str, torch.Tensor]], q_offsets: list[int
            + _gid(k_offsets, cat["k_source"], cat["k_feature"]))
     cols = {c: cat[c] for c in ("n", "sum", "abs_sum", "max", "min", "best_value", "best_batch",
                                 "best_query_pos", "best_key_pos")}
-    table = reduce_pairs(key, cols)
-    k = table.pop("key")
-    rest = k // Gk
-    out = {"head": rest // Gq}
-    out["q_source"], out["q_feature"] = _ungid(q_offsets, rest % Gq)
-    out["k_source"], out["k_feature"] = _ungid(k_offsets, k % Gk)
-    out.update(table)
-    return {c: out[c] for c in AGG_COLUMNS}
+    return _with_pair_columns(reduce_pairs(key, cols), q_offsets, k_offsets)

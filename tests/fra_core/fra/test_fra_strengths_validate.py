@@ -75,6 +75,21 @@ def test_merge_pair_tables_adds_counts():
     assert float(merged["max"].max()) == max(float(ta["max"].max()), float(tb["max"].max()))
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 7, 64])
+def test_pair_aggregates_in_chunks_equal_one_pass(chunk_rows):
+    model = tiny("LN")
+    r = compute_fra(model, tokens(model, 2, 10), 1, None, side_saes(model, 1, "resid_pre"), None,
+                    FRAOptions(k_active=4, top_m=3))
+    assert r.n_entries > 64
+    whole, parts = pair_aggregates(r, sample_offset=5), pair_aggregates(r, sample_offset=5, chunk_rows=chunk_rows)
+    assert set(parts) == set(whole)
+    for c, t in whole.items():
+        if c in ("sum", "abs_sum"):  # added in another order
+            torch.testing.assert_close(parts[c], t, rtol=1e-6, atol=1e-6)
+        else:  # counts, keys, max/min and the best entry (ties → the first) are exact
+            assert torch.equal(parts[c], t), c
+
+
 def test_error_budget_and_loss_recovered():
     model = tiny("LN")
     tok = tokens(model, 2, 10)
