@@ -59,6 +59,14 @@ def _browser_available():
         pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fresh_artifacts(_browser_available):
+    """Screenshots always show this run: clear the old ones once, before any e2e module starts."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in SCREENSHOTS.glob("*.png"):
+        old.unlink()
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -156,9 +164,6 @@ def app_server(tmp_path_factory) -> AppServer:
     """The walkthrough's server, with an empty temporary workspace."""
     workspace = tmp_path_factory.mktemp("e2e") / "workspace"
     workspace.mkdir()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in SCREENSHOTS.glob("*.png"):  # screenshots always show this run
-        old.unlink()
     with running_app(workspace, ARTIFACTS / "e2e-streamlit.log") as server:
         yield server
 

@@ -25,7 +25,6 @@ def app_server(tmp_path_factory):
     """A server of its own: the deep link must be the first request it ever serves."""
     workspace = tmp_path_factory.mktemp("e2e-deep-link") / "workspace"
     workspace.mkdir()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with running_app(workspace, ARTIFACTS / "e2e-deep-link.log") as server:
         yield server
 
