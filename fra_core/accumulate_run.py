@@ -24,6 +24,7 @@ import fra_core
 from fra_core import accumulate_shards as shards
 from fra_core.accumulate import AccumulateError, AccumulateFRAConfig, ShardWriteError
 from fra_core.accumulate_agg import Examples, PairCodec, entry_stats, examples_table, merge, pairs_table, reduce_by_key
+from fra_core.accumulate_tokens import FeatureTokenCounter
 from fra_core.datasets import open_texts
 
 
@@ -96,12 +97,14 @@ def run_sources(cfg: AccumulateFRAConfig, q_saes, k_saes) -> tuple[list[dict], l
 
 
 class ShardBuffer:
-    """What one shard accumulates: pair aggregates, example candidates, sample rows, feature counts."""
+    """What one shard accumulates: pair aggregates, example candidates, sample rows, feature counts and
+    the tokens each feature fires on (token_str: token ids → strings)."""
 
-    def __init__(self, n_sources: int, d_max: int, examples_per_pair: int):
+    def __init__(self, n_sources: int, d_max: int, examples_per_pair: int, d_vocab: int, token_str):
         self.tables, self.examples, self.samples = [], [], []
         self.counts = torch.zeros(n_sources, d_max, dtype=torch.long)
         self.tokens_seen = torch.zeros(n_sources, dtype=torch.long)
+        self.feature_tokens, self.token_str = FeatureTokenCounter(d_max, d_vocab), token_str
         self.k = examples_per_pair
 
     def add(self, table, ex: Examples | None, inverse=None) -> None:
@@ -126,18 +129,24 @@ class ShardBuffer:
                             "n_tokens": pa.array([len(t) for _, t in self.samples], pa.uint16()),
                             "tokens": pa.array([t for _, t in self.samples], pa.list_(pa.string()))},
                            schema=shards.SAMPLES_SCHEMA)
-        return {"pairs": pairs, "examples": examples_table(ex, codec, layer), "samples": samples, "features": features}
+        return {"pairs": pairs, "examples": examples_table(ex, codec, layer), "samples": samples, "features": features,
+                "feature_tokens": self.feature_tokens.table(self.token_str)}
 
 
-def _count_features(buf: ShardBuffer, side, src_map: list[int]) -> None:
-    """Active-token counts per (run source, feature) from one engine side (ids/coef [batch, pos, K])."""
+def _count_features(buf: ShardBuffer, side, src_map: list[int], tokens: torch.Tensor) -> None:
+    """Active-token counts per (run source, feature) from one engine side (ids/coef [batch, pos, K]),
+    and the tokens (tokens [batch, pos]) each feature is active on."""
     active = (side.coef != 0).cpu()
     gid = side.ids.cpu()[active]
     offs = torch.tensor(side.offsets)
     s = torch.searchsorted(offs, gid, right=True) - 1
-    run_src = torch.tensor(src_map)[s]
-    flat = run_src * buf.counts.shape[1] + (gid - offs[s])
+    run_src, feature = torch.tensor(src_map)[s], gid - offs[s]
+    flat = run_src * buf.counts.shape[1] + feature
     buf.counts += torch.bincount(flat, minlength=buf.counts.numel()).view_as(buf.counts)
+    tokens = tokens.cpu()
+    prev = torch.cat([torch.full_like(tokens[:, :1], -1), tokens[:, :-1]], dim=1)
+    per_slot = lambda t: t[:, :, None].expand(active.shape)[active]  # noqa: E731
+    buf.feature_tokens.add(run_src, feature, per_slot(tokens), per_slot(prev))
     n_tokens = side.ids.shape[0] * side.ids.shape[1]
     for src in set(src_map):
         buf.tokens_seen[src] += n_tokens
@@ -155,8 +164,8 @@ def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_sae
         if len(toks) >= 1:
             groups.setdefault(len(toks), []).append((sample, toks))
     for group in groups.values():
-        ids = torch.tensor([s for s, _ in group])
-        res = compute_fra(model, torch.stack([t for _, t in group]), cfg.layer, heads, qd, kd, options)
+        ids, tokens = torch.tensor([s for s, _ in group]), torch.stack([t for _, t in group])
+        res = compute_fra(model, tokens, cfg.layer, heads, qd, kd, options)
         e = {k: v.cpu() for k, v in res.entries.items()}
         key = codec.encode(e["head"], torch.tensor(q_map)[e["q_source"]], e["q_feature"],
                            torch.tensor(k_map)[e["k_source"]], e["k_feature"])
@@ -164,9 +173,9 @@ def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_sae
         inverse = torch.unique(key, return_inverse=True)  # shared by the stats and the examples
         ex = Examples(key, ids[e["batch"]], e["query_pos"], e["key_pos"], e["value"].float())
         buf.add(reduce_by_key(key, entry_stats(e["value"], diag), inverse), ex, inverse)
-        _count_features(buf, res.q_side, q_map)
+        _count_features(buf, res.q_side, q_map, tokens)
         if not set(k_map) & set(q_map):  # distinct key-side dictionaries: count them too
-            _count_features(buf, res.k_side, k_map)
+            _count_features(buf, res.k_side, k_map, tokens)
 
 
 def _write(job_dir: Path, shard: int, buf: ShardBuffer, codec, cfg, n_done: int) -> None:
@@ -209,7 +218,9 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
                          attention_weighted=cfg.attention_weighted)
     done, shard = _resume_state(job_dir)
     n_done, n_start, t0, last_print = len(done), len(done), time.time(), 0.0
-    new_buf = lambda: ShardBuffer(len(sources), codec.d_max, cfg.examples_per_pair)  # noqa: E731
+    token_str = lambda ids: [str(t) for t in model.to_str_tokens(torch.tensor(ids))]  # noqa: E731
+    new_buf = lambda: ShardBuffer(len(sources), codec.d_max, cfg.examples_per_pair, model.cfg.d_vocab,  # noqa: E731
+                                  token_str)
     buf, pending, seen = new_buf(), [], 0
     progress.update(n_done, cfg.n_samples, message=f"resuming after {n_done} samples" if n_done else "running",
                     force=True)

@@ -6,6 +6,8 @@ A job folder's `shards/` holds, per shard `i` (a batch of samples)::
     shard-000042.examples.parquet  top example contexts per pair within the shard (EXAMPLES_SCHEMA)
     shard-000042.samples.parquet   the samples it covers, with their token strings (SAMPLES_SCHEMA)
     shard-000042.features.parquet  active-token counts per (source, feature) (FEATURES_SCHEMA)
+    shard-000042.feature_tokens.parquet  each feature's most frequent tokens, and tokens before it, where it
+                                   is active in the shard (FEATURE_TOKENS_SCHEMA; absent in older shards)
     shard-000042.json              manifest: written last, so its presence marks a complete shard
 
 Every file is written to a temp name and moved into place with `os.replace`, and the manifest comes
@@ -44,8 +46,13 @@ SAMPLES_SCHEMA = pa.schema([("sample", pa.uint64()), ("n_tokens", pa.uint16()),
 FEATURES_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()), ("n_active", pa.uint64()),
                              ("n_tokens", pa.uint64())])
 
+# kind "tok": the token at the active position; "prev": the token before it ("∅" at position 0)
+FEATURE_TOKENS_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()), ("kind", pa.string()),
+                                   ("token", pa.string()), ("n", pa.uint64())])
+
 KINDS = {"pairs": PAIRS_SCHEMA, "examples": EXAMPLES_SCHEMA, "samples": SAMPLES_SCHEMA,
-         "features": FEATURES_SCHEMA}
+         "features": FEATURES_SCHEMA, "feature_tokens": FEATURE_TOKENS_SCHEMA}
+OPTIONAL_KINDS = ("feature_tokens",)  # shards written before it existed are read as if it were empty
 _MANIFEST_RE = re.compile(r"^shard-(\d{6})\.json$")
 
 
@@ -83,7 +90,7 @@ def write_shard(job_dir: str | Path, shard: int, tables: dict[str, pa.Table], sa
     folder.mkdir(parents=True, exist_ok=True)
     counts = {}
     for kind, schema in KINDS.items():
-        table = tables[kind]
+        table = tables[kind] if kind in tables or kind not in OPTIONAL_KINDS else schema.empty_table()
         if not table.schema.equals(schema):
             raise ValueError(f"shard {shard} {kind} table has schema {table.schema}, expected {schema}")
         write_table_atomic(table, shard_path(job_dir, shard, kind))
@@ -107,7 +114,10 @@ def complete_shards(job_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def read_shard_table(job_dir: str | Path, shard: int, kind: str) -> pa.Table:
-    return pq.read_table(shard_path(job_dir, shard, kind), schema=KINDS[kind])
+    path = shard_path(job_dir, shard, kind)
+    if kind in OPTIONAL_KINDS and not path.exists():
+        return KINDS[kind].empty_table()
+    return pq.read_table(path, schema=KINDS[kind])
 
 
 def write_run_info(job_dir: str | Path, info: dict[str, Any]) -> None:

@@ -114,6 +114,7 @@ def show_feature() -> None:
     src = None
     if len(sources) > 1:
         src = c[1].selectbox("Dictionary", list(sources), format_func=sources.get, key="pt_src")
+    ui_store.feature_label_editor(version, run_id, fid, src if src is not None else next(iter(sources)))
     common = dict(metric=metric, n=20, src=src, layer=layer, head=head, self_pairs=self_pairs, min_count=min_count,
                   diagonal=diagonal)
     left, right = st.columns(2)

@@ -26,8 +26,8 @@ import streamlit as st
 from pages import ui
 from store import (Store, StoreBusy, StoreError, compare_pairs, export_pairs_bytes, feature_partners, get_run,
                    html_report, ingest_all_jobs, ingest_job_shards, list_runs, pair_examples, results_package_bytes,
-                   self_fraction_by_head, summary_stats, top_pairs, value_histogram)
-from store.page_queries import head_summary, run_heads
+                   self_fraction_by_head, set_feature_labels, summary_stats, top_pairs, value_histogram)
+from store.page_queries import feature_labels, head_summary, run_heads
 
 SYNC_EVERY_S = 2.0
 METRIC_LABELS = {"sum": "sum of FRA", "mean": "mean FRA", "abs_sum": "sum of |FRA|", "mean_abs": "mean |FRA|",
@@ -37,7 +37,7 @@ _QUERIES: dict[str, Callable[..., Any]] = {
     "top_pairs": top_pairs, "feature_partners": feature_partners, "summary_stats": summary_stats,
     "self_fraction_by_head": self_fraction_by_head, "value_histogram": value_histogram,
     "compare_pairs": compare_pairs, "pair_examples": pair_examples, "get_run": get_run,
-    "head_summary": head_summary, "run_heads": run_heads,
+    "head_summary": head_summary, "run_heads": run_heads, "feature_labels": feature_labels,
 }
 
 
@@ -122,6 +122,33 @@ def query(name: str, version: tuple, *args: Any, **kwargs: Any) -> Any:
 def run_label(row) -> str:
     return (f"#{row['id']} {row['name']} · {row['status']} · {int(row['n_samples']):,} samples · "
             f"{int(row['n_pairs']):,} pairs")
+
+
+def feature_label_editor(version: tuple, run_id: int, feature: int, src: int) -> None:
+    """The feature's automatic label (its most frequent tokens in this run) and an editable human label,
+    saved for the SAE (every run of it shows it) when the user presses Save."""
+    info = query("feature_labels", version, run_id, feature, src=src)
+    if info["sae_id"] is None:
+        return
+    st.caption(f"Feature {feature} of `{info['sae_id']}` fires on: {info['auto_label'] or '— (no token counts in this run)'}")
+    key = f"pt_label_{run_id}_{src}_{feature}"
+    c = st.columns([4, 1], vertical_alignment="bottom")
+    c[0].text_input("Your label for this feature (shown in every table of this SAE)", value=info["label"] or "",
+                    key=key, placeholder=info["auto_label"] or "")
+    c[1].button("Save label", key=f"{key}_save", on_click=_save_label, args=(info["sae_id"], feature, key))
+    if "pt_label_error" in st.session_state:
+        st.error(st.session_state.pop("pt_label_error"))
+
+
+def _save_label(sae_id: str, feature: int, key: str) -> None:
+    text = (st.session_state.get(key) or "").strip()
+    try:
+        with get_store().write() as con:
+            set_feature_labels(con, sae_id, {feature: text or None})
+    except (StoreError, StoreBusy) as exc:
+        st.session_state["pt_label_error"] = f"Label not saved: {exc}"
+        return
+    _query.clear()  # cached tables hold the old label
 
 
 # ----------------------------------------------------------------------------- downloads (deferred)

@@ -122,6 +122,7 @@ def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool
         _insert_arrow(con, "pair_stats_staged", run, "_shard_pairs", shards.PAIRS_SCHEMA.names)
         _insert_arrow(con, "pair_examples_staged", run, "_shard_examples", shards.EXAMPLES_SCHEMA.names)
         _insert_arrow(con, "feature_counts", run, "_shard_features", shards.FEATURES_SCHEMA.names)
+        _insert_arrow(con, "feature_tokens", run, "_shard_feature_tokens", shards.FEATURE_TOKENS_SCHEMA.names)
         _insert_arrow(con, "samples_done", run, "_shard_samples", ("sample", "shard", "n_tokens", "tokens"))
         con.execute("INSERT INTO ingested_shards VALUES (?, ?, ?, ?, ?)",
                     [run, shard, len(manifest["samples"]), tables["pairs"].num_rows, _dt.datetime.now()])
@@ -183,6 +184,7 @@ def compact_run(con, run: int, examples_per_pair: int = _DEFAULT_EXAMPLES) -> in
         con.execute("DROP TABLE _merged")
         refresh_summary(con, run)
         _update_feature_density(con, run)
+        _refresh_auto_labels(con, run)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -302,8 +304,35 @@ def delete_run(con, run: int | str) -> int:
     return run_id
 
 
-def set_feature_labels(con, sae_id: str, labels: dict[int, str]) -> int:
-    """Attach human labels to SAE features (kept across runs); returns the number of labels set."""
+def _refresh_auto_labels(con, run: int) -> None:
+    """feature_auto_labels of the run: each feature's most frequent tokens and tokens before it, with their
+    shares of its active tokens: "‘grass’ 100% · after ‘today’ 12% ‘the’ 9% ‘a’ 7%" (the runners-up only
+    where the first holds under half; call inside a transaction)."""
+    con.execute("DELETE FROM feature_auto_labels WHERE run = ?", [run])
+    con.execute("""
+        INSERT INTO feature_auto_labels
+        WITH active AS (
+            SELECT src, feature, sum(n_active) AS n_active FROM feature_counts WHERE run = $1 GROUP BY ALL),
+        ranked AS (
+            SELECT c.src, c.feature, c.kind, c.token, (c.n / a.n_active)::FLOAT AS share,
+                   row_number() OVER (PARTITION BY c.src, c.feature, c.kind ORDER BY c.n DESC, c.token) AS r
+            FROM (SELECT src, feature, kind, token, sum(n) AS n FROM feature_tokens WHERE run = $1 GROUP BY ALL) c
+            JOIN active a ON a.src = c.src AND a.feature = c.feature
+            QUALIFY r <= 3),
+        parts AS (
+            SELECT src, feature, kind, arg_min(token, r) AS token, max(share) AS share,
+                   string_agg(printf('‘%s’ %d%%', token, round(100 * share)::INTEGER), ' ' ORDER BY r)
+                       FILTER (WHERE r = 1 OR first_share < 0.5) AS text
+            FROM (SELECT *, max(share) OVER (PARTITION BY src, feature, kind) AS first_share FROM ranked)
+            GROUP BY ALL)
+        SELECT $1, t.src, t.feature, t.token, t.share, p.token, p.share,
+               t.text || coalesce(' · after ' || p.text, '')
+        FROM parts t LEFT JOIN parts p ON p.src = t.src AND p.feature = t.feature AND p.kind = 'prev'
+        WHERE t.kind = 'tok'""", [run])
+
+
+def set_feature_labels(con, sae_id: str, labels: dict[int, str | None]) -> int:
+    """Attach human labels to SAE features (kept across runs; None removes one); returns the number set."""
     import pyarrow as pa
 
     table = pa.table({"feature": pa.array(list(labels), pa.uint32()),

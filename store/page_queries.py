@@ -29,3 +29,17 @@ def run_heads(con, run: int | str) -> pd.DataFrame:
     run_id = resolve_run(con, run)
     return con.execute("""SELECT layer, head, unique_pairs, self_pairs, occurrences, diagonal_occurrences
                           FROM pair_summary WHERE run = ? ORDER BY layer, head""", [run_id]).df()
+
+
+def feature_labels(con, run: int | str, feature: int, src: int = 0) -> dict:
+    """A feature of a run's source: its SAE id, human label (features.label, kept across runs) and the
+    run's automatic label (feature_auto_labels: its most frequent tokens); None where absent."""
+    run_id = resolve_run(con, run)
+    rows = con.execute("""
+        SELECT s.sae_id, f.label, a.label
+        FROM sources s
+        LEFT JOIN features f ON f.sae_id = s.sae_id AND f.feature = $feature
+        LEFT JOIN feature_auto_labels a ON a.run = s.run AND a.src = s.src AND a.feature = $feature
+        WHERE s.run = $run AND s.src = $src""", {"run": run_id, "src": int(src), "feature": int(feature)}).fetchall()
+    sae_id, label, auto = rows[0] if rows else (None, None, None)
+    return {"sae_id": sae_id, "label": label, "auto_label": auto}

@@ -112,14 +112,17 @@ def _top_pairs_from(con, source: str, source_params: list[Any], run_id: int, met
                t.sum / nullif(t.n, 0) AS mean, t.abs_sum, t.max, t.min,
                greatest(abs(t.max), abs(t.min)) AS max_abs, t.value,
                (t.q_src = t.k_src AND t.q_feat = t.k_feat) AS self_pair,
-               fq.label AS q_label, fk.label AS k_label, fq.density AS q_density, fk.density AS k_density
+               coalesce(fq.label, aq.label) AS q_label, coalesce(fk.label, ak.label) AS k_label,
+               fq.density AS q_density, fk.density AS k_density
         FROM top t
         LEFT JOIN sources sq ON sq.run = ? AND sq.src = t.q_src
         LEFT JOIN sources sk ON sk.run = ? AND sk.src = t.k_src
         LEFT JOIN features fq ON fq.sae_id = sq.sae_id AND fq.feature = t.q_feat
         LEFT JOIN features fk ON fk.sae_id = sk.sae_id AND fk.feature = t.k_feat
+        LEFT JOIN feature_auto_labels aq ON aq.run = ? AND aq.src = t.q_src AND aq.feature = t.q_feat
+        LEFT JOIN feature_auto_labels ak ON ak.run = ? AND ak.src = t.k_src AND ak.feature = t.k_feat
         ORDER BY t.rank_value {sort} NULLS LAST, t.layer, t.head, t.q_src, t.q_feat, t.k_src, t.k_feat"""
-    return con.execute(sql, source_params + params + [run_id, run_id]).df()
+    return con.execute(sql, source_params + params + [run_id] * 4).df()
 
 
 def feature_partners(con, run: int | str, feature: int, *, side: str = "query", src: int | None = None,

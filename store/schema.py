@@ -135,12 +135,27 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             PRIMARY KEY (run, metric, diagonal, dir)
         );
     """),
+    ("0008_feature_tokens", """
+        -- per shard: each feature's most frequent tokens ('tok') and tokens before it ('prev'), with counts
+        CREATE TABLE feature_tokens (
+            run UINTEGER NOT NULL, src USMALLINT NOT NULL, feature UINTEGER NOT NULL, kind VARCHAR NOT NULL,
+            token VARCHAR NOT NULL, n UBIGINT NOT NULL
+        );
+        -- rebuilt by each compaction from feature_tokens: the pair tables' automatic feature labels
+        CREATE TABLE feature_auto_labels (
+            run UINTEGER NOT NULL, src USMALLINT NOT NULL, feature UINTEGER NOT NULL,
+            top_token VARCHAR, top_token_share FLOAT, top_prev VARCHAR, top_prev_share FLOAT,
+            label VARCHAR NOT NULL,
+            PRIMARY KEY (run, src, feature)
+        );
+    """),
 )
 
 # tables that hold per-run rows (delete_run and the results package walk these)
 RUN_TABLES: tuple[str, ...] = ("pair_stats", "pair_stats_staged", "pair_summary", "pair_examples",
                                "pair_examples_staged", "pair_top", "pair_top_lists",
-                               "samples_done", "ingested_shards", "sources", "feature_counts")
+                               "samples_done", "ingested_shards", "sources", "feature_counts", "feature_tokens",
+                               "feature_auto_labels")
 
 
 def applied_migrations(con) -> list[str]:

@@ -99,6 +99,16 @@ def test_feature_counts_and_sources(parts, tmp_path):
                                 "hook": "blocks.1.ln1.hook_normalized", "d_sae": 48}]
     feats = shards.read_shard_table(job, 0, "features").to_pandas()
     assert (feats["n_active"] <= feats["n_tokens"]).all() and feats["n_active"].sum() > 0
+    toks = shards.read_shard_table(job, 0, "feature_tokens").to_pandas()
+    assert set(zip(toks["src"], toks["feature"])) == set(zip(feats["src"], feats["feature"]))
+    per_kind = toks.groupby(["src", "feature", "kind"]).agg(n=("n", "sum"), rows=("n", "size")).reset_index()
+    both = per_kind.merge(feats, on=["src", "feature"])
+    assert set(per_kind["kind"]) == {"tok", "prev"} and (both["rows"] <= 3).all()
+    # the top 3 tokens never count more than the feature's activations, and all of them when ≤ 3 tokens seen
+    assert (both["n"] <= both["n_active"]).all() and (both.loc[both["rows"] < 3, "n"] == both.loc[both["rows"] < 3, "n_active"]).all()
+    samples = shards.read_shard_table(job, 0, "samples").to_pandas()
+    vocab = {t for tokens in samples["tokens"] for t in tokens} | {"∅"}
+    assert set(toks["token"]) <= vocab
 
 
 def test_bad_dataset_inputs(parts, tmp_path):
@@ -143,7 +153,7 @@ def test_disk_full_keeps_earlier_shards_and_runs(parts, tmp_path, monkeypatch):
 
     def flaky(table, path):
         calls["n"] += 1
-        if calls["n"] > 4:  # the second shard's first file: the disk is full
+        if calls["n"] > len(shards.KINDS):  # the second shard's first file: the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
         real(table, path)
 

@@ -214,3 +214,24 @@ def _close_cached_stores():
     from pages import ui_store
 
     ui_store._handle.clear()
+
+
+def test_feature_labels_automatic_and_edited(runs_ws):
+    from tests.store.fake_jobs import LABELS
+
+    at = _open()
+    at.radio(key="pt_view").set_value("Feature").run()
+    at.number_input(key="pt_feature_view").set_value(1).run()
+    _ok(at)
+    assert any(LABELS[1] in c.value for c in at.caption), [c.value for c in at.caption]
+    as_query = at.dataframe[0].value
+    assert (as_query["q_label"] == LABELS[1]).all()
+    box = next(t for t in at.text_input if t.label.startswith("Your label"))
+    box.input("previous token is gamma")
+    next(b for b in at.button if b.label == "Save label").click().run()
+    _ok(at)
+    assert (at.dataframe[0].value["q_label"] == "previous token is gamma").all()
+    at.radio(key="pt_view").set_value("Top pairs").run()
+    top = _top(at)
+    assert (top.loc[top["q_feat"] == 1, "q_label"] == "previous token is gamma").all()
+    assert (top.loc[top["q_feat"] == 2, "q_label"] == LABELS[2]).all()

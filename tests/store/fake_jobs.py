@@ -51,9 +51,20 @@ def examples_for(occ: dict[str, np.ndarray], samples: list[int], layer: int = 1)
                      for name in shards.EXAMPLES_SCHEMA.names})
 
 
+# per shard (features 1 and 2 are active 5 and 10 times): feature 1 on 'alpha' 4 / 'beta' 1, always after
+# 'gamma'; feature 2 on 'delta' 3 / 'eps' 3 / 'zeta' 2 (+ 2 tokens below its top 3), always at position 0
+FEATURE_TOKENS = pa.table({
+    "src": pa.array([0] * 7, pa.uint16()), "feature": pa.array([1, 1, 1, 2, 2, 2, 2], pa.uint32()),
+    "kind": ["tok", "tok", "prev", "tok", "tok", "tok", "prev"],
+    "token": ["alpha", "beta", "gamma", "eps", "delta", "zeta", "∅"],
+    "n": pa.array([4, 1, 5, 3, 3, 2, 10], pa.uint64())}, schema=shards.FEATURE_TOKENS_SCHEMA)
+LABELS = {1: "‘alpha’ 80% · after ‘gamma’ 100%", 2: "‘delta’ 30% ‘eps’ 30% ‘zeta’ 20% · after ‘∅’ 100%"}
+
+
 def make_job(jobs_root: Path, name: str, n_shards: int = 3, samples_per_shard: int = 4, seed: int = 0,
-             state: str = "done", n_feat: int = 12) -> tuple[Path, list[dict[str, np.ndarray]]]:
-    """A finished (by default) accumulate job folder with `n_shards` shards; returns it and the raw rows."""
+             state: str = "done", n_feat: int = 12, feature_tokens: bool = True) -> tuple[Path, list[dict[str, np.ndarray]]]:
+    """A finished (by default) accumulate job folder with `n_shards` shards; returns it and the raw rows.
+    feature_tokens=False writes shards as jobs did before they counted tokens (no such file)."""
     rng = np.random.default_rng(seed)
     job_dir = Path(jobs_root) / name
     job_dir.mkdir(parents=True)
@@ -77,6 +88,8 @@ def make_job(jobs_root: Path, name: str, n_shards: int = 3, samples_per_shard: i
                   "features": pa.table({"src": pa.array([0, 0], pa.uint16()), "feature": pa.array([1, 2], pa.uint32()),
                                         "n_active": pa.array([5, 10], pa.uint64()),
                                         "n_tokens": pa.array([40, 40], pa.uint64())})}
+        if feature_tokens:
+            tables["feature_tokens"] = FEATURE_TOKENS
         shards.write_shard(job_dir, shard, tables, samples)
     write_json_atomic(job_dir / "status.json", {"state": state, "done": n_shards * samples_per_shard,
                                                  "updated": _dt.datetime.now().isoformat(timespec="seconds"),
