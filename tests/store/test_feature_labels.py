@@ -2,16 +2,9 @@
 
 import pytest
 
-from store import Store, ingest_job_shards, set_feature_labels, top_pairs
+from store import ingest_job_shards, set_feature_labels, top_pairs
 from store.page_queries import feature_labels
 from tests.store.fake_jobs import LABELS, make_job
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "fra.duckdb")
-    yield s
-    s.close()
 
 
 def _labels(con, run):

@@ -3,16 +3,9 @@
 import numpy as np
 import pytest
 
-from store import (Store, StoreError, delete_run, get_run, ingest_job_shards, list_runs, resolve_run,
+from store import (StoreError, delete_run, get_run, ingest_job_shards, list_runs, resolve_run,
                    top_pairs)
 from tests.store.fake_jobs import aggregate, concat, make_job
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "fra.duckdb")
-    yield s
-    s.close()
 
 
 def _all_pairs(con, run):
