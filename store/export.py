@@ -15,8 +15,8 @@ import yaml
 from fra_core.export import html_table, render_report, svg_bar_chart, svg_histogram
 from store.connection import StoreError
 from store.ingest import KEY, resolve_run
-from store.queries import (get_run, metric_sql, pair_filter, self_fraction_by_head, summary_stats, top_pairs,
-                           value_histogram)
+from store.queries import (LABEL_COLUMNS, get_run, label_joins, metric_sql, pair_filter, self_fraction_by_head,
+                           summary_stats, top_pairs, value_histogram)
 from store.schema import RUN_TABLES, migrate
 
 
@@ -32,9 +32,10 @@ def export_pairs(con, run: int | str, path: str | Path, fmt: str = "parquet", *,
     lim = f"LIMIT {int(limit)}" if limit else ""
     path = Path(path)
     opts = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
-    sql = (f"SELECT {KEY}, n, sum, abs_sum, max, min, diag_n, diag_sum, diag_abs_sum, {m} AS value "
-           f"FROM pair_stats WHERE {where} ORDER BY {m} DESC NULLS LAST, {KEY} {lim}")
-    con.execute(f"COPY ({sql}) TO '{_sql_path(path)}' ({opts})", params)
+    pairs = (f"SELECT {KEY}, n, sum, abs_sum, max, min, diag_n, diag_sum, diag_abs_sum, {m} AS value "
+             f"FROM pair_stats WHERE {where} ORDER BY {m} DESC NULLS LAST, {KEY} {lim}")
+    sql = f"SELECT p.*, {LABEL_COLUMNS} FROM ({pairs}) p {label_joins('p')} ORDER BY value DESC NULLS LAST, {KEY}"
+    con.execute(f"COPY ({sql}) TO '{_sql_path(path)}' ({opts})", params + [run_id] * 4)
     return path
 
 

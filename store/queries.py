@@ -76,6 +76,21 @@ def pair_filter(run: int, *, layer: int | None = None, head: int | None = None, 
     return " AND ".join(clauses), params
 
 
+# q_label / k_label of pair rows: the human label of the feature (features.label, per SAE) or else the
+# run's automatic one (feature_auto_labels); `label_joins(alias)` takes the run id as 4 parameters
+LABEL_COLUMNS = "coalesce(fq.label, aq.label) AS q_label, coalesce(fk.label, ak.label) AS k_label"
+
+
+def label_joins(t: str) -> str:
+    return f"""
+        LEFT JOIN sources sq ON sq.run = ? AND sq.src = {t}.q_src
+        LEFT JOIN sources sk ON sk.run = ? AND sk.src = {t}.k_src
+        LEFT JOIN features fq ON fq.sae_id = sq.sae_id AND fq.feature = {t}.q_feat
+        LEFT JOIN features fk ON fk.sae_id = sk.sae_id AND fk.feature = {t}.k_feat
+        LEFT JOIN feature_auto_labels aq ON aq.run = ? AND aq.src = {t}.q_src AND aq.feature = {t}.q_feat
+        LEFT JOIN feature_auto_labels ak ON ak.run = ? AND ak.src = {t}.k_src AND ak.feature = {t}.k_feat"""
+
+
 def top_pairs(con, run: int | str, *, metric: str = "sum", n: int = 100, order: str = "desc",
               diagonal: bool = True, **filters: Any) -> pd.DataFrame:
     """Top `n` pairs of a run by `metric` (`order`: 'desc', 'asc' or 'abs' = by |metric|), with filters
@@ -112,15 +127,8 @@ def _top_pairs_from(con, source: str, source_params: list[Any], run_id: int, met
                t.sum / nullif(t.n, 0) AS mean, t.abs_sum, t.max, t.min,
                greatest(abs(t.max), abs(t.min)) AS max_abs, t.value,
                (t.q_src = t.k_src AND t.q_feat = t.k_feat) AS self_pair,
-               coalesce(fq.label, aq.label) AS q_label, coalesce(fk.label, ak.label) AS k_label,
-               fq.density AS q_density, fk.density AS k_density
-        FROM top t
-        LEFT JOIN sources sq ON sq.run = ? AND sq.src = t.q_src
-        LEFT JOIN sources sk ON sk.run = ? AND sk.src = t.k_src
-        LEFT JOIN features fq ON fq.sae_id = sq.sae_id AND fq.feature = t.q_feat
-        LEFT JOIN features fk ON fk.sae_id = sk.sae_id AND fk.feature = t.k_feat
-        LEFT JOIN feature_auto_labels aq ON aq.run = ? AND aq.src = t.q_src AND aq.feature = t.q_feat
-        LEFT JOIN feature_auto_labels ak ON ak.run = ? AND ak.src = t.k_src AND ak.feature = t.k_feat
+               {LABEL_COLUMNS}, fq.density AS q_density, fk.density AS k_density
+        FROM top t {label_joins("t")}
         ORDER BY t.rank_value {sort} NULLS LAST, t.layer, t.head, t.q_src, t.q_feat, t.k_src, t.k_feat"""
     return con.execute(sql, source_params + params + [run_id] * 4).df()
 

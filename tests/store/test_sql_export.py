@@ -51,6 +51,10 @@ def test_export_parquet_csv(filled):
     assert len(got) == len(expected) and set(got["head"]) == {1}
     assert (got["q_feat"] != got["k_feat"]).all()
     assert csv.decode().splitlines()[0].startswith("layer,head,q_src,q_feat")
+    assert csv.decode().splitlines()[0].endswith(",value,q_label,k_label")
+    labelled = got[got["q_feat"].isin([1, 2])]
+    assert len(labelled) and labelled["q_label"].notna().all() and got.loc[~got["q_feat"].isin([1, 2]), "q_label"].isna().all()
+    assert list(got["value"]) == sorted(got["value"], reverse=True)
     assert len(csv.decode().strip().splitlines()) == 6
     with pytest.raises(StoreError, match="format"):
         export_pairs(duckdb.connect(), run, tmp / "x", "xlsx")
