@@ -43,3 +43,29 @@ def attention_patterns(model: HookedTransformer, text: str) -> list[torch.Tensor
     names = {f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)}
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     return [cache[f"blocks.{layer}.attn.hook_pattern"][0].cpu() for layer in range(model.cfg.n_layers)]
+
+
+def text_for_str_tokens(model: HookedTransformer, str_tokens: list[str]) -> tuple[str, int]:
+    """A text that `prompt_tokens` turns back into exactly these token strings (e.g. a sample as an
+    accumulation job stored it), and the offset to add to its positions (1 when the stored tokens lack
+    the BOS that `prompt_tokens` prepends). Tries the tokens joined as they are and joined by spaces
+    (word-level tokenizers), with and without a leading special token."""
+    stored = [str(t) for t in str_tokens]
+    found = {}  # offset → text; an exact match wins over one that needs the prepended BOS
+    for body in (stored[1:], stored):
+        for sep in ("", " "):
+            text = sep.join(body)
+            if not text.strip():
+                continue
+            try:
+                again = [str(t) for t in model.to_str_tokens(prompt_tokens(model, text)[0])]
+            except PromptError:
+                continue
+            if again == stored:
+                return text, 0
+            if again[1:] == stored:
+                found.setdefault(1, text)
+    if found:
+        return found[1], 1
+    raise PromptError(f"these {len(stored)} tokens do not come back from any text this tokenizer reads "
+                      f"(first ones: {stored[:5]})")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
-from pages import ui
+from pages import ui, ui_goto
 from pages import ui_fra as fu
 
 P = "fra_text"
@@ -57,6 +57,8 @@ if st.session_state.get(f"{P}_sig") != sig:  # new text / head: start at the str
     else:
         st.session_state[f"{P}_qpos"] = T - 1
         st.session_state[f"{P}_kpos"] = int(result.pattern[0, hi, T - 1].argmax())
+
+ui_goto.take_cell(P)  # opened from a Pair tables example: its cell
 
 # ---------------------------------------------------------------- heatmaps (click a cell)
 frame = explore.score_frame(result, 0, hi, str_tokens)

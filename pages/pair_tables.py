@@ -137,6 +137,7 @@ def show_feature() -> None:
         st.caption("Key token in [[ ]], query token in << >>; sorted by |FRA|.")
         shown = ["value", "head", "q_feat", "k_feat", "q_token", "k_token", "context", "sample", "q_pos", "k_pos"]
         st.dataframe(ex[shown], hide_index=True, width="stretch")
+        ui_store.open_example_controls(version, run_id, info, ex)
 
 
 def show_charts() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import ui
+from pages import ui, ui_goto
 
 CUSTOM = "custom refs…"
 
@@ -21,6 +21,7 @@ def select_model(prefix: str):
     from fra_core.models import list_models
 
     refs = [e.ref for e in list_models(ui.workspace())]
+    ui_goto.take_model(prefix, refs)
     ref = st.selectbox("Model", refs, key=f"{prefix}_model",
                        help="The built-in demo works offline; gpt2-small needs the Hugging Face cache.")
     try:
@@ -30,6 +31,7 @@ def select_model(prefix: str):
         st.stop()
     if ref == "demo":
         ensure_demo_saes()
+    ui_goto.apply(prefix, model)
     return ref, model
 
 

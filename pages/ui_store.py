@@ -27,7 +27,7 @@ from pages import ui
 from store import (Store, StoreBusy, StoreError, compare_pairs, export_pairs_bytes, feature_partners, get_run,
                    html_report, ingest_all_jobs, ingest_job_shards, list_runs, pair_examples, results_package_bytes,
                    self_fraction_by_head, set_feature_labels, summary_stats, top_pairs, value_histogram)
-from store.page_queries import feature_labels, head_summary, run_heads
+from store.page_queries import feature_labels, head_summary, run_heads, sample_tokens
 
 SYNC_EVERY_S = 2.0
 METRIC_LABELS = {"sum": "sum of FRA", "mean": "mean FRA", "abs_sum": "sum of |FRA|", "mean_abs": "mean |FRA|",
@@ -38,6 +38,7 @@ _QUERIES: dict[str, Callable[..., Any]] = {
     "self_fraction_by_head": self_fraction_by_head, "value_histogram": value_histogram,
     "compare_pairs": compare_pairs, "pair_examples": pair_examples, "get_run": get_run,
     "head_summary": head_summary, "run_heads": run_heads, "feature_labels": feature_labels,
+    "sample_tokens": sample_tokens,
 }
 
 
@@ -149,6 +150,23 @@ def _save_label(sae_id: str, feature: int, key: str) -> None:
         st.session_state["pt_label_error"] = f"Label not saved: {exc}"
         return
     _query.clear()  # cached tables hold the old label
+
+
+def open_example_controls(version: tuple, run_id: int, info: dict, examples: pd.DataFrame) -> None:
+    """Pick one of the shown example contexts and open it in Single text FRA (its cell selected)."""
+    from pages import ui_goto
+
+    c = st.columns([4, 1], vertical_alignment="bottom")
+    i = c[0].selectbox("Example to open", range(len(examples)), key="pt_open_example",
+                       format_func=lambda j: f"{examples['value'].iloc[j]:+.3g} · L{examples['layer'].iloc[j]}"
+                                             f"H{examples['head'].iloc[j]} · {examples['context'].iloc[j]}")
+    if c[1].button("Open in Single text FRA", key="pt_open"):
+        row = examples.iloc[int(i)]
+        tokens = query("sample_tokens", version, run_id, int(row["sample"]))
+        if tokens is None:
+            st.error(f"Sample {int(row['sample'])} has no stored tokens in this run.", icon=":material/error:")
+            return
+        ui_goto.request(info, row, tokens)
 
 
 # ----------------------------------------------------------------------------- downloads (deferred)

@@ -43,3 +43,10 @@ def feature_labels(con, run: int | str, feature: int, src: int = 0) -> dict:
         WHERE s.run = $run AND s.src = $src""", {"run": run_id, "src": int(src), "feature": int(feature)}).fetchall()
     sae_id, label, auto = rows[0] if rows else (None, None, None)
     return {"sae_id": sae_id, "label": label, "auto_label": auto}
+
+
+def sample_tokens(con, run: int | str, sample: int) -> list[str] | None:
+    """The token strings of one processed sample of a run (as the job saw them), or None."""
+    run_id = resolve_run(con, run)
+    rows = con.execute("SELECT tokens FROM samples_done WHERE run = ? AND sample = ?", [run_id, int(sample)]).fetchall()
+    return list(rows[0][0]) if rows else None

@@ -204,3 +204,22 @@ def test_07_download_filtered_pairs_csv(app_server, page, tmp_path):
     assert ((frame["q_feat"] == want["feature"]) | (frame["k_feat"] == want["feature"])).all()
     assert_no_errors(page, "the Pair tables page after the download")
     screenshot(page, "07-pair-tables-export")
+
+
+def test_08_feature_view_opens_an_example_in_the_explorer(app_server, page):
+    if "filtered" not in STATE:
+        pytest.skip("needs the filtered pair table of step 6")
+    with rerun(page):
+        page.get_by_text("Feature", exact=True).click()
+    assert_no_errors(page, "the Pair tables feature view")
+    expect(page.get_by_text("fires on", exact=False).first).to_be_visible()  # its automatic label
+    contexts = page.locator('[data-testid="stDataFrame"]').filter(has_text="context").first
+    q_pos, k_pos = int(dataframe_cell(contexts, "q_pos")), int(dataframe_cell(contexts, "k_pos"))  # example 0
+    with rerun(page):
+        page.get_by_role("button", name="Open in Single text FRA").click()
+    page.wait_for_url(re.compile(r"/fra_text/?(\?.*)?$"))
+    expect(page.get_by_role("heading", name="Single text FRA").first).to_be_visible(timeout=240_000)
+    wait_for_app(page)
+    assert_no_errors(page, "Single text FRA opened from a stored example")
+    assert caption_number(page, r"query (\d+) ‘") == q_pos and caption_number(page, r"→ key (\d+) ‘") == k_pos
+    screenshot(page, "08-example-opened")

@@ -1,0 +1,58 @@
+"""Pair tables → Single text FRA: a stored example context opens on its cell, with the run's model, SAE,
+layer, head and options, and the explorer's value of that feature pair equals the stored one."""
+
+from __future__ import annotations
+
+import pytest
+
+from fra_core import jobs
+from fra_core.accumulate import AccumulateFRAConfig
+from tests.pages.fra_helpers import open_page
+
+
+def demo_run_cfg() -> AccumulateFRAConfig:
+    return AccumulateFRAConfig(model="demo", q_saes=("demo-l1-ln1",), layer=1, n_samples=4, context_length=40,
+                               batch_size=2, shard_size=4, top_m=4, k_active=8, examples_per_pair=2)
+
+
+@pytest.fixture
+def demo_run(fra_ws):
+    job_dir = jobs.new_job_dir(fra_ws.jobs, "accumulate", demo_run_cfg())
+    assert jobs.run_job_dir(job_dir) == 0, (job_dir / "log.txt").read_text()[-2000:]
+    return fra_ws
+
+
+@pytest.fixture(autouse=True)
+def _close_cached_stores():
+    yield
+    from pages import ui_store
+
+    ui_store._handle.clear()
+
+
+def _ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_example_opens_on_its_cell_with_the_same_value(demo_run):
+    at = open_page("pages/pair_tables.py")
+    _ok(at)
+    top = at.dataframe[0].value.iloc[0]
+    at.radio(key="pt_view").set_value("Feature").run()
+    at.number_input(key="pt_feature_view").set_value(int(top["q_feat"])).run()
+    _ok(at)
+    examples = at.dataframe[2].value
+    ex = examples.iloc[0]
+    at.selectbox(key="pt_open_example").set_value(0).run()
+    at.button(key="pt_open").click().run()
+    _ok(at)
+    assert at.title[0].value == "Single text FRA"
+    state = at.session_state
+    assert (state["fra_text_model"], state["fra_text_layer"], state["fra_text_head"]) == ("demo", 1, int(ex["head"]))
+    assert (state["fra_text_qpos"], state["fra_text_kpos"]) == (int(ex["q_pos"]), int(ex["k_pos"]))
+    assert state["fra_text_k"] == 8 and state["fra_text_diag"] is (not demo_run_cfg().include_diagonal)
+    pairs = next(d.value for d in at.dataframe if {"q_feature", "k_feature", "value"} <= set(d.value.columns))
+    match = pairs[(pairs["q_feature"] == ex["q_feat"]) & (pairs["k_feature"] == ex["k_feat"])]
+    assert len(match) == 1, pairs
+    assert float(match["value"].iloc[0]) == pytest.approx(float(ex["value"]), rel=1e-4, abs=1e-5)
