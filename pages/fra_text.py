@@ -9,7 +9,7 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
-from pages import ui, ui_goto
+from pages import ui, ui_goto, ui_store
 from pages import ui_fra as fu
 
 P = "fra_text"
@@ -130,6 +130,10 @@ k_hooks = [s.cfg.metadata.hook_name for s in explore.as_list(fu.load_side(k_refs
 gpt2 = fu.is_gpt2(model)
 pairs.insert(2, "q_meaning", [explore.describe(profiles, s, f) for s, f in zip(pairs.q_source, pairs.q_feature)])
 pairs.insert(6, "k_meaning", [explore.describe(k_profiles, s, f) for s, f in zip(pairs.k_source, pairs.k_feature)])
+saved = ui_store.saved_labels(tuple(q_refs) + tuple(k_refs))  # labels set on the Pair tables page
+if saved:
+    pairs.insert(3, "q_label", [saved.get((q_refs[s], f), "") for s, f in zip(pairs.q_source, pairs.q_feature)])
+    pairs.insert(8, "k_label", [saved.get((k_refs[s], f), "") for s, f in zip(pairs.k_source, pairs.k_feature)])
 pairs["q_link"] = [explore.neuronpedia_url(q_hooks[s], f, gpt2) for s, f in zip(pairs.q_source, pairs.q_feature)]
 pairs["k_link"] = [explore.neuronpedia_url(k_hooks[s], f, gpt2) for s, f in zip(pairs.k_source, pairs.k_feature)]
 if not gpt2:

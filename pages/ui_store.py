@@ -27,7 +27,7 @@ from pages import ui
 from store import (Store, StoreBusy, StoreError, compare_pairs, export_pairs_bytes, feature_partners, get_run,
                    html_report, ingest_all_jobs, ingest_job_shards, list_runs, pair_examples, results_package_bytes,
                    self_fraction_by_head, set_feature_labels, summary_stats, top_pairs, value_histogram)
-from store.page_queries import feature_labels, head_summary, run_heads, sample_tokens
+from store.page_queries import feature_labels, head_summary, human_labels, run_heads, sample_tokens
 
 SYNC_EVERY_S = 2.0
 METRIC_LABELS = {"sum": "sum of FRA", "mean": "mean FRA", "abs_sum": "sum of |FRA|", "mean_abs": "mean |FRA|",
@@ -141,6 +141,21 @@ def feature_label_editor(version: tuple, run_id: int, feature: int, src: int) ->
         st.error(st.session_state.pop("pt_label_error"))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _human_labels(db: str, sae_ids: tuple[str, ...]) -> dict[tuple[str, int], str]:
+    with _handle(db).store.read() as cur:
+        return human_labels(cur, list(sae_ids))
+
+
+def saved_labels(sae_ids: tuple[str, ...]) -> dict[tuple[str, int], str]:
+    """Labels users saved for features of these SAEs ({(sae_id, feature): label}); {} when the database
+    cannot be read (the explorer pages work without it)."""
+    try:
+        return _human_labels(db_path(), tuple(sae_ids))
+    except (StoreError, StoreBusy):
+        return {}
+
+
 def _save_label(sae_id: str, feature: int, key: str) -> None:
     text = (st.session_state.get(key) or "").strip()
     try:
@@ -150,6 +165,7 @@ def _save_label(sae_id: str, feature: int, key: str) -> None:
         st.session_state["pt_label_error"] = f"Label not saved: {exc}"
         return
     _query.clear()  # cached tables hold the old label
+    _human_labels.clear()
 
 
 def open_example_controls(version: tuple, run_id: int, info: dict, examples: pd.DataFrame) -> None:

@@ -50,3 +50,12 @@ def sample_tokens(con, run: int | str, sample: int) -> list[str] | None:
     run_id = resolve_run(con, run)
     rows = con.execute("SELECT tokens FROM samples_done WHERE run = ? AND sample = ?", [run_id, int(sample)]).fetchall()
     return list(rows[0][0]) if rows else None
+
+
+def human_labels(con, sae_ids: list[str]) -> dict[tuple[str, int], str]:
+    """Human feature labels of these SAEs: {(sae_id, feature): label}."""
+    if not sae_ids:
+        return {}
+    rows = con.execute("SELECT sae_id, feature, label FROM features WHERE label IS NOT NULL AND list_contains(?, sae_id)",
+                       [list(sae_ids)]).fetchall()
+    return {(s, int(f)): label for s, f, label in rows}

@@ -56,3 +56,20 @@ def test_example_opens_on_its_cell_with_the_same_value(demo_run):
     match = pairs[(pairs["q_feature"] == ex["q_feat"]) & (pairs["k_feature"] == ex["k_feat"])]
     assert len(match) == 1, pairs
     assert float(match["value"].iloc[0]) == pytest.approx(float(ex["value"]), rel=1e-4, abs=1e-5)
+
+
+def test_labels_saved_on_the_pair_tables_show_in_the_explorer(demo_run):
+    at = open_page("pages/pair_tables.py")
+    top = at.dataframe[0].value.iloc[0]
+    at.radio(key="pt_view").set_value("Feature").run()
+    at.number_input(key="pt_feature_view").set_value(int(top["q_feat"])).run()
+    next(t for t in at.text_input if t.label.startswith("Your label")).input("my feature")
+    next(b for b in at.button if b.label == "Save label").click().run()
+    at.button(key="pt_open").click().run()
+    _ok(at)
+    pairs = next(d.value for d in at.dataframe if {"q_feature", "k_feature", "value"} <= set(d.value.columns))
+    f = int(top["q_feat"])  # the opened example holds a pair with f on the query or the key side
+    q_mine, k_mine = pairs["q_feature"] == f, pairs["k_feature"] == f
+    assert q_mine.any() or k_mine.any(), pairs
+    assert (pairs.loc[q_mine, "q_label"] == "my feature").all() and (pairs.loc[~q_mine, "q_label"] == "").all()
+    assert (pairs.loc[k_mine, "k_label"] == "my feature").all() and (pairs.loc[~k_mine, "k_label"] == "").all()
