@@ -68,3 +68,17 @@ def test_fra_is_exact_on_the_bidirectional_converted_model(converted_ws):
     assert torch.isfinite(scores[..., upper]).all()           # future keys carry real scores
     future = result.entries["key_pos"] > result.entries["query_pos"]
     assert future.any()                                       # and FRA reports pairs with them
+
+
+def test_stored_tokens_of_the_char_model_come_back_as_text(converted_ws):
+    """Opening a stored example (Pair tables → Single text FRA) on the character-level model: its token
+    strings join back into the same text."""
+    from fra_core.models import load_local_model
+    from fra_core.prompting import prompt_tokens, text_for_str_tokens
+
+    ws, _, texts = converted_ws
+    model = load_local_model(ws.models / "restorer", "cpu")
+    text = texts[0]
+    stored = [str(t) for t in model.to_str_tokens(prompt_tokens(model, text)[0])]
+    again, offset = text_for_str_tokens(model, stored)
+    assert (again, offset) == (text, 0)
