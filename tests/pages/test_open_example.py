@@ -73,3 +73,18 @@ def test_labels_saved_on_the_pair_tables_show_in_the_explorer(demo_run):
     assert q_mine.any() or k_mine.any(), pairs
     assert (pairs.loc[q_mine, "q_label"] == "my feature").all() and (pairs.loc[~q_mine, "q_label"] == "").all()
     assert (pairs.loc[k_mine, "k_label"] == "my feature").all() and (pairs.loc[~k_mine, "k_label"] == "").all()
+
+
+def test_a_hand_off_that_cannot_be_applied_is_a_message(fra_ws):
+    goto = {"model": "demo", "layer": 1, "head": 0, "q_saes": ["demo-l1-ln1"], "k_saes": ["demo-l1-ln1"],
+            "tokens": ["<bos>", "wolf", "no-such-demo-word"], "cell": (2, 1), "sample": 7, "options": {}}
+    at = open_page("pages/fra_text.py")
+    at.session_state["fra_text_goto"] = goto
+    at.run()
+    assert not at.exception and any("Sample 7 cannot be opened as text" in e.value for e in at.error)
+    at.session_state["fra_text_goto"] = {**goto, "model": "gone-model"}
+    at.run()
+    assert not at.exception and any("'gone-model' of that run is not available" in e.value for e in at.error)
+    at.session_state["fra_text_goto"] = {**goto, "tokens": ["<bos>", "wolf", "carries"], "q_saes": ["gone-sae"]}
+    at.run()
+    assert not at.exception and any("not in this workspace" in e.value for e in at.error)
