@@ -40,7 +40,8 @@ class FeatureTokenCounter:
             self._fold()
 
     def _fold(self) -> None:
-        if len(self.keys) > 1:
+        """One (unique key, count) pair of tensors from everything added so far."""
+        if self.keys:  # even a single batch holds one key per activation, with repeats
             uniq, inv = torch.unique(torch.cat(self.keys), return_inverse=True)
             self.keys = [uniq]
             self.counts = [torch.zeros(len(uniq), dtype=torch.long).scatter_add_(0, inv, torch.cat(self.counts))]

@@ -215,6 +215,7 @@ def test_08_feature_view_opens_an_example_in_the_explorer(app_server, page):
     expect(page.get_by_text("fires on", exact=False).first).to_be_visible()  # its automatic label
     contexts = page.locator('[data-testid="stDataFrame"]').filter(has_text="context").first
     q_pos, k_pos = int(dataframe_cell(contexts, "q_pos")), int(dataframe_cell(contexts, "k_pos"))  # example 0
+    screenshot(page, "08a-feature-view")
     with rerun(page):
         page.get_by_role("button", name="Open in Single text FRA").click()
     page.wait_for_url(re.compile(r"/fra_text/?(\?.*)?$"))
@@ -222,4 +223,4 @@ def test_08_feature_view_opens_an_example_in_the_explorer(app_server, page):
     wait_for_app(page)
     assert_no_errors(page, "Single text FRA opened from a stored example")
     assert caption_number(page, r"query (\d+) ‘") == q_pos and caption_number(page, r"→ key (\d+) ‘") == k_pos
-    screenshot(page, "08-example-opened")
+    screenshot(page, "08b-example-opened")

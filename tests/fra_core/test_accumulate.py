@@ -101,6 +101,7 @@ def test_feature_counts_and_sources(parts, tmp_path):
     assert (feats["n_active"] <= feats["n_tokens"]).all() and feats["n_active"].sum() > 0
     toks = shards.read_shard_table(job, 0, "feature_tokens").to_pandas()
     assert set(zip(toks["src"], toks["feature"])) == set(zip(feats["src"], feats["feature"]))
+    assert not toks.duplicated(["src", "feature", "kind", "token"]).any()
     per_kind = toks.groupby(["src", "feature", "kind"]).agg(n=("n", "sum"), rows=("n", "size")).reset_index()
     both = per_kind.merge(feats, on=["src", "feature"])
     assert set(per_kind["kind"]) == {"tok", "prev"} and (both["rows"] <= 3).all()

@@ -2,15 +2,17 @@
 
 from collections import Counter
 
+import pytest
 import torch
 
 from fra_core.accumulate_tokens import NO_TOKEN, TOP_TOKENS, FeatureTokenCounter
 
 
-def test_top_tokens_match_a_brute_force_count():
+@pytest.mark.parametrize("n_batches", [1, 8, 20])  # one batch; exactly one fold; folds and a rest
+def test_top_tokens_match_a_brute_force_count(n_batches):
     g = torch.Generator().manual_seed(0)
     counter, brute = FeatureTokenCounter(d_max=7, d_vocab=5), Counter()
-    for _ in range(20):  # more batches than the fold threshold
+    for _ in range(n_batches):
         n = 30
         src, feat = torch.randint(0, 2, (n,), generator=g), torch.randint(0, 7, (n,), generator=g)
         tok, prev = torch.randint(0, 5, (n,), generator=g), torch.randint(-1, 5, (n,), generator=g)
@@ -20,6 +22,7 @@ def test_top_tokens_match_a_brute_force_count():
             brute[(s, f, "prev", f"t{p}" if p >= 0 else NO_TOKEN)] += 1
     table = counter.table(lambda ids: [f"t{i}" for i in ids]).to_pylist()
     got = {(r["src"], r["feature"], r["kind"], r["token"]): r["n"] for r in table}
+    assert len(got) == len(table)  # one row per (source, feature, kind, token)
     groups = {k[:3] for k in brute}
     assert {k[:3] for k in got} == groups
     for group in groups:  # ties may go either way: compare counts, and each kept token's own count
