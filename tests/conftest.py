@@ -48,3 +48,15 @@ def tiny_model():
     from tests.helpers import make_tiny_model
 
     return make_tiny_model()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: tiny tensors gain nothing from intra-op threads, and on a shared
+    2-core machine those threads only add scheduling stalls."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
