@@ -24,6 +24,7 @@ def request(info: dict[str, Any], example: Any, tokens: list[str]) -> None:
         "model": info["model_id"], "layer": int(info["layer"]), "head": int(example["head"]),
         "q_saes": q_saes, "k_saes": list(cfg.get("k_saes") or q_saes), "tokens": list(tokens),
         "cell": (int(example["q_pos"]), int(example["k_pos"])), "sample": int(example["sample"]),
+        "run": f"#{info['id']} {info['name']}",
         "options": {"_diag": not cfg.get("include_diagonal", False), "_bos": bool(cfg.get("exclude_bos_key")),
                     "_centre": bool(cfg.get("row_centre")), "_weight": bool(cfg.get("attention_weighted")),
                     "_k": int(cfg.get("k_active", 64))}}
@@ -66,6 +67,7 @@ def apply(prefix: str, model) -> None:
              "_ksae": "same as query" if k == q else k, "_example": 0, "_text_0": text, **goto["options"]}
     st.session_state.update({f"{prefix}{key}": value for key, value in state.items()})
     st.session_state[f"{prefix}_goto_cell"] = tuple(p + offset for p in goto["cell"])
+    st.session_state[f"{prefix}_origin"] = (text, f"sample {goto['sample']} of run {goto.get('run', '?')}")
     st.toast(f"Sample {goto['sample']} of the run, cell (query {goto['cell'][0]}, key {goto['cell'][1]})")
 
 
@@ -74,3 +76,10 @@ def take_cell(prefix: str) -> None:
     cell = st.session_state.pop(f"{prefix}_goto_cell", None)
     if cell is not None:
         st.session_state[f"{prefix}_qpos"], st.session_state[f"{prefix}_kpos"] = cell
+
+
+def origin_caption(prefix: str, text: str) -> None:
+    """Under the text box: where an opened example came from, while its text is unedited."""
+    origin = st.session_state.get(f"{prefix}_origin")
+    if origin and origin[0] == text:
+        st.caption(f"Opened from the Pair tables: {origin[1]} (edit the text to explore another).")

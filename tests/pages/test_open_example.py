@@ -48,6 +48,7 @@ def test_example_opens_on_its_cell_with_the_same_value(demo_run):
     at.button(key="pt_open").click().run()
     _ok(at)
     assert at.title[0].value == "Single text FRA"
+    assert any(f"sample {int(ex['sample'])} of run #" in c.value for c in at.caption), [c.value for c in at.caption]
     state = at.session_state
     assert (state["fra_text_model"], state["fra_text_layer"], state["fra_text_head"]) == ("demo", 1, int(ex["head"]))
     assert (state["fra_text_qpos"], state["fra_text_kpos"]) == (int(ex["q_pos"]), int(ex["k_pos"]))
