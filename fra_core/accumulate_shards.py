@@ -90,7 +90,7 @@ def write_shard(job_dir: str | Path, shard: int, tables: dict[str, pa.Table], sa
     folder.mkdir(parents=True, exist_ok=True)
     counts = {}
     for kind, schema in KINDS.items():
-        table = tables[kind] if kind in tables or kind not in OPTIONAL_KINDS else schema.empty_table()
+        table = tables.get(kind, schema.empty_table()) if kind in OPTIONAL_KINDS else tables[kind]
         if not table.schema.equals(schema):
             raise ValueError(f"shard {shard} {kind} table has schema {table.schema}, expected {schema}")
         write_table_atomic(table, shard_path(job_dir, shard, kind))

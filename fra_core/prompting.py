@@ -51,7 +51,7 @@ def text_for_str_tokens(model: HookedTransformer, str_tokens: list[str]) -> tupl
     the BOS that `prompt_tokens` prepends). Tries the tokens joined as they are and joined by spaces
     (word-level tokenizers), with and without a leading special token."""
     stored = [str(t) for t in str_tokens]
-    found = {}  # offset → text; an exact match wins over one that needs the prepended BOS
+    shifted = None  # a text that needs the prepended BOS (offset 1): used only if no exact match exists
     for body in (stored[1:], stored):
         for sep in ("", " "):
             text = sep.join(body)
@@ -63,9 +63,9 @@ def text_for_str_tokens(model: HookedTransformer, str_tokens: list[str]) -> tupl
                 continue
             if again == stored:
                 return text, 0
-            if again[1:] == stored:
-                found.setdefault(1, text)
-    if found:
-        return found[1], 1
+            if again[1:] == stored and shifted is None:
+                shifted = text
+    if shifted is not None:
+        return shifted, 1
     raise PromptError(f"these {len(stored)} tokens do not come back from any text this tokenizer reads "
                       f"(first ones: {stored[:5]})")

@@ -34,8 +34,9 @@ def export_pairs(con, run: int | str, path: str | Path, fmt: str = "parquet", *,
     opts = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
     pairs = (f"SELECT {KEY}, n, sum, abs_sum, max, min, diag_n, diag_sum, diag_abs_sum, {m} AS value "
              f"FROM pair_stats WHERE {where} ORDER BY {m} DESC NULLS LAST, {KEY} {lim}")
-    sql = f"SELECT p.*, {LABEL_COLUMNS} FROM ({pairs}) p {label_joins('p')} ORDER BY value DESC NULLS LAST, {KEY}"
-    con.execute(f"COPY ({sql}) TO '{_sql_path(path)}' ({opts})", params + [run_id] * 4)
+    sql = (f"SELECT p.*, {LABEL_COLUMNS} FROM ({pairs}) p {label_joins('p', run_id)} "
+           f"ORDER BY value DESC NULLS LAST, {KEY}")
+    con.execute(f"COPY ({sql}) TO '{_sql_path(path)}' ({opts})", params)
     return path
 
 

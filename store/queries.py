@@ -77,18 +77,19 @@ def pair_filter(run: int, *, layer: int | None = None, head: int | None = None, 
 
 
 # q_label / k_label of pair rows: the human label of the feature (features.label, per SAE) or else the
-# run's automatic one (feature_auto_labels); `label_joins(alias)` takes the run id as 4 parameters
+# run's automatic one (feature_auto_labels), via the joins of `label_joins(alias, run_id)`
 LABEL_COLUMNS = "coalesce(fq.label, aq.label) AS q_label, coalesce(fk.label, ak.label) AS k_label"
 
 
-def label_joins(t: str) -> str:
+def label_joins(t: str, run_id: int) -> str:
+    run = int(run_id)  # an integer literal: no parameters for callers to count
     return f"""
-        LEFT JOIN sources sq ON sq.run = ? AND sq.src = {t}.q_src
-        LEFT JOIN sources sk ON sk.run = ? AND sk.src = {t}.k_src
+        LEFT JOIN sources sq ON sq.run = {run} AND sq.src = {t}.q_src
+        LEFT JOIN sources sk ON sk.run = {run} AND sk.src = {t}.k_src
         LEFT JOIN features fq ON fq.sae_id = sq.sae_id AND fq.feature = {t}.q_feat
         LEFT JOIN features fk ON fk.sae_id = sk.sae_id AND fk.feature = {t}.k_feat
-        LEFT JOIN feature_auto_labels aq ON aq.run = ? AND aq.src = {t}.q_src AND aq.feature = {t}.q_feat
-        LEFT JOIN feature_auto_labels ak ON ak.run = ? AND ak.src = {t}.k_src AND ak.feature = {t}.k_feat"""
+        LEFT JOIN feature_auto_labels aq ON aq.run = {run} AND aq.src = {t}.q_src AND aq.feature = {t}.q_feat
+        LEFT JOIN feature_auto_labels ak ON ak.run = {run} AND ak.src = {t}.k_src AND ak.feature = {t}.k_feat"""
 
 
 def top_pairs(con, run: int | str, *, metric: str = "sum", n: int = 100, order: str = "desc",
@@ -128,9 +129,9 @@ def _top_pairs_from(con, source: str, source_params: list[Any], run_id: int, met
                greatest(abs(t.max), abs(t.min)) AS max_abs, t.value,
                (t.q_src = t.k_src AND t.q_feat = t.k_feat) AS self_pair,
                {LABEL_COLUMNS}, fq.density AS q_density, fk.density AS k_density
-        FROM top t {label_joins("t")}
+        FROM top t {label_joins("t", run_id)}
         ORDER BY t.rank_value {sort} NULLS LAST, t.layer, t.head, t.q_src, t.q_feat, t.k_src, t.k_feat"""
-    return con.execute(sql, source_params + params + [run_id] * 4).df()
+    return con.execute(sql, source_params + params).df()
 
 
 def feature_partners(con, run: int | str, feature: int, *, side: str = "query", src: int | None = None,
