@@ -108,7 +108,7 @@ def reference_fra(model, tokens, layer, heads=None, q_dict=None, k_dict=None, op
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
         B, T = tokens.shape
-        amask = attention_mask(model, T).numpy()
+        amask = attention_mask(model, T, layer=layer).numpy()
         sel = selection_mask(torch.as_tensor(amask), opts).numpy()
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"].to(F64).numpy()
         scale = float(model.blocks[layer].attn.attn_scale)
