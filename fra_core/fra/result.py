@@ -131,14 +131,18 @@ class FRAResult:
     def completeness_error(self, per_head: bool = False):
         """max |Σ all terms − target| / max |target| over the batch and heads (per_head: {head: error}).
 
-        Never NaN: a non-finite term or target on a masked-in cell gives inf.
+        Never NaN: a non-finite term or target on a masked-in cell gives inf. Σ over the node×node terms
+        is computed as (Σ_a q^a)·(Σ_b k^b) + Σ cell terms (bilinearity): O(T²·d_head), not O(T²·n²·d_head).
         """
         out = {}
         for hi, h in enumerate(self.heads):
             err, ref = 0.0, 0.0
             for b in range(self.scores.shape[0]):
                 tgt = self.target(b, hi)
-                diff = (self.node_terms(b, hi).sum((2, 3)) - tgt)[self.attn_mask]
+                q, k = self.node_vectors(b, hi, "q").sum(1), self.node_vectors(b, hi, "k").sum(1)
+                total = q @ k.T / self.attn_scale + sum(t[b, hi] for t in self.cell_terms.values())
+                total = transform(total, self.attn_mask, self.pattern[b, hi], self.options)
+                diff = (total - tgt)[self.attn_mask]
                 if not bool(torch.isfinite(diff).all()):
                     err = float("inf")
                 else:
