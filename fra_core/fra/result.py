@@ -151,6 +151,17 @@ class FRAResult:
             out[h] = err / max(ref, 1e-12)
         return out if per_head else max(out.values())
 
+    def assumptions(self) -> str:
+        """One line for the UI: what the exact decomposition froze, upcast or carries as cell terms."""
+        parts = []
+        if self.frozen:
+            parts.append("frozen at their actual values: " + ", ".join(self.frozen))
+        if self.cell_terms:
+            parts.append("non-bilinear score terms: " + ", ".join(self.cell_terms))
+        if self.upcast_from:
+            parts.append(f"computed on a float32 copy of the {self.upcast_from} model")
+        return "; ".join(parts)
+
     def entries_numpy(self) -> dict:
         """The pair table as numpy arrays (for Arrow/Parquet writers)."""
         return {k: v.detach().cpu().numpy() for k, v in self.entries.items()}
