@@ -106,17 +106,21 @@ def qk_inv_scale(model, cache, layer: int, which: str, heads: list[int], batch: 
 
 
 def post_norm_modules(model, l: int) -> list:
-    """Norms between layer l's raw attention output (z·W_O + b_O) and hook_attn_out, in order."""
+    """(name, module) of the norms between layer l's raw attention output (z·W_O + b_O) and hook_attn_out,
+    in order: RMSNorm (x/σ ⊙ w) or RMSNormPre (x/σ); identities are skipped; LayerNorms are refused."""
+    from transformer_lens.components import RMSNorm, RMSNormPre
+
     block, out = model.blocks[l], []
     if model.cfg.use_normalization_before_and_after:
         out.append(("ln1_post", block.ln1_post))
     if post_norm_arch(model):
         out.append(("ln1", block.ln1))
+    out = [(name, mod) for name, mod in out if not isinstance(mod, torch.nn.Identity)]
     for name, mod in out:
-        if not isinstance(getattr(mod, "w", None), torch.Tensor) or hasattr(mod, "b"):
+        if type(mod) not in (RMSNorm, RMSNormPre):
             raise FRAInputError(
-                f"blocks.{l}.{name} ({type(mod).__name__}) after the attention output is not an RMSNorm: "
-                "hook_z dictionaries are only exact through RMS post-norms")
+                f"blocks.{l}.{name} ({type(mod).__name__}) after the attention output is not an RMS norm: "
+                "hook_z dictionaries are only exact through RMSNorm / RMSNormPre post-norms")
     return out
 
 
@@ -128,7 +132,8 @@ def post_norm_weight(model, l: int) -> torch.Tensor | None:
     """[d_model] the product of layer l's post-attention norm gains (None: no post norm)."""
     w = None
     for _, mod in post_norm_modules(model, l):
-        w = mod.w.detach() if w is None else w * mod.w.detach()
+        if isinstance(getattr(mod, "w", None), torch.Tensor):  # RMSNormPre has no gain
+            w = mod.w.detach() if w is None else w * mod.w.detach()
     return w
 
 

@@ -78,7 +78,9 @@ def _to_head(model, layer, dic, which, h, b, pos, vec, src, cache):
 def _post_norm(model, cache, l, b, pos, vec):
     """A raw attention-output vector of layer l through its post-attention RMS norms (σ frozen)."""
     for name, mod in arch.post_norm_modules(model, l):
-        vec = vec / cache[f"blocks.{l}.{name}.hook_scale"][b, pos, 0].to(F64) * mod.w.to(F64)
+        vec = vec / cache[f"blocks.{l}.{name}.hook_scale"][b, pos, 0].to(F64)
+        if isinstance(getattr(mod, "w", None), torch.Tensor):
+            vec = vec * mod.w.to(F64)
     return vec
 
 
