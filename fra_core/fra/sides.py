@@ -68,7 +68,9 @@ def parse_dictionary(model, layer: int, dictionary) -> Dictionary:
     if not saes:
         raise FRAInputError("empty dictionary list")
     hooks = [getattr(s.cfg.metadata, "hook_name", None) for s in saes]
-    if len(saes) == 1 and hooks[0] in (f"blocks.{layer}.ln1.hook_normalized", f"blocks.{layer}.hook_resid_pre"):
+    # blocks.{L-1}.hook_resid_post is the same tensor as blocks.L.hook_resid_pre (Gemma Scope's residual SAEs)
+    resid = (f"blocks.{layer}.hook_resid_pre",) + ((f"blocks.{layer - 1}.hook_resid_post",) if layer > 0 else ())
+    if len(saes) == 1 and hooks[0] in (f"blocks.{layer}.ln1.hook_normalized",) + resid:
         kind = NORMALIZED if hooks[0].endswith("hook_normalized") else RESID
         if kind == NORMALIZED and arch.input_norm(model) is None:
             raise FRAInputError(
@@ -82,7 +84,8 @@ def parse_dictionary(model, layer: int, dictionary) -> Dictionary:
         if len(parts) != 4 or parts[0] != "blocks" or parts[2:] != ["attn", "hook_z"] or not parts[1].isdigit():
             raise FRAInputError(
                 f"SAE hook {hook!r} cannot sit on layer {layer}'s head input: use blocks.{layer}.ln1.hook_normalized, "
-                f"blocks.{layer}.hook_resid_pre, or a list of blocks.l.attn.hook_z SAEs with l < {layer}")
+                f"blocks.{layer}.hook_resid_pre (= blocks.{layer - 1}.hook_resid_post), or a list of "
+                f"blocks.l.attn.hook_z SAEs with l < {layer}")
         if int(parts[1]) >= layer:
             raise FRAInputError(f"hook_z SAE {hook} is not upstream of layer {layer} (needs l < {layer})")
         _check_sae(sae, hook, cfg.n_heads * cfg.d_head)
