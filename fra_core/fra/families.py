@@ -74,7 +74,7 @@ def build_model(name: str, seed: int = 0, dtype=torch.float32):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     torch.manual_seed(seed)
-    cfg = HookedTransformerConfig(**SHAPE, **FAMILIES[name], seed=seed, device="cpu", dtype=dtype)
+    cfg = HookedTransformerConfig(**{**SHAPE, **FAMILIES[name]}, seed=seed, device="cpu", dtype=dtype)
     model = HookedTransformer(cfg)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

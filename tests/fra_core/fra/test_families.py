@@ -139,3 +139,29 @@ def test_mask_check_refuses_a_mask_it_did_not_model():
         tok = torch.randint(0, model.cfg.d_vocab, (1, T))
         _, cache = model.run_with_cache(tok, names_filter=lambda n: n.endswith("hook_attn_scores"))
         check_mask(cache["blocks.2.attn.hook_attn_scores"], torch.ones(T, T, dtype=torch.bool).tril(), 2)
+
+
+_L = FAMILIES["Qwen 2.5"]
+MORE = {  # combinations beyond the named families: still exact (or refused by name)
+    "wide heads (n_heads·d_head ≠ d_model)": dict(FAMILIES["Gemma 2"], d_head=16),
+    "custom attn_scale": dict(FAMILIES["GPT-2"], attn_scale=7.0),
+    "scale by inverse layer idx": dict(FAMILIES["GPT-2"], scale_attn_by_inverse_layer_idx=True),
+    "bidirectional local": dict(FAMILIES["GPT-Neo"], attention_dir="bidirectional"),
+    "attention sinks": dict(_L, use_attention_sinks=True),
+    "YaRN rotary": dict(_L, use_yarn_rope=True, yarn_factor=4.0, yarn_attention_factor=1.3,
+                        yarn_original_max_position_embeddings=8),
+    "ALiBi + soft-cap + GQA": dict(normalization_type="RMS", positional_embedding_type="alibi",
+                                   attn_scores_soft_cap=0.7, n_key_value_heads=2),
+    "OLMo 3 (GQA k_norm)": dict(_L, original_architecture="Olmo3ForCausalLM"),
+    "QK-norm, ungrouped GQA": dict(_L, use_qk_norm=True, ungroup_grouped_query_attention=True),
+    "attention-only, post-norms": dict(_L, attn_only=True, use_normalization_before_and_after=True, d_mlp=None),
+    "LNPre shortformer": dict(normalization_type="LNPre", positional_embedding_type="shortformer"),
+    "NeoX sequential": dict(FAMILIES["Pythia / GPT-NeoX"], parallel_attn_mlp=False),
+}
+
+
+@pytest.mark.parametrize("name", list(MORE))
+def test_more_configurations_are_exact(name, monkeypatch):
+    monkeypatch.setitem(FAMILIES, name, MORE[name])
+    r = check_family(name)
+    assert r.status == "exact", r.sides
