@@ -165,3 +165,15 @@ def test_more_configurations_are_exact(name, monkeypatch):
     monkeypatch.setitem(FAMILIES, name, MORE[name])
     r = check_family(name)
     assert r.status == "exact", r.sides
+
+
+def test_dfa_on_gqa_splits_the_encoder_preactivation_exactly():
+    from fra_core.fra import dfa_by_source
+    from fra_core.fra.families import _sae
+
+    model = build_model("Llama 3")
+    sae = _sae(model.cfg.n_heads * model.cfg.d_head, "blocks.2.attn.hook_z", 7)
+    tok = torch.randint(0, model.cfg.d_vocab, (2, T))
+    out = dfa_by_source(model, tok, 2, sae, [0, 5, 9])
+    total = out["by_source"].sum((1, 3)) + out["constant"]
+    assert torch.allclose(total, out["hidden_pre"], atol=1e-5)
