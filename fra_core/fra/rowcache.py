@@ -34,9 +34,18 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
-def _fingerprint(dic, maps) -> tuple:
+def _fingerprint(dic, maps, memo: dict | None = None) -> tuple:
+    """Flags + checksums of the maps and decoders; `memo` (one engine call's scratch dict) computes each
+    decoder's checksum once per call when both sides use the same SAE."""
     flags = tuple(bool(getattr(s.cfg, "rescale_acts_by_decoder_norm", False)) for s in dic.saes)
-    return flags, checksum(list(maps) + [s.W_dec for s in dic.saes])
+    memo = {} if memo is None else memo
+    decs = []
+    for s in dic.saes:
+        key = ("W_dec checksum", id(s))
+        if key not in memo:
+            memo[key] = checksum([s.W_dec])
+        decs.append(memo[key])
+    return flags, checksum(maps), tuple(decs)
 
 
 class _Table:
@@ -89,13 +98,13 @@ def project_active(dic, maps, ids: torch.Tensor, offsets: list[int], decoder):
 
 
 def projected_rows(model, layer: int, dic, which: str, heads: list[int], maps, ids: torch.Tensor,
-                   offsets: list[int], decoder):
+                   offsets: list[int], decoder, memo: dict | None = None):
     """(rows, row_of) for global feature ids [batch, pos, K]: rows[row_of] are the projected rows,
     [..., head_index, d_head]; the padding id maps to a zero row."""
     n_rows, (n_heads, d_head) = offsets[-1] + 1, maps[0].shape[1:]
     if torch.is_inference_mode_enabled() or n_rows * n_heads * d_head * maps[0].element_size() > MAX_TABLE_BYTES:
         return project_active(dic, maps, ids, offsets, decoder)
-    fingerprint = _fingerprint(dic, maps)
+    fingerprint = _fingerprint(dic, maps, memo)
     key = (layer, which, tuple(heads), tuple(id(s) for s in dic.saes))
     with _LOCK:
         tables = _CACHE.setdefault(model, {})

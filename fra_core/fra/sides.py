@@ -264,7 +264,7 @@ def build_side(model, cache, layer: int, dic: Dictionary, which: str, heads: lis
     if post is not None:  # features of source s at (b, p) carry 1/σ_post of their layer at p
         src = torch.searchsorted(torch.tensor(offsets, device=ids.device), ids, right=True).clamp(max=len(dic.saes)) - 1
         acts = acts * post[..., 0].permute(1, 2, 0).gather(-1, src.clamp(min=0))
-    rows, row_of = projected_rows(model, layer, dic, which, heads, maps, ids, offsets, sae_decoder)
+    rows, row_of = projected_rows(model, layer, dic, which, heads, maps, ids, offsets, sae_decoder, enc_cache)
     names, vecs = _nodes(model, cache, layer, dic, encs, maps, M_res, ids, acts, offsets, post)
     nodes = torch.stack(vecs, dim=-2) * inv_sigma[..., None, None]  # [batch, pos, head, n, d_head]
     names += (["ln1.b"] if b_term is not None else []) + ["bias"]
