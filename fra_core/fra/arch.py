@@ -39,6 +39,11 @@ def input_norm(model) -> str | None:
     return None if post_norm_arch(model) else model.cfg.normalization_type
 
 
+def shortformer_qk(model) -> bool:
+    """True when pos_embed is added to the q/k input only (shortformer; TL's post-norm blocks skip it)."""
+    return model.cfg.positional_embedding_type == "shortformer" and not post_norm_arch(model)
+
+
 def layer_mask(model, layer: int, T: int, device=None) -> torch.Tensor:
     """[query_pos, key_pos] bool: the keys each query's softmax sees at `layer`."""
     attn = model.blocks[layer].attn

@@ -49,8 +49,11 @@ def run_sides(model, tokens, layer: int, heads, q_dict, k_dict, k_active: int):
     names = cache_hooks(model, layer, [qd, kd])
     with torch.no_grad():
         # layers above L never influence layer L's scores: stop there (no unembedding either)
-        _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in names,
-                                        stop_at_layer=layer + 1)
+        try:
+            _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in names,
+                                            stop_at_layer=layer + 1)
+        except (RuntimeError, AttributeError) as exc:  # TL itself cannot run this config
+            raise FRAInputError(f"the model's own forward pass failed (TransformerLens): {exc}") from exc
         enc_cache: dict = {}
         q_side = build_side(model, cache, layer, qd, "Q", heads, k_active, enc_cache)
         k_side = build_side(model, cache, layer, kd, "K", heads, k_active, enc_cache)

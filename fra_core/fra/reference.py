@@ -137,7 +137,7 @@ def _side_matrix(model, cache, layer, dic, which, h, b, pos, k):
         rows.append(_finish(model, cache, layer, which, h, b, pos, ln1.b.to(F64) @ W))
     labels.append("bias")
     rows.append(_finish(model, cache, layer, which, h, b, pos, getattr(attn, f"b_{which}")[h].to(F64)))
-    if model.cfg.positional_embedding_type == "shortformer":  # added to the q/k input after ln1
+    if arch.shortformer_qk(model):  # added to the q/k input after ln1
         labels.append("pos_embed.qk")
         rows.append(_finish(model, cache, layer, which, h, b, pos, _pos_embed(cache, b, pos) @ W))
     return labels, torch.stack(rows).numpy()

@@ -271,7 +271,7 @@ def build_side(model, cache, layer: int, dic: Dictionary, which: str, heads: lis
     consts = ([b_term] if b_term is not None else []) + [bias]
     const = torch.stack(consts, dim=-2).expand(batch, pos, -1, -1, -1)  # not scaled by 1/σ
     nodes = torch.cat([nodes, const], dim=-2)
-    if cfg.positional_embedding_type == "shortformer":  # q/k input = ln1(x) + pos_embed: pos_embed · W
+    if arch.shortformer_qk(model):  # q/k input = ln1(x) + pos_embed: pos_embed · W
         names.append("pos_embed.qk")
         nodes = torch.cat([nodes, _shortformer_node(model, cache, layer, which, heads, batch)], dim=-2)
     head_scale = arch.qk_inv_scale(model, cache, layer, which, heads, batch, pos)

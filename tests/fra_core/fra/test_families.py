@@ -157,6 +157,8 @@ MORE = {  # combinations beyond the named families: still exact (or refused by n
     "attention-only, post-norms": dict(_L, attn_only=True, use_normalization_before_and_after=True, d_mlp=None),
     "LNPre shortformer": dict(normalization_type="LNPre", positional_embedding_type="shortformer"),
     "NeoX sequential": dict(FAMILIES["Pythia / GPT-NeoX"], parallel_attn_mlp=False),
+    "OLMo 2 + shortformer (TL's post-norm blocks drop the q/k pos_embed)": dict(
+        _L, positional_embedding_type="shortformer", original_architecture="Olmo2ForCausalLM"),
 }
 
 
@@ -177,3 +179,47 @@ def test_dfa_on_gqa_splits_the_encoder_preactivation_exactly():
     out = dfa_by_source(model, tok, 2, sae, [0, 5, 9])
     total = out["by_source"].sum((1, 3)) + out["constant"]
     assert torch.allclose(total, out["hidden_pre"], atol=1e-5)
+
+
+def _random_config(rng) -> dict:
+    """A random combination of every modelled flag (norms, positions, GQA, QK-norm, post-norms, soft-cap,
+    windows, scales, layouts)."""
+    nh = rng.choice([2, 4])
+    pos = rng.choice(["standard", "rotary", "alibi", "shortformer"])
+    cfg = dict(normalization_type=rng.choice(["LN", "LNPre", "RMS", "RMSPre", None]), positional_embedding_type=pos,
+               n_heads=nh, d_head=rng.choice([8, 16]), gated_mlp=rng.random() < 0.3,
+               parallel_attn_mlp=rng.random() < 0.3, attention_dir="bidirectional" if rng.random() < 0.15 else "causal")
+    if pos == "rotary":
+        cfg.update(rotary_dim=rng.choice([2, 4, cfg["d_head"]]), rotary_adjacent_pairs=rng.random() < 0.5)
+    if rng.random() < 0.5:
+        cfg["n_key_value_heads"] = rng.choice([1, nh // 2, nh])
+    if rng.random() < 0.3 and cfg["normalization_type"] in ("RMS", "RMSPre", None):
+        cfg["use_normalization_before_and_after"] = True
+    if rng.random() < 0.3:
+        cfg["use_qk_norm"] = True
+    elif rng.random() < 0.2 and cfg["normalization_type"] in ("RMS", "RMSPre") and nh * cfg["d_head"] == 32:
+        cfg["original_architecture"] = rng.choice(["Olmo2ForCausalLM", "OlmoeForCausalLM"])
+    if rng.random() < 0.3:
+        cfg["attn_scores_soft_cap"] = rng.choice([0.3, 2.0, -2.0])
+    if rng.random() < 0.4:
+        cfg.update(use_local_attn=True, window_size=rng.choice([1, 3, 5]),
+                   attn_types=[rng.choice(["local", "global"]) for _ in range(3)])
+    if rng.random() < 0.2:
+        cfg["use_attn_scale"] = False
+    if rng.random() < 0.2:
+        cfg["scale_attn_by_inverse_layer_idx"] = True
+    return cfg
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_configurations_are_exact_or_refused(seed, monkeypatch):
+    import random
+
+    rng = random.Random(seed)
+    for i in range(3):
+        name = f"random {seed}.{i}"
+        monkeypatch.setitem(FAMILIES, name, _random_config(rng))
+        r = check_family(name, seed=seed)
+        refusals = [v for v in r.sides.values() if isinstance(v, str)]
+        assert r.status != "WRONG", (FAMILIES[name], r.sides)
+        assert all(re.search(r"\(\w+=|blocks\.\d+\.\w+ \(", m) for m in refusals), (FAMILIES[name], refusals)
