@@ -52,3 +52,19 @@ def test_resid_post_of_another_layer_is_refused():
     sae = _jumprelu(model.cfg.d_model, "blocks.0.hook_resid_post")
     with pytest.raises(FRAInputError, match=r"blocks.0.hook_resid_post.*cannot sit on layer 2.*blocks.1.hook_resid_post"):
         compute_fra(model, torch.zeros(1, 4, dtype=torch.long), 2, None, sae)
+
+
+def test_attention_output_jumprelu_saes_from_disk_on_gemma2(tmp_path):
+    """Gemma-Scope-style attention SAEs (JumpReLU on blocks.l.attn.hook_z, head-major) through the
+    post-attention norms of a Gemma 2 model: exact."""
+    model = build_model("Gemma 2")
+    d_z = model.cfg.n_heads * model.cfg.d_head
+    saes = []
+    for l in range(2):
+        _jumprelu(d_z, f"blocks.{l}.attn.hook_z", seed=10 + l).save_model(str(tmp_path / f"att-l{l}"))
+        saes.append(load_sae(str(tmp_path / f"att-l{l}")))
+    tok = torch.randint(0, model.cfg.d_vocab, (2, 12), generator=torch.Generator().manual_seed(4))
+    res = compute_fra(model, tok, 2, None, saes, None, FRAOptions(k_active=40, top_m=4))
+    assert res.q_sources == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"] and res.n_entries
+    assert {"blocks.0.ln1_post.hook_scale", "blocks.1.ln1_post.hook_scale"} <= set(res.frozen)
+    assert res.completeness_error() <= 1e-5
