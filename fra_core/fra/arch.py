@@ -63,6 +63,21 @@ def check_mask(scores: torch.Tensor, amask: torch.Tensor, layer: int) -> None:
             f"{'masked' if not amask[bad[2], bad[3]] else 'visible'}")
 
 
+def clip_hooks(model, layer: int) -> list[str]:
+    return [f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"] if model.cfg.clip_qkv is not None else []
+
+
+def check_clip(model, cache, layer: int) -> None:
+    """clip_qkv clamps q and k to [−c, c] after projection: exact (the identity) only if nothing is clipped."""
+    c = model.cfg.clip_qkv
+    if c is None:
+        return
+    n = sum(int((cache[h].abs() > c).sum()) for h in clip_hooks(model, layer))
+    if n:
+        raise FRAInputError(f"FRA does not support active QKV clipping (clip_qkv={c!r}): {n} q/k values of layer "
+                            f"{layer} exceed it on this batch, and a clamped score is not a sum of terms")
+
+
 def _per_head(t: torch.Tensor, n_heads: int) -> torch.Tensor:
     """[..., n] with n ∈ {1, n_kv, n_heads} groups → [..., n_heads] (query head h uses group h // (H/n))."""
     n = t.shape[-1]

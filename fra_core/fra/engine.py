@@ -54,6 +54,7 @@ def run_sides(model, tokens, layer: int, heads, q_dict, k_dict, k_active: int):
                                             stop_at_layer=layer + 1)
         except (RuntimeError, AttributeError) as exc:  # TL itself cannot run this config
             raise FRAInputError(f"the model's own forward pass failed (TransformerLens): {exc}") from exc
+        arch.check_clip(model, cache, layer)
         enc_cache: dict = {}
         q_side = build_side(model, cache, layer, qd, "Q", heads, k_active, enc_cache)
         k_side = build_side(model, cache, layer, kd, "K", heads, k_active, enc_cache)

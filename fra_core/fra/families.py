@@ -63,7 +63,9 @@ FAMILIES: dict[str, dict] = {
     "OLMo 2 (LayerNorm)": dict(_LLAMA, normalization_type="LN", original_architecture="Olmo2ForCausalLM"),
     "Post-norms, no norm": dict(normalization_type=None, act_fn="gelu", use_normalization_before_and_after=True),
     "Shortformer": dict(normalization_type="LN", act_fn="gelu", positional_embedding_type="shortformer"),
-    "OLMo (clip_qkv)": dict(_LLAMA, clip_qkv=8.0, original_architecture="OlmoForCausalLM"),
+    "OLMo (clip_qkv, not reached)": dict(_LLAMA, clip_qkv=8.0, original_architecture="OlmoForCausalLM"),
+    "OLMo (clip_qkv, active)": dict(_LLAMA, clip_qkv=0.05, original_architecture="OlmoForCausalLM"),
+    "OLMoE (clip_qkv + QK-norm)": dict(_LLAMA, clip_qkv=8.0, original_architecture="OlmoeForCausalLM"),
     "Qwen 1 (log-n)": dict(_LLAMA, use_logn_attn=True, use_dynamic_ntk_rope=True, train_seq_length=8,
                            original_architecture="QWenLMHeadModel"),
 }

@@ -49,6 +49,16 @@ def _must_be(expected):
     return lambda cfg, value: None if value == expected else f"only {expected!r} is modelled"
 
 
+def _clip_checked(cfg, value):
+    """QKV clipping is the identity while no |q|, |k| exceeds it: the engine checks that on the batch
+    (`arch.check_clip`); with QK-norm the clamped values are not hooked, so it is refused there."""
+    if value is None:
+        return None
+    if cfg.use_qk_norm or cfg.original_architecture in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"):
+        return "modelled only without QK-norm (the clamp acts on the normalised q/k, which TL does not hook)"
+    return None
+
+
 def _one_of(*allowed):
     return lambda cfg, value: None if value in allowed else f"modelled values: {', '.join(map(repr, allowed))}"
 
@@ -59,7 +69,7 @@ CHECKED = {
     "attention_dir": _one_of("causal", "bidirectional"),
     "use_split_qkv_input": _must_be(False),
     "use_attn_in": _must_be(False),
-    "clip_qkv": _must_be(None),
+    "clip_qkv": _clip_checked,
     "use_logn_attn": _must_be(False),
     "use_dynamic_ntk_rope": _must_be(False),
     "load_in_4bit": _must_be(False),

@@ -103,6 +103,7 @@ def cache_hooks(model, layer: int, dicts: list[Dictionary]) -> set[str]:
     if arch.input_norm(model) is not None:
         names.add(f"blocks.{layer}.ln1.hook_scale")
     names.update(arch.qk_norm_hooks(model, layer))
+    names.update(arch.clip_hooks(model, layer))
     if model.cfg.positional_embedding_type == "shortformer":
         names.add("hook_pos_embed")  # added to the q/k input only (not to the residual stream)
     for d in dicts:

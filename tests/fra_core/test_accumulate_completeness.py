@@ -60,10 +60,10 @@ def test_sliding_window_job_records_completeness_and_store_keeps_it(tmp_path):
 
 
 def test_incomplete_decomposition_stops_the_job(tmp_path, monkeypatch):
-    from fra_core.fra import guard
+    from fra_core.fra import arch
 
-    # pretend the guard let QKV clipping through: TL clamps q/k/v at 0.05, which the engine does not model
-    monkeypatch.setitem(guard.CHECKED, "clip_qkv", lambda cfg, value: None)
+    # pretend the engine did not notice that TL clamps q/k at 0.05 (an unmodelled detail): wrong numbers
+    monkeypatch.setattr(arch, "check_clip", lambda *args: None)
     model = _model(tmp_path, clip_qkv=0.05)
     job = tmp_path / "bad"
     job.mkdir()

@@ -16,7 +16,8 @@ from fra_core.fra.families import FAMILIES, T, TOL, WINDOW, build_model, check_f
 
 from .test_fra_reference import engine_entries
 
-REFUSED = {"OLMo (clip_qkv)": "clip_qkv=8.0", "Qwen 1 (log-n)": "use_logn_attn=True"}
+REFUSED = {"OLMo (clip_qkv, active)": "clip_qkv=0.05", "OLMoE (clip_qkv + QK-norm)": "clip_qkv=8.0",
+           "Qwen 1 (log-n)": "use_logn_attn=True"}
 PARTIAL = {"OLMo 2 (LayerNorm)": {"hook_z (upstream)"}}  # a LayerNorm on the attention output: hook_z refused
 
 
@@ -36,7 +37,7 @@ def test_unknown_field_is_refused_unless_at_its_default(monkeypatch):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("use_split_qkv_input", True), ("use_attn_in", True), ("clip_qkv", 2.0), ("use_logn_attn", True),
+    ("use_split_qkv_input", True), ("use_attn_in", True), ("use_logn_attn", True),
     ("use_dynamic_ntk_rope", True), ("load_in_4bit", True), ("quantization_method", "gptq"), ("n_devices", 2),
     ("positional_embedding_type", "relative_positional_bias"), ("attention_dir", "sideways"),
 ])
