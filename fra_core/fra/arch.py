@@ -20,6 +20,8 @@ Everything here is read from the model's own modules and hooks, so the engine an
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fra_core.fra.options import FRAInputError
@@ -61,6 +63,17 @@ def check_mask(scores: torch.Tensor, amask: torch.Tensor, layer: int) -> None:
             f"layer {layer}: hook_attn_scores is {'finite' if finite[tuple(bad)] else 'not finite'} at "
             f"[batch, head, query_pos, key_pos]={bad}, where the modelled attention mask says "
             f"{'masked' if not amask[bad[2], bad[3]] else 'visible'}")
+
+
+def logn_scale(model, T: int, device=None) -> torch.Tensor | None:
+    """[pos] Qwen-1's log-n query factor (TL `_apply_logn_scaling`, eval mode): log(p)/log(train_len) for
+    1-based positions p beyond the training length, else 1. None when the model does not scale q."""
+    cfg = model.cfg
+    if not cfg.use_logn_attn or model.training:
+        return None
+    train = cfg.train_seq_length or cfg.n_ctx
+    p = torch.arange(1, T + 1, dtype=torch.float32, device=device)
+    return torch.where(p > train, p.log() / math.log(train), torch.ones((), device=device))
 
 
 def clip_hooks(model, layer: int) -> list[str]:

@@ -66,7 +66,7 @@ FAMILIES: dict[str, dict] = {
     "OLMo (clip_qkv, not reached)": dict(_LLAMA, clip_qkv=8.0, original_architecture="OlmoForCausalLM"),
     "OLMo (clip_qkv, active)": dict(_LLAMA, clip_qkv=0.05, original_architecture="OlmoForCausalLM"),
     "OLMoE (clip_qkv + QK-norm)": dict(_LLAMA, clip_qkv=8.0, original_architecture="OlmoeForCausalLM"),
-    "Qwen 1 (log-n)": dict(_LLAMA, use_logn_attn=True, use_dynamic_ntk_rope=True, train_seq_length=8,
+    "Qwen 1 (log-n, dynamic NTK)": dict(_LLAMA, use_logn_attn=True, use_dynamic_ntk_rope=True, train_seq_length=4,
                            original_architecture="QWenLMHeadModel"),
 }
 

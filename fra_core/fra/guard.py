@@ -33,6 +33,11 @@ NEUTRAL = frozenset({
     "NTK_by_parts_factor", "NTK_original_ctx_len", "use_yarn_rope", "yarn_factor", "yarn_attention_factor",
     "yarn_beta_fast", "yarn_beta_slow", "yarn_original_max_position_embeddings", "yarn_truncate",
     "yarn_global_attn_only", "train_seq_length",
+    # Qwen-1 dynamic NTK: TL rebuilds the sin/cos tables for the sequence length inside apply_rotary, which
+    # the engine calls with the same length as the forward pass
+    "use_dynamic_ntk_rope",
+    # Qwen-1 log-n: a fixed per-position factor on q (sides.py applies it like a frozen scale)
+    "use_logn_attn",
     # GQA: W_K / b_K per query head are TL's repeat_interleave of _W_K either way
     "ungroup_grouped_query_attention",
     # the sink logit joins the softmax after hook_attn_scores: the scores themselves are unchanged
@@ -70,8 +75,6 @@ CHECKED = {
     "use_split_qkv_input": _must_be(False),
     "use_attn_in": _must_be(False),
     "clip_qkv": _clip_checked,
-    "use_logn_attn": _must_be(False),
-    "use_dynamic_ntk_rope": _must_be(False),
     "load_in_4bit": _must_be(False),
     "quantization_method": _must_be(None),
     "n_devices": _must_be(1),

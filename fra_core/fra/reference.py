@@ -86,6 +86,9 @@ def _post_norm(model, cache, l, b, pos, vec):
 
 def _finish(model, cache, layer, which, h, b, pos, v):
     """A q/k piece in d_head space → QK-norm (gain, σ frozen) → rotary at its position."""
+    logn = arch.logn_scale(model, pos + 1) if which == "Q" else None
+    if logn is not None:
+        v = v * float(logn[pos])
     w = arch.qk_norm_weight(model, layer, which, [h])
     if w is not None:
         B, T = cache[f"blocks.{layer}.attn.hook_attn_scores"].shape[0], cache[f"blocks.{layer}.attn.hook_attn_scores"].shape[-1]

@@ -276,6 +276,10 @@ def build_side(model, cache, layer: int, dic: Dictionary, which: str, heads: lis
         names.append("pos_embed.qk")
         nodes = torch.cat([nodes, _shortformer_node(model, cache, layer, which, heads, batch)], dim=-2)
     head_scale = arch.qk_inv_scale(model, cache, layer, which, heads, batch, pos)
+    logn = arch.logn_scale(model, pos, scores.device) if which == "Q" else None
+    if logn is not None:  # a per-position factor on q (after rotary in TL: it commutes with the rotation)
+        one = torch.ones(batch, pos, len(heads), dtype=scores.dtype, device=scores.device)
+        head_scale = (one if head_scale is None else head_scale) * logn.to(scores.dtype)[None, :, None]
     if head_scale is not None:
         nodes = nodes * head_scale[..., None, None]
     rotate = _rotator(model, layer) if cfg.positional_embedding_type == "rotary" else None

@@ -16,8 +16,7 @@ from fra_core.fra.families import FAMILIES, T, TOL, WINDOW, build_model, check_f
 
 from .test_fra_reference import engine_entries
 
-REFUSED = {"OLMo (clip_qkv, active)": "clip_qkv=0.05", "OLMoE (clip_qkv + QK-norm)": "clip_qkv=8.0",
-           "Qwen 1 (log-n)": "use_logn_attn=True"}
+REFUSED = {"OLMo (clip_qkv, active)": "clip_qkv=0.05", "OLMoE (clip_qkv + QK-norm)": "clip_qkv=8.0"}
 PARTIAL = {"OLMo 2 (LayerNorm)": {"hook_z (upstream)"}}  # a LayerNorm on the attention output: hook_z refused
 
 
@@ -37,8 +36,7 @@ def test_unknown_field_is_refused_unless_at_its_default(monkeypatch):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("use_split_qkv_input", True), ("use_attn_in", True), ("use_logn_attn", True),
-    ("use_dynamic_ntk_rope", True), ("load_in_4bit", True), ("quantization_method", "gptq"), ("n_devices", 2),
+    ("use_split_qkv_input", True), ("use_attn_in", True), ("load_in_4bit", True), ("quantization_method", "gptq"), ("n_devices", 2),
     ("positional_embedding_type", "relative_positional_bias"), ("attention_dir", "sideways"),
 ])
 def test_every_checked_field_names_itself(field, value):
@@ -77,7 +75,7 @@ def test_sliding_window_mask_drives_pairs_and_centring(name):
 
 
 @pytest.mark.parametrize("name", ["GPT-Neo", "BLOOM", "Llama 3", "Qwen 3", "Gemma 2 (soft-cap 0.5)", "Gemma 3",
-                                  "OLMo 2", "Shortformer"])
+                                  "OLMo 2", "Shortformer", "Qwen 1 (log-n, dynamic NTK)"])
 @pytest.mark.parametrize("side", ["resid_pre", "hook_z (upstream)"])
 def test_engine_matches_float64_reference(name, side):
     model = build_model(name)
