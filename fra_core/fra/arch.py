@@ -16,6 +16,8 @@ Everything here is read from the model's own modules and hooks, so the engine an
 - Cell terms that are not q·k products: ALiBi's bias m_h·(j − i) (added after the soft-cap) and the
   soft-cap's correction c·tanh(s/c) − s, s = the decomposed pre-cap score. Each is one named node
   whose term sits only on its own (q node, k node) diagonal slot.
+- Qwen-1 log-n: q × log(p)/log(train_len) beyond the training length (a fixed per-position factor).
+- QKV clipping: the identity while no |q|, |k| exceeds clip_qkv — checked on every batch, refused if not.
 """
 
 from __future__ import annotations
