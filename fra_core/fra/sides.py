@@ -153,12 +153,14 @@ class Side:
     """Query or key side of the selected heads, for a batch.
 
     ids:    [batch, pos, K] global feature ids (offsets[s] + local id); padding = offsets[-1]
-    coef:   [batch, pos, K] activation × (1/σ_i where the side applies it); 0 on padding
+    coef:   [batch, pos, K] activation × (1/σ_i where the side applies it, × 1/σ_post of the source
+            layer's post-attention norms for hook_z sources); 0 on padding
     rows:   [n_rows, head_index, d_head] projected decoder rows (no σ, no rotation), shared with the
             cache of `rowcache` (read-only); the padding id's row is 0
     row_of: [batch, pos, K] index into rows
     nodes:  [batch, pos, head_index, n_nodes, d_head] named non-feature nodes, scaled and rotated
-    head_scale: [batch, pos, head_index] 1/σ of the QK-norm (frozen), or None
+    head_scale: [batch, pos, head_index] per-position factor of q or k: 1/σ of the QK-norm (frozen) and
+            Qwen-1's log-n factor on q; None when neither applies
     """
 
     kind: str
@@ -188,7 +190,7 @@ class Side:
     def feature_block(self, b_idx: torch.Tensor, h_idx: torch.Tensor) -> torch.Tensor:
         """[G, pos, K, d_head]: `feature_vectors(b_idx[g], h_idx[g])` for G (sample, head index) pairs."""
         v = self.coef[b_idx, :, :, None] * self.rows[self.row_of[b_idx], h_idx[:, None, None]]
-        if self.head_scale is not None:  # QK-norm: q̂ = q ⊙ w / σ_q (w folded into the rows)
+        if self.head_scale is not None:  # QK-norm q̂ = q ⊙ w / σ_q (w folded into the rows), log-n
             v = v * self.head_scale[b_idx, :, h_idx][:, :, None, None]
         return self.rotate(v) if self.rotate is not None else v  # rotate takes [batch, pos, n, d_head]
 
