@@ -9,10 +9,12 @@ under "completeness": {"<layer>": {"<head>": max_relative_error}}.
 
 from __future__ import annotations
 
+from fra_core.errors import FRAStudioError
+
 LIMIT = 1e-4
 
 
-class CompletenessError(ValueError):
+class CompletenessError(FRAStudioError):
     """The FRA terms do not sum to the model's attention scores (above LIMIT)."""
 
 

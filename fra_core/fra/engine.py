@@ -22,7 +22,8 @@ import torch
 
 from fra_core.fra import arch
 from fra_core.fra.blocks import block_values, merge_top_n, top_m_cells, top_n_block
-from fra_core.fra.options import FRAInputError, FRAOptions, check_layer_heads, check_model_supported, check_tokens
+from fra_core.fra.guard import check_model_supported
+from fra_core.fra.options import FRAInputError, FRAOptions, check_layer_heads, check_tokens
 from fra_core.fra.precision import float32_model, is_half
 from fra_core.fra.result import FRAResult, transform
 from fra_core.fra.sides import build_side, cache_hooks, parse_dictionary

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
+from fra_core.errors import FRAStudioError
 
-class FRAInputError(ValueError):
+
+class FRAInputError(FRAStudioError):
     """Input that the FRA engine cannot decompose (shapes, ranges, unsupported model configs)."""
 
 
@@ -83,9 +85,3 @@ def check_layer_heads(model, layer: int, heads: int | Sequence[int] | None) -> l
         raise FRAInputError(f"heads {heads} lists a head twice: every entry would be duplicated")
     return heads
 
-
-def check_model_supported(model, layer: int | None = None) -> None:
-    """Raise FRAInputError for configs the engine does not model (the allow-list of `guard.py`)."""
-    from fra_core.fra.guard import check_model_supported as check
-
-    check(model, layer)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from fra_core.fra.options import FRAInputError, check_layer_heads, check_model_supported, check_tokens
+from fra_core.fra.guard import check_model_supported
+from fra_core.fra.options import FRAInputError, check_layer_heads, check_tokens
 from fra_core.fra.sides import parse_dictionary, sae_decoder, side_maps
 
 

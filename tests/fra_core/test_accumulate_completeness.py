@@ -3,8 +3,9 @@ decomposition that does not describe the model stops the job before anything is 
 
 import pytest
 
-from fra_core import accumulate_shards as shards
-from fra_core.accumulate import AccumulateError, AccumulateFRAConfig, run_accumulate
+from fra_core import contracts as shards
+from fra_core.accumulate import AccumulateError, AccumulateFRAConfig
+from fra_core.accumulate.run import run_accumulate
 from fra_core.datasets import open_texts
 from fra_core.jobs import Progress
 from tests.fra_core.accumulate_helpers import assert_totals_equal, direct_totals, shard_totals, tiny_sae
@@ -15,9 +16,9 @@ CFG = dict(model="tiny", q_saes=("tiny-sae",), n_samples=5, batch_size=2, shard_
 
 
 def _model(root, **flags):
-    from fra_core.vocab_tokenizer import load_tokenizer
+    from fra_core.models.tiny import make_tiny_model
+    from fra_core.models.tokenizers import load_tokenizer
     from tests.fra_core.accumulate_helpers import demo_tokenizer_folder
-    from tests.helpers import make_tiny_model
 
     tok = load_tokenizer(demo_tokenizer_folder(root))
     model = make_tiny_model(d_vocab=len(tok), n_ctx=64, default_prepend_bos=True, **flags)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fra_core import accumulate_shards as shards
+from fra_core import contracts as shards
 from fra_core import jobs
 from tests.pages.test_fra_accumulate_page import _close_cached_stores, _job_from_the_form  # noqa: F401
 

@@ -16,10 +16,10 @@ def gqa_ws(workspace):
     import torch
 
     from fra_core.models import save_local_model
-    from fra_core.vocab_tokenizer import load_tokenizer
+    from fra_core.models.tiny import make_tiny_model
+    from fra_core.models.tokenizers import load_tokenizer
     from tests.fra_core.accumulate_helpers import demo_tokenizer_folder
     from tests.fra_core.fra.helpers_fra import make_sae
-    from tests.helpers import make_tiny_model
 
     tok = load_tokenizer(demo_tokenizer_folder(workspace.root))
     model = make_tiny_model(d_vocab=len(tok), n_ctx=64, normalization_type="RMS", positional_embedding_type="rotary",

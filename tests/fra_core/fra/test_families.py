@@ -10,9 +10,8 @@ import pytest
 import torch
 from transformer_lens import HookedTransformerConfig
 
-from fra_core.fra import FRAInputError, FRAOptions, compute_fra, reference_fra
-from fra_core.fra import guard
-from fra_core.fra.families import FAMILIES, T, TOL, WINDOW, build_model, check_family, family_sides
+from fra_core.fra import FRAInputError, FRAOptions, compute_fra, guard, reference_fra
+from fra_core.fra.families import FAMILIES, TOL, WINDOW, T, build_model, check_family, family_sides
 
 from .test_fra_reference import engine_entries
 
@@ -222,3 +221,14 @@ def test_random_configurations_are_exact_or_refused(seed, monkeypatch):
         refusals = [v for v in r.sides.values() if isinstance(v, str)]
         assert r.status != "WRONG", (FAMILIES[name], r.sides)
         assert all(re.search(r"\(\w+=|blocks\.\d+\.\w+ \(", m) for m in refusals), (FAMILIES[name], refusals)
+
+
+def test_cell_outside_the_window_is_named_as_such():
+    from fra_core.fra.cells import ExploreError, check_cell
+
+    model = build_model("Mistral")
+    tok = torch.randint(0, model.cfg.d_vocab, (1, T))
+    res = compute_fra(model, tok, 2, [0], family_sides(model, 2)["resid_pre"], None, FRAOptions(k_active=48))
+    check_cell(res, 0, 0, T - 1, T - WINDOW)  # the oldest key inside the window
+    with pytest.raises(ExploreError, match="outside query 11's attention window"):
+        check_cell(res, 0, 0, T - 1, T - WINDOW - 1)
