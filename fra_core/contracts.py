@@ -15,6 +15,8 @@ An accumulation job folder's `shards/` holds, per shard `i` (a batch of samples)
     shard-000042.features.parquet  active-token counts per (source, feature) (FEATURES_SCHEMA)
     shard-000042.feature_tokens.parquet  each feature's most frequent tokens, and tokens before it, where it
                                    is active in the shard (FEATURE_TOKENS_SCHEMA; absent in older shards)
+    shard-000042.feature_acts.parquet / .feature_hist.parquet  top and sampled activations per feature
+                                   with their context windows, and activation histograms (absent in older shards)
     shard-000042.json              manifest: written last, so its presence marks a complete shard
 
 Every file is written to a temp name and moved into place with `os.replace`, and the manifest comes
@@ -58,9 +60,20 @@ FEATURES_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()), ("n
 FEATURE_TOKENS_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()), ("kind", pa.string()),
                                    ("token", pa.string()), ("n", pa.uint64())])
 
+# per feature: its largest ('top') and randomly drawn ('sample') activations, each with the feature's activation
+# on the tokens around it (ctx_acts, NaN outside the sample), and a log2-binned activation histogram
+# (fra_core.accumulate.feature_acts)
+FEATURE_ACTS_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()), ("kind", pa.string()),
+                                 ("sample", pa.uint64()), ("pos", pa.uint16()), ("value", pa.float32()),
+                                 ("ctx_acts", pa.list_(pa.float32()))])
+FEATURE_HIST_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()), ("bin", pa.int16()),
+                                 ("n", pa.uint64())])
+
 KINDS = {"pairs": PAIRS_SCHEMA, "examples": EXAMPLES_SCHEMA, "samples": SAMPLES_SCHEMA,
-         "features": FEATURES_SCHEMA, "feature_tokens": FEATURE_TOKENS_SCHEMA}
-OPTIONAL_KINDS = ("feature_tokens",)  # shards written before it existed are read as if it were empty
+         "features": FEATURES_SCHEMA, "feature_tokens": FEATURE_TOKENS_SCHEMA,
+         "feature_acts": FEATURE_ACTS_SCHEMA, "feature_hist": FEATURE_HIST_SCHEMA}
+# shards written before these existed are read as if they were empty
+OPTIONAL_KINDS = ("feature_tokens", "feature_acts", "feature_hist")
 _MANIFEST_RE = re.compile(r"^shard-(\d{6})\.json$")
 
 

@@ -1,0 +1,146 @@
+"""Read queries of the Feature page: one feature of one SAE across the stored runs (no torch, no streamlit).
+
+A feature is (sae_id, feature id); a run holds it as one of its sources (`sources.sae_id`). Every query
+takes the run and that source (`src`), and returns a small DataFrame / dict:
+
+* `feature_runs`     the runs whose sources include the SAE (newest first; failed runs last)
+* `feature_overview` density (active tokens / tokens seen), labels (human: features.label, automatic:
+                     feature_auto_labels — the one meaning string every page shows), top tokens
+* `feature_histogram` its log2-binned activation counts (feature_hist)
+* `feature_contexts`  its top activations ('top') or quantile groups of its randomly drawn ones ('sample'),
+                     each with the tokens around it and the feature's activation on each
+* `partners_by_head` its top FRA partners on one side, per head
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from store.errors import StoreError
+from store.queries import LABEL_COLUMNS, label_joins
+from store.sqlparts import _cols, metric_sql, resolve_run
+
+HIST_STEPS = 2  # bins per octave of feature_hist (fra_core.accumulate.feature_acts.HIST_STEPS)
+
+
+def feature_runs(con, sae_id: str, model_id: str | None = None) -> pd.DataFrame:
+    """Runs with a source of `sae_id` (and of `model_id` when given): id, name, status, model_id, src,
+    layer, n_samples; finished runs first, newest first."""
+    sql = """SELECT r.id, r.name, r.status, r.model_id, s.src, r.layer, r.n_samples, r.n_pairs
+             FROM sources s JOIN runs r ON r.id = s.run
+             WHERE s.sae_id = ? AND (? IS NULL OR r.model_id = ?)
+             ORDER BY (r.status = 'failed'), (r.status <> 'done'), r.id DESC"""
+    return con.execute(sql, [sae_id, model_id, model_id]).df()
+
+
+def feature_overview(con, run: int | str, feature: int, src: int = 0) -> dict:
+    """sae_id, hook, d_sae, n_active, n_tokens, density, label (human), auto_label, top_tokens
+    [(token, n)], top_prev [(token, n)] of a feature in a run; StoreError if the run has no such source."""
+    run_id = resolve_run(con, run)
+    row = con.execute("SELECT sae_id, hook, d_sae FROM sources WHERE run = ? AND src = ?",
+                      [run_id, int(src)]).fetchone()
+    if row is None:
+        raise StoreError(f"run #{run_id} has no source {src}")
+    sae_id, hook, d_sae = row
+    if d_sae is not None and not 0 <= int(feature) < int(d_sae):
+        raise StoreError(f"feature {feature} is outside {sae_id} (d_sae = {d_sae}: ids 0 … {int(d_sae) - 1})")
+    n_active = con.execute("SELECT sum(n_active) FROM feature_counts WHERE run = ? AND src = ? AND feature = ?",
+                           [run_id, int(src), int(feature)]).fetchone()[0]
+    n_tokens = _tokens_seen(con, run_id)
+    label = con.execute("SELECT label FROM features WHERE sae_id = ? AND feature = ?", [sae_id, int(feature)]).fetchone()
+    auto = con.execute("SELECT label FROM feature_auto_labels WHERE run = ? AND src = ? AND feature = ?",
+                       [run_id, int(src), int(feature)]).fetchone()
+    toks = con.execute("""SELECT kind, token, sum(n) AS n FROM feature_tokens
+                          WHERE run = ? AND src = ? AND feature = ? GROUP BY ALL ORDER BY n DESC, token""",
+                       [run_id, int(src), int(feature)]).fetchall()
+    n_active = int(n_active or 0)
+    return {"sae_id": sae_id, "hook": hook, "d_sae": d_sae, "n_active": n_active, "n_tokens": n_tokens,
+            "density": n_active / n_tokens if n_tokens else None, "label": label[0] if label else None,
+            "auto_label": auto[0] if auto else None,
+            "top_tokens": [(t, int(n)) for k, t, n in toks if k == "tok"][:10],
+            "top_prev": [(t, int(n)) for k, t, n in toks if k == "prev"][:10]}
+
+
+def _tokens_seen(con, run_id: int) -> int:
+    """Tokens the run's job encoded (every source sees every token of every processed sample)."""
+    return int(con.execute("SELECT sum(n_tokens) FROM samples_done WHERE run = ?", [run_id]).fetchone()[0] or 0)
+
+
+def feature_histogram(con, run: int | str, feature: int, src: int = 0) -> pd.DataFrame:
+    """bin_lo, bin_hi (activation), count: the feature's activations in log2-spaced bins."""
+    run_id = resolve_run(con, run)
+    df = con.execute("""SELECT bin, sum(n) AS count FROM feature_hist WHERE run = ? AND src = ? AND feature = ?
+                        GROUP BY bin ORDER BY bin""", [run_id, int(src), int(feature)]).df()
+    df["bin_lo"] = [2.0 ** (b / HIST_STEPS) for b in df["bin"]]
+    df["bin_hi"] = [2.0 ** ((b + 1) / HIST_STEPS) for b in df["bin"]]
+    return df[["bin_lo", "bin_hi", "count"]]
+
+
+def feature_contexts(con, run: int | str, feature: int, src: int = 0, *, kind: str = "top", n: int = 10,
+                     groups: int = 5) -> pd.DataFrame:
+    """The feature's stored activations with their contexts: value, sample, pos, tokens (the window's
+    token strings), acts (the feature's activation on each; 0 where inactive), center (index of the
+    activating token in `tokens`). kind='top': the `n` largest; kind='sample': the randomly drawn ones
+    split into `groups` equal-width activation intervals (0 … max) as `group` ('0.41 – 0.82'), at most
+    `n` per group, highest interval first."""
+    if kind not in ("top", "sample"):
+        raise StoreError(f"kind must be 'top' or 'sample', got {kind!r}")
+    run_id = resolve_run(con, run)
+    limit = "" if kind == "sample" else f"LIMIT {int(n)}"
+    df = con.execute(f"""
+        SELECT a.value, a.sample, a.pos, a.ctx_acts, s.tokens
+        FROM (SELECT * FROM feature_acts WHERE run = ? AND src = ? AND feature = ? AND kind = ?
+              ORDER BY abs(value) DESC, sample, pos {limit}) a
+        LEFT JOIN samples_done s ON s.run = ? AND s.sample = a.sample
+        ORDER BY abs(a.value) DESC, a.sample, a.pos""", [run_id, int(src), int(feature), kind, run_id]).df()
+    rows = [_window(r) for r in df.itertuples()]
+    out = pd.DataFrame(rows, columns=["value", "sample", "pos", "tokens", "acts", "center"])
+    if kind == "sample" and len(out):
+        top = con.execute("SELECT max(abs(value)) FROM feature_acts WHERE run = ? AND src = ? AND feature = ?",
+                          [run_id, int(src), int(feature)]).fetchone()[0] or 1.0
+        width = top / groups
+        idx = [min(int(abs(v) // width), groups - 1) for v in out["value"]]
+        out["group"] = [f"{i * width:.3g} – {(i + 1) * width:.3g}" for i in idx]
+        out["_g"] = idx
+        out = (out.sort_values(["_g", "value"], ascending=False, kind="stable").groupby("_g", sort=False)
+               .head(n).drop(columns="_g").reset_index(drop=True))
+    return out
+
+
+def _window(r) -> tuple:
+    tokens = list(r.tokens) if r.tokens is not None else []
+    window = [] if r.ctx_acts is None else list(r.ctx_acts)
+    half = len(window) // 2
+    lo = r.pos - half
+    pairs = [(tokens[lo + i], 0.0 if (a is None or math.isnan(a)) else float(a))
+             for i, a in enumerate(window) if 0 <= lo + i < len(tokens) and not (a is not None and math.isnan(a))]
+    start = max(lo, 0)
+    return (float(r.value), int(r.sample), int(r.pos), [t for t, _ in pairs], [a for _, a in pairs],
+            int(r.pos) - start)
+
+
+def partners_by_head(con, run: int | str, feature: int, src: int = 0, *, side: str = "query",
+                     metric: str = "mean_abs", n: int = 5, min_count: int = 1, diagonal: bool = True) -> pd.DataFrame:
+    """Per head: the feature's `n` best partners by `metric` when it sits on `side` ('query': its key
+    partners, 'key': its query partners), with the partner's label: layer, head, partner, partner_src,
+    value, n, mean, label."""
+    if side not in ("query", "key"):
+        raise StoreError(f"side must be 'query' or 'key', got {side!r}")
+    run_id = resolve_run(con, run)
+    me, other = ("q", "k") if side == "query" else ("k", "q")
+    nn = _cols(diagonal)[0]
+    m = metric_sql(metric, diagonal)
+    df = con.execute(f"""
+        WITH top AS (
+            SELECT *, {m} AS value, {nn} AS n_occ FROM pair_stats
+            WHERE run = ? AND {me}_feat = ? AND {me}_src = ? AND {nn} >= ?
+            QUALIFY row_number() OVER (PARTITION BY layer, head ORDER BY {m} DESC NULLS LAST, {other}_feat) <= ?)
+        SELECT t.layer, t.head, t.{other}_feat AS partner, t.{other}_src AS partner_src, t.value, t.n_occ AS n,
+               t.sum / nullif(t.n, 0) AS mean, {LABEL_COLUMNS}
+        FROM top t {label_joins("t", run_id)}
+        ORDER BY t.layer, t.head, t.value DESC NULLS LAST, partner""",
+                       [run_id, int(feature), int(src), max(int(min_count), 1), int(n)]).df()
+    df["label"] = df["k_label" if side == "query" else "q_label"]
+    return df.drop(columns=["q_label", "k_label"])
