@@ -13,6 +13,7 @@ import streamlit as st
 from store import METRICS, StoreBusy, StoreError, compare_summary, run_sql_readonly
 from ui import common as ui
 from ui import store as ui_store
+from ui import tables as ui_tables
 from ui.store import METRIC_LABELS
 
 ORDERS = {"desc": "largest first", "asc": "smallest first", "abs": "largest |value| first"}
@@ -41,7 +42,9 @@ if not rows:
     st.stop()
 if st.session_state.get("pt_run") not in rows:
     st.session_state.pop("pt_run", None)
-run_id = st.selectbox("Run", list(rows), format_func=lambda i: ui_store.run_label(rows[i]), key="pt_run")
+# finished runs first, failed ones last (never the default: a failed job's partial pairs mislead)
+ordered = sorted(rows, key=lambda i: (rows[i]["status"] == "failed", rows[i]["status"] != "done"))
+run_id = st.selectbox("Run", ordered, format_func=lambda i: ui_store.run_label(rows[i]), key="pt_run")
 st.session_state["pt_last_run"] = (run_id, rows[run_id]["name"])
 version = ui_store.run_version(runs, run_id)
 
@@ -56,6 +59,7 @@ except StoreError as exc:
     ui.show_error(exc)
     st.stop()
 sources = {int(s["src"]): s["name"] for s in info["sources"]}
+sae_of_src = {int(s["src"]): s["sae_id"] for s in info["sources"]}
 st.caption(f"model **{info['model_id']}** · SAEs {info['q_sae_id']} × {info['k_sae_id']} · layer {info['layer']} · "
            f"status {info['status']} · created {info['created']} · wall time "
            f"{'%.1f s' % info['wall_s'] if info['wall_s'] else '—'} · completeness "
@@ -100,13 +104,16 @@ def show_top() -> None:
         st.info("No pair matches these filters.")
         return
     st.caption(f"{len(df):,} pairs shown, by {METRIC_LABELS[metric]} ({ORDERS[order]}); the Charts view plots them.")
-    hidden = () if len(sources) > 1 else ("q_src", "k_src")
-    keep = [col for col in df.columns if not df[col].isna().all() and col not in hidden]
+    totals = q("head_summary", run_id).set_index(["layer", "head"])["abs_sum"]
+    df["share"] = [a / totals.get((la, h), float("nan")) for a, la, h in zip(df["abs_sum"], df["layer"], df["head"])]
+    table, config = ui_tables.pair_view(df, sae_of_src, info["model_id"], run_id)
     values = df["value"].dropna()
     lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
-    bar = st.column_config.ProgressColumn(METRIC_LABELS[metric], format="%.4g", min_value=min(lo, 0.0),
-                                          max_value=max(hi, lo + 1e-12, 0.0))
-    st.dataframe(df[keep], hide_index=True, width="stretch", column_config={"value": bar})
+    config["value"] = st.column_config.ProgressColumn(METRIC_LABELS[metric], format="%.4g", min_value=min(lo, 0.0),
+                                                      max_value=max(hi, lo + 1e-12, 0.0))
+    config["share"] = st.column_config.NumberColumn("share", format="percent",
+                                                    help="the pair's Σ|FRA| / its head's Σ|FRA|")
+    st.dataframe(table, hide_index=True, width="stretch", column_config=config)
 
 
 def show_feature() -> None:

@@ -3,6 +3,7 @@
 A feature is (sae_id, feature id); a run holds it as one of its sources (`sources.sae_id`). Every query
 takes the run and that source (`src`), and returns a small DataFrame / dict:
 
+* `feature_saes`     the SAEs of the stored runs, with their models
 * `feature_runs`     the runs whose sources include the SAE (newest first; failed runs last)
 * `feature_overview` density (active tokens / tokens seen), labels (human: features.label, automatic:
                      feature_auto_labels — the one meaning string every page shows), top tokens
@@ -23,6 +24,13 @@ from store.queries import LABEL_COLUMNS, label_joins
 from store.sqlparts import _cols, metric_sql, resolve_run
 
 HIST_STEPS = 2  # bins per octave of feature_hist (fra_core.accumulate.feature_acts.HIST_STEPS)
+
+
+def feature_saes(con) -> pd.DataFrame:
+    """The SAEs of the stored runs: sae_id, model_id, runs (how many), d_sae; most used first."""
+    return con.execute("""SELECT s.sae_id, r.model_id, count(DISTINCT r.id) AS runs, max(s.d_sae) AS d_sae
+                          FROM sources s JOIN runs r ON r.id = s.run WHERE s.sae_id IS NOT NULL
+                          GROUP BY ALL ORDER BY runs DESC, s.sae_id, r.model_id""").df()
 
 
 def feature_runs(con, sae_id: str, model_id: str | None = None) -> pd.DataFrame:
