@@ -33,7 +33,7 @@ if saes.empty:
     st.stop()
 
 # ----------------------------------------------------------------------------- query parameters → widgets
-params = st.query_params.to_dict()
+params = {k: v for k, v in st.query_params.to_dict().items() if k in ("model", "sae", "feature", "run")}
 if params and params != st.session_state.get(f"{P}_applied"):
     choices = list(zip(saes["sae_id"], saes["model_id"]))
     wanted = (params.get("sae"), params.get("model"))

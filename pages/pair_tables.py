@@ -12,6 +12,7 @@ import streamlit as st
 
 from store import METRICS, StoreBusy, StoreError, compare_summary, run_sql_readonly
 from ui import common as ui
+from ui import persist
 from ui import store as ui_store
 from ui import tables as ui_tables
 from ui.store import METRIC_LABELS
@@ -22,7 +23,17 @@ VIEWS = ["Top pairs", "Feature", "Charts", "Compare", "Export", "SQL"]
 HEAD_COLUMNS = {"unique_pairs": "unique pairs", "occurrences": "occurrences", "mean_abs": "mean |FRA| per occurrence",
                 "max_abs": "max |FRA|", "self_pair_share": "self-pair share of unique pairs"}
 
+# every filter: kept across navigation and written to the URL under its widget key (a view can be shared
+# as a link; the keys cannot collide with another page's parameters)
+FIELDS = {"pt_run": ("pt_run", persist.as_int), "pt_metric": ("pt_metric", persist.choice(METRICS)),
+          "pt_order": ("pt_order", persist.choice(ORDERS)), "pt_head": ("pt_head", str), "pt_feature": ("pt_feature", str),
+          "pt_side": ("pt_side", persist.choice(["either", "query", "key"])),
+          "pt_min_count": ("pt_min_count", persist.int_in(1)), "pt_self": ("pt_self", persist.choice(SELF_MODES)),
+          "pt_diag": ("pt_diag", persist.as_bool), "pt_rows": ("pt_rows", persist.int_in(1, 10_000)),
+          "pt_view": ("pt_view", persist.choice(VIEWS))}
+
 st.title("Pair tables")
+persist.restore("pair_tables", FIELDS)
 _, sync_errors = ui_store.sync_jobs()
 for message in sync_errors:
     st.warning(message)
@@ -77,6 +88,8 @@ if not heads:
 
 # ----------------------------------------------------------------------------- filters
 head_options = {"all heads": (None, None), **{f"L{layer}H{head}": (layer, head) for layer, head in heads}}
+if st.session_state.get("pt_head") not in head_options:
+    st.session_state.pop("pt_head", None)
 c = st.columns([1.3, 1.2, 1, 1, 1, 1])
 metric = c[0].selectbox("Rank by", METRICS, format_func=METRIC_LABELS.get, key="pt_metric")
 order = c[1].selectbox("Order", list(ORDERS), format_func=ORDERS.get, key="pt_order")
@@ -96,6 +109,7 @@ if feature_text.strip():
     feature = int(feature_text)
 where = dict(layer=layer, head=head, feature=feature, side=side, self_pairs=self_pairs, min_count=min_count)
 view = st.radio("View", VIEWS, horizontal=True, key="pt_view", label_visibility="collapsed")
+persist.save("pair_tables", FIELDS)
 
 
 def show_top() -> None:

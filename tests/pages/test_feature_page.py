@@ -97,3 +97,28 @@ def test_page_never_imports_torch(runs_ws):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"heavy": [], "exceptions": [], "errors": []}, out
+
+
+def test_pair_table_filters_survive_navigation_and_come_from_the_url(runs_ws):
+    at = _open(page="pages/pair_tables.py")
+    at.selectbox(key="pt_metric").set_value("mean_abs").run()
+    at.selectbox(key="pt_head").set_value("L1H1").run()
+    at.number_input(key="pt_min_count").set_value(2).run()
+    at.checkbox(key="pt_diag").uncheck().run()
+    _ok(at)
+    assert at.query_params["pt_metric"] in ("mean_abs", ["mean_abs"])
+    shown = at.dataframe[0].value
+    at.switch_page(PAGE).run()  # away (the page's widgets are not rendered: Streamlit drops their state)
+    _ok(at)
+    at.switch_page("pages/pair_tables.py").run()
+    _ok(at)
+    assert at.selectbox(key="pt_metric").value == "mean_abs" and at.selectbox(key="pt_head").value == "L1H1"
+    assert at.number_input(key="pt_min_count").value == 2 and at.checkbox(key="pt_diag").value is False
+    assert at.dataframe[0].value.equals(shown)
+    # a shared URL opens the same view; a bad parameter is named, not a traceback
+    at2 = _open({"pt_metric": "count", "pt_head": "L1H0", "pt_min_count": "0", "pt_view": "Charts"},
+                page="pages/pair_tables.py")
+    assert not at2.exception
+    assert at2.selectbox(key="pt_metric").value == "count" and at2.selectbox(key="pt_head").value == "L1H0"
+    assert at2.radio(key="pt_view").value == "Charts"
+    assert any("pt_min_count = '0'" in e.value for e in at2.error)
