@@ -18,7 +18,10 @@ from fra_core.accumulate import KIND, AccumulateFRAConfig
 from fra_core.datasets import open_texts
 from store import StoreBusy, StoreError, delete_run
 from ui import common as ui
+from ui import launch as ui_launch
 from ui import store as ui_store
+from ui.help_texts import ACCUMULATE as H
+from ui.tables import fmt_eta, fmt_rate, fmt_seconds
 
 DEMO_SAES = ("demo-l1-ln1", "demo-l0-hook-z")
 SOURCES = {"Demo texts": "demo", "Local file (.txt / .jsonl)": "file", "Saved HF dataset (folder)": "disk",
@@ -59,44 +62,44 @@ def check_saes(refs: list[str]) -> None:
 with st.expander("New accumulation run", expanded=True):
     c = st.columns(3)
     models = ["demo", *folders(ws.models, "config.json"), "gpt2-small", "other…"]
-    model = c[0].selectbox("Model", models, key="acc_model")
+    model = c[0].selectbox("Model", models, key="acc_model", help=H["acc_model"])
     if model == "other…":
-        model = c[0].text_input("TransformerLens model name", key="acc_model_name").strip()
+        model = c[0].text_input("TransformerLens model name", key="acc_model_name", help=H["acc_model_name"]).strip()
     saes = sorted(set(DEMO_SAES) | set(folders(ws.saes, "cfg.json")))
-    q_saes = c[1].multiselect("Query-side SAE(s)", saes, default=["demo-l1-ln1"], key="acc_q_saes")
-    k_saes = c[2].multiselect("Key-side SAE(s) (empty = same as query side)", saes, key="acc_k_saes")
-    extra = st.text_input("Other query-side SAE refs (comma-separated)", key="acc_extra_saes",
+    q_saes = c[1].multiselect("Query-side SAE(s)", saes, default=["demo-l1-ln1"], key="acc_q_saes", help=H["acc_q_saes"])
+    k_saes = c[2].multiselect("Key-side SAE(s) (empty = same as query side)", saes, key="acc_k_saes", help=H["acc_k_saes"])
+    extra = st.text_input("Other query-side SAE refs (comma-separated)", key="acc_extra_saes", help=H["acc_extra_saes"],
                           placeholder="ckkissane:/path/to/sae.pt, release:<release>/<sae_id>, /path/to/folder")
     q_saes = q_saes + [s.strip() for s in extra.split(",") if s.strip()]
     c = st.columns(3)
-    layer = int(c[0].number_input("Layer", min_value=0, value=1, step=1, key="acc_layer"))
-    heads_text = c[1].text_input("Heads (comma-separated; blank = all)", key="acc_heads")
-    source = SOURCES[c[2].selectbox("Dataset", list(SOURCES), key="acc_source")]
+    layer = int(c[0].number_input("Layer", min_value=0, value=1, step=1, key="acc_layer", help=H["acc_layer"]))
+    heads_text = c[1].text_input("Heads (comma-separated; blank = all)", key="acc_heads", help=H["acc_heads"])
+    source = SOURCES[c[2].selectbox("Dataset", list(SOURCES), key="acc_source", help=H["acc_source"])]
     location, column, split = "", "text", "train"
     if source != "demo":
         c = st.columns([3, 1, 1])
         hint = {"file": "path/to/texts.txt or .jsonl (relative: workspace datasets/ folder)",
                 "disk": "folder written by datasets.save_to_disk", "hf": "Elriggs/openwebtext-100k"}[source]
-        location = c[0].text_input("Dataset path or name", key="acc_location", placeholder=hint).strip()
-        column = c[1].text_input("Text column", "text", key="acc_column").strip() or "text"
-        split = c[2].text_input("Split", "train", key="acc_split").strip() or "train"
+        location = c[0].text_input("Dataset path or name", key="acc_location", help=H["acc_location"], placeholder=hint).strip()
+        column = c[1].text_input("Text column", "text", key="acc_column", help=H["acc_column"]).strip() or "text"
+        split = c[2].text_input("Split", "train", key="acc_split", help=H["acc_split"]).strip() or "train"
     c = st.columns(4)
-    n_samples = int(c[0].number_input("Samples", min_value=1, value=256, step=64, key="acc_n_samples"))
-    context = int(c[1].number_input("Context length (tokens)", min_value=2, value=64, step=16, key="acc_context"))
-    batch = int(c[2].number_input("Batch size", min_value=1, value=8, key="acc_batch"))
-    shard = int(c[3].number_input("Samples per shard", min_value=1, value=64, key="acc_shard"))
+    n_samples = int(c[0].number_input("Samples", min_value=1, value=256, step=64, key="acc_n_samples", help=H["acc_n_samples"]))
+    context = int(c[1].number_input("Context length (tokens)", min_value=2, value=64, step=16, key="acc_context", help=H["acc_context"]))
+    batch = int(c[2].number_input("Batch size", min_value=1, value=8, key="acc_batch", help=H["acc_batch"]))
+    shard = int(c[3].number_input("Samples per shard", min_value=1, value=64, key="acc_shard", help=H["acc_shard"]))
     c = st.columns(4)
-    top_m = int(c[0].number_input("Top-m pairs per cell", min_value=1, value=8, key="acc_top_m"))
-    k_active = int(c[1].number_input("Active features per position", min_value=1, value=64, key="acc_k_active"))
-    examples = int(c[2].number_input("Examples kept per pair", min_value=0, value=3, key="acc_examples"))
-    seed = int(c[3].number_input("Seed", min_value=0, value=0, key="acc_seed"))
+    top_m = int(c[0].number_input("Top-m pairs per cell", min_value=1, value=8, key="acc_top_m", help=H["acc_top_m"]))
+    k_active = int(c[1].number_input("Active features per position", min_value=1, value=64, key="acc_k_active", help=H["acc_k_active"]))
+    examples = int(c[2].number_input("Examples kept per pair", min_value=0, value=3, key="acc_examples", help=H["acc_examples"]))
+    seed = int(c[3].number_input("Seed", min_value=0, value=0, key="acc_seed", help=H["acc_seed"]))
     c = st.columns(3)
-    flags = dict(prepend_bos=c[0].checkbox("Prepend BOS", True, key="acc_bos"),
-                 include_diagonal=c[0].checkbox("Record the diagonal (query = key)", True, key="acc_diag"),
-                 exclude_bos_key=c[1].checkbox("Exclude BOS as key", key="acc_bos_key"),
-                 exclude_bos_query=c[1].checkbox("Exclude BOS as query", key="acc_bos_query"),
-                 row_centre=c[2].checkbox("Row-centre scores", key="acc_row_centre"),
-                 attention_weighted=c[2].checkbox("Weight by attention", key="acc_attn_weighted"))
+    flags = dict(prepend_bos=c[0].checkbox("Prepend BOS", True, key="acc_bos", help=H["acc_bos"]),
+                 include_diagonal=c[0].checkbox("Record the diagonal (query = key)", True, key="acc_diag", help=H["acc_diag"]),
+                 exclude_bos_key=c[1].checkbox("Exclude BOS as key", key="acc_bos_key", help=H["acc_bos_key"]),
+                 exclude_bos_query=c[1].checkbox("Exclude BOS as query", key="acc_bos_query", help=H["acc_bos_query"]),
+                 row_centre=c[2].checkbox("Row-centre scores", key="acc_row_centre", help=H["acc_row_centre"]),
+                 attention_weighted=c[2].checkbox("Weight by attention", key="acc_attn_weighted", help=H["acc_attn_weighted"]))
     cfg = None
     try:
         heads = tuple(int(h) for h in heads_text.replace(" ", "").split(",") if h)
@@ -117,16 +120,19 @@ with st.expander("New accumulation run", expanded=True):
     if cfg is not None:
         c = st.columns([1, 1, 3])
         c[1].download_button("Config YAML", cfg.to_yaml(), file_name=f"accumulate-{cfg.config_hash()[:8]}.yaml",
-                             mime="application/x-yaml", key="acc_yaml", on_click="ignore")
-        c[2].caption("The YAML runs unchanged headless: `python -m fra_core accumulate --config run.yaml --ingest`")
+                             mime="application/x-yaml", key="acc_yaml", help=H["acc_yaml"], on_click="ignore")
+        c[2].caption("The YAML runs unchanged headless: `python -m fra_core accumulate --config run.yaml --ingest`"
+                     + (f" · estimated time {eta}" if (eta := ui_launch.estimate(cfg, ws)) else ""))
         with st.expander("Config YAML"):
             st.code(cfg.to_yaml(), language="yaml")
-        if c[0].button("Launch", type="primary", key="acc_launch"):
+        if c[0].button("Launch", type="primary", key="acc_launch", help=H["acc_launch"]):
             try:
                 if source != "demo" and not location:
                     raise ValueError("give the dataset's path or name")
                 open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed, ws)  # fails fast, offline too
                 check_saes(list(cfg.q_saes) + list(cfg.k_saes))
+                with st.spinner("Checking the model, the SAEs' fit to it and the layer…"):
+                    ui_launch.check_parts(cfg)  # in this process, before any job folder exists
                 job_dir = jobs.launch_job(ws.jobs, KIND, cfg)
             except ValueError as exc:
                 ui.show_error(exc, "Not launched")
@@ -143,8 +149,10 @@ def job_table(job_list: list[jobs.JobInfo], runs: pd.DataFrame) -> pd.DataFrame:
     for job in job_list:
         s, run = job.status, by_name.get(job.job_id)
         rows.append({"job": job.job_id, "state": job.state, "done": s.get("done"), "total": s.get("total"),
-                     "samples/s": s.get("rate"), "ETA s": s.get("eta_s") if job.state == "running" else None,
-                     "started": s.get("started"), "wall s": s.get("wall_s"),
+                     "rate": fmt_rate(s.get("rate")),
+                     "ETA": fmt_eta(s.get("eta_s"), s.get("done"), s.get("total"), s.get("elapsed_s"))
+                     if job.state == "running" else "—",
+                     "started": s.get("started"), "wall time": fmt_seconds(s.get("wall_s")),
                      "run": None if run is None else int(run["id"]),
                      "ingested samples": None if run is None else int(run["n_samples"]),
                      "pairs": None if run is None else int(run["n_pairs"]), "message": s.get("message")})
@@ -152,7 +160,7 @@ def job_table(job_list: list[jobs.JobInfo], runs: pd.DataFrame) -> pd.DataFrame:
         if name not in {j.job_id for j in job_list}:
             rows.append({"job": name, "state": run["status"], "run": int(run["id"]),
                          "ingested samples": int(run["n_samples"]), "pairs": int(run["n_pairs"]),
-                         "wall s": run["wall_s"], "message": "no job folder"})
+                         "wall time": fmt_seconds(run["wall_s"]), "message": "no job folder"})
     return pd.DataFrame(rows)
 
 
@@ -161,13 +169,13 @@ def job_detail(job: jobs.JobInfo | None, run: pd.Series | None) -> None:
         status = ui.job_progress(job.path)
         meta = jobs.read_json(job.path / "job.json", {}) or {}
         st.caption(f"created {meta.get('created', '—')} · started {status.get('started', '—')} · "
-                   f"updated {status.get('updated', '—')} · wall {status.get('wall_s') or 0:.1f} s · "
+                   f"updated {status.get('updated', '—')} · wall time {fmt_seconds(status.get('wall_s'))} · "
                    f"folder `{job.path}`")
         c = st.columns(3)
-        if status.get("state") in ACTIVE and c[0].button("Cancel", key="acc_cancel"):
+        if status.get("state") in ACTIVE and c[0].button("Cancel", key="acc_cancel", help=H["acc_cancel"]):
             jobs.cancel_job(job.path)
             st.info("Cancel requested: the job stops at its next progress check (its complete shards are kept).")
-        if status.get("state") in ("died", "cancelled", "failed") and c[1].button("Resume", key="acc_resume"):
+        if status.get("state") in ("died", "cancelled", "failed") and c[1].button("Resume", key="acc_resume", help=H["acc_resume"]):
             jobs.start_process(job.path)
             st.info("Resumed: samples of complete shards are skipped, so none is counted twice.")
         config = job.path / "config.yaml"
@@ -180,8 +188,8 @@ def job_detail(job: jobs.JobInfo | None, run: pd.Series | None) -> None:
                 st.code("\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]) or "(empty)")
     if run is not None:
         c = st.columns([1, 2])
-        sure = c[1].checkbox(f"Yes, delete run #{int(run['id'])} from the database", key="acc_delete_sure")
-        if c[0].button("Delete run", key="acc_delete", disabled=not sure):
+        sure = c[1].checkbox(f"Yes, delete run #{int(run['id'])} from the database", key="acc_delete_sure", help=H["acc_delete_sure"])
+        if c[0].button("Delete run", key="acc_delete", help=H["acc_delete"], disabled=not sure):
             try:
                 with ui_store.get_store().write() as con:
                     delete_run(con, int(run["id"]))
@@ -212,7 +220,7 @@ def jobs_panel() -> None:
     names = list(table["job"])
     if st.session_state.get("acc_job") not in names:
         st.session_state.pop("acc_job", None)
-    name = st.selectbox("Job / run", names, key="acc_job")
+    name = st.selectbox("Job / run", names, key="acc_job", help=H["acc_job"])
     job = next((j for j in job_list if j.job_id == name), None)
     match = runs.loc[runs["name"] == name]
     job_detail(job, None if match.empty else match.iloc[0])

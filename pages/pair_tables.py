@@ -15,22 +15,12 @@ from ui import common as ui
 from ui import persist
 from ui import store as ui_store
 from ui import tables as ui_tables
+from ui.help_texts import PAIR_TABLES as H
+from ui.pair_filters import FIELDS, ORDERS, SELF_MODES, VIEWS
 from ui.store import METRIC_LABELS
 
-ORDERS = {"desc": "largest first", "asc": "smallest first", "abs": "largest |value| first"}
-SELF_MODES = {"include": None, "only": "only", "exclude": "exclude"}
-VIEWS = ["Top pairs", "Feature", "Charts", "Compare", "Export", "SQL"]
 HEAD_COLUMNS = {"unique_pairs": "unique pairs", "occurrences": "occurrences", "mean_abs": "mean |FRA| per occurrence",
                 "max_abs": "max |FRA|", "self_pair_share": "self-pair share of unique pairs"}
-
-# every filter: kept across navigation and written to the URL under its widget key (a view can be shared
-# as a link; the keys cannot collide with another page's parameters)
-FIELDS = {"pt_run": ("pt_run", persist.as_int), "pt_metric": ("pt_metric", persist.choice(METRICS)),
-          "pt_order": ("pt_order", persist.choice(ORDERS)), "pt_head": ("pt_head", str), "pt_feature": ("pt_feature", str),
-          "pt_side": ("pt_side", persist.choice(["either", "query", "key"])),
-          "pt_min_count": ("pt_min_count", persist.int_in(1)), "pt_self": ("pt_self", persist.choice(SELF_MODES)),
-          "pt_diag": ("pt_diag", persist.as_bool), "pt_rows": ("pt_rows", persist.int_in(1, 10_000)),
-          "pt_view": ("pt_view", persist.choice(VIEWS))}
 
 st.title("Pair tables")
 persist.restore("pair_tables", FIELDS)
@@ -55,7 +45,7 @@ if st.session_state.get("pt_run") not in rows:
     st.session_state.pop("pt_run", None)
 # finished runs first, failed ones last (never the default: a failed job's partial pairs mislead)
 ordered = sorted(rows, key=lambda i: (rows[i]["status"] == "failed", rows[i]["status"] != "done"))
-run_id = st.selectbox("Run", ordered, format_func=lambda i: ui_store.run_label(rows[i]), key="pt_run")
+run_id = st.selectbox("Run", ordered, format_func=lambda i: ui_store.run_label(rows[i]), key="pt_run", help=H["pt_run"])
 st.session_state["pt_last_run"] = (run_id, rows[run_id]["name"])
 version = ui_store.run_version(runs, run_id)
 
@@ -91,16 +81,16 @@ head_options = {"all heads": (None, None), **{f"L{layer}H{head}": (layer, head) 
 if st.session_state.get("pt_head") not in head_options:
     st.session_state.pop("pt_head", None)
 c = st.columns([1.3, 1.2, 1, 1, 1, 1])
-metric = c[0].selectbox("Rank by", METRICS, format_func=METRIC_LABELS.get, key="pt_metric")
-order = c[1].selectbox("Order", list(ORDERS), format_func=ORDERS.get, key="pt_order")
-layer, head = head_options[c[2].selectbox("Head", list(head_options), key="pt_head")]
-feature_text = c[3].text_input("Feature id", key="pt_feature", placeholder="any")
-side = c[4].selectbox("Feature side", ["either", "query", "key"], key="pt_side")
-min_count = int(c[5].number_input("Min count", min_value=1, value=1, step=1, key="pt_min_count"))
+metric = c[0].selectbox("Rank by", METRICS, format_func=METRIC_LABELS.get, key="pt_metric", help=H["pt_metric"])
+order = c[1].selectbox("Order", list(ORDERS), format_func=ORDERS.get, key="pt_order", help=H["pt_order"])
+layer, head = head_options[c[2].selectbox("Head", list(head_options), key="pt_head", help=H["pt_head"])]
+feature_text = c[3].text_input("Feature id", key="pt_feature", help=H["pt_feature"], placeholder="any")
+side = c[4].selectbox("Feature side", ["either", "query", "key"], key="pt_side", help=H["pt_side"])
+min_count = int(c[5].number_input("Min count", min_value=1, value=1, step=1, key="pt_min_count", help=H["pt_min_count"]))
 c = st.columns([2, 2, 1])
-self_pairs = SELF_MODES[c[0].radio("Self-pairs", list(SELF_MODES), horizontal=True, key="pt_self")]
-diagonal = c[1].checkbox("Include the diagonal (query = key position)", value=True, key="pt_diag")
-n_rows = int(c[2].number_input("Rows", min_value=1, max_value=10_000, value=100, step=50, key="pt_rows"))
+self_pairs = SELF_MODES[c[0].radio("Self-pairs", list(SELF_MODES), horizontal=True, key="pt_self", help=H["pt_self"])]
+diagonal = c[1].checkbox("Include the diagonal (query = key position)", value=True, key="pt_diag", help=H["pt_diag"])
+n_rows = int(c[2].number_input("Rows", min_value=1, max_value=10_000, value=100, step=50, key="pt_rows", help=H["pt_rows"]))
 feature = None
 if feature_text.strip():
     if not feature_text.strip().isdigit():
@@ -108,7 +98,7 @@ if feature_text.strip():
         st.stop()
     feature = int(feature_text)
 where = dict(layer=layer, head=head, feature=feature, side=side, self_pairs=self_pairs, min_count=min_count)
-view = st.radio("View", VIEWS, horizontal=True, key="pt_view", label_visibility="collapsed")
+view = st.radio("View", VIEWS, horizontal=True, key="pt_view", help=H["pt_view"], label_visibility="collapsed")
 persist.save("pair_tables", FIELDS)
 
 
@@ -134,10 +124,10 @@ def show_feature() -> None:
     top = q("top_pairs", run_id, metric=metric, n=1, order=order, diagonal=diagonal, **where)
     default = feature if feature is not None else (int(top["q_feat"].iloc[0]) if len(top) else 0)
     c = st.columns([1, 2])
-    fid = int(c[0].number_input("Feature", min_value=0, value=default, step=1, key="pt_feature_view"))
+    fid = int(c[0].number_input("Feature", min_value=0, value=default, step=1, key="pt_feature_view", help=H["pt_feature_view"]))
     src = None
     if len(sources) > 1:
-        src = c[1].selectbox("Dictionary", list(sources), format_func=sources.get, key="pt_src")
+        src = c[1].selectbox("Dictionary", list(sources), format_func=sources.get, key="pt_src", help=H["pt_src"])
     ui_store.feature_label_editor(version, run_id, fid, src if src is not None else next(iter(sources)))
     common = dict(metric=metric, n=20, src=src, layer=layer, head=head, self_pairs=self_pairs, min_count=min_count,
                   diagonal=diagonal)
@@ -170,17 +160,17 @@ def show_charts() -> None:
     top = q("top_pairs", run_id, metric=metric, n=n_rows, order=order, diagonal=diagonal, **where)
     if not top.empty:
         st.altair_chart(ui_charts.top_pairs_bar(top, metric), width="stretch")
-    log_count = st.checkbox("Log-scale counts", key="pt_hist_log")
+    log_count = st.checkbox("Log-scale counts", key="pt_hist_log", help=H["pt_hist_log"])
     hist = q("value_histogram", run_id, metric=metric, bins=50, log_count=log_count, diagonal=diagonal, **where)
     if hist.empty:
         st.info("No pair matches these filters.")
     else:
         st.altair_chart(ui_charts.histogram(hist, metric, log_count), width="stretch")
-    top_n = int(st.number_input("Top N for the self-pair fraction", 1, 10_000, 100, key="pt_top_n"))
+    top_n = int(st.number_input("Top N for the self-pair fraction", 1, 10_000, 100, key="pt_top_n", help=H["pt_top_n"]))
     st.altair_chart(ui_charts.self_fraction(q("self_fraction_by_head", run_id, top_n=top_n, metric=metric), top_n),
                     width="stretch")
     per_head_fra = q("head_summary", run_id)
-    column = st.selectbox("Compare heads by", list(HEAD_COLUMNS), format_func=HEAD_COLUMNS.get, key="pt_head_col")
+    column = st.selectbox("Compare heads by", list(HEAD_COLUMNS), format_func=HEAD_COLUMNS.get, key="pt_head_col", help=H["pt_head_col"])
     st.altair_chart(ui_charts.heads_compared(per_head_fra, column, HEAD_COLUMNS[column]), width="stretch")
     st.dataframe(per_head_fra, hide_index=True, width="stretch")
 
@@ -188,16 +178,16 @@ def show_charts() -> None:
 def show_compare() -> None:
     from ui import charts as ui_charts
 
-    mode = st.radio("Compare", ["two heads", "two runs"], horizontal=True, key="pt_cmp_mode")
-    n = int(st.number_input("Top N of each side", 1, 5_000, 100, key="pt_cmp_n"))
+    mode = st.radio("Compare", ["two heads", "two runs"], horizontal=True, key="pt_cmp_mode", help=H["pt_cmp_mode"])
+    n = int(st.number_input("Top N of each side", 1, 5_000, 100, key="pt_cmp_n", help=H["pt_cmp_n"]))
     c = st.columns(2)
     if mode == "two heads":
         labels = [k for k in head_options if k != "all heads"]
         if len(labels) < 2:
             st.info("This run has one head only: compare two runs instead.")
             return
-        a = c[0].selectbox("Head A", labels, index=0, key="pt_cmp_a")
-        b = c[1].selectbox("Head B", labels, index=1, key="pt_cmp_b")
+        a = c[0].selectbox("Head A", labels, index=0, key="pt_cmp_a", help=H["pt_cmp_a"])
+        b = c[1].selectbox("Head B", labels, index=1, key="pt_cmp_b", help=H["pt_cmp_b"])
         (la, ha), (lb, hb) = head_options[a], head_options[b]
         run_b, ver, names = run_id, version, (a, b)
         kwargs = dict(head_a=ha, head_b=hb, layer=la if la == lb else None)
@@ -206,7 +196,7 @@ def show_compare() -> None:
         if not others:
             st.info("There is no other run to compare with.")
             return
-        run_b = c[0].selectbox("Run B", others, format_func=lambda i: ui_store.run_label(rows[i]), key="pt_cmp_run")
+        run_b = c[0].selectbox("Run B", others, format_func=lambda i: ui_store.run_label(rows[i]), key="pt_cmp_run", help=H["pt_cmp_run"])
         ver = version + ui_store.run_version(runs, run_b)
         names = (f"run #{run_id}", f"run #{run_b}")
         kwargs = dict(head_a=head, head_b=head, layer=layer)
@@ -223,7 +213,7 @@ def show_compare() -> None:
 
 def show_export() -> None:
     limit = int(st.number_input("Rows in the Parquet / CSV export (0 = every matching pair)", 0, None, 100_000,
-                                step=10_000, key="pt_export_limit"))
+                                step=10_000, key="pt_export_limit", help=H["pt_export_limit"]))
     st.caption(f"Pairs matching the filters above, best first by {METRIC_LABELS[metric]}. Files are "
                "built when you click.")
     make = ui_store.export_callables(run_id, dict(metric=metric, diagonal=diagonal, limit=limit or None, **where))
@@ -234,7 +224,8 @@ def show_export() -> None:
             ("csv", "Pairs (CSV)", f"{stem}-pairs.csv", "text/csv"),
             ("html", "HTML report", f"{stem}-report.html", "text/html"),
             ("package", "Results package (.tar.gz)", f"{stem}.tar.gz", "application/gzip")]):
-        col.download_button(label, make[key], file_name=name, mime=mime, on_click="ignore", key=f"pt_dl_{key}")
+        col.download_button(label, make[key], file_name=name, mime=mime, on_click="ignore", key=f"pt_dl_{key}",
+                            help=H[f"pt_dl_{key}"])
 
 
 def show_sql() -> None:
@@ -243,8 +234,8 @@ def show_sql() -> None:
                f"(filter with `run = {run_id}`).")
     sql = st.text_area("SQL", f"SELECT layer, head, count(*) AS pairs, sum(n) AS occurrences, sum(abs_sum) AS abs_sum\n"
                               f"FROM pair_stats WHERE run = {run_id}\nGROUP BY ALL ORDER BY layer, head",
-                       height=120, key="pt_sql")
-    if st.button("Run query", key="pt_sql_run"):
+                       height=120, key="pt_sql", help=H["pt_sql"])
+    if st.button("Run query", key="pt_sql_run", help=H["pt_sql_run"]):
         st.dataframe(run_sql_readonly(ui_store.get_store(), sql), hide_index=True, width="stretch")
 
 

@@ -46,6 +46,7 @@ from store import (
 from store.feature_queries import feature_contexts, feature_histogram, feature_overview, partners_by_head
 from store.page_queries import feature_labels, head_summary, human_labels, run_heads, sample_tokens
 from ui import common as ui
+from ui.help_texts import PAIR_TABLES as HELP
 
 SYNC_EVERY_S = 2.0
 METRIC_LABELS = {"sum": "sum of FRA", "mean": "mean FRA", "abs_sum": "sum of |FRA|", "mean_abs": "mean |FRA|",
@@ -154,8 +155,8 @@ def feature_label_editor(version: tuple, run_id: int, feature: int, src: int) ->
     key = f"pt_label_{run_id}_{src}_{feature}"
     c = st.columns([4, 1], vertical_alignment="bottom")
     c[0].text_input("Your label for this feature (shown in every table of this SAE)", value=info["label"] or "",
-                    key=key, placeholder=info["auto_label"] or "")
-    c[1].button("Save label", key=f"{key}_save", on_click=_save_label, args=(info["sae_id"], feature, key))
+                    key=key, placeholder=info["auto_label"] or "", help=HELP["label"])
+    c[1].button("Save label", key=f"{key}_save", help=HELP["label_save"], on_click=_save_label, args=(info["sae_id"], feature, key))
     if "pt_label_error" in st.session_state:
         st.error(st.session_state.pop("pt_label_error"))
 
@@ -192,10 +193,10 @@ def open_example_controls(version: tuple, run_id: int, info: dict, examples: pd.
     from ui import goto as ui_goto
 
     c = st.columns([4, 1], vertical_alignment="bottom")
-    i = c[0].selectbox("Example to open", range(len(examples)), key="pt_open_example",
+    i = c[0].selectbox("Example to open", range(len(examples)), key="pt_open_example", help=HELP["pt_open_example"],
                        format_func=lambda j: f"{examples['value'].iloc[j]:+.3g} · L{examples['layer'].iloc[j]}"
                                              f"H{examples['head'].iloc[j]} · {examples['context'].iloc[j]}")
-    if c[1].button("Open in Single text FRA", key="pt_open"):
+    if c[1].button("Open in Single text FRA", key="pt_open", help=HELP["pt_open"]):
         row = examples.iloc[int(i)]
         tokens = query("sample_tokens", version, run_id, int(row["sample"]))
         if tokens is None:

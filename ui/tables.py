@@ -84,12 +84,12 @@ def _finite(x: Any) -> float | None:
 
 
 def fmt_seconds(s: Any) -> str:
-    """'0.4 s', '222.7 s', '3 min 42 s', '1 h 05 min'; '—' when unknown."""
+    """'0.4 s', '4 s', '223 s', '5 min 42 s', '1 h 05 min'; '—' when unknown."""
     s = _finite(s)
     if s is None:
         return "—"
     if s < 300:
-        return f"{s:.1f} s" if s < 100 else f"{s:.0f} s"
+        return f"{s:.1f} s" if s < 10 and s != int(s) else f"{s:.0f} s"
     if s < 3600:
         return f"{int(s // 60)} min {int(s % 60):02d} s"
     return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
@@ -110,4 +110,4 @@ def fmt_eta(eta_s: Any, done: Any, total: Any, elapsed_s: Any = None) -> str:
     el = _finite(elapsed_s)
     if d / t < ETA_MIN_DONE_FRACTION and (el is None or el < ETA_MIN_ELAPSED_S):
         return "—"
-    return fmt_seconds(eta)
+    return fmt_seconds(math.ceil(eta))
