@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from store import METRICS, StoreBusy, StoreError, compare_summary, run_sql_readonly
+from store import METRICS, StoreBusy, StoreError, compare_summary
 from ui import common as ui
 from ui import persist
 from ui import store as ui_store
@@ -47,6 +47,7 @@ if st.session_state.get("pt_run") not in rows:
 ordered = sorted(rows, key=lambda i: (rows[i]["status"] == "failed", rows[i]["status"] != "done"))
 run_id = st.selectbox("Run", ordered, format_func=lambda i: ui_store.run_label(rows[i]), key="pt_run", help=H["pt_run"])
 st.session_state["pt_last_run"] = (run_id, rows[run_id]["name"])
+ui_store.failed_run_banner(rows[run_id])
 version = ui_store.run_version(runs, run_id)
 
 
@@ -128,7 +129,11 @@ def show_feature() -> None:
     src = None
     if len(sources) > 1:
         src = c[1].selectbox("Dictionary", list(sources), format_func=sources.get, key="pt_src", help=H["pt_src"])
-    ui_store.feature_label_editor(version, run_id, fid, src if src is not None else next(iter(sources)))
+    src_id = src if src is not None else next(iter(sources))
+    ui_store.feature_label_editor(version, run_id, fid, src_id)
+    st.page_link("pages/feature.py", label=f"Feature {fid}'s page: activations, contexts, partners per head",
+                 icon=":material/open_in_new:", query_params={"model": info["model_id"], "sae": sae_of_src[src_id],
+                                                              "feature": fid, "run": run_id})
     common = dict(metric=metric, n=20, src=src, layer=layer, head=head, self_pairs=self_pairs, min_count=min_count,
                   diagonal=diagonal)
     left, right = st.columns(2)
@@ -141,7 +146,11 @@ def show_feature() -> None:
         else:
             shown = ["partner", "layer", "head", "value", "n", "mean", "max_abs", "self_pair"]
             shown += [x for x in ("k_label", "q_label") if not df[x].isna().all()]
-            col.dataframe(df[shown], hide_index=True, width="stretch")
+            other = "k" if side_ == "query" else "q"
+            df["page"] = [ui_tables.feature_url(f, sae_of_src.get(int(s)), info["model_id"], run_id)
+                          for s, f in zip(df[f"{other}_src"], df["partner"])]
+            col.dataframe(df[["page"] + shown], hide_index=True, width="stretch", column_config={
+                "page": st.column_config.LinkColumn("partner page", display_text=r"feature=(\d+)")})
     st.subheader("Top contexts")
     ex = q("pair_examples", run_id, n=20, feature=fid, side="either", src=src, layer=layer, head=head,
            self_pairs=self_pairs)
@@ -228,20 +237,9 @@ def show_export() -> None:
                             help=H[f"pt_dl_{key}"])
 
 
-def show_sql() -> None:
-    st.caption("One SELECT, on a read-only connection; at most 10 000 rows come back. Tables: runs, sources, "
-               "features, pair_stats, pair_summary, pair_examples, samples_done, ingested_shards, feature_counts "
-               f"(filter with `run = {run_id}`).")
-    sql = st.text_area("SQL", f"SELECT layer, head, count(*) AS pairs, sum(n) AS occurrences, sum(abs_sum) AS abs_sum\n"
-                              f"FROM pair_stats WHERE run = {run_id}\nGROUP BY ALL ORDER BY layer, head",
-                       height=120, key="pt_sql", help=H["pt_sql"])
-    if st.button("Run query", key="pt_sql_run", help=H["pt_sql_run"]):
-        st.dataframe(run_sql_readonly(ui_store.get_store(), sql), hide_index=True, width="stretch")
-
-
 try:
     {"Top pairs": show_top, "Feature": show_feature, "Charts": show_charts, "Compare": show_compare,
-     "Export": show_export, "SQL": show_sql}[view]()
+     "Export": show_export, "SQL": lambda: ui_store.sql_box(run_id, H)}[view]()
 except StoreError as exc:
     ui.show_error(exc)
 except StoreBusy as exc:

@@ -226,3 +226,44 @@ def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable
             return results_package_bytes(cur, run_id)
 
     return {"parquet": pairs("parquet"), "csv": pairs("csv"), "html": report, "package": package}
+
+
+# ----------------------------------------------------------------------------- SQL box, failed runs
+def sql_box(run_id: int, help_texts: dict[str, str]) -> None:
+    """The read-only SQL box of the Pair tables page."""
+    from store import run_sql_readonly
+
+    st.caption("One SELECT, on a read-only connection; at most 10 000 rows come back. Tables: runs, sources, "
+               "features, pair_stats, pair_summary, pair_examples, samples_done, ingested_shards, feature_counts, "
+               f"feature_acts, feature_hist (filter with `run = {run_id}`).")
+    sql = st.text_area("SQL", f"SELECT layer, head, count(*) AS pairs, sum(n) AS occurrences, sum(abs_sum) AS abs_sum\n"
+                              f"FROM pair_stats WHERE run = {run_id}\nGROUP BY ALL ORDER BY layer, head",
+                       height=120, key="pt_sql", help=help_texts["pt_sql"])
+    if st.button("Run query", key="pt_sql_run", help=help_texts["pt_sql_run"]):
+        st.dataframe(run_sql_readonly(get_store(), sql), hide_index=True, width="stretch")
+
+
+def failed_run_banner(row) -> None:
+    """Above a failed run: what failed (once), and a confirmed Delete that removes it from the database."""
+    if row["status"] != "failed":
+        return
+    from store import delete_run
+
+    run_id = int(row["id"])
+    st.warning(f"Run #{run_id} failed: {row['message'] or 'no message'}. Its pairs are partial.",
+               icon=":material/warning:")
+    c = st.columns([1, 3])
+    sure = c[1].checkbox(f"Yes, delete run #{run_id}", key=f"pt_delete_sure_{run_id}",
+                         help="Its rows leave the database; its job folder stays and is not ingested again.")
+    if c[0].button("Delete this run", key=f"pt_delete_{run_id}", disabled=not sure,
+                   help="Remove the failed run from the database."):
+        try:
+            with get_store().write() as con:
+                delete_run(con, run_id)
+        except (StoreError, StoreBusy) as exc:
+            ui.show_error(exc)
+            return
+        _query.clear()
+        st.session_state.pop("pt_last_run", None)  # deleted on purpose: no "deleted meanwhile" notice
+        st.toast(f"Deleted run #{run_id} (its job folder stays; it is not ingested again).")
+        st.rerun()

@@ -122,3 +122,26 @@ def test_pair_table_filters_survive_navigation_and_come_from_the_url(runs_ws):
     assert at2.selectbox(key="pt_metric").value == "count" and at2.selectbox(key="pt_head").value == "L1H0"
     assert at2.radio(key="pt_view").value == "Charts"
     assert any("pt_min_count = '0'" in e.value for e in at2.error)
+
+
+def test_failed_run_can_be_deleted_from_the_pair_tables(runs_ws):
+    at = _open(page="pages/pair_tables.py")
+    at.selectbox(key="pt_run").set_value(2).run()
+    _ok(at)
+    assert any("Run #2 failed" in w.value for w in at.warning)
+    assert at.button(key="pt_delete_2").disabled
+    at.checkbox(key="pt_delete_sure_2").check().run()
+    at.button(key="pt_delete_2").click().run()
+    _ok(at)
+    assert at.selectbox(key="pt_run").options == [at.selectbox(key="pt_run").options[0]]
+    assert at.selectbox(key="pt_run").value == 1
+
+
+def test_pair_tables_feature_view_links_to_the_feature_page(runs_ws):
+    at = _open(page="pages/pair_tables.py")
+    at.radio(key="pt_view").set_value("Feature").run()
+    at.number_input(key="pt_feature_view").set_value(1).run()
+    _ok(at)
+    link = at.get("page_link")[0].proto
+    assert "feature" in link.page and "sae=demo-l1-ln1" in link.query_string and "feature=1" in link.query_string
+    assert at.dataframe[0].value["page"].str.startswith("feature?").all()
