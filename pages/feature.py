@@ -144,7 +144,7 @@ metric = c[0].selectbox("Rank partners by", PARTNER_METRICS, format_func=METRIC_
 min_count = int(c[1].number_input("Min occurrences", 1, None, 2, key=f"{P}_min_count",
                                   help="pairs seen fewer times are left out (a mean of 1 occurrence is noise)"))
 per_head = int(c[2].number_input("Per head", 1, 50, 5, key=f"{P}_per_head", help="partners shown per head"))
-cols = st.columns(2)
+cols, shown = st.columns(2), {}
 for col, side, title in ((cols[0], "query", "As query: its key partners"), (cols[1], "key", "As key: its query partners")):
     df = q("partners_by_head", run_id, fid, src=src, side=side, metric=metric, n=per_head, min_count=min_count)
     col.markdown(f"**{title}**")
@@ -153,6 +153,8 @@ for col, side, title in ((cols[0], "query", "As query: its key partners"), (cols
         continue
     table, config = ui_feature.partners_table(df, sae_of_src, model_id, run_id, METRIC_LABELS[metric])
     col.dataframe(table, hide_index=True, width="stretch", column_config=config)
+    shown[side] = df
+ui_feature.open_pair_controls(version, run_id, run_info, fid, src, shown)
 
 # ----------------------------------------------------------------------------- weight-based (on demand)
 st.subheader("From the weights")

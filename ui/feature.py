@@ -120,3 +120,38 @@ def weight_views(model_ref: str, sae_ref: str, feature: int, layer: int | None, 
                          "partner": tables.feature_url(r.partner, sae_ref, model_ref, run), "S": r.S})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={"partner": st.column_config.LinkColumn("partner", display_text=r"feature=(\d+)")})
+
+
+def open_pair_controls(version: tuple, run_id: int, run_info: dict, fid: int, src: int,
+                       partners: dict[str, pd.DataFrame]) -> None:
+    """Pick one of the partner pairs shown and open its best stored context (largest |FRA|) in Single
+    text FRA, on that pair's cell."""
+    from ui import goto as ui_goto
+    from ui import store as ui_store
+
+    rows = [(side, r) for side, df in partners.items() for r in df.itertuples()]
+    if not rows:
+        return
+    c = st.columns([4, 1], vertical_alignment="bottom")
+    i = c[0].selectbox("Pair to open", range(len(rows)), key="fp_open_pair",
+                       help="a partner pair of a head above: its strongest stored context opens in Single text FRA",
+                       format_func=lambda j: f"L{rows[j][1].layer}H{rows[j][1].head} · "
+                                             + (f"q {fid} × k {rows[j][1].partner}" if rows[j][0] == "query"
+                                                else f"q {rows[j][1].partner} × k {fid}") + f" · {rows[j][1].value:.3g}")
+    if not c[1].button("Open in Single text FRA", key="fp_open", help="on the pair's best cell (largest |FRA|)"):
+        return
+    side, r = rows[int(i)]
+    q_feat, k_feat = (fid, int(r.partner)) if side == "query" else (int(r.partner), fid)
+    ex = ui_store.query("pair_examples", version, run_id, n=50, feature=fid, side=side, src=src,
+                        layer=int(r.layer), head=int(r.head))
+    ex = ex[(ex["q_feat"] == q_feat) & (ex["k_feat"] == k_feat)]
+    if ex.empty:
+        st.error(f"No stored context for the pair q {q_feat} × k {k_feat} of L{r.layer}H{r.head} in run #{run_id}.",
+                 icon=":material/error:")
+        return
+    best = ex.iloc[0]
+    tokens = ui_store.query("sample_tokens", version, run_id, int(best["sample"]))
+    if tokens is None:
+        st.error(f"Sample {int(best['sample'])} has no stored tokens in run #{run_id}.", icon=":material/error:")
+        return
+    ui_goto.request(run_info, best, tokens)
