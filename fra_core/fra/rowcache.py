@@ -3,8 +3,8 @@
 Feature f of a side contributes coef_if · R_i(U_f[h]) to q_i (or k_i), where M (`sides.side_maps`) folds
 ln1.w, mean-centring, W_O[l] (hook_z sources) and W_Q[h] / W_K[h]: U depends on the weights only, not
 on the data. So each (model, layer, Q/K, heads, dictionaries) keeps one table [n_features + 1,
-head_index, d_head], filled lazily (a row is projected the first time its feature is active in some
-batch; the last row, the padding id, stays 0). A table is valid while the weights it was made from are
+head_index, d_head], filled lazily (a block of ROW_BLOCK rows is projected the first time one of its
+features is active in some batch; the last row, the padding id, stays 0). A table is valid while the weights it was made from are
 unchanged: its fingerprint holds every weight's storage pointer and in-place version counter, so
 training, `.to(device)` or `load_state_dict` all invalidate it. Models and SAEs are held weakly.
 Tables above MAX_TABLE_BYTES (huge dictionaries), and calls under inference mode, are not cached: then only the rows active in the
@@ -20,6 +20,11 @@ import torch
 
 MAX_TABLE_BYTES = 1 << 29  # 512 MiB: GPT-2 Small with a 24 576-feature SAE needs 75 MB per side
 MAX_TABLES_PER_MODEL = 8
+# Rows are projected in whole blocks of ROW_BLOCK ids, always the same block in one matmul: BLAS kernels round
+# differently for different matrix shapes, so projecting "the rows this batch needs" would make a row's last
+# bits depend on which batches came before — and a shard's max/min on which process (local loop, resumed job,
+# Ray worker) computed it. Blocks make every shard bit-identical whoever computes it.
+ROW_BLOCK = 256
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
@@ -94,7 +99,9 @@ def projected_rows(model, layer: int, dic, which: str, heads: list[int], maps, i
             table = tables[key] = _Table(dic.saes, fingerprint, n_rows, maps[0][:1])
         uniq = torch.unique(ids)
         need = uniq[~table.filled[uniq] & (uniq < offsets[-1])]
-        if need.numel():
+        if need.numel():  # fill whole blocks: a row's float32 value must not depend on the process's history
+            need = torch.unique(need // ROW_BLOCK)[:, None] * ROW_BLOCK + torch.arange(ROW_BLOCK, device=need.device)
+            need = need.reshape(-1)[need.reshape(-1) < offsets[-1]]
             _fill(table.rows, need, need, dic, maps, offsets, decoder)
             table.filled[need] = True
     return table.rows, ids
