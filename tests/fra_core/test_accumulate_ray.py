@@ -195,3 +195,28 @@ def test_executor_config_validation():
     assert AccumulateFRAConfig.from_yaml(cfg.to_yaml()) == cfg
     with pytest.raises(AccumulateError, match="in-process objects"):
         run_accumulate(cfg, None, model=object())
+
+
+def test_cli_executor_flags_run_on_ray_and_ingest(cluster, saved, local_reference, tmp_path, capsys):
+    from fra_core.accumulate.cli import cli_main
+    from store import Store
+
+    cfg_path = tmp_path / "run.yaml"
+    AccumulateFRAConfig(**CFG).save_yaml(cfg_path)
+    assert cli_main(["--config", str(cfg_path), "--executor", "ray", "--ray-workers", "-1"]) == 2
+    assert "ray_workers must be >= 0" in capsys.readouterr().err
+    assert cli_main(["--config", str(cfg_path), "--ray-address", "auto"]) == 2
+    assert "need executor: ray" in capsys.readouterr().err
+    assert cli_main(["--config", str(cfg_path), "--executor", "ray", "--ray-workers", "1", "--ingest"]) == 0
+    out = capsys.readouterr().out
+    job = next(saved.jobs.glob("accumulate-*"))
+    assert "done: 20 samples in 5 shards" in out and AccumulateFRAConfig.load_yaml(job / "config.yaml").executor == "ray"
+    assert_same_shards(job, local_reference)
+    store = Store(saved.db_path)
+    with store.read() as cur:
+        n_db, n_samples = cur.execute("SELECT (SELECT sum(n) FROM pair_stats), (SELECT count(*) FROM samples_done)"
+                                      ).fetchone()
+    store.close()
+    n_ref = sum(contracts.read_shard_table(local_reference, m["shard"], "pairs")["n"].to_numpy().sum()
+                for m in contracts.complete_shards(local_reference))
+    assert n_samples == 20 and n_db == n_ref
