@@ -51,7 +51,7 @@ def _same_shards(a: Path, b: Path) -> bool:
 
 
 def _run(cfg, root: Path, name: str) -> tuple[Path, dict, float]:
-    from fra_core.accumulate.run import run_accumulate
+    from fra_core.accumulate.job import run_accumulate
     from fra_core.jobs import Progress
 
     job = root / name

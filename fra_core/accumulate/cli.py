@@ -72,8 +72,10 @@ def cli_main(argv: list[str]) -> int:
         overrides = _overrides(args)
         if overrides:
             cfg = dataclasses.replace(cfg, **overrides)  # validated again by the config itself
-            if job_dir is not None:
+            if job_dir is not None:  # resume with another executor: the job's files say so too
                 cfg.save_yaml(job_dir / "config.yaml")
+                meta = jobs.read_json(job_dir / "job.json", {}) or {}
+                jobs.write_json_atomic(job_dir / "job.json", {**meta, "run": jobs.JOB_KINDS[KIND][1]})
         open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed)  # fail fast on a bad dataset
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

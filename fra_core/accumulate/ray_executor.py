@@ -1,4 +1,4 @@
-"""Accumulation on a Ray cluster (config `executor: ray`): the same shards as the local job, computed by
+"""Accumulation on a Ray cluster (config `executor: ray`, chosen by `job.run_accumulate`): the same shards as the local job, computed by
 worker actors on many GPUs or machines.
 
 Map: the driver (the job process) reads the dataset in its fixed order and cuts it into the same shards
@@ -171,7 +171,7 @@ def _receipt(ray, ref, shard: int) -> dict[str, Any]:
 
 
 def accumulate_ray(cfg: AccumulateFRAConfig, progress) -> dict[str, Any]:
-    """Job body for `executor: ray` (called by `run.run_accumulate`): same result keys as the local loop,
+    """Job body for `executor: ray` (called by `job.run_accumulate`): same result keys as the local loop,
     plus executor, workers, worker_restarts and computed_shards."""
     job_dir = Path(progress.job_dir).resolve()
     source = open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed)  # fail fast before Ray starts

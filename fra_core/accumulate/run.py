@@ -315,16 +315,12 @@ def _report(progress, cfg, n_done: int, n_start: int, t0: float, last_print: flo
 
 
 def run_accumulate(cfg: AccumulateFRAConfig, progress, *, model=None, q_saes=None, k_saes=None) -> dict[str, Any]:
-    """Job entry point (`fra_core.jobs`): accumulate into `progress.job_dir`/shards; resumable.
+    """The local executor: accumulate into `progress.job_dir`/shards in this process; resumable.
 
     `model` / `q_saes` / `k_saes` may be passed in-process (tests, notebooks) instead of loading refs.
-    `executor: ray` hands the shards to Ray workers (`fra_core.accumulate.ray_executor`).
+    The job entry point that also knows `executor: ray` is `fra_core.accumulate.job.run_accumulate`.
     """
-    if cfg.executor == "ray":
-        if model is not None or q_saes is not None or k_saes is not None:
-            raise AccumulateError("executor 'ray' loads the model and SAEs by name on every worker: "
-                                  "pass refs in the config, not in-process objects")
-        from fra_core.accumulate.ray_executor import accumulate_ray
-
-        return accumulate_ray(cfg, progress)
+    if cfg.executor != "local":
+        raise AccumulateError(f"executor {cfg.executor!r} runs through fra_core.accumulate.job.run_accumulate, "
+                              "not the local loop")
     return accumulate(cfg, progress, model=model, q_saes=q_saes, k_saes=k_saes)

@@ -10,7 +10,7 @@ import ray
 
 from fra_core import contracts
 from fra_core.accumulate import AccumulateError, AccumulateFRAConfig
-from fra_core.accumulate.run import run_accumulate
+from fra_core.accumulate.job import run_accumulate
 from fra_core.config import ConfigError
 from fra_core.jobs import JobCancelled, Progress
 from tests.fra_core.accumulate_helpers import save_parts, tiny_demo_model, tiny_sae
@@ -112,6 +112,7 @@ def test_ray_run_equals_local_run(cluster, local_reference, tmp_path):
     assert status["done"] == 20 and status["shards"] == 5
 
 
+@pytest.mark.slow  # a worker restart reloads torch + TransformerLens + SAELens: ~30 s on 2 busy cores
 def test_killed_worker_is_retried_to_the_same_shards(cluster, local_reference, tmp_path):
     job = tmp_path / "kill"
     job.mkdir()
@@ -124,6 +125,7 @@ def test_killed_worker_is_retried_to_the_same_shards(cluster, local_reference, t
     assert_same_shards(job, local_reference)
 
 
+@pytest.mark.slow  # two rounds of worker start-up: ~30 s on 2 busy cores
 def test_resumed_ray_job_computes_only_missing_shards(cluster, local_reference, tmp_path):
     job = tmp_path / "resume"
     job.mkdir()
