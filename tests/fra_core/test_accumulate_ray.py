@@ -59,9 +59,10 @@ def local_reference(saved, tmp_path_factory):
     return job
 
 
-def assert_same_shards(a, b) -> None:
-    """Every shard table of job folder `a` equals `b`'s, row for row (float64 sums to rounding, the rest exactly)."""
-    ma, mb = contracts.complete_shards(a), contracts.complete_shards(b)
+def assert_same_shards(a, b, shards=None) -> None:
+    """Every shard table of job folder `a` equals `b`'s, row for row (float64 sums to rounding, the rest exactly);
+    `shards`: only those."""
+    ma, mb = ([m for m in contracts.complete_shards(j) if shards is None or m["shard"] in shards] for j in (a, b))
     assert [(m["shard"], m["samples"], m["rows"]) for m in ma] == [(m["shard"], m["samples"], m["rows"]) for m in mb]
     sums = {"sum", "abs_sum", "diag_sum", "diag_abs_sum"}
     for m in ma:
@@ -222,3 +223,38 @@ def test_cli_executor_flags_run_on_ray_and_ingest(cluster, saved, local_referenc
     n_ref = sum(contracts.read_shard_table(local_reference, m["shard"], "pairs")["n"].to_numpy().sum()
                 for m in contracts.complete_shards(local_reference))
     assert n_samples == 20 and n_db == n_ref
+
+
+@pytest.mark.slow  # two job processes, each starting Ray workers: ~1-2 min on 2 busy cores
+def test_killed_driver_resumes_with_only_the_missing_shards(cluster, saved, local_reference):
+    """SIGKILL the job process (the driver, attached to this module's cluster through RAY_ADDRESS) mid-run;
+    its workers die with it; the resumed job computes only the shards that have no manifest."""
+    import time
+
+    from fra_core import jobs
+
+    def wait(predicate, timeout_s, what):
+        t_end = time.time() + timeout_s
+        while time.time() < t_end:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}: {(job / 'log.txt').read_text()[-3000:]}")
+
+    env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    cfg = AccumulateFRAConfig(**{**CFG, **RAY, "n_samples": 200})  # 50 shards: the kill lands mid-run
+    job = jobs.launch_job(saved.jobs, "accumulate", cfg, env=env)
+    wait(lambda: contracts.complete_shards(job) or jobs.job_status(job).get("state") == "failed", 240, "a first shard")
+    os.killpg(jobs.read_json(job / "status.json")["pid"], signal.SIGKILL)
+    wait(lambda: jobs.job_status(job)["state"] == "died", 10, "the job to read as died")
+    at_kill = {m["shard"] for m in contracts.complete_shards(job)}
+    assert 1 <= len(at_kill) < 50
+    jobs.start_process(job, env=env)
+    wait(lambda: jobs.job_status(job)["state"] in ("done", "failed", "died"), 300, "the resumed job")
+    status = jobs.job_status(job)
+    assert status["state"] == "done", status.get("message")
+    computed = set(status["result"]["computed_shards"])
+    assert not computed & at_kill  # nothing complete at the kill was redone
+    assert computed <= set(range(50)) - at_kill and status["result"]["samples"] == 200
+    assert sorted(s for m in contracts.complete_shards(job) for s in m["samples"]) == list(range(200))
+    assert_same_shards(job, local_reference, shards=set(range(5)))  # the first 20 samples: the same shards
