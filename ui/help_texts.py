@@ -42,6 +42,9 @@ ACCUMULATE = {
                       "key over the others.",
     "acc_attn_weighted": "Multiply each contribution by the attention probability of its cell: what the head "
                          "actually attended to.",
+    "acc_ray_address": "The Ray cluster to run on (ray://host:10001 or host:6379). Blank: $RAY_ADDRESS, else a "
+                       "local cluster started for the job.",
+    "acc_ray_workers": "Ray worker actors computing shards. 0: one per GPU, else one per CPU.",
     "acc_yaml": "The job's config as YAML: the same run headless with `python -m fra_core accumulate`.",
     "acc_launch": "Checks the model, the SAEs' fit to it and the layer, and the dataset, then starts the job in "
                   "its own process.",
