@@ -48,13 +48,13 @@ def contexts(df: pd.DataFrame, scale: float, caption: str | None = None) -> None
 
 
 def histogram(hist: pd.DataFrame):
+    """Bars of the log2-spaced activation bins, one labelled bar per bin (in activation order)."""
     import altair as alt
 
-    return alt.Chart(hist, title="Activations (log₂ bins)").mark_bar().encode(
-        x=alt.X("bin_lo:Q", title="activation", scale=alt.Scale(type="log", base=2)), x2="bin_hi:Q",
-        y=alt.Y("count:Q", title="active tokens"),
-        tooltip=[alt.Tooltip("bin_lo:Q", format=".3g"), alt.Tooltip("bin_hi:Q", format=".3g"), "count"]
-    ).properties(height=200)
+    df = hist.assign(bin=[f"{lo:.3g}–{hi:.3g}" for lo, hi in zip(hist["bin_lo"], hist["bin_hi"])])
+    return alt.Chart(df, title="Activations (log₂-spaced bins)").mark_bar().encode(
+        x=alt.X("bin:N", title="activation", sort=list(df["bin"]), axis=alt.Axis(labelAngle=-45, labelOverlap=False)),
+        y=alt.Y("count:Q", title="active tokens"), tooltip=["bin", "count"]).properties(height=220)
 
 
 def partners_table(df: pd.DataFrame, sae_of_src: dict[int, str | None], model: str | None, run: int,

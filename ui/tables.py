@@ -60,14 +60,14 @@ def pair_view(df: pd.DataFrame, sae_of_src: dict[int, str | None], model: str | 
             links[f"{s}_neuronpedia"] = st.column_config.LinkColumn(f"{s} Neuronpedia", display_text="open ↗")
         out[f"{s}_feature"] = [feature_url(f, sae, model, run) for sae, f in zip(saes, out[f"{s}_feat"])]
         links[f"{s}_feature"] = st.column_config.LinkColumn(
-            f"{s} feature", display_text=r"feature=(\d+)", help=f"the {'query' if s == 'q' else 'key'} feature: "
+            f"{s}_feat", display_text=r"feature=(\d+)", help=f"the {'query' if s == 'q' else 'key'} feature: "
                                                                "opens its Feature page")
         links[f"{s}_feat"] = None  # shown as the link; the number stays in the data (downloads, sorting)
     out = lead(drop_constant(out))
     config = {**links,
-              "q_label": st.column_config.TextColumn("q meaning", help="the query feature's label (yours, "
+              "q_label": st.column_config.TextColumn("q meaning", width="medium", help="the query feature's label (yours, "
                                                      "else its most frequent tokens in this run)"),
-              "k_label": st.column_config.TextColumn("k meaning", help="the key feature's label"),
+              "k_label": st.column_config.TextColumn("k meaning", width="medium", help="the key feature's label"),
               "share": st.column_config.NumberColumn("share", format="percent",
                                                      help="value / the head's total |FRA|")}
     if "value" in out:
