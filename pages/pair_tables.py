@@ -12,6 +12,7 @@ import streamlit as st
 
 from store import METRICS, StoreBusy, StoreError, compare_summary
 from ui import common as ui
+from ui import pair_maps as ui_maps
 from ui import persist
 from ui import store as ui_store
 from ui import tables as ui_tables
@@ -238,9 +239,10 @@ def show_export() -> None:
 
 
 try:
+    maps = dict(run_id=run_id, info=info, sae_of_src=sae_of_src, metric=metric, where=where, diagonal=diagonal)
     {"Top pairs": show_top, "Feature": show_feature, "Charts": show_charts, "Compare": show_compare,
-     "Export": show_export, "SQL": lambda: ui_store.sql_box(run_id, H)}[view]()
-except StoreError as exc:
-    ui.show_error(exc)
-except StoreBusy as exc:
-    ui.show_error(exc, "Database busy")
+     "Heatmap": lambda: ui_maps.heatmap(q, **maps), "Heads": lambda: ui_maps.heads_grid(q, run_id),
+     "Token search": lambda: ui_maps.token_search(version=version, **maps), "Export": show_export,
+     "SQL": lambda: ui_store.sql_box(run_id, H)}[view]()
+except (StoreError, StoreBusy) as exc:
+    ui.show_error(exc, "Database busy" if isinstance(exc, StoreBusy) else "")

@@ -152,3 +152,48 @@ def partners_by_head(con, run: int | str, feature: int, src: int = 0, *, side: s
                        [run_id, int(feature), int(src), max(int(min_count), 1), int(n)]).df()
     df["label"] = df["k_label" if side == "query" else "q_label"]
     return df.drop(columns=["q_label", "k_label"])
+
+
+def token_pairs(con, run: int | str, token: str, *, metric: str = "mean_abs", n: int = 100, side: str = "either",
+                layer: int | None = None, head: int | None = None, min_count: int = 1,
+                diagonal: bool = True) -> pd.DataFrame:
+    """Pairs whose query and/or key feature fires on `token`: features whose label (human or automatic)
+    or most frequent tokens contain it (case-insensitive), then the run's top pairs among them (the
+    `top_pairs` columns, plus `matched`: 'q', 'k' or 'qk')."""
+    from store.queries import pair_filter
+
+    if side not in ("either", "query", "key"):
+        raise StoreError(f"side must be 'either', 'query' or 'key', got {side!r}")
+    text = (token or "").strip()
+    if not text:
+        raise StoreError("token is empty: type a token to search for")
+    run_id = resolve_run(con, run)
+    feats = """SELECT DISTINCT s.src, a.feature FROM sources s
+               JOIN feature_auto_labels a ON a.run = s.run AND a.src = s.src
+               LEFT JOIN features f ON f.sae_id = s.sae_id AND f.feature = a.feature
+               WHERE s.run = ? AND (contains(lower(a.label), ?) OR lower(a.top_token) = ?
+                                    OR contains(lower(coalesce(f.label, '')), ?))
+               UNION SELECT DISTINCT src, feature FROM feature_tokens WHERE run = ? AND kind = 'tok'
+                                                                        AND lower(trim(token)) = ?"""
+    t = text.lower()
+    feat_params = [run_id, t, t, t, run_id, t]
+    where, params = pair_filter(run_id, layer=layer, head=head, min_count=min_count, diagonal=diagonal)
+    m = metric_sql(metric, diagonal)
+    nn, s_, a_ = _cols(diagonal)
+    cond = {"either": "(xq.feature IS NOT NULL OR xk.feature IS NOT NULL)", "query": "xq.feature IS NOT NULL",
+            "key": "xk.feature IS NOT NULL"}[side]
+    df = con.execute(f"""
+        WITH tf AS ({feats}),
+        top AS (SELECT p.*, {m} AS value, {nn} AS n_occ, {s_} AS s_, {a_} AS a_,
+                       CASE WHEN xq.feature IS NOT NULL AND xk.feature IS NOT NULL THEN 'qk'
+                            WHEN xq.feature IS NOT NULL THEN 'q' ELSE 'k' END AS matched
+                FROM (SELECT * FROM pair_stats WHERE {where}) p
+                LEFT JOIN tf xq ON xq.src = p.q_src AND xq.feature = p.q_feat
+                LEFT JOIN tf xk ON xk.src = p.k_src AND xk.feature = p.k_feat
+                WHERE {cond}
+                ORDER BY value DESC NULLS LAST, layer, head, q_feat, k_feat LIMIT {min(int(n), 10_000)})
+        SELECT t.layer, t.head, t.q_src, t.q_feat, t.k_src, t.k_feat, t.n_occ AS n, t.s_ AS sum,
+               t.s_ / nullif(t.n_occ, 0) AS mean, t.a_ AS abs_sum, t.value, t.matched, {LABEL_COLUMNS}
+        FROM top t {label_joins("t", run_id)}
+        ORDER BY t.value DESC NULLS LAST, t.layer, t.head, t.q_feat, t.k_feat""", feat_params + params).df()
+    return df

@@ -67,7 +67,8 @@ PAIR_TABLES = {
     "pt_self": "A self-pair is the same feature on both sides: keep them, show only them, or leave them out.",
     "pt_diag": "Count query = key occurrences (a feature paired with itself on one token) in n, sum and means.",
     "pt_rows": "Rows shown (at most 10 000).",
-    "pt_view": "What to show for the filtered pairs.",
+    "pt_view": "What to show for the filtered pairs: the table, one feature, a head's q × k heatmap, the grid of "
+               "heads, pairs by token, charts, comparisons, exports or SQL.",
     "pt_feature_view": "The feature whose partners and contexts are shown.",
     "pt_src": "The dictionary the feature belongs to (runs with several SAEs).",
     "pt_open_example": "One of the contexts above.",

@@ -43,7 +43,7 @@ from store import (
     top_pairs,
     value_histogram,
 )
-from store.feature_queries import feature_contexts, feature_histogram, feature_overview, partners_by_head
+from store.feature_queries import feature_contexts, feature_histogram, feature_overview, partners_by_head, token_pairs
 from store.page_queries import feature_labels, head_summary, human_labels, run_heads, sample_tokens
 from ui import common as ui
 from ui.help_texts import PAIR_TABLES as HELP
@@ -58,7 +58,7 @@ _QUERIES: dict[str, Callable[..., Any]] = {
     "compare_pairs": compare_pairs, "pair_examples": pair_examples, "get_run": get_run,
     "head_summary": head_summary, "run_heads": run_heads, "feature_labels": feature_labels,
     "sample_tokens": sample_tokens, "feature_overview": feature_overview, "feature_histogram": feature_histogram,
-    "feature_contexts": feature_contexts, "partners_by_head": partners_by_head,
+    "feature_contexts": feature_contexts, "partners_by_head": partners_by_head, "token_pairs": token_pairs,
 }
 
 

@@ -145,3 +145,27 @@ def test_pair_tables_feature_view_links_to_the_feature_page(runs_ws):
     link = at.get("page_link")[0].proto
     assert "feature" in link.page and "sae=demo-l1-ln1" in link.query_string and "feature=1" in link.query_string
     assert at.dataframe[0].value["page"].str.startswith("feature?").all()
+
+
+def test_heatmap_heads_grid_and_token_search(runs_ws):
+    at = _open(page="pages/pair_tables.py")
+    at.radio(key="pt_view").set_value("Heatmap").run()
+    _ok(at)
+    assert any("Pick one head" in i.value for i in at.info)
+    at.selectbox(key="pt_head").set_value("L1H1").run()
+    _ok(at)
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    assert spec["encoding"]["color"]["scale"]["domainMid"] == 0  # centred on zero
+    at.radio(key="pt_view").set_value("Heads").run()
+    _ok(at)
+    assert at.get("vega_lite_chart")
+    at.radio(key="pt_view").set_value("Token search").run()
+    at.text_input(key="pt_token").set_value("alpha").run()  # feature 1's top token (fake_jobs)
+    _ok(at)
+    found = at.dataframe[0].value
+    assert len(found) and ((found["q_feat"] == 1) | (found["k_feat"] == 1)).all()
+    at.selectbox(key="pt_token_side").set_value("key").run()
+    assert (at.dataframe[0].value["k_feat"] == 1).all()
+    at.text_input(key="pt_token").set_value("nothing-like-it").run()
+    _ok(at)
+    assert any("No feature of this run fires on" in i.value for i in at.info)

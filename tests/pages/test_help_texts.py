@@ -60,7 +60,8 @@ def test_pair_tables_widgets_all_have_help(workspace):
     make_job(workspace.jobs, "accumulate-b", n_shards=2, seed=1)
     at = _open("pages/pair_tables.py")
     seen = _widgets(at)
-    for view in ("Feature", "Charts", "Compare", "Export", "SQL"):
+    at.selectbox(key="pt_head").set_value("L1H0").run()
+    for view in ("Feature", "Heatmap", "Heads", "Token search", "Charts", "Compare", "Export", "SQL"):
         at.radio(key="pt_view").set_value(view).run()
         assert not at.exception, [e.value for e in at.exception]
         seen |= _widgets(at)
@@ -68,5 +69,6 @@ def test_pair_tables_widgets_all_have_help(workspace):
     at.radio(key="pt_cmp_mode").set_value("two runs").run()
     seen |= _widgets(at)
     keys = {k.split(":")[-1] for k in seen}
-    assert {"pt_metric", "pt_feature_view", "pt_open", "pt_cmp_run", "pt_export_limit", "pt_sql_run"} <= keys, keys
+    assert {"pt_metric", "pt_feature_view", "pt_open", "pt_cmp_run", "pt_export_limit", "pt_sql_run", "pt_map_n",
+            "pt_grid_stat", "pt_token", "pt_token_side"} <= keys, keys
     assert not _missing(seen), _missing(seen)
