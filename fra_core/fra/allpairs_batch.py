@@ -1,0 +1,155 @@
+"""Exact all-pair statistics of a batch: engine sides → co-activation tables → per-head statistics.
+
+    stats = allpairs_batch(model, tokens, layer, heads, q_dict, k_dict, options, projector)
+
+Everything downstream of the engine's sides is float64: ã = the engine's float32 coef (activation/σ),
+U_f, V_g = decoder rows through the engine's own side maps (`sides.side_maps`, cast to float64). The
+projected rows are filled lazily in fixed-size chunks (`Projector`), so a row's value does not depend
+on which batch first needed it: a resumed run computes the same numbers as an uninterrupted one.
+
+Standard positions: one co-activation table per batch for all heads (per head when attention-weighted),
+G_h[f, g] = U_f[h]·V_g[h]/attn_scale applied per head. Rotary: every per-cell term (`percell_rows`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from fra_core.fra.allpairs import F64, head_stats, percell_rows, reduce_tables, sample_table, split_key
+from fra_core.fra.engine import attention_mask, run_sides, selection_mask
+from fra_core.fra.options import FRAInputError, FRAOptions
+from fra_core.fra.sides import parse_dictionary, sae_decoder, side_maps
+
+CHUNK = 256  # rows projected per call: fixed shapes keep each row's float64 value batch-independent
+
+
+class Projector:
+    """Float64 projected decoder rows [n_features + 1, head_index, d_head] of one side of a layer."""
+
+    def __init__(self, model, layer: int, dictionary, which: str, heads: list[int]):
+        dic = parse_dictionary(model, layer, dictionary)
+        maps, _, _, _ = side_maps(model, layer, dic, which, heads)
+        self.maps = [M.detach().to(F64) for M in maps]
+        self.decoders = [sae_decoder(s).detach() for s in dic.saes]
+        self.offsets = [0]
+        for s in dic.saes:
+            self.offsets.append(self.offsets[-1] + int(s.cfg.d_sae))
+        H, d = self.maps[0].shape[1:]
+        dev = self.maps[0].device
+        self.rows = torch.zeros(self.offsets[-1] + 1, H, d, dtype=F64, device=dev)  # last = padding (0)
+        self.filled = torch.zeros(self.offsets[-1] + 1, dtype=torch.bool, device=dev)
+        self.filled[-1] = True
+
+    def get(self, gids: torch.Tensor, head: int | None = None) -> torch.Tensor:
+        """Rows [..., head_index, d_head] (or [..., d_head] of one head index) of global ids, projected
+        on first use."""
+        need = torch.unique(gids[~self.filled[gids]])
+        for s, (D, M) in enumerate(zip(self.decoders, self.maps)):
+            mine = need[(need >= self.offsets[s]) & (need < self.offsets[s + 1])]
+            for c0 in range(0, len(mine), CHUNK):
+                ids = mine[c0:c0 + CHUNK]
+                block = torch.zeros(CHUNK, D.shape[1], dtype=F64, device=D.device)
+                block[:len(ids)] = D[ids - self.offsets[s]].to(F64)
+                self.rows[ids] = torch.einsum("nd,dhe->nhe", block, M)[:len(ids)]
+        self.filled[need] = True
+        return self.rows[gids] if head is None else self.rows[gids, head]
+
+
+@dataclasses.dataclass
+class BatchStats:
+    """Per-head exact statistics of a batch: `stats[hi]` = `head_stats` columns + q_gid, k_gid."""
+
+    heads: list[int]
+    stats: list[dict[str, torch.Tensor]]
+    q_offsets: list[int]
+    k_offsets: list[int]
+    sides: tuple  # (q_side, k_side, scores, pattern, sel, amask): for marginals and checks
+
+
+def check_supported(model) -> None:
+    """All-pair statistics need what the engine needs, and a head-independent key side."""
+    cfg = model.cfg
+    n_kv = getattr(cfg, "n_key_value_heads", None)
+    if n_kv not in (None, cfg.n_heads):
+        raise FRAInputError(f"all-pair statistics do not support grouped-query attention (n_key_value_heads={n_kv})")
+
+
+def _rotate(model, layer: int, x: torch.Tensor) -> torch.Tensor:
+    """x [pos, ..., d_head] float64 rotated at each position with the head's rotary (as TL does)."""
+    attn, rd = model.blocks[layer].attn, model.cfg.rotary_dim
+    T = x.shape[0]
+    shape = (T,) + (1,) * (x.ndim - 2) + (rd,)
+    cos, sin = attn.rotary_cos[:T].to(F64).view(shape), attn.rotary_sin[:T].to(F64).view(shape)
+    xr = x[..., :rd]
+    return torch.cat([xr * cos + attn.rotate_every_two(xr) * sin, x[..., rd:]], dim=-1)
+
+
+def allpairs_batch(model, tokens, layer: int, heads, q_dict, k_dict, options: FRAOptions,
+                   projectors: tuple[Projector, Projector]) -> BatchStats:
+    """Exact statistics of every (q feature, k feature) pair of every head over the selected cells of
+    tokens [batch, pos] (options: exclude_diagonal = diagonal out of every statistic; k_active; the
+    BOS exclusions; row_centre; attention_weighted; top_m is NOT used: nothing is truncated)."""
+    check_supported(model)
+    tokens, heads, q_side, k_side, scores, pattern = run_sides(model, tokens, layer, heads, q_dict, k_dict,
+                                                               options.k_active)
+    B, T = tokens.shape
+    amask = attention_mask(model, T, scores.device)
+    sel = selection_mask(amask, options)
+    qa, ka = q_side.coef.to(F64), k_side.coef.to(F64)
+    for name, a in (("query", qa), ("key", ka)):
+        if bool((a < 0).any()):
+            raise FRAInputError(f"all-pair statistics need SAE activations >= 0; the {name} side has "
+                                f"min activation/σ {float(a.min()):.4g}")
+    spans = (q_side.offsets[-1] + 1, k_side.offsets[-1] + 1)
+    scale = float(model.blocks[layer].attn.attn_scale)
+    pq, pk = projectors
+    pat = pattern.to(F64)
+    tables = []
+    if model.cfg.positional_embedding_type == "rotary":
+        for b in range(B):
+            qv = _rotate(model, layer, qa[b, :, :, None, None] * pq.get(q_side.ids[b])) / scale  # [T, K, H, d]
+            kv = _rotate(model, layer, ka[b, :, :, None, None] * pk.get(k_side.ids[b]))
+            for hi in range(len(heads)):
+                tables.append(percell_rows(qv[:, :, hi], qa[b] != 0, q_side.ids[b], kv[:, :, hi], ka[b] != 0,
+                                           k_side.ids[b], sel, amask, options.row_centre,
+                                           pat[b, hi] if options.attention_weighted else None, spans, hi, b))
+    else:
+        slots = range(len(heads)) if options.attention_weighted else [0]
+        for b in range(B):
+            for hi in slots:
+                tables.append(sample_table(qa[b], q_side.ids[b], ka[b], k_side.ids[b], sel, amask,
+                                           options.row_centre, pat[b, hi] if options.attention_weighted else None,
+                                           spans, hi, b))
+    co = reduce_tables(tables)
+    rotary = model.cfg.positional_embedding_type == "rotary"
+    stats = [_head(co, hi, pq, pk, spans, scale, per_head=options.attention_weighted or rotary,
+                   factorised=not rotary) for hi in range(len(heads))]
+    return BatchStats(heads, stats, q_side.offsets, k_side.offsets, (q_side, k_side, scores, pattern, sel, amask))
+
+
+def _head(co, hi: int, pq: Projector, pk: Projector, spans, scale: float, per_head: bool,
+          factorised: bool) -> dict | None:
+    """Head index hi's statistics: its rows of a per-head table (attention-weighted or rotary) or every
+    row of the shared table; times G_h[f, g] when factorised, as they are (G ≡ 1) for per-cell rows."""
+    if co is None:
+        return None
+    slot, qg, kg = split_key(co["key"], *spans)
+    if per_head:
+        rows = (slot == hi).nonzero().squeeze(1)
+        co, qg, kg = {c: v[rows] for c, v in co.items()}, qg[rows], kg[rows]
+    G = strengths(qg, kg, hi, pq, pk, scale) if factorised else torch.ones(len(qg), dtype=F64, device=qg.device)
+    out = head_stats(co, G)
+    out["q_gid"], out["k_gid"] = qg, kg
+    return out
+
+
+def strengths(qg: torch.Tensor, kg: torch.Tensor, hi: int, pq: Projector, pk: Projector, scale: float,
+              chunk: int = 1 << 16) -> torch.Tensor:
+    """G_h[f, g] = U_f[h]·V_g[h] / attn_scale (float64) for the listed pairs, [n_pairs]."""
+    out = torch.empty(len(qg), dtype=F64, device=qg.device)
+    for c0 in range(0, len(qg), chunk):
+        sl = slice(c0, c0 + chunk)
+        out[sl] = (pq.get(qg[sl], hi) * pk.get(kg[sl], hi)).sum(-1) / scale
+    return out
