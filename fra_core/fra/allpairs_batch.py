@@ -153,3 +153,51 @@ def strengths(qg: torch.Tensor, kg: torch.Tensor, hi: int, pq: Projector, pk: Pr
         sl = slice(c0, c0 + chunk)
         out[sl] = (pq.get(qg[sl], hi) * pk.get(kg[sl], hi)).sum(-1) / scale
     return out
+
+
+def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Projector, Projector],
+                    options: FRAOptions) -> dict:
+    """Per-feature marginals and node totals of a batch (`marginals.sample_marginals`), summed.
+
+    Returns {"features": {"q"/"k": (key = head index · G + gid, [n_rows, 3] n/sum/abs_sum)},
+    "nodes": {"q"/"k": (node names, [head_index, n_nodes, 4] n/sum/abs_sum/sum_vs_features)}}.
+    """
+    from fra_core.fra.marginals import sample_marginals
+
+    q_side, k_side, scores, pattern, sel, amask = bs.sides
+    B, T = q_side.ids.shape[:2]
+    H = len(bs.heads)
+    scale = float(model.blocks[layer].attn.attn_scale)
+    rotary = model.cfg.positional_embedding_type == "rotary"
+    keys, vals = {"q": [], "k": []}, {"q": [], "k": []}
+    nodes = {"q": 0.0, "k": 0.0}
+    for b in range(B):
+        vecs = []
+        for side, proj in ((q_side, projectors[0]), (k_side, projectors[1])):
+            v = side.coef[b].to(F64)[:, :, None, None] * proj.get(side.ids[b])  # [T, K, H, d]
+            vecs.append(_rotate(model, layer, v) if rotary else v)
+        for hi in range(H):
+            m = sample_marginals(vecs[0][:, :, hi], q_side.coef[b] != 0, vecs[1][:, :, hi], k_side.coef[b] != 0,
+                                 k_side.ids[b], q_side.nodes[b, :, hi].to(F64), k_side.nodes[b, :, hi].to(F64),
+                                 sel, amask, options.row_centre,
+                                 pattern[b, hi] if options.attention_weighted else None, scale)
+            for s, side in (("q", q_side), ("k", k_side)):
+                on = side.coef[b] != 0
+                G = side.offsets[-1] + 1
+                keys[s].append(hi * G + side.ids[b][on])
+                vals[s].append(m[f"{s}_val"][on])
+            nodes["q"] = nodes["q"] + _pad_head(m["q_nodes"], hi, H)
+            nodes["k"] = nodes["k"] + _pad_head(m["k_nodes"], hi, H)
+    feats = {}
+    for s in ("q", "k"):
+        key = torch.cat(keys[s])
+        uniq, inv = torch.unique(key, return_inverse=True)
+        v = torch.cat(vals[s])
+        feats[s] = (uniq, torch.zeros(len(uniq), 3, dtype=F64, device=v.device).index_add_(0, inv, v))
+    return {"features": feats, "nodes": {"q": (q_side.node_names, nodes["q"]), "k": (k_side.node_names, nodes["k"])}}
+
+
+def _pad_head(x: torch.Tensor, hi: int, H: int) -> torch.Tensor:
+    out = torch.zeros(H, *x.shape, dtype=x.dtype, device=x.device)
+    out[hi] = x
+    return out

@@ -107,10 +107,11 @@ def as_dict(res):
     return out
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_every_pair_matches_brute_force(case):
+@pytest.mark.parametrize("case,side", [(c, "normalized") for c in CASES] +
+                         [("causal", "resid_pre"), ("centred", "hook_z"), ("rotary", "hook_z")])
+def test_every_pair_matches_brute_force(case, side):
     model_kw, opt_kw = CASES[case]
-    model, sae, opts, toks, proj = _setup(model_kw, opt_kw)
+    model, sae, opts, toks, proj = _setup(model_kw, opt_kw, side)
     got = as_dict(allpairs_batch(model, toks, 1, None, sae, None, opts, proj))
     want = brute_force(model, toks, 1, sae, opts, proj)
     assert set(got) == set(want) and len(want) > 50
@@ -167,3 +168,81 @@ def test_negative_activations_are_refused():
     sae.encode = lambda x: -orig(x)
     with pytest.raises(FRAInputError, match="activations >= 0"):
         allpairs_batch(model, toks, 1, None, sae, None, opts, proj)
+
+
+MARGINAL_CASES = ["causal", "bos", "weighted", "bidirectional", "rotary", "centred", "bidir_centred"]
+
+
+@pytest.mark.parametrize("case", MARGINAL_CASES)
+def test_marginals_and_the_score_identity(case):
+    """Σ pairs + Σ query nodes + Σ key nodes vs features = Σ (transformed) hook_attn_scores over the
+    selected cells; each side's marginals + node totals alone give it too; marginals == brute force."""
+    from fra_core.fra.allpairs_batch import batch_marginals
+
+    model_kw, opt_kw = CASES[case]
+    model, sae, opts, toks, proj = _setup(model_kw, opt_kw)
+    bs = allpairs_batch(model, toks, 1, None, sae, None, opts, proj)
+    mg = batch_marginals(model, 1, bs, proj, opts)
+    q_side, k_side, scores, pattern, sel, amask = bs.sides
+    s = torch.where(amask, scores, 0.0).to(torch.float64)  # masked cells hold -inf
+    if opts.row_centre:
+        m = amask.to(torch.float64)
+        s = s - (s * m).sum(-1, keepdim=True) / m.sum(-1)[:, None]
+    if opts.attention_weighted:
+        s = s * pattern.to(torch.float64)
+    total = (s * sel).sum((0, 2, 3))  # [head_index]
+    H = len(bs.heads)
+    for side in ("q", "k"):
+        key, val = mg["features"][side]
+        G = (q_side if side == "q" else k_side).offsets[-1] + 1
+        feat = torch.zeros(H, dtype=torch.float64).index_add_(0, key // G, val[:, 1])
+        node = mg["nodes"][side][1][:, :, 1].sum(1)
+        if side == "q" or not opts.row_centre:  # centred key features leave their absent cells out
+            torch.testing.assert_close(feat + node, total, rtol=1e-5, atol=1e-6)
+    pairs = torch.tensor([float(st["sum"].sum()) for st in bs.stats], dtype=torch.float64)
+    cross = mg["nodes"]["q"][1][:, :, 1].sum(1) + mg["nodes"]["k"][1][:, :, 3].sum(1)
+    if not opts.row_centre:  # centred pairs leave their absent cells out (documented)
+        torch.testing.assert_close(pairs + cross, total, rtol=1e-5, atol=1e-6)
+    # brute force of the query-feature marginals: q_i^f · k_j over the selected cells
+    want = defaultdict(lambda: [0, 0.0, 0.0])
+    Bt, T = toks.shape
+    for b in range(Bt):
+        for hi in range(H):
+            qf = q_side.coef[b].double()[:, :, None] * proj[0].get(q_side.ids[b], hi)
+            if model.cfg.positional_embedding_type == "rotary":
+                qf = torch.stack([torch.stack([_rotate(model, 1, qf[i, k], i) for k in range(qf.shape[1])])
+                                  for i in range(T)])
+            kt = _whole(model, k_side, proj[1], b, hi)
+            for i in range(T):
+                row = [(j, float(qf[i, k] @ kt[j]) / float(model.blocks[1].attn.attn_scale))
+                       for k in range(qf.shape[1]) for j in range(T) if amask[i, j]]
+                for k in range(qf.shape[1]):
+                    if q_side.coef[b, i, k] == 0:
+                        continue
+                    vals = {j: float(qf[i, k] @ kt[j]) / float(model.blocks[1].attn.attn_scale)
+                            for j in range(T) if amask[i, j]}
+                    mean = sum(vals.values()) / len(vals) if opts.row_centre else 0.0
+                    w = want[(hi, int(q_side.ids[b, i, k]))]
+                    for j, v in vals.items():
+                        if sel[i, j]:
+                            v = (v - mean) * (float(pattern[b, hi, i, j]) if opts.attention_weighted else 1.0)
+                            w[0] += 1
+                            w[1] += v
+                            w[2] += abs(v)
+                del row
+    key, val = mg["features"]["q"]
+    G = q_side.offsets[-1] + 1
+    got = {(int(k) // G, int(k) % G): v.tolist() for k, v in zip(key, val)}
+    assert set(got) >= {k for k, w in want.items() if w[0]}
+    for k, w in want.items():
+        assert got[k][0] == w[0] and abs(got[k][1] - w[1]) <= 1e-9 * max(w[2], 1e-12) and \
+            abs(got[k][2] - w[2]) <= 1e-9 * max(w[2], 1e-12), k
+
+
+def _whole(model, side, proj, b, hi):
+    """The whole key k_j (features + nodes), float64, rotated: [pos, d_head]."""
+    kf = side.coef[b].double()[:, :, None] * proj.get(side.ids[b], hi)
+    T = kf.shape[0]
+    if model.cfg.positional_embedding_type == "rotary":
+        kf = torch.stack([torch.stack([_rotate(model, 1, kf[j, l], j) for l in range(kf.shape[1])]) for j in range(T)])
+    return kf.sum(1) + side.nodes[b, :, hi].double().sum(1)
