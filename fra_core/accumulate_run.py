@@ -38,6 +38,16 @@ def _fra_api():
 
 def load_parts(cfg: AccumulateFRAConfig, model=None, q_saes=None, k_saes=None):
     """Model and both sides' SAE lists (loaded from refs unless given), checked against each other."""
+    model, q_saes, k_saes = load_model_and_saes(cfg, model, q_saes, k_saes)
+    _, _, check_layer_heads, parse_dictionary = _fra_api()
+    heads = check_layer_heads(model, cfg.layer, list(cfg.heads) or None)
+    for saes in (q_saes, k_saes):  # wrong hook for this layer → a clear error before any work
+        parse_dictionary(model, cfg.layer, saes[0] if len(saes) == 1 else saes)
+    return model, q_saes, list(k_saes), heads
+
+
+def load_model_and_saes(cfg: AccumulateFRAConfig, model=None, q_saes=None, k_saes=None):
+    """The model and both sides' SAE lists (loaded from refs unless given), each SAE checked to fit."""
     from fra_core.devices import pick_device
 
     device = pick_device(None if cfg.device == "auto" else cfg.device)
@@ -55,14 +65,10 @@ def load_parts(cfg: AccumulateFRAConfig, model=None, q_saes=None, k_saes=None):
             check_sae_fits_model(sae, model)
         except ValueError as exc:
             raise AccumulateError(f"SAE {ref!r} does not fit model {cfg.model!r}: {exc}") from exc
-    _, _, check_layer_heads, parse_dictionary = _fra_api()
     if cfg.context_length > model.cfg.n_ctx:
         raise AccumulateError(
             f"context_length {cfg.context_length} exceeds model {cfg.model!r} n_ctx={model.cfg.n_ctx}")
-    heads = check_layer_heads(model, cfg.layer, list(cfg.heads) or None)
-    for saes in (q_saes, k_saes):  # wrong hook for this layer → a clear error before any work
-        parse_dictionary(model, cfg.layer, saes[0] if len(saes) == 1 else saes)
-    return model, q_saes, list(k_saes), heads
+    return model, q_saes, list(k_saes)
 
 
 def _architecture(sae) -> str | None:
@@ -206,21 +212,16 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
     job_dir = Path(progress.job_dir)
     source = open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed)  # fail fast before the model loads
     progress.update(0, cfg.n_samples, message="loading model and SAEs", force=True)
-    model, q_saes, k_saes, heads = load_parts(cfg, model, q_saes, k_saes)
-    sources, q_map, k_map = run_sources(cfg, q_saes, k_saes)
-    shards.write_run_info(job_dir, {"code_version": fra_core.__version__, "sources": sources, "heads": heads,
-                                    "n_heads": model.cfg.n_heads, "model": cfg.model})
-    codec = PairCodec(model.cfg.n_heads, len(sources), max(s["d_sae"] for s in sources))
-    FRAOptions = _fra_api()[1]
-    options = FRAOptions(k_active=effective_k(cfg.k_active, q_saes, k_saes), top_m=cfg.top_m,
-                         exclude_diagonal=not cfg.include_diagonal, exclude_bos_key=cfg.exclude_bos_key,
-                         exclude_bos_query=cfg.exclude_bos_query, row_centre=cfg.row_centre,
-                         attention_weighted=cfg.attention_weighted)
+    if cfg.statistics == "all_pairs":
+        from fra_core.accumulate_allpairs import AllPairsRunner
+
+        runner = AllPairsRunner(cfg, job_dir, model, q_saes, k_saes)
+    else:
+        runner = TopMRunner(cfg, job_dir, model, q_saes, k_saes)
+    model, codec = runner.model, runner.codec
     done, shard = _resume_state(job_dir)
     n_done, n_start, t0, last_print = len(done), len(done), time.time(), 0.0
-    token_str = lambda ids: [str(t) for t in model.to_str_tokens(torch.tensor(ids))]  # noqa: E731
-    new_buf = lambda: ShardBuffer(len(sources), codec.d_max, cfg.examples_per_pair, model.cfg.d_vocab,  # noqa: E731
-                                  token_str)
+    new_buf = runner.new_buffer
     buf, pending, seen = new_buf(), [], 0
     progress.update(n_done, cfg.n_samples, message=f"resuming after {n_done} samples" if n_done else "running",
                     force=True)
@@ -233,24 +234,57 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
             pending.append((sample, text))
             if len(pending) < cfg.batch_size and len(buf.samples) + len(pending) < cfg.shard_size:
                 continue
-            process_batch(model, pending, cfg, heads, q_saes, k_saes, options, codec, q_map, k_map, buf)
+            runner.process(pending, buf)
             pending = []
             if len(buf.samples) >= cfg.shard_size:
                 n_done += len(buf.samples)
                 _write(job_dir, shard, buf, codec, cfg, n_done - len(buf.samples))
+                runner.shard_written(buf)
                 shard, buf = shard + 1, new_buf()
             last_print = _report(progress, cfg, n_done + len(buf.samples), n_start, t0, last_print)
         if pending:
-            process_batch(model, pending, cfg, heads, q_saes, k_saes, options, codec, q_map, k_map, buf)
+            runner.process(pending, buf)
         if buf.samples:
             n_done += len(buf.samples)
             _write(job_dir, shard, buf, codec, cfg, n_done - len(buf.samples))
+            runner.shard_written(buf)
             shard += 1
     _report(progress, cfg, n_done, n_start, t0, 0.0)
     note = "" if seen >= cfg.n_samples else f" (the dataset has only {seen} texts)"
     progress.update(n_done, cfg.n_samples, message=f"finished: {n_done} samples{note}", force=True)
     return {"samples": n_done, "shards": shard, "new_samples": n_done - n_start,
             "samples_per_s": (n_done - n_start) / max(time.time() - t0, 1e-9), "dataset_texts": seen}
+
+
+class TopMRunner:
+    """statistics='top_m': the engine's top-m pairs per cell of one layer, aggregated per pair."""
+
+    def __init__(self, cfg: AccumulateFRAConfig, job_dir: Path, model=None, q_saes=None, k_saes=None):
+        self.cfg = cfg
+        self.model, self.q_saes, self.k_saes, self.heads = load_parts(cfg, model, q_saes, k_saes)
+        self.sources, self.q_map, self.k_map = run_sources(cfg, self.q_saes, self.k_saes)
+        shards.write_run_info(job_dir, {"code_version": fra_core.__version__, "sources": self.sources,
+                                        "heads": self.heads, "n_heads": self.model.cfg.n_heads, "model": cfg.model})
+        self.codec = PairCodec(self.model.cfg.n_heads, len(self.sources), max(s["d_sae"] for s in self.sources))
+        FRAOptions = _fra_api()[1]
+        self.options = FRAOptions(k_active=effective_k(cfg.k_active, self.q_saes, self.k_saes), top_m=cfg.top_m,
+                                  exclude_diagonal=not cfg.include_diagonal, exclude_bos_key=cfg.exclude_bos_key,
+                                  exclude_bos_query=cfg.exclude_bos_query, row_centre=cfg.row_centre,
+                                  attention_weighted=cfg.attention_weighted)
+
+    def token_str(self, ids) -> list[str]:
+        return [str(t) for t in self.model.to_str_tokens(torch.tensor(ids))]
+
+    def new_buffer(self) -> ShardBuffer:
+        return ShardBuffer(len(self.sources), self.codec.d_max, self.cfg.examples_per_pair, self.model.cfg.d_vocab,
+                           self.token_str)
+
+    def process(self, items, buf: ShardBuffer) -> None:
+        process_batch(self.model, items, self.cfg, self.heads, self.q_saes, self.k_saes, self.options, self.codec,
+                      self.q_map, self.k_map, buf)
+
+    def shard_written(self, buf) -> None:
+        """Nothing to record beyond the shard."""
 
 
 def _report(progress, cfg, n_done: int, n_start: int, t0: float, last_print: float) -> float:

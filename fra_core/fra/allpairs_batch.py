@@ -160,7 +160,9 @@ def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Project
     """Per-feature marginals and node totals of a batch (`marginals.sample_marginals`), summed.
 
     Returns {"features": {"q"/"k": (key = head index · G + gid, [n_rows, 3] n/sum/abs_sum)},
-    "nodes": {"q"/"k": (node names, [head_index, n_nodes, 4] n/sum/abs_sum/sum_vs_features)}}.
+    "nodes": {"q"/"k": (node names, [head_index, n_nodes, 4] n/sum/abs_sum/sum_vs_features)},
+    "completeness": [head_index, 2]: max |Σ of every term − hook_attn_scores| and max |score| over the
+    attention mask (every term = the float64 features + the engine's float32 nodes)}.
     """
     from fra_core.fra.marginals import sample_marginals
 
@@ -171,6 +173,7 @@ def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Project
     rotary = model.cfg.positional_embedding_type == "rotary"
     keys, vals = {"q": [], "k": []}, {"q": [], "k": []}
     nodes = {"q": 0.0, "k": 0.0}
+    err = torch.zeros(H, 2, dtype=F64, device=scores.device)  # max |Σ all terms − score|, max |score|
     for b in range(B):
         vecs = []
         for side, proj in ((q_side, projectors[0]), (k_side, projectors[1])):
@@ -186,6 +189,10 @@ def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Project
                 G = side.offsets[-1] + 1
                 keys[s].append(hi * G + side.ids[b][on])
                 vals[s].append(m[f"{s}_val"][on])
+            qt = vecs[0][:, :, hi].sum(1) + q_side.nodes[b, :, hi].to(F64).sum(1)
+            kt = vecs[1][:, :, hi].sum(1) + k_side.nodes[b, :, hi].to(F64).sum(1)
+            d = torch.where(amask, qt @ kt.T / scale - scores[b, hi].to(F64), 0.0).abs().max()
+            err[hi] = torch.maximum(err[hi], torch.stack([d, torch.where(amask, scores[b, hi], 0.0).abs().max()]))
             nodes["q"] = nodes["q"] + _pad_head(m["q_nodes"], hi, H)
             nodes["k"] = nodes["k"] + _pad_head(m["k_nodes"], hi, H)
     feats = {}
@@ -194,7 +201,8 @@ def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Project
         uniq, inv = torch.unique(key, return_inverse=True)
         v = torch.cat(vals[s])
         feats[s] = (uniq, torch.zeros(len(uniq), 3, dtype=F64, device=v.device).index_add_(0, inv, v))
-    return {"features": feats, "nodes": {"q": (q_side.node_names, nodes["q"]), "k": (k_side.node_names, nodes["k"])}}
+    return {"features": feats, "nodes": {"q": (q_side.node_names, nodes["q"]), "k": (k_side.node_names, nodes["k"])},
+            "completeness": err}
 
 
 def _pad_head(x: torch.Tensor, hi: int, H: int) -> torch.Tensor:
