@@ -115,3 +115,52 @@ def test_config_layers_and_statistics():
         AccumulateFRAConfig(statistics="top_m", layers=(0, 1))
     with pytest.raises(ConfigError, match="layers must be distinct"):
         AccumulateFRAConfig(layers=(1, 1))
+
+
+def _ingest(job, cfg, db):
+    from store import Store, ingest_job_shards
+
+    (job / "job.json").write_text('{"kind": "accumulate"}')
+    cfg.save_yaml(job / "config.yaml")
+    store = Store(db)
+    with store.write() as con:
+        run = ingest_job_shards(con, job)["run"]
+    return store, run
+
+
+def test_store_marginals_shares_and_label(run, tmp_path):
+    from store.marginals import feature_marginals, node_totals, run_statistics, score_shares
+
+    model, saes, cfg, job = run
+    store, run_id = _ingest(job, cfg, tmp_path / "fra.duckdb")
+    with store.read() as con:
+        label = run_statistics(con, run_id)
+        shares = score_shares(con, run_id)
+        top = feature_marginals(con, run_id, side="key", layer=1, head=0, n=5)
+        nodes = node_totals(con, run_id, layer=0, head=2)
+        layers = con.execute("SELECT layers FROM runs WHERE id = ?", [run_id]).fetchone()[0]
+    store.close()
+    assert label["statistics"] == "all_pairs" and label["label"].startswith("exact") and layers == [0, 1]
+    assert len(shares) == 8
+    parts = shares["feature_pairs"] + shares["query_nodes"] + shares["key_nodes_vs_features"]
+    np.testing.assert_allclose(parts, shares["total"], rtol=1e-6)
+    assert list(top["abs_sum"]) == sorted(top["abs_sum"], reverse=True) and (top["n"] > 0).all()
+    assert set(nodes["side"]) == {"query", "key"} and "sae_error" in set(nodes["node"])
+
+
+def test_density_counts_every_token_whatever_the_shard_size(run, tmp_path):
+    """Density = active tokens / ALL tokens of the run: the same for shard sizes 1 and 5."""
+    model, saes, _, _ = run
+    dens = []
+    for size in (1, 5):
+        job = tmp_path / f"s{size}"
+        job.mkdir()
+        cfg = AccumulateFRAConfig(**{**CFG, "q_saes": ("sae-l1",), "layers": (1,), "shard_size": size,
+                                     "batch_size": 1})
+        run_accumulate(cfg, Progress(job), model=model, q_saes=[saes[1]])
+        store, _ = _ingest(job, cfg, tmp_path / f"s{size}.duckdb")
+        with store.read() as con:
+            dens.append(con.execute("SELECT feature, density FROM features ORDER BY feature").df())
+        store.close()
+    pd.testing.assert_frame_equal(dens[0], dens[1])
+    assert (dens[0]["density"] > 0).all() and (dens[0]["density"] <= 1).all()
