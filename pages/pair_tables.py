@@ -16,7 +16,7 @@ from store import METRICS, StoreBusy, StoreError, compare_summary, run_sql_reado
 
 ORDERS = {"desc": "largest first", "asc": "smallest first", "abs": "largest |value| first"}
 SELF_MODES = {"include": None, "only": "only", "exclude": "exclude"}
-VIEWS = ["Top pairs", "Feature", "Charts", "Compare", "Export", "SQL"]
+VIEWS = ["Top pairs", "Feature", "Marginals", "Charts", "Compare", "Export", "SQL"]
 HEAD_COLUMNS = {"unique_pairs": "unique pairs", "occurrences": "occurrences", "mean_abs": "mean |FRA| per occurrence",
                 "max_abs": "max |FRA|", "self_pair_share": "self-pair share of unique pairs"}
 
@@ -58,6 +58,7 @@ sources = {int(s["src"]): s["name"] for s in info["sources"]}
 st.caption(f"model **{info['model_id']}** · SAEs {info['q_sae_id']} × {info['k_sae_id']} · layer {info['layer']} · "
            f"status {info['status']} · created {info['created']} · wall time "
            f"{'%.1f s' % info['wall_s'] if info['wall_s'] else '—'}")
+st.caption(f"Pair statistics: **{q('run_statistics', run_id)['label']}**.")
 cols = st.columns(4)
 cols[0].metric("Samples", f"{int(info['n_samples']):,}")
 cols[1].metric("Unique pairs", f"{int(per_head['unique_pairs'].sum()):,}")
@@ -225,8 +226,10 @@ def show_sql() -> None:
 
 
 try:
+    from pages.ui_marginals import show_marginals
+
     {"Top pairs": show_top, "Feature": show_feature, "Charts": show_charts, "Compare": show_compare,
-     "Export": show_export, "SQL": show_sql}[view]()
+     "Export": show_export, "SQL": show_sql, "Marginals": lambda: show_marginals(q, run_id, layer, head)}[view]()
 except StoreError as exc:
     ui.show_error(exc)
 except StoreBusy as exc:
