@@ -117,41 +117,70 @@ def split_key(key: torch.Tensor, Gq: int, Gk: int):
 
 
 def sample_table(qa, qid, ka, kid, sel, amask, centre: bool, weight, spans: tuple[int, int], slot,
-                 b: int) -> dict | None:
-    """The co-activation table of one sample (see the module docstring), None if nothing is active.
+                 b0: int) -> dict | None:
+    """The co-activation table of a group of samples (see the module docstring), None if nothing is
+    active. The group's features are pooled: its query entries are the rows (b, i) of one dense
+    [batch·query_pos, n_q] matrix, so the query contraction is one GEMM for the whole group.
 
-    qa, qid [query_pos, K] (ã ≥ 0 and global ids; ã = 0: absent); ka, kid [key_pos, L]; sel, amask
-    [query_pos, key_pos] bool; weight [query_pos, key_pos] or None; spans = (Gq, Gk) for the keys;
-    slot: the head slot of the keys; b: sample index written into the cell columns.
+    qa, qid [batch, query_pos, K] (ã ≥ 0 and global ids; ã = 0: absent); ka, kid [batch, key_pos, L];
+    sel, amask [query_pos, key_pos] bool; weight [batch, query_pos, key_pos] or None; spans = (Gq, Gk)
+    for the keys; slot: the head slot of the keys; b0: sample index of the group's first sample.
     """
-    fq, Aq = _dense(qa, qid)
-    fk, Ak = _dense(ka, kid)
+    B, T, K = qa.shape
+    fq, Aq = _dense(qa.reshape(B * T, K), qid.reshape(B * T, K))  # [B·T, n_q]
+    fk, Ak = _dense(ka.reshape(B * T, -1), kid.reshape(B * T, -1))  # [B·T, n_k]
     if len(fq) == 0 or len(fk) == 0:
         return None
-    agg = key_aggregates(Ak, sel, amask, centre, weight)
+    per = [key_aggregates(Ak[b * T:(b + 1) * T], sel, amask, centre, None if weight is None else weight[b])
+           for b in range(B)]
+    agg = {c: torch.cat([p[c] for p in per]) for c in per[0]}  # rows (b, i), like Aq
+    del per
     Bq = (Aq != 0).to(F64)
     n = Bq.T @ agg["cnt"]  # counts < 2^53: exact in float64
     t = {"n": n, "s": Aq.T @ agg["s"], "abs": Aq.T @ agg["abs"], "dn": Bq.T @ agg["dz"],
          "ds": Aq.T @ agg["dv"], "dabs": Aq.T @ agg["dv"].abs()}
-    i_e, f_e = (Aq != 0).nonzero(as_tuple=True)
-    a_e = Aq[i_e, f_e]
-    t["mx"], t["mx_i"], t["mx_j"] = _extreme(a_e, i_e, f_e, len(fq), agg["mx"], agg["jmx"], "amax")
-    t["mn"], t["mn_i"], t["mn_j"] = _extreme(a_e, i_e, f_e, len(fq), agg["mn"], agg["jmn"], "amin")
+    r_e, f_e = (Aq != 0).nonzero(as_tuple=True)
+    a_e = Aq[r_e, f_e]
+    for c, how in (("mx", "amax"), ("mn", "amin")):
+        t[c], row, t[c + "_j"] = _extreme(a_e, r_e, f_e, len(fq), agg[c], agg["j" + c], how)
+        t[c + "_b"], t[c + "_i"] = row // T + b0, row % T
     fl, gl = (n > 0).nonzero(as_tuple=True)
     out = {c: v[fl, gl] for c, v in t.items()}
     out["n"] = out["n"].round().long()
     out["dn"] = out["dn"].round().long()
     out["key"] = pair_key(slot, fq[fl], fk[gl], *spans)
-    out["mx_b"] = out["mn_b"] = torch.full_like(fl, b)
     return out
 
 
-def reduce_tables(tables: list[dict | None]) -> dict | None:
-    """Merge co-activation tables (or rows with repeated keys): sums add, extremes reduce (their cell: the first row that attains
-    them, i.e. the earliest table — tables are merged in sample order, so the result is deterministic)."""
+def sample_groups(qa: torch.Tensor, qid: torch.Tensor, ka: torch.Tensor, kid: torch.Tensor,
+                  budget: int = 1 << 22) -> list[tuple[int, int]]:
+    """Consecutive sample ranges [b0, b1) whose pooled n_q · n_k stays ≤ budget (one sample at least):
+    small dictionaries pool a whole batch, GPT-2-sized ones go sample by sample."""
+    B = qa.shape[0]
+    groups, b0 = [], 0
+    while b0 < B:
+        b1 = b0 + 1
+        while b1 < B:
+            nq = torch.unique(qid[b0:b1 + 1][qa[b0:b1 + 1] != 0]).numel()
+            nk = torch.unique(kid[b0:b1 + 1][ka[b0:b1 + 1] != 0]).numel()
+            if nq * nk > budget:
+                break
+            b1 += 1
+        groups.append((b0, b1))
+        b0 = b1
+    return groups
+
+
+def reduce_tables(tables: list[dict | None], unique_keys: bool = False) -> dict | None:
+    """Merge co-activation tables (or rows with repeated keys): sums add, extremes reduce (their cell:
+    the first row that attains them, i.e. the earliest table — tables are merged in sample order, so the
+    result is deterministic). unique_keys: each table's keys are distinct (a `sample_table`), so one
+    table is returned as it is."""
     tables = [t for t in tables if t is not None]
     if not tables:
         return None
+    if unique_keys and len(tables) == 1:
+        return tables[0]
     cat = {c: torch.cat([t[c] for t in tables]) for c in CO_COLUMNS}
     uniq, inv = torch.unique(cat["key"], return_inverse=True)
     U, dev = len(uniq), uniq.device

@@ -17,7 +17,8 @@ import dataclasses
 
 import torch
 
-from fra_core.fra.allpairs import F64, head_stats, percell_rows, reduce_tables, sample_table, split_key
+from fra_core.fra.allpairs import (F64, head_stats, percell_rows, reduce_tables, sample_groups, sample_table,
+                                   split_key)
 from fra_core.fra.engine import attention_mask, run_sides, selection_mask
 from fra_core.fra.options import FRAInputError, FRAOptions
 from fra_core.fra.sides import parse_dictionary, sae_decoder, side_maps
@@ -117,41 +118,58 @@ def allpairs_batch(model, tokens, layer: int, heads, q_dict, k_dict, options: FR
                                            pat[b, hi] if options.attention_weighted else None, spans, hi, b))
     else:
         slots = range(len(heads)) if options.attention_weighted else [0]
-        for b in range(B):
+        for b0, b1 in sample_groups(qa, q_side.ids, ka, k_side.ids):
             for hi in slots:
-                tables.append(sample_table(qa[b], q_side.ids[b], ka[b], k_side.ids[b], sel, amask,
-                                           options.row_centre, pat[b, hi] if options.attention_weighted else None,
-                                           spans, hi, b))
-    co = reduce_tables(tables)
+                tables.append(sample_table(qa[b0:b1], q_side.ids[b0:b1], ka[b0:b1], k_side.ids[b0:b1], sel, amask,
+                                           options.row_centre,
+                                           pat[b0:b1, hi] if options.attention_weighted else None, spans, hi, b0))
+    co = reduce_tables(tables, unique_keys=model.cfg.positional_embedding_type != "rotary")
     rotary = model.cfg.positional_embedding_type == "rotary"
-    stats = [_head(co, hi, pq, pk, spans, scale, per_head=options.attention_weighted or rotary,
-                   factorised=not rotary) for hi in range(len(heads))]
+    per_head = options.attention_weighted or rotary
+    shared = None if co is None or per_head else _pair_ids(co, spans)  # found once for all heads
+    stats = [_head(co, hi, pq, pk, spans, scale, per_head, not rotary, shared) for hi in range(len(heads))]
     return BatchStats(heads, stats, q_side.offsets, k_side.offsets, (q_side, k_side, scores, pattern, sel, amask))
 
 
+def _pair_ids(co: dict, spans) -> tuple:
+    """(slot, q_gid, k_gid, unique+inverse of q_gid, of k_gid) of a table's rows."""
+    slot, qg, kg = split_key(co["key"], *spans)
+    return slot, qg, kg, torch.unique(qg, return_inverse=True), torch.unique(kg, return_inverse=True)
+
+
 def _head(co, hi: int, pq: Projector, pk: Projector, spans, scale: float, per_head: bool,
-          factorised: bool) -> dict | None:
+          factorised: bool, shared: tuple | None) -> dict | None:
     """Head index hi's statistics: its rows of a per-head table (attention-weighted or rotary) or every
     row of the shared table; times G_h[f, g] when factorised, as they are (G ≡ 1) for per-cell rows."""
     if co is None:
         return None
-    slot, qg, kg = split_key(co["key"], *spans)
     if per_head:
+        slot, _, _ = split_key(co["key"], *spans)
         rows = (slot == hi).nonzero().squeeze(1)
-        co, qg, kg = {c: v[rows] for c, v in co.items()}, qg[rows], kg[rows]
-    G = strengths(qg, kg, hi, pq, pk, scale) if factorised else torch.ones(len(qg), dtype=F64, device=qg.device)
+        co = {c: v[rows] for c, v in co.items()}
+        shared = _pair_ids(co, spans)
+    _, qg, kg, uq, uk = shared
+    G = strengths(uq, uk, hi, pq, pk, scale) if factorised else torch.ones(len(qg), dtype=F64, device=qg.device)
     out = head_stats(co, G)
     out["q_gid"], out["k_gid"] = qg, kg
     return out
 
 
-def strengths(qg: torch.Tensor, kg: torch.Tensor, hi: int, pq: Projector, pk: Projector, scale: float,
-              chunk: int = 1 << 16) -> torch.Tensor:
-    """G_h[f, g] = U_f[h]·V_g[h] / attn_scale (float64) for the listed pairs, [n_pairs]."""
-    out = torch.empty(len(qg), dtype=F64, device=qg.device)
-    for c0 in range(0, len(qg), chunk):
-        sl = slice(c0, c0 + chunk)
-        out[sl] = (pq.get(qg[sl], hi) * pk.get(kg[sl], hi)).sum(-1) / scale
+def strengths(q_unique, k_unique, hi: int, pq: Projector, pk: Projector, scale: float,
+              budget: int = 1 << 22) -> torch.Tensor:
+    """G_h[f, g] = U_f[h]·V_g[h] / attn_scale (float64) for the pairs, [n_pairs]; q_unique / k_unique =
+    `torch.unique(ids, return_inverse=True)` of the pairs' query / key global ids.
+
+    One GEMM over the distinct query × key features of the pairs, a block of query features at a time
+    (the pairs of a batch are dense among its active features, so this beats a gather per pair)."""
+    (uq, qi), (uk, ki) = q_unique, k_unique
+    Vt = pk.get(uk, hi).T / scale  # [d_head, n_k]
+    out = torch.empty(len(qi), dtype=F64, device=qi.device)
+    rows = max(1, budget // max(1, len(uk)))
+    for r0 in range(0, len(uq), rows):
+        block = pq.get(uq[r0:r0 + rows], hi) @ Vt  # [rows, n_k]
+        sel = ((qi >= r0) & (qi < r0 + rows)).nonzero().squeeze(1)
+        out[sel] = block[qi[sel] - r0, ki[sel]]
     return out
 
 
