@@ -185,7 +185,7 @@ class AllPairsRunner:
             for plan in self.plans:
                 bs = allpairs_batch(model, tokens, plan.layer, plan.heads, plan.qd, plan.kd, self.options,
                                     plan.projectors)
-                self._add_pairs(buf, plan, bs, ids)
+                self._add_pairs(buf, plan, bs, ids, tokens.shape[1])
                 self._add_marginals(buf, plan, bs, batch_marginals(model, plan.layer, bs, plan.projectors, self.options))
                 for side, src_map in ((bs.sides[0], plan.q_map), (bs.sides[1], plan.k_map)):
                     count_new_features(buf, side, src_map, tokens, counted)
@@ -195,12 +195,16 @@ class AllPairsRunner:
         s = torch.searchsorted(offs, gid, right=True) - 1
         return torch.tensor(src_map, device=gid.device)[s], gid - offs[s]
 
-    def _add_pairs(self, buf: AllPairsShard, plan: LayerPlan, bs, ids: torch.Tensor) -> None:
+    def _add_pairs(self, buf: AllPairsShard, plan: LayerPlan, bs, ids: torch.Tensor, T: int) -> None:
+        from fra_core.fra.allpairs import decode_cell
+
         tables, exs = [], []
         for hi, st in enumerate(bs.stats):
             if st is None:
                 continue
             st = {c: v.cpu() for c, v in st.items()}
+            for c in ("max", "min"):
+                st[c + "_b"], st[c + "_i"], st[c + "_j"] = decode_cell(st.pop(c + "_c"), T)
             qs, qf = self._run_ids(st["q_gid"], bs.q_offsets, plan.q_map)
             ks, kf = self._run_ids(st["k_gid"], bs.k_offsets, plan.k_map)
             key = self.codec.encode(torch.full_like(qs, plan.heads[hi]), qs, qf, ks, kf)

@@ -25,8 +25,8 @@ term instead (T²·K² per sample and head) and yields the same table, keyed per
 
 A co-activation table (`CoTable`, dict of 1-D tensors): key (int64: (slot · Gq + q_gid) · Gk + k_gid,
 slot = head index or 0 for "all heads"), n, s, abs, dn, ds, dabs (float64 sums: n, Σx, Σ|x|, and the same
-over the diagonal cells i = j only), mx, mn (float64 extremes) and mx_b/mx_i/mx_j, mn_b/… (sample, query,
-key of the first cell that attains them).
+over the diagonal cells i = j only), mx, mn (float64 extremes) and mx_c, mn_c: the cell that attains
+them, coded (sample · T + query) · T + key.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 
 F64 = torch.float64
 ADD_CO = ("n", "s", "abs", "dn", "ds", "dabs")
-CELL_CO = ("mx_b", "mx_i", "mx_j", "mn_b", "mn_i", "mn_j")
+CELL_CO = ("mx_c", "mn_c")  # cell codes (b·T + i)·T + j of the extremes (`decode_cell`)
 CO_COLUMNS = ("key",) + ADD_CO + ("mx", "mn") + CELL_CO
 BUDGET = 1 << 21  # dense elements per temporary block (16 MB of float64)
 
@@ -82,6 +82,52 @@ def key_aggregates(Ak: torch.Tensor, sel: torch.Tensor, amask: torch.Tensor, cen
     return {c: torch.cat(v) for c, v in out.items()}
 
 
+def _scan(X: torch.Tensor, Z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Exclusive prefix aggregates over key rows j < i of X [key_pos, n_k] where Z: cnt, s, mx/jmx, mn/jmn."""
+    T, nk = X.shape
+    mx, jmx = torch.cummax(torch.where(Z, X, -torch.inf), 0)
+    mn, jmn = torch.cummin(torch.where(Z, X, torch.inf), 0)
+    inc = {"cnt": torch.cumsum(Z.to(F64), 0), "s": torch.cumsum(X, 0), "mx": mx, "jmx": jmx, "mn": mn, "jmn": jmn}
+    first = {"cnt": 0.0, "s": 0.0, "mx": -torch.inf, "mn": torch.inf, "jmx": 0, "jmn": 0}
+    return {c: torch.cat([torch.full((1, nk), first[c], dtype=v.dtype, device=X.device), v[:-1]]) for c, v in inc.items()}
+
+
+def key_aggregates_scan(Ak: torch.Tensor, causal: bool, diag: bool, bos_key: bool, bos_query: bool) -> dict:
+    """`key_aggregates` for raw (uncentred, unweighted) values and the engine's selection masks, by
+    scans over the key positions: T·n_k instead of T²·n_k. κ = ã ≥ 0, so Σ|κ| = Σκ.
+
+    causal: keys j ≤ i (else all j); diag: cell i = j selected; bos_key / bos_query: key 0 / query 0 left out.
+    """
+    T, nk = Ak.shape
+    X = Ak.clone()
+    if bos_key:
+        X[0] = 0.0
+    Z = X != 0
+    out = _scan(X, Z)  # keys j < i
+    if not causal:  # and keys j > i: the same scan over the reversed positions
+        suf = _scan(X.flip(0), Z.flip(0))
+        suf = {c: v.flip(0) for c, v in suf.items()}
+        suf["jmx"], suf["jmn"] = T - 1 - suf["jmx"], T - 1 - suf["jmn"]
+        for c in ("cnt", "s"):
+            out[c] = out[c] + suf[c]
+        for c, better in (("mx", torch.gt), ("mn", torch.lt)):
+            take = better(suf[c], out[c])
+            out[c], out["j" + c] = torch.where(take, suf[c], out[c]), torch.where(take, suf["j" + c], out["j" + c])
+    dz = Z & diag
+    out["dz"], out["dv"] = dz.to(F64), torch.where(dz, X, 0.0)
+    if diag:
+        rows = torch.arange(T, device=X.device)[:, None].expand(T, nk)
+        out["cnt"], out["s"] = out["cnt"] + out["dz"], out["s"] + out["dv"]
+        for c, better in (("mx", torch.gt), ("mn", torch.lt)):
+            take = dz & better(X, out[c])
+            out[c], out["j" + c] = torch.where(take, X, out[c]), torch.where(take, rows, out["j" + c])
+    if bos_query:
+        for c, v in (("cnt", 0.0), ("s", 0.0), ("mx", -torch.inf), ("mn", torch.inf), ("dz", 0.0), ("dv", 0.0)):
+            out[c][0] = v
+    out["abs"] = out["s"]
+    return out
+
+
 def _extreme(a_e: torch.Tensor, i_e: torch.Tensor, f_e: torch.Tensor, nq: int, kx: torch.Tensor,
              jx: torch.Tensor, how: str):
     """max (how='amax') or min over the query entries e = (i_e, f_e, a_e > 0) of a_e · kx[i_e, g]:
@@ -117,22 +163,27 @@ def split_key(key: torch.Tensor, Gq: int, Gk: int):
 
 
 def sample_table(qa, qid, ka, kid, sel, amask, centre: bool, weight, spans: tuple[int, int], slot,
-                 b0: int) -> dict | None:
+                 b0: int, layout: tuple | None = None) -> dict | None:
     """The co-activation table of a group of samples (see the module docstring), None if nothing is
     active. The group's features are pooled: its query entries are the rows (b, i) of one dense
     [batch·query_pos, n_q] matrix, so the query contraction is one GEMM for the whole group.
 
     qa, qid [batch, query_pos, K] (ã ≥ 0 and global ids; ã = 0: absent); ka, kid [batch, key_pos, L];
     sel, amask [query_pos, key_pos] bool; weight [batch, query_pos, key_pos] or None; spans = (Gq, Gk)
-    for the keys; slot: the head slot of the keys; b0: sample index of the group's first sample.
+    for the keys; slot: the head slot of the keys; b0: sample index of the group's first sample;
+    layout: (causal, diag, bos_key, bos_query) describing sel when it is the engine's selection mask
+    (then raw values use `key_aggregates_scan`).
     """
     B, T, K = qa.shape
     fq, Aq = _dense(qa.reshape(B * T, K), qid.reshape(B * T, K))  # [B·T, n_q]
     fk, Ak = _dense(ka.reshape(B * T, -1), kid.reshape(B * T, -1))  # [B·T, n_k]
     if len(fq) == 0 or len(fk) == 0:
         return None
-    per = [key_aggregates(Ak[b * T:(b + 1) * T], sel, amask, centre, None if weight is None else weight[b])
-           for b in range(B)]
+    if layout is not None and not centre and weight is None:
+        per = [key_aggregates_scan(Ak[b * T:(b + 1) * T], *layout) for b in range(B)]
+    else:
+        per = [key_aggregates(Ak[b * T:(b + 1) * T], sel, amask, centre, None if weight is None else weight[b])
+               for b in range(B)]
     agg = {c: torch.cat([p[c] for p in per]) for c in per[0]}  # rows (b, i), like Aq
     del per
     Bq = (Aq != 0).to(F64)
@@ -142,8 +193,8 @@ def sample_table(qa, qid, ka, kid, sel, amask, centre: bool, weight, spans: tupl
     r_e, f_e = (Aq != 0).nonzero(as_tuple=True)
     a_e = Aq[r_e, f_e]
     for c, how in (("mx", "amax"), ("mn", "amin")):
-        t[c], row, t[c + "_j"] = _extreme(a_e, r_e, f_e, len(fq), agg[c], agg["j" + c], how)
-        t[c + "_b"], t[c + "_i"] = row // T + b0, row % T
+        t[c], row, j = _extreme(a_e, r_e, f_e, len(fq), agg[c], agg["j" + c], how)
+        t[c + "_c"] = (row + b0 * T) * T + j  # row = b_local · T + i
     fl, gl = (n > 0).nonzero(as_tuple=True)
     out = {c: v[fl, gl] for c, v in t.items()}
     out["n"] = out["n"].round().long()
@@ -192,23 +243,26 @@ def reduce_tables(tables: list[dict | None], unique_keys: bool = False) -> dict 
         out[c] = torch.empty(U, dtype=F64, device=dev).scatter_reduce_(0, inv, cat[c], how, include_self=False)
         hit = cat[c] == out[c][inv]
         first = torch.full((U,), len(inv), device=dev).scatter_reduce_(0, inv[hit], rows[hit], "amin")
-        for p in ("_b", "_i", "_j"):
-            out[c + p] = cat[c + p][first]
+        out[c + "_c"] = cat[c + "_c"][first]
     return out
 
 
 def head_stats(co: dict, G: torch.Tensor) -> dict[str, torch.Tensor]:
     """One head's exact pair statistics from a co-activation table and G [n_pairs] (float64, G_h[f, g]
     of each row; 1 for per-cell tables): n, sum, abs_sum, max, min (float32 of the float64 product),
-    diag_n, diag_sum, diag_abs_sum, and the two extreme cells (max_b/i/j, min_b/i/j)."""
+    diag_n, diag_sum, diag_abs_sum, and the cells of the max and the min (max_c, min_c: `decode_cell`)."""
     pos = G >= 0
     hi, lo = torch.where(pos, G * co["mx"], G * co["mn"]), torch.where(pos, G * co["mn"], G * co["mx"])
     out = {"n": co["n"], "sum": G * co["s"], "abs_sum": G.abs() * co["abs"], "max": hi.float(),
            "min": lo.float(), "diag_n": co["dn"], "diag_sum": G * co["ds"], "diag_abs_sum": G.abs() * co["dabs"]}
-    for p in ("_b", "_i", "_j"):  # G < 0 swaps which co-activation extreme gives the head's max
-        out["max" + p] = torch.where(pos, co["mx" + p], co["mn" + p])
-        out["min" + p] = torch.where(pos, co["mn" + p], co["mx" + p])
+    # G < 0 swaps which co-activation extreme gives the head's max
+    out["max_c"], out["min_c"] = torch.where(pos, co["mx_c"], co["mn_c"]), torch.where(pos, co["mn_c"], co["mx_c"])
     return out
+
+
+def decode_cell(code: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cell code (b · T + i) · T + j → (sample b, query i, key j)."""
+    return code // (T * T), (code // T) % T, code % T
 
 
 def percell_rows(qv, qon, qid, kv, kon, kid, sel, amask, centre: bool, weight, spans: tuple[int, int], slot: int,
@@ -235,6 +289,6 @@ def percell_rows(qv, qon, qid, kv, kon, kid, sel, amask, centre: bool, weight, s
         return None
     x, d = v[i, k, j, l], (i == j)
     df = d.to(v.dtype)
+    c = (b * T + i) * T + j
     return {"key": pair_key(slot, qid[i, k], kid[j, l], *spans), "n": torch.ones_like(i), "s": x, "abs": x.abs(),
-            "dn": d.long(), "ds": x * df, "dabs": x.abs() * df, "mx": x, "mn": x,
-            "mx_b": torch.full_like(i, b), "mx_i": i, "mx_j": j, "mn_b": torch.full_like(i, b), "mn_i": i, "mn_j": j}
+            "dn": d.long(), "ds": x * df, "dabs": x.abs() * df, "mx": x, "mn": x, "mx_c": c, "mn_c": c}

@@ -118,17 +118,35 @@ def allpairs_batch(model, tokens, layer: int, heads, q_dict, k_dict, options: FR
                                            pat[b, hi] if options.attention_weighted else None, spans, hi, b))
     else:
         slots = range(len(heads)) if options.attention_weighted else [0]
+        layout = _layout(model, options, sel, amask)
         for b0, b1 in sample_groups(qa, q_side.ids, ka, k_side.ids):
             for hi in slots:
                 tables.append(sample_table(qa[b0:b1], q_side.ids[b0:b1], ka[b0:b1], k_side.ids[b0:b1], sel, amask,
                                            options.row_centre,
-                                           pat[b0:b1, hi] if options.attention_weighted else None, spans, hi, b0))
+                                           pat[b0:b1, hi] if options.attention_weighted else None, spans, hi, b0,
+                                           layout))
     co = reduce_tables(tables, unique_keys=model.cfg.positional_embedding_type != "rotary")
     rotary = model.cfg.positional_embedding_type == "rotary"
     per_head = options.attention_weighted or rotary
     shared = None if co is None or per_head else _pair_ids(co, spans)  # found once for all heads
     stats = [_head(co, hi, pq, pk, spans, scale, per_head, not rotary, shared) for hi in range(len(heads))]
     return BatchStats(heads, stats, q_side.offsets, k_side.offsets, (q_side, k_side, scores, pattern, sel, amask))
+
+
+def _layout(model, options: FRAOptions, sel: torch.Tensor, amask: torch.Tensor) -> tuple | None:
+    """(causal, diag, bos_key, bos_query) when sel is exactly the mask they describe (else None)."""
+    layout = (model.cfg.attention_dir != "bidirectional", not options.exclude_diagonal, options.exclude_bos_key,
+              options.exclude_bos_query)
+    T = sel.shape[0]
+    want = torch.ones(T, T, dtype=torch.bool, device=sel.device)
+    want = want.tril() if layout[0] else want
+    if not layout[1]:
+        want.fill_diagonal_(False)
+    if layout[2]:
+        want[:, 0] = False
+    if layout[3]:
+        want[0, :] = False
+    return layout if bool((want == sel).all()) else None
 
 
 def _pair_ids(co: dict, spans) -> tuple:
@@ -164,11 +182,16 @@ def strengths(q_unique, k_unique, hi: int, pq: Projector, pk: Projector, scale: 
     (the pairs of a batch are dense among its active features, so this beats a gather per pair)."""
     (uq, qi), (uk, ki) = q_unique, k_unique
     Vt = pk.get(uk, hi).T / scale  # [d_head, n_k]
-    out = torch.empty(len(qi), dtype=F64, device=qi.device)
     rows = max(1, budget // max(1, len(uk)))
-    for r0 in range(0, len(uq), rows):
+    if len(uq) <= rows:
+        return (pq.get(uq, hi) @ Vt)[qi, ki]
+    out = torch.empty(len(qi), dtype=F64, device=qi.device)
+    ordered = bool((qi[1:] >= qi[:-1]).all())  # tables are sorted by key: a block's pairs are contiguous
+    edges = torch.searchsorted(qi, torch.arange(0, len(uq) + rows, rows, device=qi.device)) if ordered else None
+    for n, r0 in enumerate(range(0, len(uq), rows)):
         block = pq.get(uq[r0:r0 + rows], hi) @ Vt  # [rows, n_k]
-        sel = ((qi >= r0) & (qi < r0 + rows)).nonzero().squeeze(1)
+        sel = slice(int(edges[n]), int(edges[n + 1])) if ordered else \
+            ((qi >= r0) & (qi < r0 + rows)).nonzero().squeeze(1)
         out[sel] = block[qi[sel] - r0, ki[sel]]
     return out
 

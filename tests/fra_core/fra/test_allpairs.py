@@ -96,11 +96,16 @@ def brute_force(model, toks, layer, sae, opts, proj):
     return agg
 
 
-def as_dict(res):
+def as_dict(res, T: int = 7):
+    from fra_core.fra.allpairs import decode_cell
+
     out = {}
     for h, st in zip(res.heads, res.stats):
         if st is None:
             continue
+        st = dict(st)
+        for c in ("max", "min"):
+            st[c + "_b"], st[c + "_i"], st[c + "_j"] = decode_cell(st.pop(c + "_c"), T)
         cols = {c: v.tolist() for c, v in st.items()}
         for r in range(len(cols["n"])):
             out[(h, cols["q_gid"][r], cols["k_gid"][r])] = {c: cols[c][r] for c in cols}
