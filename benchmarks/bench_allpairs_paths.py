@@ -65,21 +65,25 @@ def time_paths(model, sae, batches: list[torch.Tensor], layer: int, k_active: in
     codec = PairCodec(model.cfg.n_heads, 1, sae.cfg.d_sae)
     opts_t = FRAOptions(k_active=k_active, top_m=top_m, exclude_diagonal=False)
     opts_a = FRAOptions(k_active=k_active, top_m=None, exclude_diagonal=False)
-    out = {"topm_s": 0.0, "allpairs_s": 0.0, "marginals_s": 0.0, "topm_pairs": 0, "allpairs_pairs": 0}
+    out = {"topm_s": 0.0, "allpairs_s": 0.0, "marginals_s": 0.0, "topm_cpu_s": 0.0, "allpairs_cpu_s": 0.0,
+           "topm_pairs": 0, "allpairs_pairs": 0}
+    clock = time.process_time  # CPU seconds of this process (all its threads): less noisy than wall on a shared machine
     proj = (Projector(model, layer, sae, "Q", heads), Projector(model, layer, sae, "K", heads))
     with torch.no_grad():
         compute_fra(model, batches[0][:1], layer, None, sae, None, opts_t)  # warm-up: caches, allocator
         allpairs_batch(model, batches[0][:1], layer, None, sae, None, opts_a, proj)
         for tokens in batches:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), clock()
             e = compute_fra(model, tokens, layer, None, sae, None, opts_t).entries
             key = codec.encode(e["head"], e["q_source"], e["q_feature"], e["k_source"], e["k_feature"])
             t = reduce_by_key(key, entry_stats(e["value"], e["query_pos"] == e["key_pos"]))
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), clock()
             bs = allpairs_batch(model, tokens, layer, None, sae, None, opts_a, proj)
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), clock()
             batch_marginals(model, layer, bs, proj, opts_a)
             t3 = time.perf_counter()
+            out["topm_cpu_s"] += c1 - c0
+            out["allpairs_cpu_s"] += c2 - c1
             out["topm_s"] += t1 - t0
             out["allpairs_s"] += t2 - t1
             out["marginals_s"] += t3 - t2
