@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.ui import render_sidebar
+from ui.common import render_sidebar
 
 st.set_page_config(page_title="FRA Studio", page_icon="🔍", layout="wide")
 

@@ -2,7 +2,7 @@
 
 Both paths start from token ids and end with per-pair statistics of every head of one layer:
 - top-m:     `compute_fra(top_m=8)` (the engine: T²K² pair values per head, top-m per cell) + the job's
-             per-pair reduction (`accumulate_agg.reduce_by_key`);
+             per-pair reduction (`fra.aggregate.reduce_by_key`);
 - all pairs: `allpairs_batch` (co-activation tables shared by the heads, G_h per pair; every pair, no
              truncation); marginals (`batch_marginals`) are timed apart.
 Cases: (a) the demo model, layer 1, all heads, demo texts; (b) a GPT-2-Small-shaped layer: random
@@ -57,8 +57,9 @@ def gpt2_shaped(T: int = 128, seed: int = 0):
 
 def time_paths(model, sae, batches: list[torch.Tensor], layer: int, k_active: int, top_m: int = 8) -> dict:
     """Seconds per path over the same batches, and the pairs each path reports."""
-    from fra_core.accumulate_agg import PairCodec, entry_stats, reduce_by_key
+    from fra_core.accumulate.stats import entry_stats
     from fra_core.fra import FRAOptions, compute_fra
+    from fra_core.fra.aggregate import PairCodec, reduce_by_key
     from fra_core.fra.allpairs_batch import Projector, allpairs_batch, batch_marginals
 
     heads = list(range(model.cfg.n_heads))

@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fra_core.errors import FRAStudioError
+
 C = TypeVar("C", bound="JobConfig")
 
 
-class ConfigError(ValueError):
+class ConfigError(FRAStudioError):
     """A config file or dict that does not describe a valid job."""
 
 

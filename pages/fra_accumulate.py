@@ -16,8 +16,9 @@ import streamlit as st
 from fra_core import jobs
 from fra_core.accumulate import KIND, AccumulateFRAConfig
 from fra_core.datasets import open_texts
-from pages import ui, ui_store
 from store import StoreBusy, StoreError, delete_run
+from ui import common as ui
+from ui import store as ui_store
 
 DEMO_SAES = ("demo-l1-ln1", "demo-l0-hook-z")
 SOURCES = {"Demo texts": "demo", "Local file (.txt / .jsonl)": "file", "Saved HF dataset (folder)": "disk",

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from fra_core.models import list_models, model_summary
-from pages import ui
+from ui import common as ui
 
 st.title("Models")
 
@@ -25,8 +25,8 @@ except Exception as exc:  # ModelLoadError and friends: show, keep the app runni
     ui.show_error(exc, f"Could not load {ref!r}")
     st.stop()
 
-from fra_core.head_scores import head_scores  # noqa: E402  (torch is loaded by now anyway)
-from fra_core.prompting import attention_patterns, next_token_table  # noqa: E402
+from fra_core.models.head_scores import head_scores  # noqa: E402  (torch is loaded by now anyway)
+from fra_core.models.prompting import attention_patterns, next_token_table  # noqa: E402
 
 summary = model_summary(model)
 cols = st.columns(4)

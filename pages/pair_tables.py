@@ -2,7 +2,7 @@
 
 Pick a run → top pairs by a metric with filters; a feature's partners and contexts; charts; two runs or
 two heads compared; downloads; a read-only SQL box. Every query aggregates in DuckDB (≤ 10 k rows come
-back) and is cached until the run changes (see `pages.ui_store`). Altair is imported only by the views
+back) and is cached until the run changes (see `ui.store`). Altair is imported only by the views
 that draw charts, so the first render stays fast.
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import ui, ui_store
-from pages.ui_store import METRIC_LABELS
 from store import METRICS, StoreBusy, StoreError, compare_summary, run_sql_readonly
+from ui import common as ui
+from ui import store as ui_store
+from ui.store import METRIC_LABELS
 
 ORDERS = {"desc": "largest first", "asc": "smallest first", "abs": "largest |value| first"}
 SELF_MODES = {"include": None, "only": "only", "exclude": "exclude"}
@@ -142,7 +143,7 @@ def show_feature() -> None:
 
 
 def show_charts() -> None:
-    from pages import ui_charts
+    from ui import charts as ui_charts
 
     top = q("top_pairs", run_id, metric=metric, n=n_rows, order=order, diagonal=diagonal, **where)
     if not top.empty:
@@ -163,7 +164,7 @@ def show_charts() -> None:
 
 
 def show_compare() -> None:
-    from pages import ui_charts
+    from ui import charts as ui_charts
 
     mode = st.radio("Compare", ["two heads", "two runs"], horizontal=True, key="pt_cmp_mode")
     n = int(st.number_input("Top N of each side", 1, 5_000, 100, key="pt_cmp_n"))
@@ -226,7 +227,7 @@ def show_sql() -> None:
 
 
 try:
-    from pages.ui_marginals import show_marginals
+    from ui.marginals import show_marginals
 
     {"Top pairs": show_top, "Feature": show_feature, "Charts": show_charts, "Compare": show_compare,
      "Export": show_export, "SQL": show_sql, "Marginals": lambda: show_marginals(q, run_id, layer, head)}[view]()

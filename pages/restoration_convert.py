@@ -7,7 +7,7 @@ import streamlit as st
 
 from fra_core.restoration.runs import list_runs, restoration_root
 from fra_core.workspace import check_name
-from pages.ui import show_error, workspace
+from ui.common import show_error, workspace
 
 ws = workspace()
 

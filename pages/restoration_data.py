@@ -6,10 +6,20 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from fra_core.atf import (CLEAN_CHOICES, AtfError, CleanOptions, audit_fragments, build_vocab, clean_fragment, load_fragments,
-                          parse_atf, parse_corpus, sample_path)
+from fra_core.atf import (
+    CLEAN_CHOICES,
+    AtfError,
+    CleanOptions,
+    audit_fragments,
+    build_vocab,
+    clean_fragment,
+    load_fragments,
+    parse_atf,
+    parse_corpus,
+    sample_path,
+)
 from fra_core.restoration.dataset import BuildDatasetConfig, DatasetBuildError, build_restoration_dataset
-from pages.ui import show_error, workspace
+from ui.common import show_error, workspace
 
 STATUS_HELP = "status per character: c read on the tablet (maskable) · b editor's restoration · g gap · m kept markup"
 

@@ -9,7 +9,7 @@ import streamlit as st
 from fra_core import jobs
 from fra_core.restoration.dataset import list_restoration_datasets
 from fra_core.restoration.runs import list_runs
-from pages.ui import device_choice, job_progress, show_error, workspace
+from ui.common import device_choice, job_progress, show_error, workspace
 
 KIND = "train-restoration"
 ws = workspace()

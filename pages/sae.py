@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages import ui_sae as ui
+from ui import sae as ui
 
 ARCHS = ("topk", "standard", "batchtopk", "jumprelu")
 HOOKS = ("blocks.{L}.ln1.hook_normalized", "blocks.{L}.hook_resid_pre", "blocks.{L}.attn.hook_z",

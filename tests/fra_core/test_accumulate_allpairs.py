@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fra_core import accumulate_shards as shards
-from fra_core.accumulate import AccumulateFRAConfig, run_accumulate
+from fra_core import contracts as shards
+from fra_core.accumulate import AccumulateFRAConfig
+from fra_core.accumulate.run import run_accumulate
 from fra_core.config import ConfigError
 from fra_core.datasets import open_texts
 from fra_core.jobs import Progress

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from fra_core import accumulate_shards as shards
+from fra_core import contracts as shards
 from tests.pages.test_pair_tables_page import _ok, _open
 from tests.store.fake_jobs import make_job
 

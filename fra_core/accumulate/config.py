@@ -1,36 +1,30 @@
-"""Dataset-scale FRA accumulation: the job config, the job entry point and the headless CLI.
-
-    python -m fra_core accumulate --config run.yaml [--job-dir DIR] [--ingest]
+"""The accumulation job's config and error types (no torch: pages build the config form from it).
 
 The job runs in its own process (`fra_core.jobs`), streams the dataset in batches, computes exact FRA
 with the engine, aggregates per pair in torch and writes atomic Parquet shards into its job folder
-(`fra_core.accumulate_shards`). It never opens the DuckDB file: the app ingests shards
+(`fra_core.contracts`). It never opens the DuckDB file: the app ingests shards
 (`store.ingest_job_shards`). A killed job resumes where it stopped: samples covered by a complete shard
 are skipped, an incomplete shard is redone, so no sample is counted twice.
 
-This module imports no torch (pages build the config form from it); the work is in `accumulate_run`.
+The work is in `fra_core.accumulate.run`, the CLI in `fra_core.accumulate.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import sys
-from pathlib import Path
-from typing import Any
 
 from fra_core.config import ConfigError, JobConfig
+from fra_core.errors import FRAStudioError
 
 KIND = "accumulate"
 STATISTICS = ("all_pairs", "top_m")
 
 
-class AccumulateError(ValueError):
+class AccumulateError(FRAStudioError):
     """Bad input for an accumulation job (model/SAE mismatch, heads out of range, ...)."""
 
 
-class ShardWriteError(RuntimeError):
+class ShardWriteError(FRAStudioError, RuntimeError):
     """A shard could not be written (disk full, permissions); earlier shards are intact."""
 
 
@@ -118,77 +112,3 @@ class AccumulateFRAConfig(JobConfig):
     def run_layers(self) -> tuple[int, ...]:
         """The layers this run covers: `layers`, or (`layer`,)."""
         return self.layers or (self.layer,)
-
-
-def run_accumulate(cfg: AccumulateFRAConfig, progress, *, model=None, q_saes=None, k_saes=None) -> dict[str, Any]:
-    """Job entry point (`fra_core.jobs`): accumulate into `progress.job_dir`/shards; resumable.
-
-    `model` / `q_saes` / `k_saes` may be passed in-process (tests, notebooks) instead of loading refs.
-    """
-    from fra_core.accumulate_run import accumulate
-
-    return accumulate(cfg, progress, model=model, q_saes=q_saes, k_saes=k_saes)
-
-
-# ----------------------------------------------------------------------------- CLI
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fra_core accumulate",
-                                description="Accumulate FRA pair statistics over a dataset (resumable).")
-    p.add_argument("--config", help="YAML file (AccumulateFRAConfig, e.g. saved from the app)")
-    p.add_argument("--job-dir", help="resume this existing job folder instead of creating a new one")
-    p.add_argument("--ingest", action="store_true",
-                   help="ingest the shards into the workspace database at the end (skipped if the app holds it)")
-    return p
-
-
-def _ingest(job_dir: Path) -> str:
-    # The CLI is the one place fra_core reaches into store/ (DuckDB), and only on request.
-    from fra_core.workspace import Workspace
-    from store import Store, StoreBusy, ingest_job_shards
-
-    store = Store(Workspace.from_env().db_path, timeout_s=5)
-    try:
-        with store.write() as con:
-            res = ingest_job_shards(con, job_dir)
-    except StoreBusy:
-        return "database busy (an app holds it): the app ingests this job when it next lists runs"
-    finally:
-        store.close()
-    return f"ingested run {res['run']}: {res['shards']} new shards, {res['samples']} samples"
-
-
-def cli_main(argv: list[str]) -> int:
-    from fra_core import jobs
-    from fra_core.datasets import open_texts
-    from fra_core.workspace import Workspace
-
-    args = _parser().parse_args(argv)
-    try:
-        if args.job_dir:
-            job_dir = Path(args.job_dir)
-            cfg = AccumulateFRAConfig.load_yaml(job_dir / "config.yaml")
-        elif args.config:
-            cfg = AccumulateFRAConfig.load_yaml(args.config)
-            job_dir = None
-        else:
-            raise ConfigError("give --config <file.yaml> (or --job-dir <folder> to resume)")
-        open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed)  # fail fast on a bad dataset
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if job_dir is None:
-        job_dir = jobs.new_job_dir(Workspace.from_env().jobs, KIND, cfg)
-    print(f"job folder: {job_dir}", flush=True)
-    # the traceback of a failure goes to the job's log; the terminal gets one line
-    with open(job_dir / "log.txt", "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
-        code = jobs.run_job_dir(job_dir)
-    status = jobs.job_status(job_dir)
-    if code != 0:
-        print(f"error: {status.get('message', 'failed')} (details: {job_dir / 'log.txt'})", file=sys.stderr)
-        return code
-    result = status.get("result", {})
-    print(f"done: {result.get('samples')} samples in {result.get('shards')} shards, "
-          f"{status.get('wall_s', 0):.1f} s", flush=True)
-    if args.ingest:
-        print(_ingest(job_dir), flush=True)
-    return 0

@@ -18,10 +18,11 @@ import pyarrow as pa
 import torch
 
 import fra_core
-from fra_core import accumulate_shards as shards
-from fra_core.accumulate import AccumulateError, AccumulateFRAConfig
-from fra_core.accumulate_agg import Examples, PairCodec, examples_table, merge, pairs_table
-from fra_core.accumulate_run import ShardBuffer, effective_k, load_model_and_saes, run_sources
+from fra_core import contracts as shards
+from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig
+from fra_core.accumulate.run import ShardBuffer, effective_k, load_model_and_saes, run_sources
+from fra_core.accumulate.stats import Examples, examples_table, merge, pairs_table
+from fra_core.fra.aggregate import PairCodec
 
 
 def layer_dictionaries(refs: list[str], saes: list, layer: int) -> list[int]:
@@ -121,7 +122,7 @@ def _table(cols: dict[str, list], schema: pa.Schema) -> pa.Table:
 
 
 class AllPairsRunner:
-    """The all-pair job for `fra_core.accumulate_run.accumulate`: setup, one batch, one written shard."""
+    """The all-pair job for `fra_core.accumulate.run.accumulate`: setup, one batch, one written shard."""
 
     def __init__(self, cfg: AccumulateFRAConfig, job_dir: Path, model=None, q_saes=None, k_saes=None):
         from fra_core.fra import FRAOptions
@@ -174,7 +175,7 @@ class AllPairsRunner:
 
         cfg, model = self.cfg, self.model
         groups: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        for sample, text in items:  # one engine call per token length: no padding (see accumulate_run)
+        for sample, text in items:  # one engine call per token length: no padding (see accumulate.run)
             toks = model.to_tokens(text, prepend_bos=cfg.prepend_bos, truncate=True)[0, : cfg.context_length]
             buf.samples.append((sample, [str(t) for t in model.to_str_tokens(toks)] if len(toks) else []))
             if len(toks) >= 1:
@@ -236,7 +237,7 @@ class AllPairsRunner:
 
 
 def count_new_features(buf: ShardBuffer, side, src_map: list[int], tokens: torch.Tensor, counted: set[int]) -> None:
-    """Active-token counts and feature tokens (as `accumulate_run._count_features`) for the run
+    """Active-token counts and feature tokens (as `accumulate.run._count_features`) for the run
     sources of this side not yet counted in this batch (an upstream SAE can serve several layers)."""
     new = sorted(set(src_map) - counted)
     if not new:

@@ -23,12 +23,29 @@ from typing import Any, Callable
 import pandas as pd
 import streamlit as st
 
-from pages import ui
-from store import (Store, StoreBusy, StoreError, compare_pairs, export_pairs_bytes, feature_partners, get_run,
-                   html_report, ingest_all_jobs, ingest_job_shards, list_runs, pair_examples, results_package_bytes,
-                   self_fraction_by_head, set_feature_labels, summary_stats, top_pairs, value_histogram)
+from store import (
+    Store,
+    StoreBusy,
+    StoreError,
+    compare_pairs,
+    export_pairs_bytes,
+    feature_partners,
+    get_run,
+    html_report,
+    ingest_all_jobs,
+    ingest_job_shards,
+    list_runs,
+    pair_examples,
+    results_package_bytes,
+    self_fraction_by_head,
+    set_feature_labels,
+    summary_stats,
+    top_pairs,
+    value_histogram,
+)
 from store.marginals import feature_marginals, node_totals, run_statistics, score_shares
 from store.page_queries import feature_labels, head_summary, human_labels, run_heads, sample_tokens
+from ui import common as ui
 
 SYNC_EVERY_S = 2.0
 # what each metric is, over the cells (query i, key j) where both features of the pair are active (all-pair
@@ -174,7 +191,7 @@ def _save_label(sae_id: str, feature: int, key: str) -> None:
 
 def open_example_controls(version: tuple, run_id: int, info: dict, examples: pd.DataFrame) -> None:
     """Pick one of the shown example contexts and open it in Single text FRA (its cell selected)."""
-    from pages import ui_goto
+    from ui import goto as ui_goto
 
     c = st.columns([4, 1], vertical_alignment="bottom")
     i = c[0].selectbox("Example to open", range(len(examples)), key="pt_open_example",
