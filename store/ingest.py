@@ -119,8 +119,8 @@ def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool
         _insert_arrow(con, "feature_counts", run, "_shard_features", contracts.FEATURES_SCHEMA.names)
         _insert_arrow(con, "feature_tokens", run, "_shard_feature_tokens", contracts.FEATURE_TOKENS_SCHEMA.names)
         _insert_arrow(con, "samples_done", run, "_shard_samples", ("sample", "shard", "n_tokens", "tokens"))
-        _insert_arrow(con, "feature_marginals", run, "_shard_marginals", shards.MARGINALS_SCHEMA.names)
-        _insert_arrow(con, "node_totals", run, "_shard_node_totals", shards.NODE_TOTALS_SCHEMA.names)
+        _insert_arrow(con, "feature_marginals", run, "_shard_marginals", contracts.MARGINALS_SCHEMA.names)
+        _insert_arrow(con, "node_totals", run, "_shard_node_totals", contracts.NODE_TOTALS_SCHEMA.names)
         con.execute("INSERT INTO ingested_shards VALUES (?, ?, ?, ?, ?)",
                     [run, shard, len(manifest["samples"]), tables["pairs"].num_rows, _dt.datetime.now()])
         con.execute("UPDATE runs SET n_samples = n_samples + ?, updated = ? WHERE id = ?",

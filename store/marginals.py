@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from store.connection import StoreError
-from store.ingest import resolve_run
+from store.errors import StoreError
+from store.sqlparts import resolve_run
 
 MARGINAL_ORDERS = {"abs_sum": "abs_sum DESC", "sum": "sum DESC", "neg_sum": "sum ASC", "n": "n DESC"}
 

@@ -11,6 +11,8 @@ upstream SAE serves several layers.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,6 @@ import torch
 import fra_core
 from fra_core import contracts as shards
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig
-from fra_core.accumulate.run import ShardBuffer, effective_k, load_model_and_saes, run_sources
 from fra_core.accumulate.stats import Examples, examples_table, merge, pairs_table
 from fra_core.fra.aggregate import PairCodec
 
@@ -58,21 +59,34 @@ class LayerPlan:
                            Projector(model, layer, self.kd, "K", self.heads))
 
 
-class AllPairsShard(ShardBuffer):
-    """A shard of an all-pair run: the base buffer's samples / feature counts / tokens, plus per layer
-    the pair tables, example candidates, marginals, node totals and completeness maxima."""
+@dataclasses.dataclass(frozen=True)
+class JobParts:
+    """The job pieces shared with `fra_core.accumulate.run`, passed in by it (run imports this module,
+    never the reverse): its ShardBuffer class, effective_k, load_model_and_saes, run_sources."""
+
+    shard_buffer: type
+    effective_k: Callable
+    load_model_and_saes: Callable
+    run_sources: Callable
+
+
+class AllPairsShard:
+    """A shard of an all-pair run: a base ShardBuffer (samples, feature counts, feature tokens), plus per
+    layer the pair tables and example candidates (a ShardBuffer each), marginals, node totals and
+    completeness maxima."""
 
     def __init__(self, runner: "AllPairsRunner"):
-        super().__init__(len(runner.sources), runner.codec.d_max, runner.cfg.examples_per_pair,
-                         runner.model.cfg.d_vocab, runner.token_str)
-        self.runner = runner
-        self.layers = {p.layer: ShardBuffer(1, 1, self.k, 1, None) for p in runner.plans}
+        self.k, self.runner = runner.cfg.examples_per_pair, runner
+        self.base = runner.parts.shard_buffer(len(runner.sources), runner.codec.d_max, self.k,
+                                              runner.model.cfg.d_vocab, runner.token_str)
+        self.samples = self.base.samples  # the job loop counts and writes these
+        self.layers = {p.layer: runner.parts.shard_buffer(1, 1, self.k, 1, None) for p in runner.plans}
         self.marg: list[tuple[int, str, torch.Tensor, torch.Tensor]] = []  # (layer, side, run key, vals)
         self.nodes: dict[tuple[int, str], tuple[list[str], torch.Tensor]] = {}
         self.err: dict[int, torch.Tensor] = {}  # layer → [head_index, 2]: max |error|, max |score|
 
     def arrow(self, codec: PairCodec, layer: int) -> dict[str, pa.Table]:
-        out = super().arrow(codec, layer)  # samples, features, feature_tokens (no pair tables here)
+        out = self.base.arrow(codec, layer)  # samples, features, feature_tokens (no pair tables here)
         pairs, examples = [], []
         for L, lb in self.layers.items():
             if lb.tables:
@@ -124,18 +138,19 @@ def _table(cols: dict[str, list], schema: pa.Schema) -> pa.Table:
 class AllPairsRunner:
     """The all-pair job for `fra_core.accumulate.run.accumulate`: setup, one batch, one written shard."""
 
-    def __init__(self, cfg: AccumulateFRAConfig, job_dir: Path, model=None, q_saes=None, k_saes=None):
+    def __init__(self, cfg: AccumulateFRAConfig, job_dir: Path, parts: JobParts, model=None, q_saes=None,
+                 k_saes=None):
         from fra_core.fra import FRAOptions
 
-        self.cfg, self.job_dir = cfg, Path(job_dir)
-        self.model, self.q_saes, self.k_saes = load_model_and_saes(cfg, model, q_saes, k_saes)
-        self.sources, q_map, k_map = run_sources(cfg, self.q_saes, self.k_saes)
+        self.cfg, self.job_dir, self.parts = cfg, Path(job_dir), parts
+        self.model, self.q_saes, self.k_saes = parts.load_model_and_saes(cfg, model, q_saes, k_saes)
+        self.sources, q_map, k_map = parts.run_sources(cfg, self.q_saes, self.k_saes)
         q_refs = list(cfg.q_saes)
         k_refs = list(cfg.k_saes) if cfg.k_saes else q_refs
         self.plans = [LayerPlan(self.model, L, cfg, q_refs, self.q_saes, k_refs, self.k_saes, q_map, k_map)
                       for L in cfg.run_layers]
         self.codec = PairCodec(self.model.cfg.n_heads, len(self.sources), max(s["d_sae"] for s in self.sources))
-        self.options = FRAOptions(k_active=effective_k(cfg.k_active, self.q_saes, self.k_saes), top_m=None,
+        self.options = FRAOptions(k_active=parts.effective_k(cfg.k_active, self.q_saes, self.k_saes), top_m=None,
                                   exclude_diagonal=not cfg.include_diagonal, exclude_bos_key=cfg.exclude_bos_key,
                                   exclude_bos_query=cfg.exclude_bos_query, row_centre=cfg.row_centre,
                                   attention_weighted=cfg.attention_weighted)
@@ -189,7 +204,7 @@ class AllPairsRunner:
                 self._add_pairs(buf, plan, bs, ids, tokens.shape[1])
                 self._add_marginals(buf, plan, bs, batch_marginals(model, plan.layer, bs, plan.projectors, self.options))
                 for side, src_map in ((bs.sides[0], plan.q_map), (bs.sides[1], plan.k_map)):
-                    count_new_features(buf, side, src_map, tokens, counted)
+                    count_new_features(buf.base, side, src_map, tokens, counted)
 
     def _run_ids(self, gid: torch.Tensor, offsets: list[int], src_map: list[int]):
         offs = torch.tensor(offsets, device=gid.device)
@@ -236,8 +251,8 @@ class AllPairsRunner:
         buf.err[plan.layer] = err if plan.layer not in buf.err else torch.maximum(buf.err[plan.layer], err)
 
 
-def count_new_features(buf: ShardBuffer, side, src_map: list[int], tokens: torch.Tensor, counted: set[int]) -> None:
-    """Active-token counts and feature tokens (as `accumulate.run._count_features`) for the run
+def count_new_features(buf, side, src_map: list[int], tokens: torch.Tensor, counted: set[int]) -> None:
+    """Active-token counts and feature tokens of a ShardBuffer (as `accumulate.run._count_features`) for the run
     sources of this side not yet counted in this batch (an upstream SAE can serve several layers)."""
     new = sorted(set(src_map) - counted)
     if not new:

@@ -214,9 +214,10 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
     source = open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed)  # fail fast before the model loads
     progress.update(0, cfg.n_samples, message="loading model and SAEs", force=True)
     if cfg.statistics == "all_pairs":
-        from fra_core.accumulate.allpairs import AllPairsRunner
+        from fra_core.accumulate.allpairs import AllPairsRunner, JobParts
 
-        runner = AllPairsRunner(cfg, job_dir, model, q_saes, k_saes)
+        parts = JobParts(ShardBuffer, effective_k, load_model_and_saes, run_sources)
+        runner = AllPairsRunner(cfg, job_dir, parts, model, q_saes, k_saes)
     else:
         runner = TopMRunner(cfg, job_dir, model, q_saes, k_saes)
     model, codec = runner.model, runner.codec

@@ -17,8 +17,7 @@ import dataclasses
 
 import torch
 
-from fra_core.fra.allpairs import (F64, head_stats, percell_rows, reduce_tables, sample_groups, sample_table,
-                                   split_key)
+from fra_core.fra.allpairs import F64, head_stats, percell_rows, reduce_tables, sample_groups, sample_table, split_key
 from fra_core.fra.engine import attention_mask, run_sides, selection_mask
 from fra_core.fra.options import FRAInputError, FRAOptions
 from fra_core.fra.sides import parse_dictionary, sae_decoder, side_maps

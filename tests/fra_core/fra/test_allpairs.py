@@ -19,7 +19,8 @@ from fra_core.fra import FRAOptions, reference_fra
 from fra_core.fra.allpairs_batch import Projector, allpairs_batch
 from fra_core.fra.engine import run_sides
 from fra_core.fra.reference import _rotate
-from tests.fra_core.fra.helpers_fra import side_saes, tiny, tokens as make_tokens
+from tests.fra_core.fra.helpers_fra import side_saes, tiny
+from tests.fra_core.fra.helpers_fra import tokens as make_tokens
 
 CASES = {  # name: (model kwargs, options kwargs)
     "causal": ({}, {}),
@@ -56,17 +57,8 @@ def brute_force(model, toks, layer, sae, opts, proj):
     agg = {}
     for b in range(B):
         for hi, h in enumerate(heads):
-            def vecs(side, p, which):
-                out = []
-                for k in range(side.ids.shape[2]):
-                    a = float(side.coef[b, p, k])
-                    if a != 0:
-                        u = a * (proj[which].rows[int(side.ids[b, p, k]), hi] if proj[which].filled[int(side.ids[b, p, k])]
-                                 else proj[which].get(side.ids[b, p, k:k + 1])[0, hi])
-                        out.append((int(side.ids[b, p, k]), _rotate(model, layer, u, p) if rot else u))
-                return out
-            Q = [vecs(qs, i, 0) for i in range(T)]
-            K = [vecs(ks, j, 1) for j in range(T)]
+            Q = [_vectors(model, layer, qs, proj[0], b, hi, i, rot) for i in range(T)]
+            K = [_vectors(model, layer, ks, proj[1], b, hi, j, rot) for j in range(T)]
             for i in range(T):
                 keys = [j for j in range(T) if j <= i or not causal]
                 raw = {j: {(f, g): float(qv @ kv) / scale for f, qv in Q[i] for g, kv in K[j]} for j in keys}
@@ -94,6 +86,17 @@ def brute_force(model, toks, layer, sae, opts, proj):
                             s["diag_sum"] += v
                             s["diag_abs_sum"] += abs(v)
     return agg
+
+
+def _vectors(model, layer, side, proj, b, hi, p, rot):
+    """[(global id, ã · R_p U_f)] of the active features at (sample b, position p), one head index."""
+    out = []
+    for k in range(side.ids.shape[2]):
+        a = float(side.coef[b, p, k])
+        if a != 0:
+            u = a * proj.get(side.ids[b, p, k:k + 1])[0, hi]
+            out.append((int(side.ids[b, p, k]), _rotate(model, layer, u, p) if rot else u))
+    return out
 
 
 def as_dict(res, T: int = 7):
@@ -144,7 +147,7 @@ def test_against_the_float64_reference(case):
     got = as_dict(allpairs_batch(model, toks, 1, None, sae, None, opts, proj))
     ref = reference_fra(model, toks, 1, None, sae, None, opts)["entries"]
     sums, vmax = defaultdict(float), defaultdict(float)
-    for (b, h, i, j, qs, qf, ks, kf), v in ref.items():
+    for (_, h, _, _, _, qf, _, kf), v in ref.items():
         sums[(h, qf, kf)] += v
         vmax[h] = max(vmax[h], abs(v))
     assert set(sums) <= set(got)
