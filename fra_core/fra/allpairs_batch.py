@@ -214,27 +214,26 @@ def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Project
     keys, vals = {"q": [], "k": []}, {"q": [], "k": []}
     nodes = {"q": 0.0, "k": 0.0}
     err = torch.zeros(H, 2, dtype=F64, device=scores.device)  # max |Σ all terms − score|, max |score|
+    heads_ar = torch.arange(H, device=scores.device)[:, None]
     for b in range(B):
         vecs = []
         for side, proj in ((q_side, projectors[0]), (k_side, projectors[1])):
             v = side.coef[b].to(F64)[:, :, None, None] * proj.get(side.ids[b])  # [T, K, H, d]
-            vecs.append(_rotate(model, layer, v) if rotary else v)
-        for hi in range(H):
-            m = sample_marginals(vecs[0][:, :, hi], q_side.coef[b] != 0, vecs[1][:, :, hi], k_side.coef[b] != 0,
-                                 k_side.ids[b], q_side.nodes[b, :, hi].to(F64), k_side.nodes[b, :, hi].to(F64),
-                                 sel, amask, options.row_centre,
-                                 pattern[b, hi] if options.attention_weighted else None, scale)
-            for s, side in (("q", q_side), ("k", k_side)):
-                on = side.coef[b] != 0
-                G = side.offsets[-1] + 1
-                keys[s].append(hi * G + side.ids[b][on])
-                vals[s].append(m[f"{s}_val"][on])
-            qt = vecs[0][:, :, hi].sum(1) + q_side.nodes[b, :, hi].to(F64).sum(1)
-            kt = vecs[1][:, :, hi].sum(1) + k_side.nodes[b, :, hi].to(F64).sum(1)
-            d = torch.where(amask, qt @ kt.T / scale - scores[b, hi].to(F64), 0.0).abs().max()
-            err[hi] = torch.maximum(err[hi], torch.stack([d, torch.where(amask, scores[b, hi], 0.0).abs().max()]))
-            nodes["q"] = nodes["q"] + _pad_head(m["q_nodes"], hi, H)
-            nodes["k"] = nodes["k"] + _pad_head(m["k_nodes"], hi, H)
+            vecs.append((_rotate(model, layer, v) if rotary else v).permute(2, 0, 1, 3))  # [H, T, K, d]
+        qn, kn = (side.nodes[b].to(F64).permute(1, 0, 2, 3) for side in (q_side, k_side))  # [H, T, n, d]
+        m = sample_marginals(vecs[0], q_side.coef[b] != 0, vecs[1], k_side.coef[b] != 0, k_side.ids[b], qn, kn,
+                             sel, amask, options.row_centre, pattern[b] if options.attention_weighted else None,
+                             scale)
+        for s, side in (("q", q_side), ("k", k_side)):
+            on = side.coef[b] != 0
+            keys[s].append((heads_ar * (side.offsets[-1] + 1) + side.ids[b][on][None]).flatten())
+            vals[s].append(m[f"{s}_val"][:, on].reshape(-1, 3))
+        qt, kt = vecs[0].sum(2) + qn.sum(2), vecs[1].sum(2) + kn.sum(2)  # [H, T, d]
+        d = torch.where(amask, torch.einsum("hid,hjd->hij", qt, kt) / scale - scores[b].to(F64), 0.0).abs()
+        top = torch.where(amask, scores[b], 0.0).abs().amax((1, 2)).to(F64)
+        err = torch.maximum(err, torch.stack([d.amax((1, 2)), top], -1))
+        nodes["q"] = nodes["q"] + m["q_nodes"]
+        nodes["k"] = nodes["k"] + m["k_nodes"]
     feats = {}
     for s in ("q", "k"):
         key = torch.cat(keys[s])
@@ -243,9 +242,3 @@ def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Project
         feats[s] = (uniq, torch.zeros(len(uniq), 3, dtype=F64, device=v.device).index_add_(0, inv, v))
     return {"features": feats, "nodes": {"q": (q_side.node_names, nodes["q"]), "k": (k_side.node_names, nodes["k"])},
             "completeness": err}
-
-
-def _pad_head(x: torch.Tensor, hi: int, H: int) -> torch.Tensor:
-    out = torch.zeros(H, *x.shape, dtype=x.dtype, device=x.device)
-    out[hi] = x
-    return out

@@ -15,7 +15,8 @@ share of a head's scores that features explain. Values are transformed like the 
 (minus the mean over the keys the softmax sees; a key feature's mean counts absent positions as 0 and
 its absent cells are left out, as for pairs) and attention-weighted (× A_ij).
 
-Cost per sample and head: T²·(K + n_nodes)·d_head: per-cell work, cheap next to the pairs.
+Cost per sample and head: T²·(K + n_nodes)·d_head: per-cell work, cheap next to the pairs; all heads of a
+sample in one set of batched einsums.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ F64 = torch.float64
 
 
 def _transform(V: torch.Tensor, amask, centre: bool, weight) -> torch.Tensor:
-    """V [..., query_pos, key_pos]: centred over amask rows and/or weighted."""
+    """V [..., query_pos, key_pos]: centred over amask rows and/or weighted (weight broadcasts to V)."""
     if centre:
         m = amask.to(V.dtype)
         V = V - (V * m).sum(-1, keepdim=True) / m.sum(-1).clamp(min=1)[:, None]
@@ -34,50 +35,52 @@ def _transform(V: torch.Tensor, amask, centre: bool, weight) -> torch.Tensor:
 
 
 def sample_marginals(qf, qon, kf, kon, kid, qn, kn, sel, amask, centre: bool, weight, scale: float) -> dict:
-    """One (sample, head). qf [T, K, d] / kf [T, L, d]: feature vectors (ã·R U, float64, 0 if absent),
-    qon/kon [T, K] bool; kid [T, L] key global ids (for the centring buckets); qn [T, Nq, d] / kn
-    [T, Nk, d]: node vectors (rotated, ÷σ applied). Returns per-slot feature rows (q_val [T, K, 3] and
-    k_val [T, L, 3]: n, sum, abs_sum) and node totals q_nodes [Nq, 4] / k_nodes [Nk, 4] (n, sum,
-    abs_sum, sum_vs_features)."""
-    qF, kF = qf.sum(1), kf.sum(1)  # [T, d]: all features of a position
-    qt, kt = qF + qn.sum(1), kF + kn.sum(1)  # the whole query / key
+    """One sample, every head at once. qf [head_index, T, K, d] / kf [head_index, T, L, d]: feature vectors
+    (ã·R U, float64, 0 if absent), qon/kon [T, K] bool; kid [T, L] key global ids (the centring
+    buckets); qn [head_index, T, Nq, d] / kn [head_index, T, Nk, d]: node vectors (rotated, ÷σ applied);
+    weight [head_index, T, T] or None. Returns per-slot feature rows q_val [head_index, T, K, 3] and
+    k_val [head_index, T, L, 3] (n, sum, abs_sum) and node totals q_nodes [head_index, Nq, 4] /
+    k_nodes [head_index, Nk, 4] (n, sum, abs_sum, sum_vs_features)."""
+    H, T, K, _ = qf.shape
+    L = kf.shape[2]
+    qF, kF = qf.sum(2), kf.sum(2)  # [head_index, T, d]: all features of a position
+    qt, kt = qF + qn.sum(2), kF + kn.sum(2)  # the whole query / key
     s = sel.to(F64)
-    n_row = s.sum(1)  # selected keys per query row
+    w = weight[:, None] if weight is not None else None  # broadcasts over the component axis
 
-    def stats(V, on_rows):  # V [X, T, T] transformed; → n, sum, abs over selected cells
+    def stats(V):  # V [head_index, X, T, T] transformed → [head_index, X, 3]: n, sum, abs over selected cells
         Vs = V * s
-        return torch.stack([on_rows, Vs.sum((-1, -2)), Vs.abs().sum((-1, -2))], -1)
+        return torch.stack([s.sum().expand(V.shape[:2]), Vs.sum((-1, -2)), Vs.abs().sum((-1, -2))], -1)
 
     # query features: value(i, j) = q_i^f · k_j, one row i per slot
-    Vq = _transform(torch.einsum("ikd,jd->kij", qf, kt) / scale, amask, centre, weight)  # [K, T, T]
-    Vq = Vq * s
-    q_val = torch.stack([n_row[:, None].expand(qf.shape[:2]), Vq.sum(-1).T, Vq.abs().sum(-1).T], -1)
-    q_val = q_val * qon[..., None]
+    Vq = _transform(torch.einsum("hikd,hjd->hkij", qf, kt) / scale, amask, centre, w) * s  # [H, K, T, T]
+    q_val = torch.stack([s.sum(1)[None, :, None].expand(H, T, K), Vq.sum(-1).transpose(1, 2),
+                         Vq.abs().sum(-1).transpose(1, 2)], -1) * qon[None, :, :, None]
     # key features: value(i, j) = q_i · k_j^g − (centred) the mean of q_i · k_j'^g over amask row i
-    Vk = torch.einsum("id,jld->lij", qt, kf) / scale  # [L, T_i, T_j]
+    Vk = torch.einsum("hid,hjld->hlij", qt, kf) / scale  # [H, L, T_i, T_j]
     if centre:
-        T, L = kid.shape
         buckets, bk = torch.unique(kid, return_inverse=True)  # key feature of each slot (j, l)
-        src = (Vk * amask[None].to(F64)).permute(1, 2, 0).reshape(T, T * L)  # [i, (j, l)]
-        per = torch.zeros(T, len(buckets), dtype=F64, device=qt.device)
-        per.scatter_add_(1, bk.reshape(1, T * L).expand(T, -1), src)
-        Vk = Vk - _key_means(per / amask.sum(1).clamp(min=1)[:, None].to(F64), bk)
-    if weight is not None:
-        Vk = Vk * weight.to(F64)
-    Vk = Vk * s
-    on_k = kon.T.to(F64)[:, None, :] * s  # [L, T_i, T_j]: cells where the key slot is active
-    k_val = torch.stack([on_k.sum(1).T, (Vk * on_k).sum(1).T, (Vk * on_k).abs().sum(1).T], -1)
+        src = (Vk * amask.to(F64)).permute(0, 2, 3, 1).reshape(H, T, T * L)  # [h, i, (j, l)]
+        per = torch.zeros(H, T, len(buckets), dtype=F64, device=qt.device)
+        per.scatter_add_(2, bk.reshape(1, 1, T * L).expand(H, T, -1), src)
+        Vk = Vk - _key_means(per / amask.sum(1).clamp(min=1)[None, :, None].to(F64), bk)
+    if w is not None:
+        Vk = Vk * w.to(F64)
+    on_k = kon.T.to(F64)[None, :, None, :] * s  # [1, L, T_i, T_j]: cells where the key slot is active
+    Vk = Vk * on_k
+    k_val = torch.stack([on_k.sum(2).transpose(1, 2).expand(H, T, L), Vk.sum(2).transpose(1, 2),
+                         Vk.abs().sum(2).transpose(1, 2)], -1)
     # nodes: against the whole other side, and against its features only
-    n_all = s.sum().expand(qn.shape[1])
-    qN = _transform(torch.einsum("icd,jd->cij", qn, kt) / scale, amask, centre, weight)
-    qNF = _transform(torch.einsum("icd,jd->cij", qn, kF) / scale, amask, centre, weight)
-    kN = _transform(torch.einsum("id,jcd->cij", qt, kn) / scale, amask, centre, weight)
-    kNF = _transform(torch.einsum("id,jcd->cij", qF, kn) / scale, amask, centre, weight)
-    q_nodes = torch.cat([stats(qN, n_all), (qNF * s).sum((-1, -2))[:, None]], -1)
-    k_nodes = torch.cat([stats(kN, s.sum().expand(kn.shape[1])), (kNF * s).sum((-1, -2))[:, None]], -1)
+    qN = _transform(torch.einsum("hicd,hjd->hcij", qn, kt) / scale, amask, centre, w)
+    qNF = _transform(torch.einsum("hicd,hjd->hcij", qn, kF) / scale, amask, centre, w)
+    kN = _transform(torch.einsum("hid,hjcd->hcij", qt, kn) / scale, amask, centre, w)
+    kNF = _transform(torch.einsum("hid,hjcd->hcij", qF, kn) / scale, amask, centre, w)
+    q_nodes = torch.cat([stats(qN), (qNF * s).sum((-1, -2))[..., None]], -1)
+    k_nodes = torch.cat([stats(kN), (kNF * s).sum((-1, -2))[..., None]], -1)
     return {"q_val": q_val, "k_val": k_val, "q_nodes": q_nodes, "k_nodes": k_nodes}
 
 
 def _key_means(mean: torch.Tensor, bk: torch.Tensor) -> torch.Tensor:
-    """mean [i, bucket], bk [j, l] → [l, i, j]: the row-i mean of the key feature at slot (j, l)."""
-    return mean[:, bk].permute(2, 0, 1)
+    """mean [head_index, i, bucket], bk [j, l] → [head_index, l, i, j]: the row-i mean of the key feature
+    at slot (j, l)."""
+    return mean[:, :, bk].permute(0, 3, 1, 2)
