@@ -166,7 +166,7 @@ def compare_paths(args) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_allpairs_paths import gpt2_shaped, time_paths
 
-    from fra_core.demo import demo_texts, load_demo_model
+    from fra_core.models.demo import demo_texts, load_demo_model
     from fra_core.sae import load_sae
     from fra_core.sae.demo import ensure_demo_saes
     from fra_core.workspace import Workspace
