@@ -5,7 +5,8 @@ atomic Parquet shards into its job folder (formats: `fra_core.contracts`); the a
 DuckDB (`store.ingest_job_shards`). A killed job resumes where it stopped.
 
 Modules: `config` (the job config, torch-free: importing this package stays light), `run` (the job loop),
-`stats` (per-pair statistics in torch), `tokens` (per-feature token counts), `cli`.
+`stats` (per-pair statistics in torch), `tokens` (per-feature token counts), `allpairs` (statistics='all_pairs',
+the default: exact statistics over every pair, several layers, marginals, completeness), `cli`.
 """
 
 from fra_core.accumulate.config import KIND, AccumulateError, AccumulateFRAConfig, ShardWriteError
