@@ -17,7 +17,7 @@ from ui.store import METRIC_LABELS
 
 ORDERS = {"desc": "largest first", "asc": "smallest first", "abs": "largest |value| first"}
 SELF_MODES = {"include": None, "only": "only", "exclude": "exclude"}
-VIEWS = ["Top pairs", "Feature", "Charts", "Compare", "Export", "SQL"]
+VIEWS = ["Top pairs", "Feature", "Marginals", "Charts", "Compare", "Export", "SQL"]
 HEAD_COLUMNS = {"unique_pairs": "unique pairs", "occurrences": "occurrences", "mean_abs": "mean |FRA| per occurrence",
                 "max_abs": "max |FRA|", "self_pair_share": "self-pair share of unique pairs"}
 
@@ -61,6 +61,7 @@ st.caption(f"model **{info['model_id']}** · SAEs {info['q_sae_id']} × {info['k
            f"{'%.1f s' % info['wall_s'] if info['wall_s'] else '—'} · completeness "
            + (f"**{info['completeness']:.1e}** (worst head: max |Σ terms − scores| / max |scores|, first batch)"
               if info.get("completeness") is not None else "not measured (run from before the check)"))
+st.caption(f"Pair statistics: **{q('run_statistics', run_id)['label']}**.")
 cols = st.columns(4)
 cols[0].metric("Samples", f"{int(info['n_samples']):,}")
 cols[1].metric("Unique pairs", f"{int(per_head['unique_pairs'].sum()):,}")
@@ -228,8 +229,10 @@ def show_sql() -> None:
 
 
 try:
+    from ui.marginals import show_marginals
+
     {"Top pairs": show_top, "Feature": show_feature, "Charts": show_charts, "Compare": show_compare,
-     "Export": show_export, "SQL": show_sql}[view]()
+     "Export": show_export, "SQL": show_sql, "Marginals": lambda: show_marginals(q, run_id, layer, head)}[view]()
 except StoreError as exc:
     ui.show_error(exc)
 except StoreBusy as exc:
