@@ -1,7 +1,16 @@
-"""Accumulation speed end to end: demo model, all heads of layer 1, demo text → shards → DuckDB.
+"""Accumulation speed: exact all-pair statistics vs the top-m path, and the job end to end.
 
-    python benchmarks/bench_accumulate.py [--samples 256] [--batch-size 16] [--k-active 64] [--top-m 8]
-                                          [--threads 2] [--baseline DIR --repeats 2]
+    python benchmarks/bench_accumulate.py [--demo-samples 32] [--gpt2-samples 2] [--gpt2-T 128] [--threads 2]
+    python benchmarks/bench_accumulate.py --end-to-end [--samples 256] [--batch-size 16] [--k-active 64]
+                                          [--top-m 8] [--statistics all_pairs] [--baseline DIR --repeats 2]
+
+Default: on the same samples, samples/s of the exact all-pair path and of the top-m path (8 per cell)
+for (a) the demo model, layer 1, all heads and (b) a GPT-2-Small-shaped layer (12 heads, d_sae 24 576,
+T = 128, Zipf-distributed synthetic activations; see benchmarks/bench_allpairs_paths.py). Each case is
+run `--repeats` times and the best of each path is kept (the machine is shared: `uptime` is printed
+beside the figures). Last line: `allpairs_samples_per_s=… topm_samples_per_s=… ratio=…` (case (b)).
+
+--end-to-end (the older benchmark):
 
 --baseline DIR: DIR holds an older copy of the fra_core package (DIR/fra_core); old and new then run
 alternately, each in a fresh process, and the best figures of each are printed side by side.
@@ -37,8 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--baseline", default=None, help="folder holding an older fra_core package copy")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each version with --baseline")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each version with --baseline / of each path")
+    parser.add_argument("--end-to-end", action="store_true", help="the job + ingest benchmark")
+    parser.add_argument("--statistics", default="all_pairs", choices=["all_pairs", "top_m"])
+    parser.add_argument("--demo-samples", type=int, default=32)
+    parser.add_argument("--gpt2-samples", type=int, default=2)
+    parser.add_argument("--gpt2-T", type=int, default=128)
     args = parser.parse_args(argv)
+    if not args.end_to_end:
+        return compare_paths(args)
     if args.baseline:
         return compare(args, argv or sys.argv[1:])
 
@@ -66,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = AccumulateFRAConfig(model="demo", q_saes=("demo-l1-ln1",), layer=1, heads=(), dataset="demo",
                               n_samples=args.samples, context_length=args.context_length,
                               batch_size=args.batch_size, shard_size=args.shard_size, k_active=args.k_active,
-                              top_m=args.top_m, device="cpu")
+                              top_m=args.top_m, statistics=args.statistics, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         job_dir = Path(tmp) / "accumulate-bench"
         job_dir.mkdir()
@@ -99,14 +115,14 @@ def compare(args, argv: list[str]) -> int:
     """Run new and baseline alternately in fresh processes; print both, then the new samples_per_s."""
     import subprocess
 
-    child = []
+    child = ["--end-to-end"]
     skip = False
     for a in argv:  # the same arguments minus --baseline / --repeats
         if skip:
             skip = False
         elif a in ("--baseline", "--repeats"):
             skip = True
-        elif not a.startswith(("--baseline=", "--repeats=")):
+        elif not a.startswith(("--baseline=", "--repeats=")) and a != "--end-to-end":
             child.append(a)
     best: dict[str, dict[str, float]] = {}
     for _ in range(args.repeats):
@@ -127,6 +143,61 @@ def compare(args, argv: list[str]) -> int:
     print(f"new vs baseline (same run): wall x{best['new']['rate'] / best['baseline']['rate']:.2f}, "
           f"CPU x{best['new']['per_cpu'] / best['baseline']['per_cpu']:.2f}")
     print(f"samples_per_s={best['new']['rate']:.1f}")
+    return 0
+
+
+def _uptime() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f}/{five:.1f} (1/5 min) on {os.cpu_count()} cores"
+
+
+def _best(run, repeats: int) -> dict:
+    best = None
+    for _ in range(repeats):
+        r = run()
+        best = r if best is None else {k: min(best[k], r[k]) if k.endswith("_s") else r[k] for k in r}
+    return best
+
+
+def compare_paths(args) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_allpairs_paths import gpt2_shaped, time_paths
+
+    from fra_core.models.demo import demo_texts, load_demo_model
+    from fra_core.sae import load_sae
+    from fra_core.sae.demo import ensure_demo_saes
+    from fra_core.workspace import Workspace
+
+    workspace = Workspace.from_env()
+    model = load_demo_model("cpu", workspace=workspace)
+    ensure_demo_saes(workspace)
+    sae = load_sae("demo-l1-ln1", "cpu", workspace)
+    toks = [model.to_tokens(t, prepend_bos=True)[0, :64] for t in demo_texts(args.demo_samples, seed=0)]
+    by_len: dict[int, list] = {}
+    for t in toks:
+        by_len.setdefault(len(t), []).append(t)
+    batches = [torch.stack(g[i:i + 16]) for g in by_len.values() for i in range(0, len(g), 16)]
+    k = getattr(sae.cfg, "k", 64)
+    cases = {}
+    r = _best(lambda: time_paths(model, sae, batches, 1, min(64, k)), args.repeats)
+    cases["demo"] = (args.demo_samples, r, _uptime())
+    gmodel, gsae, gtok = gpt2_shaped(T=args.gpt2_T)
+    gb = [torch.randint(0, 1000, (1, args.gpt2_T), generator=torch.Generator().manual_seed(s))
+          for s in range(args.gpt2_samples)]
+    r = _best(lambda: time_paths(gmodel, gsae, gb, 0, 32), args.repeats)
+    cases["gpt2-shaped"] = (args.gpt2_samples, r, _uptime())
+    for name, (n, r, load) in cases.items():
+        ap, tm = n / r["allpairs_s"], n / r["topm_s"]
+        print(f"{name}: all pairs {ap:.2f} samples/s ({r['allpairs_pairs'] / n:,.0f} pair rows per sample, every "
+              f"pair), top-m {tm:.2f} samples/s ({r['topm_pairs'] / n:,.0f} pair rows per sample), wall ratio "
+              f"{ap / tm:.2f}, CPU-time ratio {r['topm_cpu_s'] / r['allpairs_cpu_s']:.2f}; marginals "
+              f"+{r['marginals_s'] / n:.3f} s/sample; {load}", flush=True)
+    n, r, _ = cases["gpt2-shaped"]
+    ap, tm = n / r["allpairs_s"], n / r["topm_s"]
+    print(f"allpairs_samples_per_s={ap:.3f} topm_samples_per_s={tm:.3f} ratio={ap / tm:.2f}")
     return 0
 
 

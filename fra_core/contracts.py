@@ -15,6 +15,8 @@ An accumulation job folder's `shards/` holds, per shard `i` (a batch of samples)
     shard-000042.features.parquet  active-token counts per (source, feature) (FEATURES_SCHEMA)
     shard-000042.feature_tokens.parquet  each feature's most frequent tokens, and tokens before it, where it
                                    is active in the shard (FEATURE_TOKENS_SCHEMA; absent in older shards)
+    shard-000042.marginals.parquet / .node_totals.parquet  all-pair runs only: per-feature marginals and
+                                   node totals (MARGINALS_SCHEMA, NODE_TOTALS_SCHEMA; absent otherwise)
     shard-000042.feature_acts.parquet / .feature_hist.parquet  top and sampled activations per feature
                                    with their context windows, and activation histograms (absent in older shards)
     shard-000042.json              manifest: written last, so its presence marks a complete shard
@@ -60,6 +62,15 @@ FEATURES_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()), ("n
 FEATURE_TOKENS_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()), ("kind", pa.string()),
                                    ("token", pa.string()), ("n", pa.uint64())])
 
+# all-pair runs (statistics='all_pairs'): each feature's total contribution against the whole other side
+# (side 'query' / 'key'), and each named non-feature node's (SAE error, b_dec, biases, …) totals
+MARGINALS_SCHEMA = pa.schema([("layer", pa.uint16()), ("head", pa.uint16()), ("side", pa.string()),
+                              ("src", pa.uint16()), ("feature", pa.uint32()), ("n", pa.uint64()),
+                              ("sum", pa.float64()), ("abs_sum", pa.float64())])
+NODE_TOTALS_SCHEMA = pa.schema([("layer", pa.uint16()), ("head", pa.uint16()), ("side", pa.string()),
+                                ("node", pa.string()), ("n", pa.uint64()), ("sum", pa.float64()),
+                                ("abs_sum", pa.float64()), ("sum_vs_features", pa.float64())])
+
 # per feature: its largest ('top') and randomly drawn ('sample') activations, each with the feature's activation
 # on the tokens around it (ctx_acts, NaN outside the sample), and a log2-binned activation histogram
 # (fra_core.accumulate.feature_acts)
@@ -70,10 +81,10 @@ FEATURE_HIST_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()),
                                  ("n", pa.uint64())])
 
 KINDS = {"pairs": PAIRS_SCHEMA, "examples": EXAMPLES_SCHEMA, "samples": SAMPLES_SCHEMA,
-         "features": FEATURES_SCHEMA, "feature_tokens": FEATURE_TOKENS_SCHEMA,
-         "feature_acts": FEATURE_ACTS_SCHEMA, "feature_hist": FEATURE_HIST_SCHEMA}
-# shards written before these existed are read as if they were empty
-OPTIONAL_KINDS = ("feature_tokens", "feature_acts", "feature_hist")
+         "features": FEATURES_SCHEMA, "feature_tokens": FEATURE_TOKENS_SCHEMA, "marginals": MARGINALS_SCHEMA,
+         "node_totals": NODE_TOTALS_SCHEMA, "feature_acts": FEATURE_ACTS_SCHEMA, "feature_hist": FEATURE_HIST_SCHEMA}
+# shards written before a kind existed (or by top-m runs) are read as if it were empty
+OPTIONAL_KINDS = ("feature_tokens", "marginals", "node_totals", "feature_acts", "feature_hist")
 _MANIFEST_RE = re.compile(r"^shard-(\d{6})\.json$")
 
 

@@ -156,6 +156,14 @@ for col, side, title in ((cols[0], "query", "As query: its key partners"), (cols
     shown[side] = df
 ui_feature.open_pair_controls(version, run_id, run_info, fid, src, shown)
 
+marg = q("feature_marginal", run_id, fid, src=src)
+if not marg.empty:
+    st.subheader("Marginal contributions (exact, all pairs)")
+    marg.insert(0, "where", [f"L{int(a)}H{int(b)} as {s}" for a, b, s in zip(marg["layer"], marg["head"], marg["side"])])
+    st.dataframe(marg.drop(columns=["layer", "head", "side"]), hide_index=True, width="stretch", column_config={
+        "share": st.column_config.NumberColumn("share of the head's scores", format="percent"),
+        "n": st.column_config.NumberColumn("cells where active", format="%d")})
+
 # ----------------------------------------------------------------------------- weight-based (on demand)
 st.subheader("From the weights")
 if st.button("Load decoder → vocabulary and weight partners", key=f"{P}_weights",

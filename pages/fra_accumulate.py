@@ -24,6 +24,7 @@ from ui.help_texts import ACCUMULATE as H
 from ui.tables import fmt_eta, fmt_rate, fmt_seconds
 
 DEMO_SAES = ("demo-l1-ln1", "demo-l0-hook-z")
+STATISTICS_LABELS = {"all_pairs": "exact: every feature pair", "top_m": "top-m pairs per cell (older runs)"}
 SOURCES = {"Demo texts": "demo", "Local file (.txt / .jsonl)": "file", "Saved HF dataset (folder)": "disk",
            "Stream from the HF Hub": "hf"}
 ACTIVE = ("queued", "running")
@@ -88,8 +89,13 @@ with st.expander("New accumulation run", expanded=True):
     context = int(c[1].number_input("Context length (tokens)", min_value=2, value=64, step=16, key="acc_context", help=H["acc_context"]))
     batch = int(c[2].number_input("Batch size", min_value=1, value=8, key="acc_batch", help=H["acc_batch"]))
     shard = int(c[3].number_input("Samples per shard", min_value=1, value=64, key="acc_shard", help=H["acc_shard"]))
+    c = st.columns([1.2, 2])
+    statistics = c[0].selectbox("Statistics", list(STATISTICS_LABELS), format_func=STATISTICS_LABELS.get,
+                                key="acc_statistics", help=H["acc_statistics"])
+    layers_text = c[1].text_input("Layers (comma-separated, all their heads; blank = the layer above)", key="acc_layers",
+                                  help=H["acc_layers"])
     c = st.columns(4)
-    top_m = int(c[0].number_input("Top-m pairs per cell", min_value=1, value=8, key="acc_top_m", help=H["acc_top_m"]))
+    top_m = int(c[0].number_input("Top-m pairs per cell (top-m statistics)", min_value=1, value=8, key="acc_top_m", help=H["acc_top_m"]))
     k_active = int(c[1].number_input("Active features per position", min_value=1, value=64, key="acc_k_active", help=H["acc_k_active"]))
     examples = int(c[2].number_input("Examples kept per pair", min_value=0, value=3, key="acc_examples", help=H["acc_examples"]))
     seed = int(c[3].number_input("Seed", min_value=0, value=0, key="acc_seed", help=H["acc_seed"]))
@@ -110,16 +116,20 @@ with st.expander("New accumulation run", expanded=True):
                                                        key="acc_ray_workers", help=H["acc_ray_workers"])))
     cfg = None
     try:
-        heads = tuple(int(h) for h in heads_text.replace(" ", "").split(",") if h)
+        what, text = "Heads", heads_text
+        heads = tuple(int(h) for h in text.replace(" ", "").split(",") if h)
+        what, text = "Layers", layers_text
+        layers = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
     except ValueError:
-        st.error(f"Heads must be whole numbers separated by commas, got {heads_text!r}.")
+        st.error(f"{what} must be whole numbers separated by commas, got {text!r}.")
     else:
         dataset = {"demo": "demo", "file": location, "disk": f"disk:{location}", "hf": f"hf:{location}"}[source]
         try:
             if not model:
                 raise ValueError("give a model name")
             cfg = AccumulateFRAConfig(
-                model=model, q_saes=tuple(q_saes), k_saes=tuple(k_saes), layer=layer, heads=heads,
+                model=model, q_saes=tuple(q_saes), k_saes=tuple(k_saes), layer=layer, layers=layers, heads=heads,
+                statistics=statistics,
                 dataset=dataset, text_column=column, split=split, n_samples=n_samples, context_length=context,
                 batch_size=batch, shard_size=shard, top_m=top_m, k_active=k_active, examples_per_pair=examples,
                 device=ui.device_choice(), seed=seed, executor=executor, **flags)

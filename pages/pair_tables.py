@@ -68,6 +68,7 @@ st.caption(f"model **{info['model_id']}** · SAEs {info['q_sae_id']} × {info['k
            f"{'%.1f s' % info['wall_s'] if info['wall_s'] else '—'} · completeness "
            + (f"**{info['completeness']:.1e}** (worst head: max |Σ terms − scores| / max |scores|, first batch)"
               if info.get("completeness") is not None else "not measured (run from before the check)"))
+st.caption(f"Pair statistics: **{q('run_statistics', run_id)['label']}**.")
 cols = st.columns(4)
 cols[0].metric("Samples", f"{int(info['n_samples']):,}")
 cols[1].metric("Unique pairs", f"{int(per_head['unique_pairs'].sum()):,}")
@@ -243,6 +244,6 @@ try:
     {"Top pairs": show_top, "Feature": show_feature, "Charts": show_charts, "Compare": show_compare,
      "Heatmap": lambda: ui_maps.heatmap(q, **maps), "Heads": lambda: ui_maps.heads_grid(q, run_id),
      "Token search": lambda: ui_maps.token_search(version=version, **maps), "Export": show_export,
-     "SQL": lambda: ui_store.sql_box(run_id, H)}[view]()
+     "SQL": lambda: ui_store.sql_box(run_id, H), "Marginals": lambda: ui_maps.marginals(q, run_id, layer, head)}[view]()
 except (StoreError, StoreBusy) as exc:
     ui.show_error(exc, "Database busy" if isinstance(exc, StoreBusy) else "")

@@ -197,3 +197,21 @@ def token_pairs(con, run: int | str, token: str, *, metric: str = "mean_abs", n:
         FROM top t {label_joins("t", run_id)}
         ORDER BY t.value DESC NULLS LAST, t.layer, t.head, t.q_feat, t.k_feat""", feat_params + params).df()
     return df
+
+
+def feature_marginal(con, run: int | str, feature: int, src: int = 0) -> pd.DataFrame:
+    """The feature's marginals (all-pair runs; empty otherwise): per layer, head and side, its total
+    contribution against the whole other side — n (cells where active), sum, abs_sum, mean, and share =
+    sum / the head's score total."""
+    run_id = resolve_run(con, run)
+    return con.execute("""
+        WITH m AS (SELECT layer, head, side, sum(n)::UBIGINT AS n, sum(sum) AS sum, sum(abs_sum) AS abs_sum
+                   FROM feature_marginals WHERE run = $run AND src = $src AND feature = $f GROUP BY ALL),
+             t AS (SELECT layer, head, sum(sum) AS total FROM
+                     (SELECT layer, head, sum FROM feature_marginals WHERE run = $run AND side = 'query'
+                      UNION ALL SELECT layer, head, sum FROM node_totals WHERE run = $run AND side = 'query')
+                   GROUP BY ALL)
+        SELECT m.layer, m.head, m.side, m.n, m.sum, m.abs_sum, m.sum / nullif(m.n, 0) AS mean,
+               m.sum / nullif(t.total, 0) AS share
+        FROM m LEFT JOIN t USING (layer, head) ORDER BY m.layer, m.head, m.side DESC""",
+                       {"run": run_id, "src": int(src), "f": int(feature)}).df()

@@ -60,7 +60,13 @@ def register_run(con, name: str, kind: str, config: dict[str, Any], *, config_ha
         [name, kind, json.dumps(config, sort_keys=True), config_hash, config.get("model"), sae_q, sae_k,
          config.get("layer"), list(heads) if heads else None, code_version, status,
          config.get("n_samples"), created or _dt.datetime.now(), _dt.datetime.now(), job_dir])
-    return resolve_run(con, name)
+    run = resolve_run(con, name)
+    if kind == "accumulate":  # configs from before statistics='all_pairs' counted the top_m pairs per cell
+        stats = config.get("statistics") or "top_m"
+        layers = config.get("layers") or ([config["layer"]] if config.get("layer") is not None else None)
+        con.execute("UPDATE runs SET statistics = ?, top_m_kept = ?, layers = ? WHERE id = ?",
+                    [stats, int(config.get("top_m") or 8) if stats == "top_m" else None, layers, run])
+    return run
 
 
 def _register_job(con, job_dir: Path) -> int:
@@ -125,6 +131,8 @@ def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool
         con.execute("""INSERT INTO feature_hist SELECT ?, src, feature, bin, n FROM _shard_feature_hist
                        ON CONFLICT DO UPDATE SET n = feature_hist.n + excluded.n""", [run])
         _insert_arrow(con, "samples_done", run, "_shard_samples", ("sample", "shard", "n_tokens", "tokens"))
+        _insert_arrow(con, "feature_marginals", run, "_shard_marginals", contracts.MARGINALS_SCHEMA.names)
+        _insert_arrow(con, "node_totals", run, "_shard_node_totals", contracts.NODE_TOTALS_SCHEMA.names)
         con.execute("INSERT INTO ingested_shards VALUES (?, ?, ?, ?, ?)",
                     [run, shard, len(manifest["samples"]), tables["pairs"].num_rows, _dt.datetime.now()])
         con.execute("UPDATE runs SET n_samples = n_samples + ?, updated = ? WHERE id = ?",
@@ -206,12 +214,15 @@ def refresh_summary(con, run: int) -> None:
 
 
 def _update_feature_density(con, run: int) -> None:
-    """features.density = active tokens / tokens seen, from this run's counts (labels are kept)."""
+    """features.density = active tokens / ALL tokens the run has seen (every SAE of a run encodes every
+    token; dividing by the tokens of the shards where the feature appeared would overestimate rare
+    features, the more so the smaller the shards). Labels are kept."""
     con.execute("""
         INSERT INTO features (sae_id, feature, density)
-        SELECT s.sae_id, c.feature, (sum(c.n_active) / sum(c.n_tokens))::FLOAT
+        SELECT s.sae_id, c.feature,
+               (sum(c.n_active) / (SELECT sum(n_tokens) FROM samples_done WHERE run = $1))::FLOAT
         FROM feature_counts c JOIN sources s ON s.run = c.run AND s.src = c.src
-        WHERE c.run = ? AND s.sae_id IS NOT NULL
+        WHERE c.run = $1 AND s.sae_id IS NOT NULL
         GROUP BY s.sae_id, c.feature
         ON CONFLICT (sae_id, feature) DO UPDATE SET density = excluded.density""", [run])
 

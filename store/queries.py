@@ -4,7 +4,8 @@ small pandas DataFrame (or dict): aggregation happens in DuckDB, the UI gets at 
 Metrics over a pair (query feature f, key feature g) of one head:
   sum      Σ FRA over every occurrence          mean     sum / n
   abs_sum  Σ |FRA|                               mean_abs abs_sum / n
-  max_abs  max |FRA| of one occurrence           count    n (occurrences kept by the job's top-m)
+  max_abs  max |FRA| of one occurrence           count    n (cells where both features are active;
+                                                 top-m runs: only the cells where the pair was kept)
 With `diagonal=False` the diagonal (query position == key position) occurrences are removed from
 n / sum / abs_sum (they are stored separately per pair); max/min/max_abs always include them.
 A self-pair is the same feature of the same dictionary on both sides (q_src = k_src, q_feat = k_feat).

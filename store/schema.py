@@ -158,6 +158,28 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             PRIMARY KEY (run, layer, head)
         );
     """),
+    ("0010_allpair_stats", """
+        -- what a run's pair statistics are: 'all_pairs' = exact, every pair of every selected cell;
+        -- 'top_m' = only the top_m_kept pairs per cell were counted (every run before this migration)
+        ALTER TABLE runs ADD COLUMN statistics VARCHAR;
+        ALTER TABLE runs ADD COLUMN top_m_kept UINTEGER;
+        ALTER TABLE runs ADD COLUMN layers USMALLINT[];
+        UPDATE runs SET statistics = 'top_m', top_m_kept = coalesce(TRY_CAST(config->>'$.top_m' AS UINTEGER), 8),
+                        layers = CASE WHEN layer IS NULL THEN NULL ELSE [layer] END
+            WHERE kind = 'accumulate';
+        -- all-pair runs: each feature's total contribution against the whole other side, per shard
+        CREATE TABLE feature_marginals (
+            run UINTEGER NOT NULL, layer USMALLINT NOT NULL, head USMALLINT NOT NULL, side VARCHAR NOT NULL,
+            src USMALLINT NOT NULL, feature UINTEGER NOT NULL,
+            n UBIGINT NOT NULL, sum DOUBLE NOT NULL, abs_sum DOUBLE NOT NULL
+        );
+        -- all-pair runs: the named non-feature nodes' totals (SAE error, b_dec, biases, ...), per shard
+        CREATE TABLE node_totals (
+            run UINTEGER NOT NULL, layer USMALLINT NOT NULL, head USMALLINT NOT NULL, side VARCHAR NOT NULL,
+            node VARCHAR NOT NULL, n UBIGINT NOT NULL, sum DOUBLE NOT NULL, abs_sum DOUBLE NOT NULL,
+            sum_vs_features DOUBLE NOT NULL
+        );
+    """),
     ("0011_feature_acts", """
         -- per shard: each feature's largest ('top') and randomly drawn ('sample') activations with the
         -- feature's activation on the tokens around them (fra_core.accumulate.feature_acts)
@@ -178,7 +200,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
 RUN_TABLES: tuple[str, ...] = ("pair_stats", "pair_stats_staged", "pair_summary", "pair_examples",
                                "pair_examples_staged", "pair_top", "pair_top_lists",
                                "samples_done", "ingested_shards", "sources", "feature_counts", "feature_tokens",
-                               "feature_auto_labels", "run_completeness", "feature_acts", "feature_hist")
+                               "feature_auto_labels", "run_completeness", "feature_marginals", "node_totals",
+                               "feature_acts", "feature_hist")
 
 
 def applied_migrations(con) -> list[str]:

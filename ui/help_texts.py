@@ -27,7 +27,10 @@ ACCUMULATE = {
     "acc_batch": "Texts per forward pass: larger is faster until memory runs out.",
     "acc_shard": "Texts per shard: a shard is written (and appears on the Pair tables page) when complete; "
                  "a resumed job restarts at the last complete shard.",
-    "acc_top_m": "Per (query, key) cell, the m largest |FRA| feature pairs kept: the rest of the score is "
+    "acc_statistics": "exact: every feature pair of every cell is counted (sums and means are exact; marginals "
+                      "stored). top-m: only the m largest pairs per cell (older runs; faster on huge SAEs).",
+    "acc_layers": "Several layers in one run (all their heads), e.g. 1, 2. Blank: the Layer above.",
+    "acc_top_m": "(top-m statistics only) Per (query, key) cell, the m largest |FRA| feature pairs kept: the rest of the score is "
                  "counted in the cell's remainder, not as pairs.",
     "acc_k_active": "At most this many active features per position and side (the largest activations).",
     "acc_examples": "Example contexts kept per pair (the largest |FRA| occurrences), shown on the Pair tables "

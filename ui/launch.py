@@ -19,9 +19,9 @@ class LaunchRefused(FRAStudioError):
 
 
 def check_parts(cfg) -> None:
-    """Load the model (cached, as the pages do) and every SAE, and run the job's own fit checks
-    (`fra_core.accumulate.run.load_parts`); LaunchRefused on any failure."""
-    from fra_core.accumulate.run import load_parts
+    """Load the model (cached, as the pages do) and every SAE, and run the job's own set-up and fit checks
+    (`fra_core.accumulate.run.prepare`: the runner of the run's statistics); LaunchRefused on any failure."""
+    from fra_core.accumulate.run import prepare
 
     try:
         model = ui.get_model(cfg.model)
@@ -29,7 +29,7 @@ def check_parts(cfg) -> None:
         raise LaunchRefused(f"model = {cfg.model!r} cannot be loaded here (offline, the Hugging Face cache "
                             f"must hold it): {exc}") from exc
     try:
-        load_parts(cfg, model=model)
+        prepare(cfg, model=model)
     except (ValueError, OSError, RuntimeError) as exc:
         raise LaunchRefused(f"{exc}") from exc
 

@@ -8,7 +8,7 @@ from ui import persist
 
 ORDERS = {"desc": "largest first", "asc": "smallest first", "abs": "largest |value| first"}
 SELF_MODES = {"include": None, "only": "only", "exclude": "exclude"}
-VIEWS = ["Top pairs", "Feature", "Heatmap", "Heads", "Token search", "Charts", "Compare", "Export", "SQL"]
+VIEWS = ["Top pairs", "Feature", "Marginals", "Heatmap", "Heads", "Token search", "Charts", "Compare", "Export", "SQL"]
 
 # every filter of the page: kept across navigation and written to the URL under its widget key (a view can be shared
 # as a link; the keys cannot collide with another page's parameters)

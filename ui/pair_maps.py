@@ -100,3 +100,10 @@ def token_search(run_id: int, info: dict, sae_of_src: dict, metric: str, where: 
     st.caption(f"{len(df)} pairs with a feature on {token.strip()!r}, by {METRIC_LABELS[metric]}.")
     st.dataframe(table, hide_index=True, width="stretch", column_config=config)
 
+
+
+def marginals(q, run_id: int, layer, head) -> None:
+    """The Marginals view (issue 14's `ui.marginals`), imported when shown."""
+    from ui.marginals import show_marginals
+
+    show_marginals(q, run_id, layer, head)

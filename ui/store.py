@@ -43,22 +43,34 @@ from store import (
     top_pairs,
     value_histogram,
 )
-from store.feature_queries import feature_contexts, feature_histogram, feature_overview, partners_by_head, token_pairs
+from store.feature_queries import (
+    feature_contexts,
+    feature_histogram,
+    feature_marginal,
+    feature_overview,
+    partners_by_head,
+    token_pairs,
+)
+from store.marginals import feature_marginals, node_totals, run_statistics, score_shares
 from store.page_queries import feature_labels, head_summary, human_labels, run_heads, sample_tokens
 from ui import common as ui
 from ui.help_texts import PAIR_TABLES as HELP
 
 SYNC_EVERY_S = 2.0
-METRIC_LABELS = {"sum": "sum of FRA", "mean": "mean FRA", "abs_sum": "sum of |FRA|", "mean_abs": "mean |FRA|",
-                 "max_abs": "max |FRA|", "count": "count"}
+# what each metric is, over the cells (query i, key j) where both features of the pair are active (all-pair
+# runs: every such cell; top-m runs: only the cells where the pair was among the m kept)
+METRIC_LABELS = {"sum": "Σ FRA over its cells", "mean": "mean FRA per cell", "abs_sum": "Σ |FRA| over its cells",
+                 "mean_abs": "mean |FRA| per cell", "max_abs": "max |FRA| in one cell", "count": "cells (n)"}
 
 _QUERIES: dict[str, Callable[..., Any]] = {
     "top_pairs": top_pairs, "feature_partners": feature_partners, "summary_stats": summary_stats,
     "self_fraction_by_head": self_fraction_by_head, "value_histogram": value_histogram,
     "compare_pairs": compare_pairs, "pair_examples": pair_examples, "get_run": get_run,
     "head_summary": head_summary, "run_heads": run_heads, "feature_labels": feature_labels,
-    "sample_tokens": sample_tokens, "feature_overview": feature_overview, "feature_histogram": feature_histogram,
-    "feature_contexts": feature_contexts, "partners_by_head": partners_by_head, "token_pairs": token_pairs,
+    "sample_tokens": sample_tokens, "feature_marginals": feature_marginals, "node_totals": node_totals,
+    "score_shares": score_shares, "run_statistics": run_statistics, "feature_overview": feature_overview,
+    "feature_histogram": feature_histogram, "feature_contexts": feature_contexts, "partners_by_head": partners_by_head,
+    "token_pairs": token_pairs, "feature_marginal": feature_marginal,
 }
 
 

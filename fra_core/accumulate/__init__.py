@@ -6,7 +6,8 @@ DuckDB (`store.ingest_job_shards`). A killed job resumes where it stopped.
 
 Modules: `config` (the job config, torch-free: importing this package stays light), `job` (the entry point:
 picks the executor), `run` (the local loop and the one shard body), `ray_executor` (shards on Ray workers),
-`stats` (per-pair statistics in torch), `tokens` (per-feature token counts), `cli`.
+`allpairs` (statistics='all_pairs', the default: exact statistics over every pair, several layers, marginals,
+completeness), `stats` (per-pair statistics in torch), `tokens` (per-feature token counts), `cli`.
 """
 
 from fra_core.accumulate.config import KIND, AccumulateError, AccumulateFRAConfig, ShardWriteError

@@ -18,6 +18,7 @@ from fra_core.errors import FRAStudioError
 
 KIND = "accumulate"
 EXECUTORS = ("local", "ray")
+STATISTICS = ("all_pairs", "top_m")
 
 
 class AccumulateError(FRAStudioError):
@@ -35,7 +36,15 @@ class AccumulateFRAConfig(JobConfig):
     q_saes / k_saes: SAE refs (`fra_core.sae.load_sae`) for the query / key side: one SAE on
         blocks.L.ln1.hook_normalized or blocks.L.hook_resid_pre, or the upstream blocks.l.attn.hook_z SAEs
         (l < L). k_saes empty: the key side uses the query side's dictionaries.
-    heads: empty = every head of the layer.
+    layer / layers: the layer(s) whose heads are decomposed; `layers` (several, all in one run) wins
+        when not empty, `layer` alone keeps older YAML working. Per layer the dictionaries are picked from
+        q_saes / k_saes: the one SAE on that layer's head input, else every upstream hook_z SAE (l < L),
+        so one list of upstream SAEs serves every layer.
+    heads: empty = every head of each layer.
+    statistics: "all_pairs" (default): exact statistics over EVERY feature pair of every selected cell
+        (`fra_core.fra.allpairs`), per-feature marginals and node totals, examples = each pair's
+        extreme cells. "top_m": the older statistics over the top_m pairs kept per cell (sums undercount
+        every cell where a pair was not kept; labelled "top-m kept" in the store); one layer only.
     dataset: see `fra_core.datasets` ('demo', a .txt/.jsonl path, 'disk:<folder>', 'hf:<name>').
     include_diagonal: record the query = key cells too (kept apart in the store's diag_* columns, so the
         pages show every statistic with and without them).
@@ -56,6 +65,7 @@ class AccumulateFRAConfig(JobConfig):
     q_saes: tuple[str, ...] = ("demo-l1-ln1",)
     k_saes: tuple[str, ...] = ()
     layer: int = 1
+    layers: tuple[int, ...] = ()
     heads: tuple[int, ...] = ()
     dataset: str = "demo"
     text_column: str = "text"
@@ -70,6 +80,7 @@ class AccumulateFRAConfig(JobConfig):
     exclude_bos_query: bool = False
     row_centre: bool = False
     attention_weighted: bool = False
+    statistics: str = "all_pairs"
     top_m: int = 8
     k_active: int = 64
     examples_per_pair: int = 3
@@ -88,6 +99,8 @@ class AccumulateFRAConfig(JobConfig):
                 object.__setattr__(self, name, (value,) if value else ())
             elif isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        if isinstance(self.layers, (int, list)):
+            object.__setattr__(self, "layers", (self.layers,) if isinstance(self.layers, int) else tuple(self.layers))
         if isinstance(self.heads, (int, list)):
             object.__setattr__(self, "heads", (self.heads,) if isinstance(self.heads, int) else tuple(self.heads))
         checks = [(not self.q_saes, "q_saes must name at least one SAE"),
@@ -99,6 +112,12 @@ class AccumulateFRAConfig(JobConfig):
                   (self.k_active < 1, f"k_active must be >= 1, got {self.k_active}"),
                   (self.examples_per_pair < 0, f"examples_per_pair must be >= 0, got {self.examples_per_pair}"),
                   (self.layer < 0, f"layer must be >= 0, got {self.layer}"),
+                  (any(l < 0 for l in self.layers) or len(set(self.layers)) != len(self.layers),
+                   f"layers must be distinct and >= 0, got {list(self.layers)}"),
+                  (self.statistics not in STATISTICS,
+                   f"statistics must be one of {list(STATISTICS)}, got {self.statistics!r}"),
+                  (self.statistics == "top_m" and len(self.layers) > 1,
+                   f"statistics='top_m' covers one layer, got layers={list(self.layers)}: use 'all_pairs'"),
                   (any(h < 0 for h in self.heads), f"heads must be >= 0, got {list(self.heads)}"),
                   (self.executor not in EXECUTORS, f"executor must be one of {list(EXECUTORS)}, got {self.executor!r}"),
                   (not isinstance(self.ray_address, str), f"ray_address must be a string, got {self.ray_address!r}"),
@@ -111,3 +130,8 @@ class AccumulateFRAConfig(JobConfig):
         for bad, message in checks:
             if bad:
                 raise ConfigError(f"AccumulateFRAConfig: {message}")
+
+    @property
+    def run_layers(self) -> tuple[int, ...]:
+        """The layers this run covers: `layers`, or (`layer`,)."""
+        return self.layers or (self.layer,)

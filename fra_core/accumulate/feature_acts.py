@@ -40,8 +40,9 @@ class FeatureActCollector:
         self.hist: dict[int, int] = {}
         self.gen = torch.Generator().manual_seed(seed)
 
-    def add(self, side, src_map: list[int], samples: torch.Tensor) -> None:
-        """One engine side of a batch (ids/coef [batch, pos, K], offsets); `samples`: each row's sample id."""
+    def add(self, side, src_map: list[int], samples: torch.Tensor, only: set[int] | None = None) -> None:
+        """One engine side of a batch (ids/coef [batch, pos, K], offsets); `samples`: each row's sample id;
+        `only`: collect these run sources only (the others were collected from another side)."""
         ids, coef = side.ids.cpu(), side.coef.detach().float().cpu()
         active = coef != 0
         b, p, k = active.nonzero(as_tuple=True)
@@ -51,8 +52,13 @@ class FeatureActCollector:
         offs = torch.tensor(side.offsets)
         s = torch.searchsorted(offs, gid, right=True) - 1
         src, feat = torch.tensor(src_map)[s], gid - offs[s]
-        group = src * self.d_max + feat
         value = coef[b, p, k]
+        if only is not None:
+            keep = torch.isin(src, torch.tensor(sorted(only)))
+            b, p, gid, src, feat, value = b[keep], p[keep], gid[keep], src[keep], feat[keep], value[keep]
+            if len(b) == 0:
+                return
+        group = src * self.d_max + feat
         self._add_hist(group, value)
         uniq, inv = torch.unique(group, return_inverse=True)
         for kind, score in (("top", value.abs()), ("sample", torch.rand(len(value), generator=self.gen))):

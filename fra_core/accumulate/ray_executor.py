@@ -31,7 +31,7 @@ from typing import Any
 
 from fra_core import contracts
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig
-from fra_core.accumulate.run import _report, clear_temp_files, record_completeness, shard_items
+from fra_core.accumulate.run import _report, clear_temp_files, shard_items, start_run_info
 from fra_core.datasets import open_texts
 from fra_core.errors import FRAStudioError
 
@@ -63,7 +63,7 @@ class ShardWorker:
     def info(self) -> dict[str, Any]:
         out = {"pid": os.getpid(), "node": socket.gethostname(), "error": self.error}
         if self.parts is not None:
-            out.update(device=str(self.parts.model.cfg.device), run_info=self.parts.run_info(self.cfg))
+            out.update(device=str(self.parts.model.cfg.device), run_info=self.parts.run_info())
         return out
 
     def compute(self, shard: int, items: list[tuple[int, str]], job_dir: str) -> dict[str, Any]:
@@ -200,8 +200,7 @@ def _drive(ray, cfg: AccumulateFRAConfig, progress, job_dir: Path, source) -> di
         if nxt is not None:
             n, gpus, cpus = plan_workers(cfg, ray.cluster_resources(), missing)
             actors, workers = _start_workers(ray, cfg, n, gpus, cpus, progress, n_done)
-            previous = contracts.read_run_info(job_dir).get("completeness")  # a resumed run keeps what it measured
-            contracts.write_run_info(job_dir, {**workers[0]["run_info"], **({"completeness": previous} if previous else {})})
+            start_run_info(job_dir, workers[0]["run_info"])
             t0 = time.time()
         idle, clock, first_pids = list(actors), 0.0, {w["pid"] for w in workers}
         while nxt is not None or in_flight:
@@ -213,7 +212,6 @@ def _drive(ray, cfg: AccumulateFRAConfig, progress, job_dir: Path, source) -> di
             for ref in ready:
                 actor, shard = in_flight.pop(ref)
                 receipt = _receipt(ray, ref, shard)
-                record_completeness(job_dir, receipt.get("completeness") or {})  # each worker's first batch
                 idle.append(actor)
                 if receipt["pid"] not in first_pids:
                     restarts.add(receipt["pid"])

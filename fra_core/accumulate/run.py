@@ -1,11 +1,12 @@
-"""The accumulation loop: texts → tokens → exact FRA (engine) → per-pair aggregates → Parquet shards.
+"""The accumulation loop: texts → tokens → exact FRA statistics → Parquet shards.
 
 Samples are numbered by their index in the dataset's fixed order. Shard i covers samples
 [i·shard_size, (i+1)·shard_size); its manifest (written last) lists them. On (re)start the job reads the
 manifests and computes only the shards without one, so SIGKILL at any point costs at most the shards in
 progress and never counts a sample twice. `compute_shard` is the one shard body: the local loop below
 and the Ray executor (`fra_core.accumulate.ray_executor`, config `executor: ray`) both call it, so they
-write the same shards.
+write the same shards. What a shard holds depends on `statistics`: a runner from `prepare` —
+`allpairs.AllPairsRunner` (exact, every pair, several layers, marginals) or `topm.TopMRunner`.
 
 Texts of one batch are grouped by token length and each group runs as one engine call without
 padding: padding would change a bidirectional head's scores, and costs nothing to avoid here.
@@ -15,184 +16,18 @@ from __future__ import annotations
 
 import errno
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import torch
 
-import fra_core
 from fra_core import contracts
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig, ShardWriteError
-from fra_core.accumulate.feature_acts import FeatureActCollector
-from fra_core.accumulate.stats import Examples, entry_stats, examples_table, merge, pairs_table
-from fra_core.accumulate.tokens import FeatureTokenCounter
+from fra_core.accumulate.topm import ShardBuffer, TopMRunner, effective_k, load_model_and_saes, record_completeness, run_sources
 from fra_core.datasets import open_texts
-from fra_core.fra.aggregate import PairCodec, reduce_by_key
 
-
-def _fra_api():
-    from fra_core.fra import FRAOptions, compute_fra
-    from fra_core.fra.options import check_layer_heads
-    from fra_core.fra.sides import parse_dictionary  # the engine's own hook check, run before any work
-
-    return compute_fra, FRAOptions, check_layer_heads, parse_dictionary
-
-
-def load_parts(cfg: AccumulateFRAConfig, model=None, q_saes=None, k_saes=None):
-    """Model and both sides' SAE lists (loaded from refs unless given), checked against each other."""
-    from fra_core.devices import pick_device
-
-    device = pick_device(None if cfg.device == "auto" else cfg.device)
-    if model is None:
-        from fra_core.models import load_model
-
-        model = load_model(cfg.model, device)
-    from fra_core.sae import check_sae_fits_model, load_sae
-
-    q_saes = list(q_saes) if q_saes is not None else [load_sae(r, device) for r in cfg.q_saes]
-    if k_saes is None:
-        k_saes = [load_sae(r, device) for r in cfg.k_saes] if cfg.k_saes else q_saes
-    for ref, sae in zip(list(cfg.q_saes) + list(cfg.k_saes or cfg.q_saes), q_saes + list(k_saes)):
-        try:
-            check_sae_fits_model(sae, model)
-        except ValueError as exc:
-            raise AccumulateError(f"SAE {ref!r} does not fit model {cfg.model!r}: {exc}") from exc
-    _, _, check_layer_heads, parse_dictionary = _fra_api()
-    if cfg.context_length > model.cfg.n_ctx:
-        raise AccumulateError(
-            f"context_length {cfg.context_length} exceeds model {cfg.model!r} n_ctx={model.cfg.n_ctx}")
-    heads = check_layer_heads(model, cfg.layer, list(cfg.heads) or None)
-    for saes in (q_saes, k_saes):  # wrong hook for this layer → a clear error before any work
-        parse_dictionary(model, cfg.layer, saes[0] if len(saes) == 1 else saes)
-    return model, q_saes, list(k_saes), heads
-
-
-def _architecture(sae) -> str | None:
-    arch = getattr(sae.cfg, "architecture", None)
-    return arch() if callable(arch) else arch
-
-
-def effective_k(k_active: int, *sides) -> int:
-    """Features kept per position: `k_active`, capped by what can be active. A TopK SAE has at most k
-    active features per position, so K = Σ k over a side's SAEs loses nothing, and the engine's pair
-    block (T²·K²) shrinks from 64² to e.g. 3² cells' worth for the demo SAE."""
-    bound = 0
-    for saes in sides:
-        ks = [getattr(s.cfg, "k", None) if _architecture(s) == "topk" else None for s in saes]
-        if any(not isinstance(k, int) or k <= 0 for k in ks):
-            return k_active  # an SAE with no hard L0 bound (ReLU, JumpReLU): keep the configured K
-        bound = max(bound, sum(ks))
-    return max(1, min(k_active, bound))
-
-
-def run_sources(cfg: AccumulateFRAConfig, q_saes, k_saes) -> tuple[list[dict], list[int], list[int]]:
-    """The run's dictionary sources (one per distinct SAE ref) and each side's engine-source → src map."""
-    q_refs = list(cfg.q_saes)
-    k_refs = list(cfg.k_saes) if cfg.k_saes else q_refs
-    sources, index = [], {}
-    for ref, sae in zip(q_refs + k_refs, list(q_saes) + list(k_saes)):
-        if ref not in index:
-            index[ref] = len(sources)
-            sources.append({"src": len(sources), "kind": "sae", "name": ref, "sae_id": ref,
-                            "hook": sae.cfg.metadata.hook_name, "d_sae": int(sae.cfg.d_sae)})
-    return sources, [index[r] for r in q_refs], [index[r] for r in k_refs]
-
-
-class ShardBuffer:
-    """What one shard accumulates: pair aggregates, example candidates, sample rows, feature counts and
-    the tokens each feature fires on (token_str: token ids → strings)."""
-
-    def __init__(self, n_sources: int, d_max: int, examples_per_pair: int, d_vocab: int, token_str):
-        self.tables, self.examples, self.samples = [], [], []
-        self.counts = torch.zeros(n_sources, d_max, dtype=torch.long)
-        self.tokens_seen = torch.zeros(n_sources, dtype=torch.long)
-        self.feature_tokens, self.token_str = FeatureTokenCounter(d_max, d_vocab), token_str
-        self.k = examples_per_pair
-        self.acts = FeatureActCollector(d_max)
-
-    def add(self, table, ex: Examples | None, inverse=None) -> None:
-        self.tables.append(table)
-        if ex is not None and self.k > 0:
-            self.examples.append(ex.top(self.k, inverse))
-        if len(self.tables) >= 8:  # keep memory bounded: fold batches as we go
-            self.tables = [merge(self.tables)]
-            if self.examples:
-                self.examples = [Examples.cat(self.examples).top(self.k)]
-
-    def arrow(self, codec: PairCodec, layer: int) -> dict[str, pa.Table]:
-        table = merge(self.tables) if self.tables else None
-        pairs = pairs_table(table, codec, layer) if table is not None else contracts.PAIRS_SCHEMA.empty_table()
-        ex = Examples.cat(self.examples).top(self.k) if self.examples else None
-        src, feat = self.counts.nonzero(as_tuple=True)
-        features = pa.table({"src": pa.array(src.numpy().astype(np.uint16)),
-                             "feature": pa.array(feat.numpy().astype(np.uint32)),
-                             "n_active": pa.array(self.counts[src, feat].numpy().astype(np.uint64)),
-                             "n_tokens": pa.array(self.tokens_seen[src].numpy().astype(np.uint64))})
-        samples = pa.table({"sample": pa.array([s for s, _ in self.samples], pa.uint64()),
-                            "n_tokens": pa.array([len(t) for _, t in self.samples], pa.uint16()),
-                            "tokens": pa.array([t for _, t in self.samples], pa.list_(pa.string()))},
-                           schema=contracts.SAMPLES_SCHEMA)
-        return {"pairs": pairs, "examples": examples_table(ex, codec, layer), "samples": samples, "features": features,
-                "feature_tokens": self.feature_tokens.table(self.token_str), **self.acts.tables()}
-
-
-def _count_features(buf: ShardBuffer, side, src_map: list[int], tokens: torch.Tensor) -> None:
-    """Active-token counts per (run source, feature) from one engine side (ids/coef [batch, pos, K]),
-    and the tokens (tokens [batch, pos]) each feature is active on."""
-    active = (side.coef != 0).cpu()
-    gid = side.ids.cpu()[active]
-    offs = torch.tensor(side.offsets)
-    s = torch.searchsorted(offs, gid, right=True) - 1
-    run_src, feature = torch.tensor(src_map)[s], gid - offs[s]
-    flat = run_src * buf.counts.shape[1] + feature
-    buf.counts += torch.bincount(flat, minlength=buf.counts.numel()).view_as(buf.counts)
-    tokens = tokens.cpu()
-    prev = torch.cat([torch.full_like(tokens[:, :1], -1), tokens[:, :-1]], dim=1)
-    per_slot = lambda t: t[:, :, None].expand(active.shape)[active]  # noqa: E731
-    buf.feature_tokens.add(run_src, feature, per_slot(tokens), per_slot(prev))
-    n_tokens = side.ids.shape[0] * side.ids.shape[1]
-    for src in set(src_map):
-        buf.tokens_seen[src] += n_tokens
-
-
-def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_saes, options, codec: PairCodec,
-                  q_map: list[int], k_map: list[int], buf: ShardBuffer, completeness: dict | None = None) -> None:
-    """completeness: an empty dict on the run's first batch → filled with the measured values (the job
-    fails above 1e-4 before anything is stored); None afterwards."""
-    compute_fra = _fra_api()[0]
-    qd = q_saes[0] if len(q_saes) == 1 else q_saes
-    kd = k_saes[0] if len(k_saes) == 1 else k_saes
-    groups: dict[int, list[tuple[int, torch.Tensor]]] = {}
-    for sample, text in items:
-        toks = model.to_tokens(text, prepend_bos=cfg.prepend_bos, truncate=True)[0, : cfg.context_length]
-        buf.samples.append((sample, [str(t) for t in model.to_str_tokens(toks)] if len(toks) else []))
-        if len(toks) >= 1:
-            groups.setdefault(len(toks), []).append((sample, toks))
-    for group in groups.values():
-        ids, tokens = torch.tensor([s for s, _ in group]), torch.stack([t for _, t in group])
-        res = compute_fra(model, tokens, cfg.layer, heads, qd, kd, options)
-        if completeness is not None and not completeness:
-            from fra_core.fra.completeness import CompletenessError, check
-
-            try:
-                completeness.update(check(res, f"accumulation job (layer {cfg.layer})"))
-            except CompletenessError as exc:
-                raise AccumulateError(str(exc)) from exc
-        e = {k: v.cpu() for k, v in res.entries.items()}
-        key = codec.encode(e["head"], torch.tensor(q_map)[e["q_source"]], e["q_feature"],
-                           torch.tensor(k_map)[e["k_source"]], e["k_feature"])
-        diag = e["query_pos"] == e["key_pos"]
-        inverse = torch.unique(key, return_inverse=True)  # shared by the stats and the examples
-        ex = Examples(key, ids[e["batch"]], e["query_pos"], e["key_pos"], e["value"].float())
-        buf.add(reduce_by_key(key, entry_stats(e["value"], diag), inverse), ex, inverse)
-        _count_features(buf, res.q_side, q_map, tokens)
-        buf.acts.add(res.q_side, q_map, ids)
-        if not set(k_map) & set(q_map):  # distinct key-side dictionaries: count them too
-            _count_features(buf, res.k_side, k_map, tokens)
-            buf.acts.add(res.k_side, k_map, ids)
+__all__ = ["accumulate", "compute_shard", "prepare", "record_completeness", "run_accumulate", "shard_items",
+           "start_run_info"]
 
 
 def _write(job_dir: Path, shard: int, buf: ShardBuffer, codec, cfg, n_done: int) -> None:
@@ -230,58 +65,42 @@ def shard_items(source, cfg: AccumulateFRAConfig):
         yield items[0][0] // cfg.shard_size, items
 
 
-@dataclass
-class Parts:
-    """What one process loads once and every shard it computes shares."""
+def prepare(cfg: AccumulateFRAConfig, model=None, q_saes=None, k_saes=None):
+    """Load and check the model and SAEs (unless given): the runner of the run's statistics, which every
+    shard this process computes shares (`run_info()`, `new_buffer()`, `process(items, buf)`,
+    `shard_computed(buf, job_dir)`, `codec`, `model`, `completeness`)."""
+    if cfg.statistics == "all_pairs":
+        from fra_core.accumulate.allpairs import AllPairsRunner, JobParts
 
-    model: Any
-    q_saes: list
-    k_saes: list
-    heads: list[int]
-    sources: list[dict]
-    q_map: list[int]
-    k_map: list[int]
-    codec: PairCodec
-    options: Any
-    completeness: dict = field(default_factory=dict)  # {layer: {head: err}} of this process's first batch
-
-    def run_info(self, cfg: AccumulateFRAConfig) -> dict[str, Any]:
-        return {"code_version": fra_core.__version__, "sources": self.sources, "heads": self.heads,
-                "n_heads": self.model.cfg.n_heads, "model": cfg.model}
+        parts = JobParts(ShardBuffer, effective_k, load_model_and_saes, run_sources)
+        runner = AllPairsRunner(cfg, parts, model, q_saes, k_saes)
+    else:
+        runner = TopMRunner(cfg, model, q_saes, k_saes)
+    runner.model.eval()
+    return runner
 
 
-def prepare(cfg: AccumulateFRAConfig, model=None, q_saes=None, k_saes=None) -> Parts:
-    """Load and check the model and SAEs (unless given) and derive the run's sources, codec and options."""
-    model, q_saes, k_saes, heads = load_parts(cfg, model, q_saes, k_saes)
-    sources, q_map, k_map = run_sources(cfg, q_saes, k_saes)
-    codec = PairCodec(model.cfg.n_heads, len(sources), max(s["d_sae"] for s in sources))
-    FRAOptions = _fra_api()[1]
-    options = FRAOptions(k_active=effective_k(cfg.k_active, q_saes, k_saes), top_m=cfg.top_m,
-                         exclude_diagonal=not cfg.include_diagonal, exclude_bos_key=cfg.exclude_bos_key,
-                         exclude_bos_query=cfg.exclude_bos_query, row_centre=cfg.row_centre,
-                         attention_weighted=cfg.attention_weighted)
-    model.eval()
-    return Parts(model, q_saes, k_saes, heads, sources, q_map, k_map, codec, options)
+def start_run_info(job_dir: Path, info: dict) -> None:
+    """run.json for a (re)started run: the runner's `run_info()`, keeping what earlier processes measured."""
+    previous = contracts.read_run_info(job_dir)
+    kept = {k: previous[k] for k in ("completeness", "completeness_detail") if k in previous}
+    contracts.write_run_info(job_dir, {**info, **kept})
 
 
-def compute_shard(parts: Parts, cfg: AccumulateFRAConfig, shard: int, items: list[tuple[int, str]], job_dir: Path,
+def compute_shard(runner, cfg: AccumulateFRAConfig, shard: int, items: list[tuple[int, str]], job_dir: Path,
                   on_batch=None, n_done: int = 0) -> int:
     """Compute shard `shard` from its (sample, text) items and write it (manifest last); the one shard
     body of every executor. Batches are consecutive runs of `batch_size` items, so the shard's tables
     do not depend on who computes it. on_batch(n): called with the samples processed so far (progress
     and cancel checks). Returns the number of samples written."""
-    model = parts.model
-    token_str = lambda ids: [str(t) for t in model.to_str_tokens(torch.tensor(ids))]  # noqa: E731
-    buf = ShardBuffer(len(parts.sources), parts.codec.d_max, cfg.examples_per_pair, model.cfg.d_vocab, token_str)
+    buf = runner.new_buffer()
     with torch.no_grad():
         for start in range(0, len(items), cfg.batch_size):
-            # the process's first batch measures completeness (and fails above 1e-4 before anything is stored)
-            process_batch(model, items[start:start + cfg.batch_size], cfg, parts.heads, parts.q_saes, parts.k_saes,
-                          parts.options, parts.codec, parts.q_map, parts.k_map, buf,
-                          completeness=None if parts.completeness else parts.completeness)
+            runner.process(items[start:start + cfg.batch_size], buf)
             if on_batch is not None and start + cfg.batch_size < len(items):
                 on_batch(len(buf.samples))
-    _write(Path(job_dir), shard, buf, parts.codec, cfg, n_done)
+    runner.shard_computed(buf, Path(job_dir))  # records completeness; raises before a bad shard is written
+    _write(Path(job_dir), shard, buf, runner.codec, cfg, n_done)
     return len(buf.samples)
 
 
@@ -289,9 +108,8 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
     job_dir = Path(progress.job_dir)
     source = open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed)  # fail fast before the model loads
     progress.update(0, cfg.n_samples, message="loading model and SAEs", force=True)
-    parts = prepare(cfg, model, q_saes, k_saes)
-    previous = contracts.read_run_info(job_dir).get("completeness")  # a resumed run keeps what it measured
-    contracts.write_run_info(job_dir, {**parts.run_info(cfg), **({"completeness": previous} if previous else {})})
+    runner = prepare(cfg, model, q_saes, k_saes)
+    start_run_info(job_dir, runner.run_info())
     done = {int(m["shard"]): len(m["samples"]) for m in contracts.complete_shards(job_dir)}
     clear_temp_files(job_dir)
     n_done = n_start = sum(done.values())
@@ -306,9 +124,8 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
         seen, n_shards = seen + len(items), shard + 1
         if shard in done:
             continue
-        n_done += compute_shard(parts, cfg, shard, items, job_dir, lambda n, base=n_done: report(base + n),
+        n_done += compute_shard(runner, cfg, shard, items, job_dir, lambda n, base=n_done: report(base + n),
                                 n_done)
-        record_completeness(job_dir, parts.completeness)
         report(n_done)
     clock[0] = 0.0
     report(n_done)
@@ -316,16 +133,6 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
     progress.update(n_done, cfg.n_samples, message=f"finished: {n_done} samples{note}", force=True)
     return {"samples": n_done, "shards": n_shards, "new_samples": n_done - n_start,
             "samples_per_s": (n_done - n_start) / max(time.time() - t0, 1e-9), "dataset_texts": seen}
-
-
-def record_completeness(job_dir: Path, measured: dict) -> None:
-    """Merge a process's first-batch completeness ({layer: {head: err}}) into run.json, keeping the worst
-    value per (layer, head): a resumed run, and every Ray worker, adds what it measured."""
-    from fra_core.fra.completeness import merge
-
-    info = contracts.read_run_info(job_dir)
-    if measured and merge(info.get("completeness"), measured) != info.get("completeness"):
-        contracts.write_run_info(job_dir, {**info, "completeness": merge(info.get("completeness"), measured)})
 
 
 def _report(progress, cfg, n_done: int, n_start: int, t0: float, last_print: float, **extra) -> float:

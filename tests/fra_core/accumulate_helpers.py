@@ -57,10 +57,12 @@ def shard_totals(job_dir: Path) -> pd.DataFrame:
 
 
 def direct_totals(model, sae, texts: list[str], cfg) -> pd.DataFrame:
-    """Per-sample engine FRA summed with pandas: the obviously-correct reference for a job's totals."""
+    """Per-sample engine FRA summed with pandas: the obviously-correct reference for a job's totals
+    (statistics='all_pairs': every pair of every cell, top_m=None; 'top_m': the top_m kept per cell)."""
     from fra_core.fra import FRAOptions, compute_fra
 
-    opts = FRAOptions(k_active=cfg.k_active, top_m=cfg.top_m, exclude_diagonal=not cfg.include_diagonal)
+    top_m = None if cfg.statistics == "all_pairs" else cfg.top_m
+    opts = FRAOptions(k_active=cfg.k_active, top_m=top_m, exclude_diagonal=not cfg.include_diagonal)
     rows = []
     for text in texts:
         toks = model.to_tokens(text, prepend_bos=cfg.prepend_bos, truncate=True)[0, : cfg.context_length]
@@ -76,11 +78,11 @@ def direct_totals(model, sae, texts: list[str], cfg) -> pd.DataFrame:
                                                  diag_sum=("dv", "sum")).sort_index()
 
 
-def assert_totals_equal(a: pd.DataFrame, b: pd.DataFrame) -> None:
+def assert_totals_equal(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-6, atol: float = 1e-6) -> None:
     a, b = a.sort_index(), b.sort_index()
     assert len(a) == len(b), (len(a), len(b))
     assert (a.index == b.index).all()
     for col in ("n", "diag_n"):
         np.testing.assert_array_equal(a[col].to_numpy(np.int64), b[col].to_numpy(np.int64))
     for col in ("sum", "max", "min", "diag_sum"):
-        np.testing.assert_allclose(a[col].to_numpy(np.float64), b[col].to_numpy(np.float64), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(a[col].to_numpy(np.float64), b[col].to_numpy(np.float64), rtol=rtol, atol=atol)

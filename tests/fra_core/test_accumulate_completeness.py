@@ -26,24 +26,30 @@ def _model(root, **flags):
     return model
 
 
-def _sliding(root):
-    """Mistral-style: RMS, rotary, GQA, every layer local with a 4-token window (texts are longer)."""
+def _sliding(root, gqa: bool = True):
+    """Mistral-style: RMS, rotary, GQA (unless gqa=False), every layer local with a 4-token window (texts
+    are longer)."""
     return _model(root, normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8,
-                  n_key_value_heads=2, use_local_attn=True, window_size=WINDOW, attn_types=["local", "local"])
+                  n_key_value_heads=2 if gqa else None, use_local_attn=True, window_size=WINDOW,
+                  attn_types=["local", "local"])
 
 
-def test_sliding_window_job_records_completeness_and_store_keeps_it(tmp_path):
+@pytest.mark.parametrize("statistics,gqa", [("top_m", True), ("all_pairs", False)])
+def test_sliding_window_job_records_completeness_and_store_keeps_it(tmp_path, statistics, gqa):
+    """Both statistics on a sliding-window model (all-pair statistics refuse GQA by name, so that case
+    runs without it): the window's mask drives the pairs, and the measured completeness is stored."""
     from store import Store, ingest_job_shards
 
-    model = _sliding(tmp_path)
+    model = _sliding(tmp_path, gqa)
     sae = tiny_sae(model)
-    cfg = AccumulateFRAConfig(**CFG)
+    cfg = AccumulateFRAConfig(**CFG, statistics=statistics)
     job = tmp_path / "job"
     job.mkdir()
     run_accumulate(cfg, Progress(job), model=model, q_saes=[sae])
     texts = list(open_texts("demo").texts(5))
     assert max(len(model.to_tokens(t)[0]) for t in texts) > WINDOW  # T > window: the window masks cells
-    assert_totals_equal(shard_totals(job), direct_totals(model, sae, texts, cfg))
+    tol = (5e-5, 2e-5) if statistics == "all_pairs" else (1e-6, 1e-6)  # float64 all-pairs vs the float32 engine
+    assert_totals_equal(shard_totals(job), direct_totals(model, sae, texts, cfg), *tol)
     comp = shards.read_run_info(job)["completeness"]
     assert set(comp) == {"1"} and set(comp["1"]) == {"0", "1", "2", "3"}
     assert all(0 <= v <= 1e-4 for v in comp["1"].values())
@@ -60,7 +66,8 @@ def test_sliding_window_job_records_completeness_and_store_keeps_it(tmp_path):
     assert [e for _, _, e in rows] == pytest.approx([comp["1"][str(h)] for h in range(4)])
 
 
-def test_incomplete_decomposition_stops_the_job(tmp_path, monkeypatch):
+@pytest.mark.parametrize("statistics", ["top_m", "all_pairs"])
+def test_incomplete_decomposition_stops_the_job(tmp_path, monkeypatch, statistics):
     from fra_core.fra import arch
 
     # pretend the engine did not notice that TL clamps q/k at 0.05 (an unmodelled detail): wrong numbers
@@ -68,6 +75,9 @@ def test_incomplete_decomposition_stops_the_job(tmp_path, monkeypatch):
     model = _model(tmp_path, clip_qkv=0.05)
     job = tmp_path / "bad"
     job.mkdir()
-    with pytest.raises(AccumulateError, match=r"do not sum to blocks\.1\.attn\.hook_attn_scores.*> 0\.0001"):
-        run_accumulate(AccumulateFRAConfig(**CFG), Progress(job), model=model, q_saes=[tiny_sae(model)])
+    # top-m: the engine's check of the first batch; all pairs: the per-cell check of every batch
+    message = r"(do not sum to blocks\.1\.attn\.hook_attn_scores.*> 0\.0001|differ from hook_attn_scores)"
+    with pytest.raises(AccumulateError, match=message):
+        run_accumulate(AccumulateFRAConfig(**CFG, statistics=statistics), Progress(job), model=model,
+                       q_saes=[tiny_sae(model)])
     assert not shards.complete_shards(job)  # nothing stored as "exact"

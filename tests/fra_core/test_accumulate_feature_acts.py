@@ -17,13 +17,15 @@ CFG = dict(model="tiny", q_saes=("tiny-sae",), n_samples=7, batch_size=2, shard_
            context_length=24, examples_per_pair=2)
 
 
-@pytest.fixture(scope="module")
-def job(tmp_path_factory):
+@pytest.fixture(scope="module", params=["all_pairs", "top_m"])
+def job(tmp_path_factory, request):
+    """One job per statistics: both runners collect the Feature page's activations."""
     root = tmp_path_factory.mktemp("acts")
     model = tiny_demo_model(root)
     job = root / "job"
     job.mkdir()
-    run_accumulate(AccumulateFRAConfig(**CFG), Progress(job), model=model, q_saes=[tiny_sae(model)])
+    run_accumulate(AccumulateFRAConfig(**CFG, statistics=request.param), Progress(job), model=model,
+                   q_saes=[tiny_sae(model)])
     return job
 
 

@@ -43,6 +43,8 @@ def test_feature_page_partner_opens_on_the_pairs_best_cell(demo_run):
     _ok(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Active tokens"] != "0" and metrics["Density"] != "—"
+    if demo_run_cfg().statistics == "all_pairs":  # exact runs store marginals: the page shows them
+        assert "Marginal contributions (exact, all pairs)" in [s.value for s in at.subheader]
     assert "background:rgba(255, 140, 0,1.00)" in "".join(h.proto.body for h in at.get("html"))
     at.number_input(key="fp_min_count").set_value(1).run()
     at.selectbox(key="fp_metric").set_value("sum").run()

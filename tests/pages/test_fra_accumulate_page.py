@@ -170,3 +170,16 @@ def _close_cached_stores():
     from ui import store as ui_store
 
     ui_store._handle.clear()
+
+
+def test_statistics_and_layers_fields(workspace):
+    at = _open()
+    assert at.selectbox(key="acc_statistics").value == "all_pairs"
+    at.text_input(key="acc_layers").set_value("0, 1").run()
+    assert not at.exception and not at.error, _errors(at)
+    cfg = AccumulateFRAConfig.from_yaml(at.code[0].value)
+    assert cfg.statistics == "all_pairs" and cfg.run_layers == (0, 1)
+    at.selectbox(key="acc_statistics").set_value("top_m").run()  # top-m covers one layer: a message
+    assert not at.exception and any("one layer" in e for e in _errors(at))
+    at.text_input(key="acc_layers").set_value("x").run()
+    assert any("Layers must be whole numbers" in e for e in _errors(at))

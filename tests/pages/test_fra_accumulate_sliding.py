@@ -17,7 +17,7 @@ def test_sliding_window_job_from_the_form(workspace):
     from tests.fra_core.test_accumulate_completeness import WINDOW, _sliding
     from tests.pages.test_pair_tables_page import _open
 
-    model = _sliding(workspace.root)
+    model = _sliding(workspace.root, gqa=False)  # the form's default statistics (all pairs) refuse GQA by name
     save_parts(workspace, model, tiny_sae(model), model_name="sliding", sae_name="sliding-sae")
     _job_from_the_form(workspace, "sliding", "sliding-sae")
     [job] = jobs.list_jobs(workspace.jobs, "accumulate")

@@ -57,3 +57,28 @@ def test_foreign_migrations_are_refused(monkeypatch):
     monkeypatch.setattr(schema, "MIGRATIONS", (("0001_other", "SELECT 1"),))
     with pytest.raises(RuntimeError, match="different version"):
         schema.migrate(con)
+
+
+def test_0010_labels_older_runs_top_m_kept(tmp_path):
+    """A database at 0008 with an accumulation run migrates forward: the run stays readable and is
+    labelled top-m kept with its m."""
+    import json
+
+    import duckdb
+
+    from store.marginals import run_statistics
+    from store.schema import MIGRATIONS, migrate
+
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    con.execute("CREATE TABLE _migrations (seq INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied TIMESTAMP NOT NULL)")
+    upto = [name for name, _ in MIGRATIONS].index("0008_feature_tokens")
+    for seq, (name, sql) in enumerate(MIGRATIONS[: upto + 1]):
+        con.execute(sql)
+        con.execute("INSERT INTO _migrations VALUES (?, ?, now())", [seq, name])
+    con.execute("INSERT INTO runs (name, kind, config, layer) VALUES ('old', 'accumulate', ?, 1)",
+                [json.dumps({"top_m": 5, "layer": 1})])
+    assert "0010_allpair_stats" in migrate(con)
+    assert con.execute("SELECT statistics, top_m_kept, layers FROM runs").fetchone() == ("top_m", 5, [1])
+    info = run_statistics(con, "old")
+    assert info["label"].startswith("top-5 kept")
+    assert con.execute("SELECT count(*) FROM feature_marginals").fetchone()[0] == 0

@@ -1,0 +1,303 @@
+"""statistics='all_pairs': exact statistics over every feature pair, for several layers in one run.
+
+Per batch and layer, `fra_core.fra.allpairs_batch` gives every head's exact pair statistics (n, sum,
+abs_sum, max, min, diagonal apart) and each pair's two extreme cells (the examples); `batch_marginals`
+gives per-feature marginals and the named nodes' totals, and the measured completeness
+max |Σ terms − score| / max |score| of each head. The float64 projected decoder rows of each layer
+(`Projector`) live for the whole job and are filled in fixed-size chunks, so a resumed job computes the
+same numbers as an uninterrupted one. Feature activity is counted once per (batch, SAE), even when an
+upstream SAE serves several layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+import fra_core
+from fra_core import contracts as shards
+from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig
+from fra_core.accumulate.stats import Examples, examples_table, merge, pairs_table
+from fra_core.fra.aggregate import PairCodec
+
+
+def layer_dictionaries(refs: list[str], saes: list, layer: int) -> list[int]:
+    """Indices of the SAEs that form layer `layer`'s side: its own head-input SAE, else every upstream
+    hook_z SAE (l < layer)."""
+    hooks = [s.cfg.metadata.hook_name for s in saes]
+    own = [i for i, h in enumerate(hooks) if h in (f"blocks.{layer}.ln1.hook_normalized", f"blocks.{layer}.hook_resid_pre")]
+    if len(own) > 1:
+        raise AccumulateError(f"layer {layer}: several SAEs on its head input: {[refs[i] for i in own]}")
+    if own:
+        return own
+    up = [i for i, h in enumerate(hooks) if h.endswith(".attn.hook_z") and int(h.split(".")[1]) < layer]
+    if not up:
+        raise AccumulateError(f"layer {layer}: no SAE among {refs} (hooks {hooks}) sits on its head input "
+                              f"(blocks.{layer}.ln1.hook_normalized / hook_resid_pre or upstream hook_z, l < {layer})")
+    return up
+
+
+class LayerPlan:
+    """One layer of the run: heads, dictionaries (engine arguments), local → run source maps, projectors."""
+
+    def __init__(self, model, layer: int, cfg, q_refs, q_saes, k_refs, k_saes, q_map, k_map):
+        from fra_core.fra.allpairs_batch import Projector
+        from fra_core.fra.options import check_layer_heads
+
+        self.layer = layer
+        self.heads = check_layer_heads(model, layer, list(cfg.heads) or None)
+        qi, ki = layer_dictionaries(q_refs, q_saes, layer), layer_dictionaries(k_refs, k_saes, layer)
+        self.qd = q_saes[qi[0]] if len(qi) == 1 else [q_saes[i] for i in qi]
+        self.kd = k_saes[ki[0]] if len(ki) == 1 else [k_saes[i] for i in ki]
+        self.q_map, self.k_map = [q_map[i] for i in qi], [k_map[i] for i in ki]
+        self.projectors = (Projector(model, layer, self.qd, "Q", self.heads),
+                           Projector(model, layer, self.kd, "K", self.heads))
+
+
+@dataclasses.dataclass(frozen=True)
+class JobParts:
+    """The job pieces shared with `fra_core.accumulate.run`, passed in by it (run imports this module,
+    never the reverse): its ShardBuffer class, effective_k, load_model_and_saes, run_sources."""
+
+    shard_buffer: type
+    effective_k: Callable
+    load_model_and_saes: Callable
+    run_sources: Callable
+
+
+class AllPairsShard:
+    """A shard of an all-pair run: a base ShardBuffer (samples, feature counts, feature tokens), plus per
+    layer the pair tables and example candidates (a ShardBuffer each), marginals, node totals and
+    completeness maxima."""
+
+    def __init__(self, runner: "AllPairsRunner"):
+        self.k, self.runner = runner.cfg.examples_per_pair, runner
+        self.base = runner.parts.shard_buffer(len(runner.sources), runner.codec.d_max, self.k,
+                                              runner.model.cfg.d_vocab, runner.token_str)
+        self.samples = self.base.samples  # the job loop counts and writes these
+        self.layers = {p.layer: runner.parts.shard_buffer(1, 1, self.k, 1, None) for p in runner.plans}
+        self.marg: list[tuple[int, str, torch.Tensor, torch.Tensor]] = []  # (layer, side, run key, vals)
+        self.nodes: dict[tuple[int, str], tuple[list[str], torch.Tensor]] = {}
+        self.err: dict[int, torch.Tensor] = {}  # layer → [head_index, 2]: max |error|, max |score|
+
+    def arrow(self, codec: PairCodec, layer: int) -> dict[str, pa.Table]:
+        out = self.base.arrow(codec, layer)  # samples, features, feature_tokens (no pair tables here)
+        pairs, examples = [], []
+        for L, lb in self.layers.items():
+            if lb.tables:
+                pairs.append(pairs_table(merge(lb.tables), codec, L))
+            if lb.examples:
+                examples.append(examples_table(Examples.cat(lb.examples).top(self.k), codec, L))
+        out["pairs"] = pa.concat_tables(pairs) if pairs else shards.PAIRS_SCHEMA.empty_table()
+        out["examples"] = pa.concat_tables(examples) if examples else shards.EXAMPLES_SCHEMA.empty_table()
+        out["marginals"], out["node_totals"] = self._marginals(), self._node_totals()
+        return out
+
+    def _marginals(self) -> pa.Table:
+        parts = {}
+        for L, side, key, vals in self.marg:
+            parts.setdefault((L, side), []).append((key, vals))
+        cols = {f.name: [] for f in shards.MARGINALS_SCHEMA}
+        D, S = self.runner.codec.d_max, len(self.runner.sources)
+        for (L, side), items in sorted(parts.items()):
+            uniq, inv = torch.unique(torch.cat([k for k, _ in items]), return_inverse=True)
+            v = torch.zeros(len(uniq), 3, dtype=torch.float64).index_add_(0, inv, torch.cat([x for _, x in items]))
+            feat, rest = uniq % D, uniq // D
+            cols["layer"].append(np.full(len(uniq), L)), cols["side"].append(np.full(len(uniq), side, dtype=object))
+            cols["head"].append((rest // S).numpy()), cols["src"].append((rest % S).numpy())
+            cols["feature"].append(feat.numpy()), cols["n"].append(v[:, 0].round().numpy())
+            cols["sum"].append(v[:, 1].numpy()), cols["abs_sum"].append(v[:, 2].numpy())
+        return _table(cols, shards.MARGINALS_SCHEMA)
+
+    def _node_totals(self) -> pa.Table:
+        cols = {f.name: [] for f in shards.NODE_TOTALS_SCHEMA}
+        for (L, side), (names, t) in sorted(self.nodes.items()):
+            heads = self.runner.plan(L).heads
+            for hi, h in enumerate(heads):
+                cols["layer"].append(np.full(len(names), L)), cols["head"].append(np.full(len(names), h))
+                cols["side"].append(np.full(len(names), side, dtype=object))
+                cols["node"].append(np.array(names, dtype=object)), cols["n"].append(t[hi, :, 0].round().numpy())
+                cols["sum"].append(t[hi, :, 1].numpy()), cols["abs_sum"].append(t[hi, :, 2].numpy())
+                cols["sum_vs_features"].append(t[hi, :, 3].numpy())
+        return _table(cols, shards.NODE_TOTALS_SCHEMA)
+
+
+def _table(cols: dict[str, list], schema: pa.Schema) -> pa.Table:
+    if not cols[schema.names[0]]:
+        return schema.empty_table()
+    return pa.table({f.name: pa.array(np.concatenate(cols[f.name]).astype(f.type.to_pandas_dtype())
+                                      if not pa.types.is_string(f.type) else list(np.concatenate(cols[f.name])),
+                                      f.type) for f in schema})
+
+
+class AllPairsRunner:
+    """The all-pair job for `fra_core.accumulate.run.accumulate`: setup, one batch, one written shard."""
+
+    def __init__(self, cfg: AccumulateFRAConfig, parts: JobParts, model=None, q_saes=None, k_saes=None):
+        from fra_core.fra import FRAOptions
+
+        self.cfg, self.parts = cfg, parts
+        self.model, self.q_saes, self.k_saes = parts.load_model_and_saes(cfg, model, q_saes, k_saes)
+        self.sources, q_map, k_map = parts.run_sources(cfg, self.q_saes, self.k_saes)
+        q_refs = list(cfg.q_saes)
+        k_refs = list(cfg.k_saes) if cfg.k_saes else q_refs
+        self.plans = [LayerPlan(self.model, L, cfg, q_refs, self.q_saes, k_refs, self.k_saes, q_map, k_map)
+                      for L in cfg.run_layers]
+        self.codec = PairCodec(self.model.cfg.n_heads, len(self.sources), max(s["d_sae"] for s in self.sources))
+        self.options = FRAOptions(k_active=parts.effective_k(cfg.k_active, self.q_saes, self.k_saes), top_m=None,
+                                  exclude_diagonal=not cfg.include_diagonal, exclude_bos_key=cfg.exclude_bos_key,
+                                  exclude_bos_query=cfg.exclude_bos_query, row_centre=cfg.row_centre,
+                                  attention_weighted=cfg.attention_weighted)
+        # completeness maxima measured by this process: {"layer": {"head": [max |err|, max |score|]}}
+        self.detail: dict[str, dict[str, list[float]]] = {}
+
+    def plan(self, layer: int) -> LayerPlan:
+        return next(p for p in self.plans if p.layer == layer)
+
+    def token_str(self, ids) -> list[str]:
+        return [str(t) for t in self.model.to_str_tokens(torch.tensor(ids))]
+
+    def new_buffer(self) -> AllPairsShard:
+        return AllPairsShard(self)
+
+    def run_info(self) -> dict:
+        heads = {str(p.layer): p.heads for p in self.plans}
+        return {"code_version": fra_core.__version__, "sources": self.sources, "model": self.cfg.model,
+                "heads": self.plans[0].heads if len(self.plans) == 1 else heads, "layer_heads": heads,
+                "layers": [p.layer for p in self.plans], "n_heads": self.model.cfg.n_heads, "statistics": "all_pairs"}
+
+    @property
+    def completeness(self) -> dict:
+        """{layer: {head: max |Σ terms − score| / max |score|}} over every cell this process computed."""
+        return _ratios(self.detail)
+
+    def shard_computed(self, buf: AllPairsShard, job_dir: Path) -> None:
+        """Fold the shard's completeness maxima into this process's record, then into run.json (max is
+        order-free: resumes and Ray workers agree); fail above the engine's limit, naming layer and head."""
+        from fra_core.fra.completeness import LIMIT
+
+        for L, t in buf.err.items():
+            per = self.detail.setdefault(str(L), {})
+            for hi, h in enumerate(self.plan(L).heads):
+                old = per.get(str(h), [0.0, 0.0])
+                per[str(h)] = [max(old[0], float(t[hi, 0])), max(old[1], float(t[hi, 1]))]
+        info = shards.read_run_info(job_dir)
+        detail = _max_detail(info.get("completeness_detail", {}), self.detail)
+        shards.write_run_info(job_dir, {**info, "completeness": _ratios(detail), "completeness_detail": detail})
+        bad = {(L, h): r for L, hs in self.completeness.items() for h, r in hs.items() if not r <= LIMIT}
+        if bad:
+            (L, h), r = max(bad.items(), key=lambda kv: kv[1])
+            raise AccumulateError(f"accumulation job: layer {L} head {h}: Σ FRA terms differ from hook_attn_scores by "
+                                  f"{r:.2e} of max |score| (limit {LIMIT:g}); nothing of this shard counts as exact")
+
+    def process(self, items: list[tuple[int, str]], buf: AllPairsShard) -> None:
+        from fra_core.fra.allpairs_batch import allpairs_batch, batch_marginals
+
+        cfg, model = self.cfg, self.model
+        groups: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        for sample, text in items:  # one engine call per token length: no padding (see accumulate.run)
+            toks = model.to_tokens(text, prepend_bos=cfg.prepend_bos, truncate=True)[0, : cfg.context_length]
+            buf.samples.append((sample, [str(t) for t in model.to_str_tokens(toks)] if len(toks) else []))
+            if len(toks) >= 1:
+                groups.setdefault(len(toks), []).append((sample, toks))
+        for group in groups.values():
+            ids, tokens = torch.tensor([s for s, _ in group]), torch.stack([t for _, t in group])
+            counted: set[int] = set()
+            for plan in self.plans:
+                bs = allpairs_batch(model, tokens, plan.layer, plan.heads, plan.qd, plan.kd, self.options,
+                                    plan.projectors)
+                self._add_pairs(buf, plan, bs, ids, tokens.shape[1])
+                self._add_marginals(buf, plan, bs, batch_marginals(model, plan.layer, bs, plan.projectors, self.options))
+                for side, src_map in ((bs.sides[0], plan.q_map), (bs.sides[1], plan.k_map)):
+                    new = set(src_map) - counted
+                    count_new_features(buf.base, side, src_map, tokens, counted)
+                    if new:  # the Feature page's activations, once per source (as the counts)
+                        buf.base.acts.add(side, src_map, ids, only=new)
+
+    def _run_ids(self, gid: torch.Tensor, offsets: list[int], src_map: list[int]):
+        offs = torch.tensor(offsets, device=gid.device)
+        s = torch.searchsorted(offs, gid, right=True) - 1
+        return torch.tensor(src_map, device=gid.device)[s], gid - offs[s]
+
+    def _add_pairs(self, buf: AllPairsShard, plan: LayerPlan, bs, ids: torch.Tensor, T: int) -> None:
+        from fra_core.fra.allpairs import decode_cell
+
+        tables, exs = [], []
+        for hi, st in enumerate(bs.stats):
+            if st is None:
+                continue
+            st = {c: v.cpu() for c, v in st.items()}
+            for c in ("max", "min"):
+                st[c + "_b"], st[c + "_i"], st[c + "_j"] = decode_cell(st.pop(c + "_c"), T)
+            qs, qf = self._run_ids(st["q_gid"], bs.q_offsets, plan.q_map)
+            ks, kf = self._run_ids(st["k_gid"], bs.k_offsets, plan.k_map)
+            key = self.codec.encode(torch.full_like(qs, plan.heads[hi]), qs, qf, ks, kf)
+            tables.append({"key": key, **{c: st[c] for c in ("n", "sum", "abs_sum", "diag_n", "diag_sum",
+                                                             "diag_abs_sum", "max", "min")}})
+            # examples: the pair's max cell, and its min cell where that is another cell
+            other = (st["min_b"] != st["max_b"]) | (st["min_i"] != st["max_i"]) | (st["min_j"] != st["max_j"])
+            for c, rows in (("max", slice(None)), ("min", other)):
+                exs.append(Examples(key[rows], ids[st[c + "_b"][rows]], st[c + "_i"][rows], st[c + "_j"][rows],
+                                    st[c][rows]))
+        if tables:
+            table = {c: torch.cat([t[c] for t in tables]) for c in tables[0]}
+            buf.layers[plan.layer].add(table, Examples.cat(exs))
+
+    def _add_marginals(self, buf: AllPairsShard, plan: LayerPlan, bs, mg: dict) -> None:
+        D, S = self.codec.d_max, len(self.sources)
+        for s, side_name, offsets, src_map in (("q", "query", bs.q_offsets, plan.q_map),
+                                               ("k", "key", bs.k_offsets, plan.k_map)):
+            key, vals = mg["features"][s]
+            G = offsets[-1] + 1
+            src, feat = self._run_ids(key % G, offsets, src_map)
+            head = torch.tensor(plan.heads, device=key.device)[key // G]
+            buf.marg.append((plan.layer, side_name, ((head * S + src) * D + feat).cpu(), vals.cpu()))
+            names, tot = mg["nodes"][s]
+            old = buf.nodes.get((plan.layer, side_name))
+            buf.nodes[(plan.layer, side_name)] = (names, tot.cpu() if old is None else old[1] + tot.cpu())
+        err = mg["completeness"].cpu()
+        buf.err[plan.layer] = err if plan.layer not in buf.err else torch.maximum(buf.err[plan.layer], err)
+
+
+def count_new_features(buf, side, src_map: list[int], tokens: torch.Tensor, counted: set[int]) -> None:
+    """Active-token counts and feature tokens of a ShardBuffer (as `accumulate.run._count_features`) for the run
+    sources of this side not yet counted in this batch (an upstream SAE can serve several layers)."""
+    new = sorted(set(src_map) - counted)
+    if not new:
+        return
+    active = (side.coef != 0).cpu()
+    gid = side.ids.cpu()[active]
+    offs = torch.tensor(side.offsets)
+    s = torch.searchsorted(offs, gid, right=True) - 1
+    run_src, feature = torch.tensor(src_map)[s], gid - offs[s]
+    keep = torch.isin(run_src, torch.tensor(new))
+    mask = active.clone()
+    mask[active] = keep
+    run_src, feature = run_src[keep], feature[keep]
+    buf.counts += torch.bincount(run_src * buf.counts.shape[1] + feature,
+                                 minlength=buf.counts.numel()).view_as(buf.counts)
+    tokens = tokens.cpu()
+    prev = torch.cat([torch.full_like(tokens[:, :1], -1), tokens[:, :-1]], dim=1)
+    per_slot = lambda t: t[:, :, None].expand(mask.shape)[mask]  # noqa: E731
+    buf.feature_tokens.add(run_src, feature, per_slot(tokens), per_slot(prev))
+    for src in new:
+        buf.tokens_seen[src] += tokens.shape[0] * tokens.shape[1]
+    counted.update(new)
+
+
+def _ratios(detail: dict) -> dict:
+    return {L: {h: (e / sc if sc > 0 else e) for h, (e, sc) in hs.items()} for L, hs in detail.items()}
+
+
+def _max_detail(a: dict, b: dict) -> dict:
+    out = {L: {h: list(v) for h, v in hs.items()} for L, hs in a.items()}
+    for L, hs in b.items():
+        for h, (e, sc) in hs.items():
+            old = out.setdefault(L, {}).get(h, [0.0, 0.0])
+            out[L][h] = [max(old[0], e), max(old[1], sc)]
+    return out

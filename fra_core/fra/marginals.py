@@ -1,0 +1,86 @@
+"""Per-feature marginals and the named non-feature nodes' own totals, exactly, per head.
+
+A query component c at position i (feature f with vector q_i^f = ã_if·R_i U_f, or a named node: SAE
+error, b_dec, ln1.b, bias, truncation, embeddings, …) contributes q_i^c·k_j/attn_scale to cell (i, j),
+with k_j the WHOLE key (every feature and node of the key side): its marginal. Likewise a key component
+against the whole query. Over the selected cells, per (head, side, component):
+
+    n = cells where the component is present (a feature: active at its position; a node: every cell),
+    sum = Σ value, abs_sum = Σ |value|, and for nodes also sum_vs_features (against the other side's
+    features only).
+
+So the query side's marginals and node totals add up to Σ of the (transformed) scores over the selected
+cells, the key side's too, and Σ pairs + Σ query nodes + Σ key nodes' sum_vs_features = Σ scores: the
+share of a head's scores that features explain. Values are transformed like the pairs: row-centred
+(minus the mean over the keys the softmax sees; a key feature's mean counts absent positions as 0 and
+its absent cells are left out, as for pairs) and attention-weighted (× A_ij).
+
+Cost per sample and head: T²·(K + n_nodes)·d_head: per-cell work, cheap next to the pairs; all heads of a
+sample in one set of batched einsums.
+"""
+
+from __future__ import annotations
+
+import torch
+
+F64 = torch.float64
+
+
+def _transform(V: torch.Tensor, amask, centre: bool, weight) -> torch.Tensor:
+    """V [..., query_pos, key_pos]: centred over amask rows and/or weighted (weight broadcasts to V)."""
+    if centre:
+        m = amask.to(V.dtype)
+        V = V - (V * m).sum(-1, keepdim=True) / m.sum(-1).clamp(min=1)[:, None]
+    return V * weight.to(V.dtype) if weight is not None else V
+
+
+def sample_marginals(qf, qon, kf, kon, kid, qn, kn, sel, amask, centre: bool, weight, scale: float) -> dict:
+    """One sample, every head at once. qf [head_index, T, K, d] / kf [head_index, T, L, d]: feature vectors
+    (ã·R U, float64, 0 if absent), qon/kon [T, K] bool; kid [T, L] key global ids (the centring
+    buckets); qn [head_index, T, Nq, d] / kn [head_index, T, Nk, d]: node vectors (rotated, ÷σ applied);
+    weight [head_index, T, T] or None. Returns per-slot feature rows q_val [head_index, T, K, 3] and
+    k_val [head_index, T, L, 3] (n, sum, abs_sum) and node totals q_nodes [head_index, Nq, 4] /
+    k_nodes [head_index, Nk, 4] (n, sum, abs_sum, sum_vs_features)."""
+    H, T, K, _ = qf.shape
+    L = kf.shape[2]
+    qF, kF = qf.sum(2), kf.sum(2)  # [head_index, T, d]: all features of a position
+    qt, kt = qF + qn.sum(2), kF + kn.sum(2)  # the whole query / key
+    s = sel.to(F64)
+    w = weight[:, None] if weight is not None else None  # broadcasts over the component axis
+
+    def stats(V):  # V [head_index, X, T, T] transformed → [head_index, X, 3]: n, sum, abs over selected cells
+        Vs = V * s
+        return torch.stack([s.sum().expand(V.shape[:2]), Vs.sum((-1, -2)), Vs.abs().sum((-1, -2))], -1)
+
+    # query features: value(i, j) = q_i^f · k_j, one row i per slot
+    Vq = _transform(torch.einsum("hikd,hjd->hkij", qf, kt) / scale, amask, centre, w) * s  # [H, K, T, T]
+    q_val = torch.stack([s.sum(1)[None, :, None].expand(H, T, K), Vq.sum(-1).transpose(1, 2),
+                         Vq.abs().sum(-1).transpose(1, 2)], -1) * qon[None, :, :, None]
+    # key features: value(i, j) = q_i · k_j^g − (centred) the mean of q_i · k_j'^g over amask row i
+    Vk = torch.einsum("hid,hjld->hlij", qt, kf) / scale  # [H, L, T_i, T_j]
+    if centre:
+        buckets, bk = torch.unique(kid, return_inverse=True)  # key feature of each slot (j, l)
+        src = (Vk * amask.to(F64)).permute(0, 2, 3, 1).reshape(H, T, T * L)  # [h, i, (j, l)]
+        per = torch.zeros(H, T, len(buckets), dtype=F64, device=qt.device)
+        per.scatter_add_(2, bk.reshape(1, 1, T * L).expand(H, T, -1), src)
+        Vk = Vk - _key_means(per / amask.sum(1).clamp(min=1)[None, :, None].to(F64), bk)
+    if w is not None:
+        Vk = Vk * w.to(F64)
+    on_k = kon.T.to(F64)[None, :, None, :] * s  # [1, L, T_i, T_j]: cells where the key slot is active
+    Vk = Vk * on_k
+    k_val = torch.stack([on_k.sum(2).transpose(1, 2).expand(H, T, L), Vk.sum(2).transpose(1, 2),
+                         Vk.abs().sum(2).transpose(1, 2)], -1)
+    # nodes: against the whole other side, and against its features only
+    qN = _transform(torch.einsum("hicd,hjd->hcij", qn, kt) / scale, amask, centre, w)
+    qNF = _transform(torch.einsum("hicd,hjd->hcij", qn, kF) / scale, amask, centre, w)
+    kN = _transform(torch.einsum("hid,hjcd->hcij", qt, kn) / scale, amask, centre, w)
+    kNF = _transform(torch.einsum("hid,hjcd->hcij", qF, kn) / scale, amask, centre, w)
+    q_nodes = torch.cat([stats(qN), (qNF * s).sum((-1, -2))[..., None]], -1)
+    k_nodes = torch.cat([stats(kN), (kNF * s).sum((-1, -2))[..., None]], -1)
+    return {"q_val": q_val, "k_val": k_val, "q_nodes": q_nodes, "k_nodes": k_nodes}
+
+
+def _key_means(mean: torch.Tensor, bk: torch.Tensor) -> torch.Tensor:
+    """mean [head_index, i, bucket], bk [j, l] → [head_index, l, i, j]: the row-i mean of the key feature
+    at slot (j, l)."""
+    return mean[:, :, bk].permute(0, 3, 1, 2)
