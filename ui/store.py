@@ -226,7 +226,9 @@ def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable
     def pairs(fmt: str) -> Callable[[], bytes]:
         def make() -> bytes:
             with store.read() as cur:
-                return export_pairs_bytes(cur, run_id, fmt, **filters)
+                data = export_pairs_bytes(cur, run_id, fmt, **filters)
+                sources = get_run(cur, run_id)["sources"]
+            return with_neuronpedia(data, fmt, {int(s["src"]): s["sae_id"] for s in sources})
         return make
 
     def report() -> bytes:
@@ -279,3 +281,30 @@ def failed_run_banner(row) -> None:
         st.session_state.pop("pt_last_run", None)  # deleted on purpose: no "deleted meanwhile" notice
         st.toast(f"Deleted run #{run_id} (its job folder stays; it is not ingested again).")
         st.rerun()
+
+
+def with_neuronpedia(data: bytes, fmt: str, sae_of_src: dict[int, str | None]) -> bytes:
+    """An exported pair file with q_neuronpedia / k_neuronpedia URL columns, when a source of the run is a
+    Neuronpedia-hosted registry SAE (`fra_core.neuronpedia`); the file unchanged otherwise."""
+    from fra_core.neuronpedia import URL, neuronpedia_id
+
+    ids = {src: neuronpedia_id(sae) for src, sae in sae_of_src.items()}
+    if not any(ids.values()):
+        return data
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(data)) if fmt == "parquet" else pacsv.read_csv(io.BytesIO(data))
+    for s in ("q", "k"):
+        srcs, feats = table[f"{s}_src"].to_pylist(), table[f"{s}_feat"].to_pylist()
+        urls = [URL.format(np_id=ids[int(a)], feature=int(f)) if ids.get(int(a)) else None for a, f in zip(srcs, feats)]
+        table = table.append_column(f"{s}_neuronpedia", pa.array(urls, pa.string()))
+    out = io.BytesIO()
+    if fmt == "parquet":
+        pq.write_table(table, out, compression="zstd")
+    else:
+        pacsv.write_csv(table, out)
+    return out.getvalue()

@@ -60,3 +60,25 @@ def test_neuronpedia_ids_come_from_the_registry_only():
         "https://www.neuronpedia.org/gpt2-small/5-att-kk/7"
     assert neuronpedia_id("my-gpt2-l5-hook-z") is None and neuronpedia_id("ckkissane:/x/unknown.pt") is None
     assert feature_url("demo-l1-ln1", 3) is None
+
+
+def test_exports_carry_neuronpedia_links_for_registry_saes_only():
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ui.store import with_neuronpedia
+
+    table = pa.table({"q_src": [0, 1], "q_feat": [3, 4], "k_src": [1, 0], "k_feat": [5, 6]})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    data = buf.getvalue()
+    assert with_neuronpedia(data, "parquet", {0: "demo-l1-ln1", 1: "mine"}) == data  # self-trained: unchanged
+    out = pq.read_table(io.BytesIO(with_neuronpedia(
+        data, "parquet", {0: "release:gpt2-small-hook-z-kk/blocks.5.hook_z", 1: "mine"}))).to_pydict()
+    assert out["q_neuronpedia"] == ["https://www.neuronpedia.org/gpt2-small/5-att-kk/3", None]
+    assert out["k_neuronpedia"] == [None, "https://www.neuronpedia.org/gpt2-small/5-att-kk/6"]
+    csv = with_neuronpedia(b"q_src,q_feat,k_src,k_feat\n0,3,0,4\n", "csv",
+                           {0: "release:gpt2-small-hook-z-kk/blocks.5.hook_z"}).decode()
+    assert "gpt2-small/5-att-kk/3" in csv and "gpt2-small/5-att-kk/4" in csv
