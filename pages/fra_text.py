@@ -143,8 +143,8 @@ if saved:
 pairs["q_link"] = [np_url(q_refs[s], f) for s, f in zip(pairs.q_source, pairs.q_feature)]
 pairs["k_link"] = [np_url(k_refs[s], f) for s, f in zip(pairs.k_source, pairs.k_feature)]
 pairs = pairs.drop(columns=[c for c in ("q_link", "k_link") if not pairs[c].any()])
-pairs.insert(0, "q_page", [feature_url(f, q_refs[s], ref) for s, f in zip(pairs.q_source, pairs.q_feature)])
-pairs.insert(1, "k_page", [feature_url(f, k_refs[s], ref) for s, f in zip(pairs.k_source, pairs.k_feature)])
+pairs["q_page"] = [feature_url(f, q_refs[s], ref) for s, f in zip(pairs.q_source, pairs.q_feature)]
+pairs["k_page"] = [feature_url(f, k_refs[s], ref) for s, f in zip(pairs.k_source, pairs.k_feature)]
 st.markdown("**Top feature pairs** (value = that pair's term of the score; share = value / score)")
 if pairs.empty:
     st.info("No feature pairs kept for this cell (it may be excluded: diagonal / BOS toggles).")

@@ -138,6 +138,10 @@ def job_panel() -> None:
         warning = sparsity_warning(float(r.get("l0") or 0), int(r.get("d_sae") or 0))
         if warning:
             st.warning(warning, icon="⚠️")
+        if r.get("eval_source"):
+            st.caption(f"Figures computed on {r['eval_source']}.")
+        if r.get("dead_warning"):
+            st.warning(r["dead_warning"], icon="⚠️")
     metrics_charts(jobs.read_metrics(job.path))
 
 

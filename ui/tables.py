@@ -3,8 +3,8 @@ columns hidden, feature ids that link to the Feature page, numbers with units.
 
 * `feature_url` the Feature page's deep link (query parameters model, sae, feature, run)
 * `pair_view`   a pair table (top pairs, partners) ready for `st.dataframe`: labels, value and share
-                first, q_src/k_src hidden where constant, q_feat/k_feat shown as links (the numbers
-                stay in the data, hidden), Neuronpedia links
+                first, q_src/k_src hidden where constant, each feature id beside a link to its Feature
+                page, Neuronpedia links
                 where the SAE is a Neuronpedia-hosted registry SAE
 * `fmt_seconds`, `fmt_rate`, `fmt_eta` durations, rates and ETAs with units ("—" when unknown)
 """
@@ -19,7 +19,8 @@ import pandas as pd
 import streamlit as st
 
 FEATURE_PAGE = "feature"  # the url path of pages/feature.py
-LEAD = ["q_label", "k_label", "value", "share", "q_feature", "k_feature", "layer", "head", "n", "mean"]
+LEAD = ["q_label", "k_label", "value", "share", "q_feat", "q_feature", "k_feat", "k_feature", "layer", "head", "n",
+        "mean"]
 ETA_MIN_DONE_FRACTION, ETA_MIN_ELAPSED_S = 0.02, 10.0  # before both, a rate is noise: no ETA
 
 
@@ -60,9 +61,8 @@ def pair_view(df: pd.DataFrame, sae_of_src: dict[int, str | None], model: str | 
             links[f"{s}_neuronpedia"] = st.column_config.LinkColumn(f"{s} Neuronpedia", display_text="open ↗")
         out[f"{s}_feature"] = [feature_url(f, sae, model, run) for sae, f in zip(saes, out[f"{s}_feat"])]
         links[f"{s}_feature"] = st.column_config.LinkColumn(
-            f"{s}_feat", display_text=r"feature=(\d+)", help=f"the {'query' if s == 'q' else 'key'} feature: "
-                                                               "opens its Feature page")
-        links[f"{s}_feat"] = None  # shown as the link; the number stays in the data (downloads, sorting)
+            f"{s} page", display_text="open ↗", width="small",
+            help=f"opens the {'query' if s == 'q' else 'key'} feature's Feature page")
     out = lead(drop_constant(out))
     config = {**links,
               "q_label": st.column_config.TextColumn("q meaning", width="medium", help="the query feature's label (yours, "

@@ -73,7 +73,7 @@ def test_pair_tables_link_every_feature_id(runs_ws):
     _ok(at)
     df = at.dataframe[0].value
     cols = [c for c in df.columns if c not in ("q_label", "k_label")]
-    assert cols[:4] == ["value", "share", "q_feature", "k_feature"], list(df.columns)
+    assert cols[:6] == ["value", "share", "q_feat", "q_feature", "k_feat", "k_feature"], list(df.columns)
     assert at.selectbox(key="pt_run").value == 1  # the newest run failed: the finished one is the default
     assert df["q_feature"].str.contains("sae=demo-l1-ln1").all() and "q_src" not in df
     row = df.iloc[0]
