@@ -65,7 +65,7 @@ sources = {int(s["src"]): s["name"] for s in info["sources"]}
 sae_of_src = {int(s["src"]): s["sae_id"] for s in info["sources"]}
 st.caption(f"model **{info['model_id']}** · SAEs {info['q_sae_id']} × {info['k_sae_id']} · layer {info['layer']} · "
            f"status {info['status']} · created {info['created']} · wall time "
-           f"{'%.1f s' % info['wall_s'] if info['wall_s'] else '—'} · completeness "
+           f"{ui_tables.fmt_seconds(info['wall_s'])} · completeness "
            + (f"**{info['completeness']:.1e}** (worst head: max |Σ terms − scores| / max |scores|, first batch)"
               if info.get("completeness") is not None else "not measured (run from before the check)"))
 st.caption(f"Pair statistics: **{q('run_statistics', run_id)['label']}**.")

@@ -118,9 +118,11 @@ def job_panel() -> None:
     job = next(j for j in found if j.job_id == job_id)
     status = jobs.job_status(job.path)
     state, done, total = status.get("state", "?"), status.get("done") or 0, status.get("total") or 0
+    from ui.tables import fmt_eta
+
+    eta = fmt_eta(status.get("eta_s"), done, total, status.get("elapsed_s")) if state == "running" else "—"
     st.progress(min(1.0, done / total) if total else 0.0,
-                text=f"{state} · {status.get('message', '')}" + (f" · ETA {status['eta_s']:.0f}s"
-                                                                 if status.get("eta_s") else ""))
+                text=f"{state} · {status.get('message', '')}" + (f" · ETA {eta}" if eta != "—" else ""))
     if state in ("running", "queued"):
         if st.button("Cancel job", key=f"cancel-{job_id}"):
             jobs.cancel_job(job.path)
