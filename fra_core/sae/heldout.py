@@ -49,11 +49,10 @@ def heldout_activations(model, sae, texts: list[str], context_size: int, max_tok
             return
 
 
-def heldout_metrics(sae, model, cfg, workspace, fallback_batches) -> dict[str, Any]:
-    """`evaluate_sae` figures on held-out tokens (`cfg.eval_tokens`, 0 = off: the training batches),
-    with eval_source naming what they were computed on and a dead_warning above 30 % dead."""
-    from fra_core.sae.train import evaluate_sae
-
+def heldout_metrics(sae, model, cfg, workspace, fallback_batches, evaluate_sae) -> dict[str, Any]:
+    """`evaluate_sae(sae, batches)` figures (fra_core.sae.train) on held-out tokens (`cfg.eval_tokens`,
+    0 = off: the training batches), with eval_source naming what they were computed on and a dead_warning
+    above 30 % dead."""
     texts = heldout_texts(cfg.dataset, cfg.n_texts, cfg.eval_tokens, cfg.context_size, cfg.seed,
                           workspace) if cfg.eval_tokens > 0 else []
     if texts:

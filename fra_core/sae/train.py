@@ -295,7 +295,7 @@ def run_train_sae(cfg: TrainSAEConfig, progress=None, *, model=None,
 
     progress.update(cfg.training_tokens, cfg.training_tokens, message=f"evaluating on held-out tokens "
                     f"(up to {cfg.eval_tokens:,})", force=True)
-    metrics = heldout_metrics(sae, model, cfg, workspace, list(trainer.recent_batches))
+    metrics = heldout_metrics(sae, model, cfg, workspace, list(trainer.recent_batches), evaluate_sae)
     metrics["train_s"] = train_s
     progress.update(cfg.training_tokens, cfg.training_tokens, message="saving", force=True)
 
