@@ -9,6 +9,7 @@ torch-heavy modules are imported inside the functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
@@ -39,10 +40,11 @@ def hook_width(model, hook: str) -> int | None:
 
 
 @st.cache_data(show_spinner=False, ttl=30)
-def _registry(model_ref: str, cache: str) -> list:
+def _registry(model_ref: str | None, cache: str) -> list:
+    """Cached registry SAEs (of `model_ref`; all when None); `cache` keys the result on the cache folder."""
     from fra_core.sae.registry import cached_registry_saes
 
-    return cached_registry_saes(model_ref)
+    return cached_registry_saes(model_ref, Path(cache))
 
 
 def candidates(model, model_ref: str) -> list[Candidate]:
@@ -138,3 +140,26 @@ def saved_datasets() -> list[str]:
         return []
     markers = ("dataset_info.json", "state.json", "dataset_dict.json")
     return sorted(p.name for p in root.iterdir() if p.is_dir() and any((p / m).is_file() for m in markers))
+
+
+def import_panel() -> None:
+    """Import a SAELens registry SAE found in the local HF cache into the workspace, under a name."""
+    from fra_core.sae.registry import hub_cache_dir, import_sae
+
+    found = {e.ref: e for e in _registry(None, str(hub_cache_dir()))}
+    if not found:
+        st.caption(f"No SAELens registry SAE is in the Hugging Face cache ({hub_cache_dir()}); the README says "
+                   "how to fill it on a machine with Hub access.")
+        return
+    c = st.columns([3, 2, 1])
+    ref = c[0].selectbox("Cached registry SAE", list(found), key="sae_import_ref",
+                         format_func=lambda r: f"{r}  ({found[r].model}, {found[r].hook_name}, d_sae {found[r].d_sae})")
+    entry = found[ref]
+    name = c[1].text_input("Workspace name", f"{entry.release}-{entry.sae_id}", key=f"sae_import_name_{ref}")
+    if c[2].button("Import", key="sae_import"):
+        try:
+            path = import_sae(ref, name.strip(), ui.workspace(), model=entry.model)
+        except ValueError as exc:
+            ui.show_error(exc, "Not imported")
+            return
+        st.success(f"Imported {ref} as the workspace SAE **{name.strip()}** (`{path}`).")

@@ -127,3 +127,23 @@ def test_accumulation_form_follows_the_model(gpt2_ws, monkeypatch):
     at.button(key="acc_launch").click().run()  # the launch checks pass (the stubbed process never runs)
     assert not at.exception and any("Launched job" in s.value for s in at.success), errors(at)
     assert len(started) == 1 and AccumulateFRAConfig.from_yaml((started[0] / "config.yaml").read_text()) == cfg
+
+
+def test_import_a_cached_sae_by_name_and_pick_it(gpt2_ws):
+    ws, hub = gpt2_ws
+    at = open_page("pages/sae.py")
+    assert not at.exception, [e.value for e in at.exception]
+    picker = at.selectbox(key="sae_import_ref")
+    assert [o.split()[0] for o in picker.options] == [hub.release_ref(l) for l in range(6)]
+    picker.set_value(hub.release_ref(0)).run()
+    at.text_input(key=f"sae_import_name_{hub.release_ref(0)}").set_value("kk0").run()
+    at.button(key="sae_import").click().run()
+    assert not at.exception and any("workspace SAE **kk0**" in s.value for s in at.success), errors(at)
+    assert (ws.saes / "kk0" / "sae_weights.safetensors").is_file()
+    at = open_page("pages/fra_text.py")
+    at.selectbox(key="fra_text_model").set_value("gpt2-small").run()
+    _ok(at)
+    assert "upstream hook_z: kk0" in at.selectbox(key="fra_text_qsae").options
+    at.selectbox(key="fra_text_qsae").set_value("upstream hook_z: kk0").run()
+    _ok(at)
+    assert float({m.label: m.value for m in at.metric}["Rel. error"]) < 1e-4
