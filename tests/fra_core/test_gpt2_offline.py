@@ -92,8 +92,11 @@ def test_release_and_ckkissane_loaders_agree(offline_hub, gpt2, layer):
 def test_release_missing_sae_is_clear(offline_hub):
     from fra_core.sae import SAELoadError, load_sae
 
-    with pytest.raises(SAELoadError, match=f"blocks.{N_LAYER}.hook_z"):  # listed in the registry, not cached
+    # listed in the registry, not cached: says so at once (offline), naming the SAE
+    with pytest.raises(SAELoadError, match=f"blocks.{N_LAYER}.hook_z is not in the Hugging Face cache"):
         load_sae(f"release:gpt2-small-hook-z-kk/blocks.{N_LAYER}.hook_z", "cpu")
+    with pytest.raises(SAELoadError, match="not found"):  # not in the registry at all
+        load_sae("release:gpt2-small-hook-z-kk/blocks.0.hook_q", "cpu")
 
 
 def test_open_texts_saved_openwebtext(offline_hub, workspace):
