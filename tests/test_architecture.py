@@ -2,6 +2,7 @@
 (no cycles between modules or between packages), what store may see of fra_core, one error base, file sizes."""
 
 import ast
+import functools
 import importlib
 import inspect
 import os
@@ -49,6 +50,7 @@ def _resolve(name: str) -> str | None:
     return name or None
 
 
+@functools.cache
 def _graph() -> dict[str, set[str]]:
     """Project module → project modules it imports (edges into its own parent package's __init__ left out:
     a package re-exporting its submodules is not a cycle)."""

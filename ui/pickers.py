@@ -66,14 +66,15 @@ def _layers_label(layers: list[int]) -> str:
 
 
 def side_options(model, layer: int, model_ref: str) -> dict[str, tuple[str, ...]]:
-    """Choices for one side of `layer`: head-input SAEs of that layer, then per source (the workspace, each
+    """Choices for one side of `layer`: head-input SAEs of that layer (ln1.hook_normalized, hook_resid_pre or
+    the previous block's hook_resid_post, the same stream), then per source (the workspace, each
     registry release) all its upstream hook_z SAEs of layers < `layer` as one combined choice."""
     from fra_core.sae.profiles import hook_layer
 
     opts: dict[str, tuple[str, ...]] = {}
     upstream: dict[str, dict[int, Candidate]] = {}
     for c in candidates(model, model_ref):
-        if c.hook in (f"blocks.{layer}.{h}" for h in HEAD_INPUT):
+        if c.hook in (*(f"blocks.{layer}.{h}" for h in HEAD_INPUT), f"blocks.{layer - 1}.hook_resid_post"):
             opts[f"{c.name}  ({c.hook})"] = (c.ref,)
         elif c.hook.endswith("attn.hook_z") and (hook_layer(c.hook) or 0) < layer:
             upstream.setdefault(c.group, {}).setdefault(hook_layer(c.hook), c)

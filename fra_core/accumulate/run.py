@@ -154,7 +154,9 @@ def _count_features(buf: ShardBuffer, side, src_map: list[int], tokens: torch.Te
 
 
 def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_saes, options, codec: PairCodec,
-                  q_map: list[int], k_map: list[int], buf: ShardBuffer) -> None:
+                  q_map: list[int], k_map: list[int], buf: ShardBuffer, completeness: dict | None = None) -> None:
+    """completeness: an empty dict on the run's first batch → filled with the measured values (the job
+    fails above 1e-4 before anything is stored); None afterwards."""
     compute_fra = _fra_api()[0]
     qd = q_saes[0] if len(q_saes) == 1 else q_saes
     kd = k_saes[0] if len(k_saes) == 1 else k_saes
@@ -167,6 +169,13 @@ def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_sae
     for group in groups.values():
         ids, tokens = torch.tensor([s for s, _ in group]), torch.stack([t for _, t in group])
         res = compute_fra(model, tokens, cfg.layer, heads, qd, kd, options)
+        if completeness is not None and not completeness:
+            from fra_core.fra.completeness import CompletenessError, check
+
+            try:
+                completeness.update(check(res, f"accumulation job (layer {cfg.layer})"))
+            except CompletenessError as exc:
+                raise AccumulateError(str(exc)) from exc
         e = {k: v.cpu() for k, v in res.entries.items()}
         key = codec.encode(e["head"], torch.tensor(q_map)[e["q_source"]], e["q_feature"],
                            torch.tensor(k_map)[e["k_source"]], e["k_feature"])
@@ -209,8 +218,13 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
     progress.update(0, cfg.n_samples, message="loading model and SAEs", force=True)
     model, q_saes, k_saes, heads = load_parts(cfg, model, q_saes, k_saes)
     sources, q_map, k_map = run_sources(cfg, q_saes, k_saes)
-    contracts.write_run_info(job_dir, {"code_version": fra_core.__version__, "sources": sources, "heads": heads,
-                                    "n_heads": model.cfg.n_heads, "model": cfg.model})
+    run_info = {"code_version": fra_core.__version__, "sources": sources, "heads": heads,
+                "n_heads": model.cfg.n_heads, "model": cfg.model}
+    previous = contracts.read_run_info(job_dir).get("completeness")  # a resumed run keeps what it measured
+    if previous:
+        run_info["completeness"] = previous
+    contracts.write_run_info(job_dir, run_info)
+    completeness: dict = {}
     codec = PairCodec(model.cfg.n_heads, len(sources), max(s["d_sae"] for s in sources))
     FRAOptions = _fra_api()[1]
     options = FRAOptions(k_active=effective_k(cfg.k_active, q_saes, k_saes), top_m=cfg.top_m,
@@ -234,7 +248,8 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
             pending.append((sample, text))
             if len(pending) < cfg.batch_size and len(buf.samples) + len(pending) < cfg.shard_size:
                 continue
-            process_batch(model, pending, cfg, heads, q_saes, k_saes, options, codec, q_map, k_map, buf)
+            completeness = _first_batch(job_dir, run_info, completeness, model, pending, cfg, heads, q_saes, k_saes,
+                                        options, codec, q_map, k_map, buf)
             pending = []
             if len(buf.samples) >= cfg.shard_size:
                 n_done += len(buf.samples)
@@ -242,7 +257,8 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
                 shard, buf = shard + 1, new_buf()
             last_print = _report(progress, cfg, n_done + len(buf.samples), n_start, t0, last_print)
         if pending:
-            process_batch(model, pending, cfg, heads, q_saes, k_saes, options, codec, q_map, k_map, buf)
+            _first_batch(job_dir, run_info, completeness, model, pending, cfg, heads, q_saes, k_saes, options, codec,
+                         q_map, k_map, buf)
         if buf.samples:
             n_done += len(buf.samples)
             _write(job_dir, shard, buf, codec, cfg, n_done - len(buf.samples))
@@ -252,6 +268,19 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
     progress.update(n_done, cfg.n_samples, message=f"finished: {n_done} samples{note}", force=True)
     return {"samples": n_done, "shards": shard, "new_samples": n_done - n_start,
             "samples_per_s": (n_done - n_start) / max(time.time() - t0, 1e-9), "dataset_texts": seen}
+
+
+def _first_batch(job_dir, run_info, completeness, model, pending, *args):
+    """process_batch, checking completeness on the run's first batch (then recorded in run.json)."""
+    from fra_core.fra.completeness import merge
+
+    first = completeness is not None and not completeness
+    process_batch(model, pending, *args, completeness=completeness if first else None)
+    if first and completeness:
+        run_info["completeness"] = merge(run_info.get("completeness"), completeness)
+        contracts.write_run_info(job_dir, run_info)
+        return None
+    return completeness
 
 
 def _report(progress, cfg, n_done: int, n_start: int, t0: float, last_print: float) -> float:
