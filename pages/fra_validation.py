@@ -19,8 +19,8 @@ st.caption("Error budget: every node×node term of a score is attributed to one 
 ref, model = fu.select_model(P)
 layer, head, every = fu.layer_head(P, model)
 q_refs, k_refs = fu.select_sides(P, model, layer)
-source = st.radio("Texts", ["demo sample", "my text"] if ref == "demo" else ["my text"], horizontal=True,
-                  key=f"{P}_source")  # the demo sample is demo-language text: for the demo model only
+source = st.radio("Texts", ["demo sample", "my text"], horizontal=True, key=f"{P}_source",
+                  index=0 if ref == "demo" else 1)
 if source == "my text":
     texts = [fu.pick_text(P, ref, model)]
 else:
@@ -113,8 +113,7 @@ gap = float(summary["zero_ablated"].mean() - summary["clean"].mean())
 st.caption(f"Zero-ablating the head(s) costs {gap:+.4f} nats here; when that gap is small the zero-ablation "
            "fractions are large in magnitude and the mean-ablation baseline is the one to read.")
 if summary["fraction_recovered_mean"].isna().all():
-    st.caption("Mean-ablation needs several texts (one text's mean is itself)"
-               + (": use the demo sample." if ref == "demo" else "."))
+    st.caption("Mean-ablation needs several texts (one text's mean is itself): use the demo sample.")
 st.caption("Patched = the head's scores replaced (on the attention mask) by the sum of the raw terms whose "
            "query and key nodes are both in the included set. 'all terms' must equal the clean loss; the gap of "
            "'features only' is what the SAE error, b_dec and biases carry.")

@@ -26,8 +26,8 @@ except ValueError as exc:
 from fra_core.fra import cells, compare  # noqa: E402  (torch is loaded by now anyway)
 from fra_core.sae import profiles  # noqa: E402  (torch is loaded by now anyway)
 
-source = st.radio("Texts for feature meanings and the data-dependent ranking",  # demo texts: demo language
-                  ["demo texts", "my text"] if ref == "demo" else ["my text"], horizontal=True, key=f"{P}_source")
+source = st.radio("Texts for feature meanings and the data-dependent ranking", ["demo texts", "my text"],
+                  horizontal=True, key=f"{P}_source", index=0 if ref == "demo" else 1)
 if source == "my text":
     texts = (fu.pick_text(P, ref, model),)
 else:
@@ -35,6 +35,8 @@ else:
 
     n = int(st.number_input("Number of demo texts", 1, 32, 6, key=f"{P}_n"))
     texts = tuple(demo_texts(n, seed=7, n_words=min(48, model.cfg.n_ctx - 2)))
+    if ref != "demo":
+        st.caption("Demo-language texts are made for the demo model; use 'my text' for other models.")
 fu.computed_on(texts)
 opts = {"exclude_diagonal": st.toggle("Exclude diagonal from the data ranking", True, key=f"{P}_diag"),
         "k_active": 64, "top_m": None}
