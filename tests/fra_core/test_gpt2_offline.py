@@ -66,6 +66,22 @@ def test_missing_cache_fails_fast_with_instructions(tmp_path, monkeypatch):
         load_model("gpt2-small", "cpu")
 
 
+def test_partial_cache_fails_fast_naming_it(offline_hub, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants as hf_constants
+
+    from fra_core.models import ModelLoadError, load_model
+    from fra_core.sae.registry import snapshot_dir
+
+    hub = tmp_path / "hub"
+    shutil.copytree(offline_hub.hub, hub, symlinks=True)
+    (snapshot_dir(MODEL_REPO, hub) / "model.safetensors").unlink()  # config cached, weights not
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub))
+    with pytest.raises(ModelLoadError, match="only partly in the Hugging Face cache"):
+        load_model("gpt2-small", "cpu")
+
+
 @pytest.mark.parametrize("layer", [0, N_LAYER - 1])
 def test_release_and_ckkissane_loaders_agree(offline_hub, gpt2, layer):
     from fra_core.sae import check_sae_fits_model, load_sae
