@@ -19,15 +19,18 @@ from fra_core.datasets import open_texts
 from store import StoreBusy, StoreError, delete_run
 from ui import common as ui
 from ui import launch as ui_launch
+from ui import pickers as ui_pickers
 from ui import store as ui_store
 from ui.help_texts import ACCUMULATE as H
 from ui.tables import fmt_eta, fmt_rate, fmt_seconds
 
-DEMO_SAES = ("demo-l1-ln1", "demo-l0-hook-z")
+DEMO_SAES = ui_pickers.DEMO_SAE_NAMES
 STATISTICS_LABELS = {"all_pairs": "exact: every feature pair", "top_m": "top-m pairs per cell (older runs)"}
 SOURCES = {"Demo texts": "demo", "Local file (.txt / .jsonl)": "file", "Saved HF dataset (folder)": "disk",
            "Stream from the HF Hub": "hf"}
 ACTIVE = ("queued", "running")
+MODEL_KEYS = ("_q_saes", "_k_saes", "_extra_saes", "_k_extra_saes")  # widget state that belongs to one model
+OTHER = "other folder…"
 
 st.title("Dataset accumulation")
 ws = ui.workspace()
@@ -38,27 +41,6 @@ def folders(root: Path, marker: str) -> list[str]:
                   if p.is_dir() and not p.name.startswith(".") and (p / marker).is_file())
 
 
-def check_saes(refs: list[str]) -> None:
-    """Each SAE ref resolves to something loadable (before a job is started for nothing)."""
-    for ref in refs:
-        if ref.startswith("release:"):
-            continue  # SAELens release: resolved (and cached) by the job
-        path = Path(ref.removeprefix("ckkissane:")).expanduser()
-        if ref.startswith("ckkissane:") and not path.is_file():
-            raise ValueError(f"SAE checkpoint not found: {path}")
-        if ref.startswith("ckkissane:") or (ws.saes / ref).is_dir() or path.is_dir():
-            continue
-        if ref in DEMO_SAES:
-            from fra_core.sae.demo import ensure_demo_saes  # torch: only when launching
-
-            if ref in ensure_demo_saes(ws, train_if_missing=False):
-                continue
-            raise ValueError(f"demo SAE {ref!r} is not built yet: build it on the SAEs page "
-                             "(or `python scripts/build_demo_saes.py`) first")
-        raise ValueError(f"SAE {ref!r} not found: not a workspace SAE (in {ws.saes}), a SAELens folder, "
-                         "'ckkissane:<file.pt>' or 'release:<release>/<sae_id>'")
-
-
 # ----------------------------------------------------------------------------- the form
 with st.expander("New accumulation run", expanded=True):
     c = st.columns(3)
@@ -66,14 +48,20 @@ with st.expander("New accumulation run", expanded=True):
     model = c[0].selectbox("Model", models, key="acc_model", help=H["acc_model"])
     if model == "other…":
         model = c[0].text_input("TransformerLens model name", key="acc_model_name", help=H["acc_model_name"]).strip()
-    saes = sorted(set(DEMO_SAES) | set(folders(ws.saes, "cfg.json")))
-    q_saes = c[1].multiselect("Query-side SAE(s)", saes, default=["demo-l1-ln1"], key="acc_q_saes", help=H["acc_q_saes"])
-    k_saes = c[2].multiselect("Key-side SAE(s) (empty = same as query side)", saes, key="acc_k_saes", help=H["acc_k_saes"])
-    extra = st.text_input("Other query-side SAE refs (comma-separated)", key="acc_extra_saes", help=H["acc_extra_saes"],
-                          placeholder="ckkissane:/path/to/sae.pt, release:<release>/<sae_id>, /path/to/folder")
-    q_saes = q_saes + [s.strip() for s in extra.split(",") if s.strip()]
+    ui_pickers.reset_on_model_change("acc", model, only=MODEL_KEYS)  # no demo SAE left on another model
+    singles, groups = ui_pickers.accumulation_saes(model)  # what fits the model, kk releases as one choice
+    saes = [*sorted(set(DEMO_SAES) | set(singles)), *groups] if model == "demo" else [*singles, *groups]
+    q_pick = c[1].multiselect("Query-side SAE(s)", saes, default=["demo-l1-ln1"] if model == "demo" else [],
+                              key="acc_q_saes", help=H["acc_q_saes"])
+    k_pick = c[2].multiselect("Key-side SAE(s) (empty = same as query side)", saes, key="acc_k_saes", help=H["acc_k_saes"])
+    c = st.columns(2)
+    typed = [c[i].text_input(f"Other {side}-side SAE refs (comma-separated)", key=key, help=H[key],
+                             placeholder="ckkissane:/path/to/sae.pt, release:<release>/<sae_id>, /path/to/folder")
+             for i, (side, key) in enumerate((("query", "acc_extra_saes"), ("key", "acc_k_extra_saes")))]
     c = st.columns(3)
     layer = int(c[0].number_input("Layer", min_value=0, value=1, step=1, key="acc_layer", help=H["acc_layer"]))
+    q_saes, k_saes = (ui_pickers.expand_groups(pick, groups, layer) + [s.strip() for s in text.split(",") if s.strip()]
+                      for pick, text in ((q_pick, typed[0]), (k_pick, typed[1])))
     heads_text = c[1].text_input("Heads (comma-separated; blank = all)", key="acc_heads", help=H["acc_heads"])
     source = SOURCES[c[2].selectbox("Dataset", list(SOURCES), key="acc_source", help=H["acc_source"])]
     location, column, split = "", "text", "train"
@@ -81,7 +69,11 @@ with st.expander("New accumulation run", expanded=True):
         c = st.columns([3, 1, 1])
         hint = {"file": "path/to/texts.txt or .jsonl (relative: workspace datasets/ folder)",
                 "disk": "folder written by datasets.save_to_disk", "hf": "Elriggs/openwebtext-100k"}[source]
-        location = c[0].text_input("Dataset path or name", key="acc_location", help=H["acc_location"], placeholder=hint).strip()
+        saved = ui_pickers.saved_datasets() if source == "disk" else []  # workspace datasets/ folders
+        location = c[0].selectbox("Saved dataset", [*saved, OTHER], key="acc_saved", help=H["acc_saved"]) if saved else OTHER
+        if location == OTHER:
+            location = c[0].text_input("Dataset path or name", key="acc_location", help=H["acc_location"],
+                                       placeholder=hint).strip()
         column = c[1].text_input("Text column", "text", key="acc_column", help=H["acc_column"]).strip() or "text"
         split = c[2].text_input("Split", "train", key="acc_split", help=H["acc_split"]).strip() or "train"
     c = st.columns(4)
@@ -148,7 +140,7 @@ with st.expander("New accumulation run", expanded=True):
                 if source != "demo" and not location:
                     raise ValueError("give the dataset's path or name")
                 open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed, ws)  # fails fast, offline too
-                check_saes(list(cfg.q_saes) + list(cfg.k_saes))
+                ui_pickers.check_sae_refs(ws, list(cfg.q_saes) + list(cfg.k_saes))
                 with st.spinner("Checking the model, the SAEs' fit to it and the layer…"):
                     ui_launch.check_parts(cfg)  # in this process, before any job folder exists
                 job_dir = jobs.launch_job(ws.jobs, KIND, cfg)

@@ -25,6 +25,7 @@ layer, head, every = fu.layer_head(P, model)
 q_refs, k_refs = fu.select_sides(P, model, layer)
 text = fu.pick_text(P, ref, model)
 ui_goto.origin_caption(P, text)
+fu.computed_on([text])
 opts = fu.fra_options(P)
 
 try:

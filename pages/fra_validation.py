@@ -28,6 +28,7 @@ else:
 
     n = int(st.number_input("Number of demo texts", 1, 32, 4, key=f"{P}_n"))
     texts = demo_texts(n, seed=11, n_words=min(48, model.cfg.n_ctx - 2))
+fu.computed_on(texts)
 opts = fu.fra_options(P, validation=True)
 heads = None if every else [head]
 

@@ -38,6 +38,7 @@ else:
     texts = tuple(demo_texts(n, seed=7, n_words=min(48, model.cfg.n_ctx - 2)))
     if ref != "demo":
         st.caption("Demo-language texts are made for the demo model; use 'my text' for other models.")
+fu.computed_on(texts)
 opts = {"exclude_diagonal": st.toggle("Exclude diagonal from the data ranking", True, key=f"{P}_diag"),
         "k_active": 64, "top_m": None}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from ui import pickers as ui_pickers
 from ui import sae as ui
 
 ARCHS = ("topk", "standard", "batchtopk", "jumprelu")
@@ -146,6 +147,9 @@ with inspect_tab:
             if name not in made:  # not shipped: train it as a job (progress in the Train tab)
                 st.session_state["sae_job"] = jobs.launch_job(ws.jobs, "train-sae", cfg).name
                 st.info(f"Training {name} in the background; follow it in the Train tab.")
+        entries = list_saes(ws)
+    with st.expander("Import an SAE from the Hugging Face cache (SAELens registry) into the workspace"):
+        ui_pickers.import_panel()
         entries = list_saes(ws)
     if entries:
         st.dataframe(pd.DataFrame([e.to_row() for e in entries]), hide_index=True, width="stretch")

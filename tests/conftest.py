@@ -64,3 +64,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory):
+    """A Hugging Face cache (hub layout) holding a tiny `gpt2` and the kk SAE repo (tests/fixtures/hf_cache)."""
+    from tests.fixtures.hf_cache import build_hub_cache
+
+    return build_hub_cache(tmp_path_factory.mktemp("hf_home"))
+
+
+@pytest.fixture
+def offline_hub(hub_cache, monkeypatch):
+    """`hub_cache` as this test's HF_HOME / HF_HUB_CACHE, with HF_HUB_OFFLINE=1 (the HF clients read these at
+    import time, so their constants are patched too)."""
+    import huggingface_hub.constants as hf_constants
+
+    for name, value in (("HF_HOME", hub_cache.root), ("HF_HUB_CACHE", hub_cache.hub), ("HF_HUB_OFFLINE", "1")):
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(hub_cache.root))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub_cache.hub))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    return hub_cache

@@ -13,9 +13,9 @@ import streamlit as st
 
 from ui import common as ui
 from ui import goto as ui_goto
-from ui.sae import side_options
+from ui import pickers
 
-CUSTOM = "custom refs…"
+CUSTOM = pickers.CUSTOM
 
 
 def select_model(prefix: str):
@@ -26,6 +26,7 @@ def select_model(prefix: str):
     ui_goto.take_model(prefix, refs)
     ref = st.selectbox("Model", refs, key=f"{prefix}_model",
                        help="The built-in demo works offline; gpt2-small needs the Hugging Face cache.")
+    pickers.reset_on_model_change(prefix, ref)
     try:
         model = ui.get_model(ref)
     except Exception as exc:  # ModelLoadError and friends: a message, not a traceback
@@ -59,28 +60,33 @@ def ensure_demo_saes() -> None:
 
 
 def select_sides(prefix: str, model, layer: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Query and key SAE pickers (key defaults to the query side); stops with a message if none fit."""
-    opts = side_options(model, layer)
+    """Query and key SAE pickers offering only SAEs that fit the page's model and `layer` (workspace and
+    cached registry SAEs; upstream hook_z SAEs of several layers as one choice); key defaults to the query
+    side; each side may instead take typed refs. Stops with a message when refs are needed but empty."""
+    opts = pickers.side_options(model, layer, st.session_state.get(f"{prefix}_model", ""))
     if not opts:
-        st.error(f"No SAE for layer {layer} in this workspace: train one on blocks.{layer}.ln1.hook_normalized "
-                 f"(SAEs page), or give SAE refs below.", icon=":material/error:")
+        st.error(f"No SAE for layer {layer} of this model in this workspace or the Hugging Face cache: train one on "
+                 f"blocks.{layer}.ln1.hook_normalized (SAEs page), or give SAE refs below.", icon=":material/error:")
     labels = list(opts) + [CUSTOM]
     cols = st.columns(2)
     q_label = cols[0].selectbox("Query-side SAE", labels, key=f"{prefix}_qsae",
                                 help="An SAE on this layer's head input (ln1.hook_normalized / hook_resid_pre), "
                                      "or the upstream attention-output (hook_z) SAEs of earlier layers.")
     k_label = cols[1].selectbox("Key-side SAE", ["same as query"] + labels, key=f"{prefix}_ksae")
-    custom = ""
-    if CUSTOM in (q_label, k_label):
-        custom = st.text_input("SAE refs (comma-separated: workspace names, folders, ckkissane:<file.pt>, "
-                               "release:<release>/<id>)", key=f"{prefix}_custom")
-        if not custom.strip():
-            st.info("Enter SAE refs (for an upstream side: one hook_z SAE per earlier layer).")
-            st.stop()
-    custom_refs = tuple(r.strip() for r in custom.split(",") if r.strip())
-    q = custom_refs if q_label == CUSTOM else opts[q_label]
-    k = q if k_label == "same as query" else custom_refs if k_label == CUSTOM else opts[k_label]
+    q = opts.get(q_label) or _typed_refs(cols[0], "Query-side SAE refs", f"{prefix}_custom")
+    k = q if k_label == "same as query" else opts.get(k_label) or _typed_refs(cols[1], "Key-side SAE refs",
+                                                                              f"{prefix}_kcustom")
     return q, k
+
+
+def _typed_refs(col, label: str, key: str) -> tuple[str, ...]:
+    text = col.text_input(f"{label} (comma-separated: workspace names, folders, ckkissane:<file.pt>, "
+                          "release:<release>/<id>)", key=key)
+    refs = tuple(r.strip() for r in text.split(",") if r.strip())
+    if not refs:
+        st.info("Enter SAE refs (for an upstream side: one hook_z SAE per earlier layer).")
+        st.stop()
+    return refs
 
 
 def load_side(refs: tuple[str, ...]):
@@ -121,6 +127,14 @@ def pick_text(prefix: str, ref: str, model) -> str:
                          format_func=lambda i: f"{i}: {samples[i][:60]}…")
     return st.text_area("Text", samples[which], key=f"{prefix}_text_{which}", height=90,
                         help=f"Up to the model's context ({model.cfg.n_ctx} tokens with BOS).")
+
+
+def computed_on(texts) -> None:
+    """Say exactly which texts the page computes on (the same tuple it passes to the computation)."""
+    texts = list(texts)
+    first = texts[0] if texts else ""
+    st.caption(f"Computed on {len(texts)} text(s); the first: “{first[:80]}{'…' if len(first) > 80 else ''}”",
+               help="\n\n".join(texts[:8]))
 
 
 def fra_options(prefix: str, validation: bool = False) -> dict:

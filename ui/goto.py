@@ -50,21 +50,19 @@ def apply(prefix: str, model) -> None:
     if goto is None:
         return
     from fra_core.models.prompting import PromptError, text_for_str_tokens
-    from ui.sae import side_options
+    from ui.pickers import CUSTOM, side_options
 
-    labels = {refs: label for label, refs in side_options(model, goto["layer"]).items()}
-    q, k = labels.get(tuple(goto["q_saes"])), labels.get(tuple(goto["k_saes"]))
+    labels = {refs: label for label, refs in side_options(model, goto["layer"], goto["model"]).items()}
+    q_refs, k_refs = tuple(goto["q_saes"]), tuple(goto["k_saes"])
+    q, k = labels.get(q_refs, CUSTOM), labels.get(k_refs, CUSTOM)  # refs no picker lists: typed in
     try:
         text, offset = text_for_str_tokens(model, goto["tokens"])
     except PromptError as exc:
         st.error(f"Sample {goto['sample']} cannot be opened as text: {exc}", icon=":material/error:")
         return
-    if q is None or k is None:
-        st.error(f"The run's SAEs ({', '.join(goto['q_saes'] + goto['k_saes'])}) are not in this workspace.",
-                 icon=":material/error:")
-        return
     state = {"_layer": goto["layer"], "_head": goto["head"], "_all": False, "_qsae": q,
-             "_ksae": "same as query" if k == q else k, "_example": 0, "_text_0": text, **goto["options"]}
+             "_ksae": "same as query" if k_refs == q_refs else k, "_custom": ", ".join(q_refs),
+             "_kcustom": ", ".join(k_refs), "_example": 0, "_text_0": text, **goto["options"]}
     st.session_state.update({f"{prefix}{key}": value for key, value in state.items()})
     st.session_state[f"{prefix}_goto_cell"] = tuple(p + offset for p in goto["cell"])
     st.session_state[f"{prefix}_origin"] = (text, f"sample {goto['sample']} of run {goto.get('run', '?')}")

@@ -12,6 +12,8 @@ ACCUMULATE = {
     "acc_q_saes": "Dictionaries whose features explain the query side: a head-input SAE of the chosen layer, or "
                   "hook_z SAEs of earlier layers (their outputs, summed).",
     "acc_k_saes": "Dictionaries for the key side. Empty: the query side's (the usual choice).",
+    "acc_k_extra_saes": "More key-side SAEs by reference (same forms as the query side's).",
+    "acc_saved": "A dataset folder saved under the workspace's datasets/ (or 'other…' to type a path).",
     "acc_extra_saes": "More query-side SAEs by reference: ckkissane:<file.pt>, release:<release>/<sae_id> "
                       "(SAELens registry) or a SAELens folder.",
     "acc_layer": "The layer whose attention heads are decomposed (0-based). The SAEs must sit on its input.",

@@ -145,25 +145,3 @@ def job_panel() -> None:
         if r.get("dead_warning"):
             st.warning(r["dead_warning"], icon="⚠️")
     metrics_charts(jobs.read_metrics(job.path))
-
-
-def side_options(model, layer: int) -> dict[str, tuple[str, ...]]:
-    """Workspace SAEs that can be a side of `layer`: head-input SAEs of that layer, and all upstream
-    hook_z SAEs (one per layer l < layer) as one combined side."""
-    from fra_core.sae import list_saes
-    from fra_core.sae.profiles import hook_layer
-
-    opts: dict[str, tuple[str, ...]] = {}
-    upstream: dict[int, str] = {}
-    for e in list_saes(ui.workspace()):
-        hook = e.hook_name or ""
-        head_input = hook in (f"blocks.{layer}.ln1.hook_normalized", f"blocks.{layer}.hook_resid_pre",
-                              f"blocks.{layer - 1}.hook_resid_post")  # the same stream as resid_pre
-        if head_input and e.d_in == model.cfg.d_model:
-            opts[f"{e.name}  ({hook})"] = (e.name,)
-        elif hook.endswith("attn.hook_z") and (hook_layer(hook) or 0) < layer:
-            upstream.setdefault(hook_layer(hook), e.name)
-    if upstream:
-        names = tuple(upstream[l] for l in sorted(upstream))
-        opts[f"upstream hook_z: {', '.join(names)}"] = names
-    return opts

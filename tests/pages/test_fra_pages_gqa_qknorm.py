@@ -57,6 +57,8 @@ def test_single_text_page_on_gqa_qk_norm(gqa_ws):
 def test_validation_page_on_gqa_qk_norm(gqa_ws):
     at = open_page("pages/fra_validation.py")
     _pick(at, "fra_val")
+    # a workspace model opens on "my text"; this model speaks the demo language, so choose the demo sample
+    at.radio(key="fra_val_source").set_value("demo sample").run()
     at.number_input(key="fra_val_n").set_value(3).run()
     at.toggle(key="fra_val_all").set_value(True).run()
     assert not at.exception and not errors(at), errors(at)

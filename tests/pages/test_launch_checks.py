@@ -22,7 +22,8 @@ def _launch(workspace, sae: str, layer: int = 1) -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
     at.switch_page("pages/fra_accumulate.py")
     at.run()
-    at.multiselect(key="acc_q_saes").set_value([sae]).run()
+    at.multiselect(key="acc_q_saes").set_value([]).run()
+    at.text_input(key="acc_extra_saes").set_value(sae).run()  # typed: the picker offers only SAEs that fit
     at.number_input(key="acc_layer").set_value(layer).run()
     at.number_input(key="acc_n_samples").set_value(4).run()
     at.button(key="acc_launch").click().run()

