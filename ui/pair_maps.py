@@ -29,7 +29,7 @@ def heatmap(q, run_id: int, info: dict, sae_of_src: dict, metric: str, where: di
     df = df.assign(q=[f"{f} {lab or ''}"[:40] for f, lab in zip(df["q_feat"], df["q_label"])],
                    k=[f"{f} {lab or ''}"[:40] for f, lab in zip(df["k_feat"], df["k_label"])])
     top = float(df["value"].abs().max()) or 1.0
-    pick = alt.selection_point(fields=["q_feat", "k_feat"], name="cell")
+    pick = alt.selection_point(fields=["q_feat", "k_feat"], name="cell", empty=False)
     chart = alt.Chart(df).mark_rect(stroke="#333").encode(
         x=alt.X("k:N", title="key feature", sort=None, axis=alt.Axis(labelOverlap=False, labelLimit=160)),
         y=alt.Y("q:N", title="query feature", sort=None, axis=alt.Axis(labelOverlap=False, labelLimit=200)),

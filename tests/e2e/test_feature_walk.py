@@ -29,6 +29,7 @@ from tests.e2e.helpers import (
 
 pytestmark = pytest.mark.e2e
 STATE: dict = {}
+MEAN_ABS = "mean |FRA| per cell"  # ui.store.METRIC_LABELS["mean_abs"]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def _docs(path) -> None:
 def test_01_pair_tables_filters_and_feature_link(app_server, page):
     open_app(page, f"{app_server.url}/pair_tables")
     assert_no_errors(page, "the Pair tables page")
-    select_option(page, "Rank by", "mean |FRA|")
+    select_option(page, "Rank by", MEAN_ABS)
     fill_input(page, "Min count", 2)
     assert_no_errors(page, "the Pair tables page (filters)")
     assert "pt_metric=mean_abs" in page.url and "pt_min_count=2" in page.url  # the view is a shareable URL
@@ -115,5 +116,26 @@ def test_04_filters_survive_the_round_trip(app_server, page):
     assert "pt_metric=mean_abs" in page.url and "pt_min_count=2" in page.url and "pt_view=Feature" in page.url
     with rerun(page):  # the view it was left on (Feature) came back too; the top pairs are unchanged
         page.locator('[data-testid="stMain"]').get_by_text("Top pairs", exact=True).click()
-    expect(page.get_by_text("pairs shown, by mean |FRA|", exact=False).first).to_be_visible()
+    expect(page.get_by_text(f"pairs shown, by {MEAN_ABS}", exact=False).first).to_be_visible()
     assert caption_number(page, r"([\d,]+) pairs shown") == STATE["pairs"]
+
+
+def test_05_heatmap_heads_grid_and_token_search(app_server, page):
+    select_option(page, "Head", "L1H0")
+    with rerun(page):
+        page.locator('[data-testid="stMain"]').get_by_text("Heatmap", exact=True).click()
+    assert_no_errors(page, "the Pair tables heatmap")
+    expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible()
+    expect(page.get_by_text("colour scale centred on zero", exact=False).first).to_be_visible()
+    _docs(screenshot(page, "f4-pair-heatmap"))
+    with rerun(page):
+        page.locator('[data-testid="stMain"]').get_by_text("Heads", exact=True).click()
+    assert_no_errors(page, "the Pair tables heads grid")
+    expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible()
+    _docs(screenshot(page, "f5-heads-grid"))
+    with rerun(page):
+        page.locator('[data-testid="stMain"]').get_by_text("Token search", exact=True).click()
+    fill_input(page, "Token", "cold")
+    assert_no_errors(page, "the Pair tables token search")
+    expect(page.get_by_text("pairs with a feature on 'cold'", exact=False).first).to_be_visible()
+    _docs(screenshot(page, "f6-token-search"))
