@@ -87,7 +87,7 @@ def job_progress(job_dir: Path) -> dict[str, Any]:
         bits.append(fmt_rate(status["rate"]))
     if state == "running":  # "—" until the rate is stable (a first ETA from one batch is noise)
         bits.append(f"ETA {fmt_eta(status.get('eta_s'), done, total, status.get('elapsed_s'))}")
-    if status.get("message"):
+    if status.get("message") and state not in ("failed", "died"):  # a failure's message: once, as the error
         bits.append(str(status["message"]))
     if bits:
         st.caption(" · ".join(bits))

@@ -52,3 +52,18 @@ def test_sae_of_another_layer_is_refused(workspace, monkeypatch):
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and "blocks.0.ln1.hook_normalized" in errors[0] and "layer 1" in errors[0], errors
     assert not any(workspace.jobs.glob("*"))
+
+
+def test_a_failed_jobs_error_is_shown_once(workspace):
+    from tests.store.fake_jobs import make_job
+
+    job, _ = make_job(workspace.jobs, "accumulate-20260101-000000-failed", n_shards=1, state="failed")
+    status = jobs.read_json(job / "status.json")
+    jobs.write_json_atomic(job / "status.json", {**status, "message": "SAE 'x' does not fit model 'demo'"})
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.switch_page("pages/fra_accumulate.py")
+    at.run()
+    at.selectbox(key="acc_job").set_value(job.name).run()
+    assert not at.exception
+    shown = [e.value for e in at.error] + [c.value for c in at.caption]
+    assert sum("does not fit model" in text for text in shown) == 1, shown
