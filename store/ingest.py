@@ -256,10 +256,13 @@ def ingest_job_shards(con, job_dir: str | Path, restore: bool = False) -> dict[s
         if ingest_shard(con, run, job_dir, manifest):
             new_shards += 1
             new_samples += len(manifest["samples"])
-    status = _sync_status(con, run, job_dir)
+    # compaction first, status after: a kill between them leaves the old status, so the next pass sees a
+    # change and comes back; and `ingest_all_jobs` also returns to any run with staged rows left over
+    status = job_status(job_dir)
     if _should_compact(con, run, status.get("state")):
         config = json.loads(con.execute("SELECT config FROM runs WHERE id = ?", [run]).fetchone()[0] or "{}")
         compact_run(con, run, int(config.get("examples_per_pair", _DEFAULT_EXAMPLES)))
+    status = _sync_status(con, run, job_dir)
     return {"run": run, "shards": new_shards, "samples": new_samples, "state": status.get("state")}
 
 
@@ -271,8 +274,12 @@ def ingest_all_jobs(con, jobs_root: str | Path) -> list[dict[str, Any]]:
     root = Path(jobs_root)
     if not root.is_dir():
         return out
-    known = {name: (status, n) for name, status, n in con.execute(
-        "SELECT r.name, r.status, (SELECT count(*) FROM ingested_shards s WHERE s.run = r.id) FROM runs r").fetchall()}
+    # (status, shards) of each run; a run with staged rows not yet compacted (a pass killed mid-compaction)
+    # never matches, so it is compacted again even though its job folder did not change
+    known = {name: (status, n) for name, status, n, staged in con.execute(
+        "SELECT r.name, r.status, (SELECT count(*) FROM ingested_shards s WHERE s.run = r.id),"
+        " EXISTS (SELECT 1 FROM pair_stats_staged p WHERE p.run = r.id) FROM runs r").fetchall()
+        if not staged or status in ("running", "queued")}
     deleted = {r[0] for r in con.execute("SELECT name FROM deleted_runs").fetchall()}
     for job_dir in sorted(root.iterdir()):
         meta = read_json(job_dir / "job.json") or {}

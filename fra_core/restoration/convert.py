@@ -202,6 +202,8 @@ def convert_checkpoint(checkpoint: str | Path, out: str | None, rope_quirk: bool
     folder = out_folder(out) if out else None
     if folder is not None and folder.exists() and not overwrite:
         raise FileExistsError(f"model folder already exists: {folder} (choose another name)")
+    if folder is not None and folder.exists() and not (folder / "model.safetensors").is_file():
+        raise FileExistsError(f"refusing to overwrite {folder}: it is not a model folder (no model.safetensors)")
     tl, worst, n = convert_and_verify(model, vocab, data)
     if folder is not None and worst <= TOLERANCE:
         meta = {"origin": "restoration-checkpoint", "checkpoint": str(Path(checkpoint).resolve()),
