@@ -1,10 +1,12 @@
 """Store helpers for the database pages: the cached `Store`, ingest-on-view of accumulation jobs, and
 cached query results. Never imports torch (the pair-table pages must stay light).
 
-* One `Store` per database file and process (`st.cache_resource`); it keeps its connection open
-  (`hold=True`): the app is the database's one writer (jobs only write Parquet shards), and a held
-  connection keeps DuckDB's buffer cache warm, which is what makes a filter change on a 10 M-row run
-  answer in well under a second. Every use takes its own cursor (`Store.read()` / `Store.write()`).
+* One `Store` per database file and process (`st.cache_resource`), in short sessions: its connection
+  lingers `LINGER_S` after the last use (DuckDB's buffer cache stays warm while a user changes filters)
+  and is closed after at most `MAX_HOLD_S` of continuous use, so notebooks, the CLI's `--ingest` and a
+  second app can open the file. Every use takes its own cursor (`Store.read()` / `Store.write()`); every
+  query runs under a time limit (`store.watchdog`, `FRA_QUERY_TIMEOUT_S`) and the connection under a
+  memory limit (`FRA_DB_MEMORY_LIMIT`); the SQL box runs in a process of its own (`store.sql_worker`).
 * `sync_jobs()` ingests new shards of every accumulation job folder (idempotent, throttled to one
   pass per `SYNC_EVERY_S`), so runs appear and grow while their jobs run, whether or not the tab that
   launched them is still open.
@@ -28,8 +30,12 @@ from store import (Store, StoreBusy, StoreError, compare_pairs, export_pairs_byt
                    html_report, ingest_all_jobs, ingest_job_shards, list_runs, pair_examples, results_package_bytes,
                    self_fraction_by_head, set_feature_labels, summary_stats, top_pairs, value_histogram)
 from store.page_queries import feature_labels, head_summary, human_labels, run_heads, sample_tokens
+from store.sql_worker import run_sql_bounded
+from store.watchdog import memory_limit, query_timeout_s, time_limit
 
 SYNC_EVERY_S = 2.0
+LINGER_S, MAX_HOLD_S = 0.5, 5.0
+SYNC_LOCK_WAIT_S = 1.0  # ingest-on-view waits this long for another process's lock, then tries next time
 METRIC_LABELS = {"sum": "sum of FRA", "mean": "mean FRA", "abs_sum": "sum of |FRA|", "mean_abs": "mean |FRA|",
                  "max_abs": "max |FRA|", "count": "count"}
 
@@ -51,7 +57,8 @@ class StoreHandle:
 
 @st.cache_resource(show_spinner=False, max_entries=8, on_release=lambda h: h.store.close())
 def _handle(db_path: str) -> StoreHandle:
-    return StoreHandle(Store(db_path, timeout_s=10, hold=True))
+    return StoreHandle(Store(db_path, timeout_s=10, linger_s=LINGER_S, max_hold_s=MAX_HOLD_S,
+                             settings={"memory_limit": memory_limit()}))
 
 
 def db_path() -> str:
@@ -88,7 +95,7 @@ def sync_jobs(force: bool = False) -> tuple[list[dict], list[str]]:
         handle.last_sync = time.monotonic()
         jobs_root = ui.workspace().jobs
         try:
-            with handle.store.write() as con:
+            with handle.store.write(timeout_s=SYNC_LOCK_WAIT_S) as con:
                 try:
                     return ingest_all_jobs(con, jobs_root), []
                 except (StoreError, OSError, ValueError):
@@ -100,7 +107,7 @@ def sync_jobs(force: bool = False) -> tuple[list[dict], list[str]]:
 # ----------------------------------------------------------------------------- queries
 def runs() -> pd.DataFrame:
     """The `runs` table (small; never cached: it is how the pages notice a deleted or grown run)."""
-    with get_store().read() as cur:
+    with get_store().read() as cur, time_limit(cur, query_timeout_s(), "the list of runs"):
         return list_runs(cur)
 
 
@@ -111,13 +118,18 @@ def run_version(runs_df: pd.DataFrame, run_id: int) -> tuple:
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def _query(name: str, db: str, version: tuple, *args: Any, **kwargs: Any) -> Any:
-    with _handle(db).store.read() as cur:
+    with _handle(db).store.read() as cur, time_limit(cur, query_timeout_s()):
         return _QUERIES[name](cur, *args, **kwargs)
 
 
 def query(name: str, version: tuple, *args: Any, **kwargs: Any) -> Any:
     """`store.<name>(cursor, *args, **kwargs)`, cached until `version` changes."""
     return _query(name, db_path(), version, *args, **kwargs)
+
+
+def run_sql(sql: str) -> pd.DataFrame:
+    """The SQL box: one SELECT in a sandboxed child process, under its own time and memory limits."""
+    return run_sql_bounded(db_path(), sql)
 
 
 def run_label(row) -> str:
@@ -143,7 +155,7 @@ def feature_label_editor(version: tuple, run_id: int, feature: int, src: int) ->
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _human_labels(db: str, sae_ids: tuple[str, ...]) -> dict[tuple[str, int], str]:
-    with _handle(db).store.read() as cur:
+    with _handle(db).store.read() as cur, time_limit(cur, query_timeout_s(), "feature labels"):
         return human_labels(cur, list(sae_ids))
 
 
@@ -190,19 +202,20 @@ def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable
     """Byte producers for the download buttons; they run only when the user clicks (on another
     thread), each in its own read session, so a large run costs nothing until asked for."""
     store = get_store()
+    limit_s = 4 * query_timeout_s()  # a whole-run export streams every row: a longer limit
 
     def pairs(fmt: str) -> Callable[[], bytes]:
         def make() -> bytes:
-            with store.read() as cur:
+            with store.read() as cur, time_limit(cur, limit_s, "export"):
                 return export_pairs_bytes(cur, run_id, fmt, **filters)
         return make
 
     def report() -> bytes:
-        with store.read() as cur:
+        with store.read() as cur, time_limit(cur, limit_s, "report"):
             return html_report(cur, run_id, metric=filters.get("metric", "sum")).encode("utf-8")
 
     def package() -> bytes:
-        with store.read() as cur:
+        with store.read() as cur, time_limit(cur, limit_s, "results package"):
             return results_package_bytes(cur, run_id)
 
     return {"parquet": pairs("parquet"), "csv": pairs("csv"), "html": report, "package": package}
