@@ -32,6 +32,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from fra_core.atomic import atomic_folder
 from fra_core.checks import read_json_file, state_dict_problem
 from fra_core.devices import pick_device
+from fra_core.server import server_mode
 from fra_core.vocab_tokenizer import load_tokenizer, save_tokenizer
 from fra_core.workspace import Workspace
 
@@ -233,6 +234,14 @@ def load_model(ref: str, device: torch.device | str | None = None,
 
         return load_demo_model(device)
     workspace = workspace or Workspace.from_env()
+    if server_mode():  # a workspace model, a folder inside the workspace, or an official name
+        from fra_core.paths import confine
+
+        candidate = confine(ref, workspace.root, workspace.models, what="model")
+        if not candidate.is_dir() and os.sep in ref:
+            candidate = confine(ref, workspace.root, what="model folder")
+        return load_local_model(candidate, device) if candidate.is_dir() or os.sep in ref \
+            else load_official_model(ref, device)
     candidate = workspace.models / ref
     if candidate.is_dir():
         return load_local_model(candidate, device)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from fra_core.restoration.runs import list_runs, restoration_root
-from fra_core.workspace import check_name
+from fra_core.paths import PathError, save_upload, user_path
+from fra_core.restoration.runs import list_runs
 from pages.ui import show_error, workspace
+from pages.ui_auth import current_user
 
 ws = workspace()
 
@@ -26,13 +27,19 @@ def choose_checkpoint() -> str | None:
         up = st.file_uploader("Restoration checkpoint (.pt)", type=["pt"])
         if not up:
             return None
-        folder = restoration_root(ws) / ".uploads"
-        folder.mkdir(exist_ok=True)
-        path = folder / check_name(up.name, "file name")
-        path.write_bytes(up.getvalue())
-        return str(path)
+        try:  # stored per user under a generated name, size-capped
+            return str(save_upload(ws, current_user(), up.name, up.getvalue(), (".pt",)))
+        except PathError as exc:
+            show_error(exc, "Upload refused")
+            return None
     path = st.text_input("Path", placeholder="/checkpoints/restorer.pt").strip()
-    return path or None
+    if not path:
+        return None
+    try:
+        return str(user_path(path, ws, what="checkpoint path"))
+    except PathError as exc:
+        show_error(exc)
+        return None
 
 
 def run_conversion(checkpoint: str, out: str | None, quirk: str, data: str) -> None:

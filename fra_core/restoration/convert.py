@@ -37,6 +37,7 @@ import torch
 
 from fra_core.atf import BOS_ID, MASK_ID, AtfError, CharVocab, VocabError, clean_fragment, load_fragments, sample_path
 from fra_core.restoration.model import CheckpointError, RestorationModel, RestorationModelConfig, load_checkpoint
+from fra_core.server import server_mode
 
 TOLERANCE = 1e-4
 
@@ -184,6 +185,11 @@ def out_folder(out: str) -> Path:
     """A bare name means a workspace model; anything with a path separator is taken as a path."""
     from fra_core.workspace import Workspace, check_name
 
+    if server_mode():  # a workspace model name, or a folder inside the workspace
+        from fra_core.paths import confine
+
+        ws = Workspace.from_env()
+        return confine(out, ws.root, ws.models, what="output model folder")
     if "/" in out or "\\" in out or out.startswith("."):
         return Path(out)
     return Workspace.from_env().models / check_name(out, "model name")
@@ -192,6 +198,11 @@ def out_folder(out: str) -> Path:
 def convert_checkpoint(checkpoint: str | Path, out: str | None, rope_quirk: bool | None = None,
                        data: str | Path | None = None, overwrite: bool = False) -> ConversionResult:
     """Load, convert, verify; save to `out` only when max |Δlogit| <= TOLERANCE (and out is given)."""
+    if server_mode():  # every path inside the workspace
+        from fra_core.paths import user_path
+
+        checkpoint = user_path(checkpoint, what="checkpoint")
+        data = user_path(data, what="verification text") if data else None
     model, payload = load_checkpoint(checkpoint, rope_quirk)
     if not payload.get("vocab"):
         raise CheckpointError(f"{checkpoint} carries no vocabulary; the converted model needs its tokenizer")

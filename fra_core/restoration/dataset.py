@@ -33,6 +33,7 @@ import numpy as np
 from fra_core.atomic import atomic_folder
 from fra_core.atf import (BOS_ID, LINE_SEP, MASK_ID, AtfError, CharVocab, CleanLine, CleanOptions, Fragment,
                           build_vocab, clean_fragment, dedupe_ids, load_fragments)
+from fra_core.server import server_mode
 from fra_core.workspace import Workspace, check_name
 
 SPLITS = ("train", "validation", "test")
@@ -246,7 +247,13 @@ def build_restoration_dataset(cfg: BuildDatasetConfig, workspace: Workspace | No
 
 def resolve_dataset(ref: str, workspace: Workspace | None = None) -> Path:
     workspace = workspace or Workspace.from_env()
-    for folder in (workspace.datasets / ref, Path(ref)):
+    candidates = (workspace.datasets / ref, Path(ref))
+    if server_mode():  # inside the workspace only
+        from fra_core.paths import confine
+
+        candidates = (confine(ref, workspace.root, workspace.datasets, what="restoration dataset"),
+                      confine(ref, workspace.root, what="restoration dataset"))
+    for folder in candidates:
         if (folder / "settings.json").is_file() and (folder / "hf").is_dir():
             return folder
     raise DatasetBuildError(f"no restoration dataset {ref!r} (neither {workspace.datasets / ref} nor a folder "
