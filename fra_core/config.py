@@ -59,13 +59,10 @@ class JobConfig:
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; known keys: {sorted(fields)}")
+        from fra_core.config_types import check_field
+
         hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for name, value in data.items():
-            origin = typing.get_origin(hints.get(name))
-            if isinstance(value, list) and origin is tuple:
-                value = tuple(value)
-            kwargs[name] = value
+        kwargs = {name: check_field(cls.__name__, name, value, hints.get(name)) for name, value in data.items()}
         try:
             return cls(**kwargs)
         except TypeError as exc:  # missing required field
