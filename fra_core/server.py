@@ -115,3 +115,22 @@ def verify_password(password: str, stored: str | None) -> bool:
         return hmac.compare_digest(got, bytes.fromhex(digest))
     except ValueError:
         return False
+
+
+def cli_main(argv: list[str]) -> int:
+    """`python -m fra_core hash-password`: read a password (twice, not echoed) and print its hash."""
+    import getpass
+    import sys
+
+    if argv:
+        print("usage: python -m fra_core hash-password   (asks for the password)", file=sys.stderr)
+        return 2
+    first = getpass.getpass("Password: ")
+    if len(first) < 8:
+        print("error: use at least 8 characters", file=sys.stderr)
+        return 2
+    if getpass.getpass("Again: ") != first:
+        print("error: the two passwords differ", file=sys.stderr)
+        return 2
+    print(hash_password(first))
+    return 0

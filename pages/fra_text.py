@@ -11,6 +11,9 @@ import streamlit as st
 
 from pages import ui, ui_goto, ui_store
 from pages import ui_fra as fu
+from pages.ui_auth import page_gate
+
+page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
 
 P = "fra_text"
 st.title("Single text FRA")

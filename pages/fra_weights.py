@@ -8,6 +8,9 @@ import streamlit as st
 
 from pages import ui
 from pages import ui_fra as fu
+from pages.ui_auth import page_gate
+
+page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
 
 P = "fra_weights"
 st.title("Data-independent view")

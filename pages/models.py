@@ -8,6 +8,9 @@ import streamlit as st
 
 from fra_core.models import list_models, model_summary
 from pages import ui
+from pages.ui_auth import page_gate
+
+page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
 
 st.title("Models")
 

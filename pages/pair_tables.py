@@ -13,6 +13,9 @@ import streamlit as st
 from pages import ui, ui_store
 from pages.ui_store import METRIC_LABELS
 from store import METRICS, StoreBusy, StoreError, compare_summary
+from pages.ui_auth import page_gate
+
+page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
 
 ORDERS = {"desc": "largest first", "asc": "smallest first", "abs": "largest |value| first"}
 SELF_MODES = {"include": None, "only": "only", "exclude": "exclude"}

@@ -145,6 +145,12 @@ def feature_label_editor(version: tuple, run_id: int, feature: int, src: int) ->
         return
     st.caption(f"Feature {feature} of `{info['sae_id']}` fires on: {info['auto_label'] or '— (no token counts in this run)'}")
     key = f"pt_label_{run_id}_{src}_{feature}"
+    from pages import ui_auth
+
+    if not ui_auth.can("label"):
+        if info["label"]:
+            st.text(f"Label: {info['label']}")  # plain text: a label is user input
+        return
     c = st.columns([4, 1], vertical_alignment="bottom")
     c[0].text_input("Your label for this feature (shown in every table of this SAE)", value=info["label"] or "",
                     key=key, placeholder=info["auto_label"] or "")
@@ -169,10 +175,16 @@ def saved_labels(sae_ids: tuple[str, ...]) -> dict[tuple[str, int], str]:
 
 
 def _save_label(sae_id: str, feature: int, key: str) -> None:
+    from pages import ui_auth
+
     text = (st.session_state.get(key) or "").strip()
+    if not ui_auth.can("label"):  # checked here too: a crafted request reaches the callback
+        st.session_state["pt_label_error"] = f"Label not saved: your role ({ui_auth.current_role()}) cannot label"
+        return
     try:
-        with get_store().write() as con:
-            set_feature_labels(con, sae_id, {feature: text or None})
+        with get_store().write() as con:  # researchers change only labels they set; admins any
+            set_feature_labels(con, sae_id, {feature: text or None}, user=ui_auth.current_user(),
+                               only_own=ui_auth.current_role() != "admin")
     except (StoreError, StoreBusy) as exc:
         st.session_state["pt_label_error"] = f"Label not saved: {exc}"
         return
@@ -182,8 +194,10 @@ def _save_label(sae_id: str, feature: int, key: str) -> None:
 
 def open_example_controls(version: tuple, run_id: int, info: dict, examples: pd.DataFrame) -> None:
     """Pick one of the shown example contexts and open it in Single text FRA (its cell selected)."""
-    from pages import ui_goto
+    from pages import ui_auth, ui_goto
 
+    if not ui_auth.can("run"):  # Single text FRA is not among a viewer's pages
+        return
     c = st.columns([4, 1], vertical_alignment="bottom")
     i = c[0].selectbox("Example to open", range(len(examples)), key="pt_open_example",
                        format_func=lambda j: f"{examples['value'].iloc[j]:+.3g} · L{examples['layer'].iloc[j]}"

@@ -87,6 +87,7 @@ def _register_job(con, job_dir: Path) -> int:
         run = register_run(con, job_dir.name, meta.get("kind", "accumulate"), config,
                            config_hash=meta.get("config_hash"), code_version=info.get("code_version"),
                            job_dir=str(job_dir), created=_ts(meta.get("created")))
+        con.execute("UPDATE runs SET owner = ? WHERE id = ? AND owner IS NULL", [meta.get("owner"), run])
         known = {r[0] for r in con.execute("SELECT src FROM sources WHERE run = ?", [run]).fetchall()}
         for src in info.get("sources", []):
             if src["src"] not in known:
@@ -338,16 +339,29 @@ def _refresh_auto_labels(con, run: int) -> None:
         WHERE t.kind = 'tok'""", [run])
 
 
-def set_feature_labels(con, sae_id: str, labels: dict[int, str | None]) -> int:
-    """Attach human labels to SAE features (kept across runs; None removes one); returns the number set."""
+def set_feature_labels(con, sae_id: str, labels: dict[int, str | None], user: str | None = None,
+                       only_own: bool = False) -> int:
+    """Attach human labels to SAE features (kept across runs; None removes one), recording `user` as who
+    set them; returns the number set. `only_own=True` refuses (StoreError) to change a label someone else
+    set (what a researcher may do; admins may change any)."""
     import pyarrow as pa
+
+    if only_own:
+        others = con.execute("SELECT feature, labelled_by FROM features WHERE sae_id = ? AND label IS NOT NULL"
+                             " AND labelled_by IS DISTINCT FROM ? AND list_contains(?, feature)",
+                             [sae_id, user, [int(f) for f in labels]]).fetchall()
+        if others:
+            feature, by = others[0]
+            raise StoreError(f"feature {feature} of {sae_id} was labelled by {by or 'someone else'}; "
+                             "only they or an admin may change it")
 
     table = pa.table({"feature": pa.array(list(labels), pa.uint32()),
                       "label": pa.array(list(labels.values()), pa.string())})
     con.register("_labels", table)
     try:
-        con.execute("""INSERT INTO features (sae_id, feature, label) SELECT ?, feature, label FROM _labels
-                       ON CONFLICT (sae_id, feature) DO UPDATE SET label = excluded.label""", [sae_id])
+        con.execute("""INSERT INTO features (sae_id, feature, label, labelled_by) SELECT ?, feature, label, ?
+                       FROM _labels ON CONFLICT (sae_id, feature)
+                       DO UPDATE SET label = excluded.label, labelled_by = excluded.labelled_by""", [sae_id, user])
     finally:
         con.unregister("_labels")
     return len(labels)

@@ -149,6 +149,12 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             PRIMARY KEY (run, src, feature)
         );
     """),
+    ("0011_owners", """
+        -- who launched a run's job (job.json "owner"; NULL in local mode and for older jobs), and who last
+        -- set a feature's label
+        ALTER TABLE runs ADD COLUMN owner VARCHAR;
+        ALTER TABLE features ADD COLUMN labelled_by VARCHAR;
+    """),
 )
 
 # tables that hold per-run rows (delete_run and the results package walk these)
