@@ -26,13 +26,18 @@ class PathError(ValueError):
     """A typed or uploaded path that is not allowed (outside the workspace, too large, ...)."""
 
 
-def confine(text: str | Path, root: str | Path, base: str | Path | None = None, what: str = "path") -> Path:
-    """`text` resolved under `base` (default `root`), refused unless it stays inside `root`."""
+def confine(text: str | Path, root: str | Path, base: str | Path | None = None, what: str = "path",
+            app_path: bool = False) -> Path:
+    """`text` resolved under `base` (default `root`), refused unless it stays inside `root`.
+    `app_path=True` also accepts an absolute path inside `root` (one the app made itself, e.g. a stored
+    upload or a trained checkpoint, handed to the library); what users type is always relative."""
     raw = str(text).strip()
     if not raw:
         raise PathError(f"{what}: empty path")
     if "\x00" in raw:
         raise PathError(f"{what} {raw!r}: contains a NUL character")
+    if app_path and PurePosixPath(raw).is_absolute() and ".." not in PurePosixPath(raw).parts:
+        return _inside(Path(raw).resolve(), Path(root).resolve(), raw, what)
     if raw.startswith("~") or PurePosixPath(raw).is_absolute() or PureWindowsPath(raw).is_absolute() \
             or PureWindowsPath(raw).drive:
         raise PathError(f"{what} {raw!r}: absolute paths are not allowed on this server; give a path inside "
@@ -41,7 +46,10 @@ def confine(text: str | Path, root: str | Path, base: str | Path | None = None, 
         raise PathError(f"{what} {raw!r}: '..' is not allowed on this server")
     root_real = Path(root).resolve()
     base_real = Path(base).resolve() if base is not None else root_real
-    target = (base_real / raw).resolve()
+    return _inside((base_real / raw).resolve(), root_real, raw, what)
+
+
+def _inside(target: Path, root_real: Path, raw: str, what: str) -> Path:
     if target != root_real and root_real not in target.parents:
         raise PathError(f"{what} {raw!r}: resolves to {target}, outside the workspace (a symlink?)")
     return target

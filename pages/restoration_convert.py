@@ -51,7 +51,7 @@ def run_conversion(checkpoint: str, out: str | None, quirk: str, data: str) -> N
     try:
         with st.spinner("Converting and comparing logits…"):
             result = convert_checkpoint(checkpoint, out, {"auto": None, "on": True, "off": False}[quirk],
-                                        data or None)
+                                        str(user_path(data, ws, what="verification text")) if data else None)
     except (ValueError, FileExistsError) as exc:
         show_error(exc, "Conversion failed")
         return

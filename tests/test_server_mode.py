@@ -144,3 +144,30 @@ def test_actions_refuse_the_wrong_role_even_when_called_directly(server):
     assert any(m.value == "allowed" for m in _crafted("bob", "cancel").markdown)  # his own job
     assert any(m.value == "allowed" for m in _crafted("alice", "cancel").markdown)  # an admin
     assert any("cannot label" in m.value for m in _crafted("vera", "label").markdown)
+
+
+def _typed(at: AppTest, label: str, value: str) -> AppTest:
+    next(t for t in at.text_input if t.label == label).set_value(value)
+    return at.run()
+
+
+@pytest.mark.parametrize("typed", ["../../../../../etc/passwd", "/etc/passwd", "escape/secret.json"])
+def test_typed_paths_are_refused_on_the_pages(server, tmp_path, typed):
+    import os
+
+    secret = tmp_path / "secret.json"
+    secret.write_text('[{"atf": "1. a-na"}]')
+    os.symlink(tmp_path, server.root / "escape")
+    at = _app("bob", "pages/restoration_data.py")
+    at.radio[0].set_value("File on this machine").run()
+    _typed(at, "Path", typed)
+    assert not at.exception
+    assert any("not allowed" in e.value or "outside the workspace" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    assert not at.dataframe  # nothing was read
+    at = _app("bob", "pages/restoration_convert.py")
+    at.radio[0].set_value("File on this machine").run()
+    _typed(at, "Path", typed.replace(".json", ".pt"))
+    assert not at.exception
+    assert any("not allowed" in e.value or "outside the workspace" in e.value for e in at.error), \
+        [e.value for e in at.error]

@@ -198,11 +198,13 @@ def out_folder(out: str) -> Path:
 def convert_checkpoint(checkpoint: str | Path, out: str | None, rope_quirk: bool | None = None,
                        data: str | Path | None = None, overwrite: bool = False) -> ConversionResult:
     """Load, convert, verify; save to `out` only when max |Δlogit| <= TOLERANCE (and out is given)."""
-    if server_mode():  # every path inside the workspace
-        from fra_core.paths import user_path
+    if server_mode():  # every path inside the workspace (the pages hand over paths they confined or made)
+        from fra_core.paths import confine
+        from fra_core.workspace import Workspace
 
-        checkpoint = user_path(checkpoint, what="checkpoint")
-        data = user_path(data, what="verification text") if data else None
+        root = Workspace.from_env().root
+        checkpoint = confine(checkpoint, root, what="checkpoint", app_path=True)
+        data = confine(data, root, what="verification text", app_path=True) if data else None
     model, payload = load_checkpoint(checkpoint, rope_quirk)
     if not payload.get("vocab"):
         raise CheckpointError(f"{checkpoint} carries no vocabulary; the converted model needs its tokenizer")
