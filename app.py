@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from fra_core.server import ServerConfigError
-from pages import ui_auth
-from pages.ui import render_sidebar
+from ui import auth as ui_auth
+from ui.common import render_sidebar
 
 st.set_page_config(page_title="FRA Studio", page_icon="🔍", layout="wide")
 

@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
 
-    from fra_core.accumulate import AccumulateFRAConfig, run_accumulate
-    from fra_core.demo import load_demo_model
+    from fra_core.accumulate import AccumulateFRAConfig
+    from fra_core.accumulate.run import run_accumulate
     from fra_core.jobs import Progress
+    from fra_core.models.demo import load_demo_model
     from fra_core.sae.demo import ensure_demo_saes
     from fra_core.workspace import Workspace
     from store import Store, ingest_job_shards, summary_stats

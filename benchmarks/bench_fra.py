@@ -1,4 +1,4 @@
-"""Exact FRA engine vs the float64 reference on a GPT-2-Small-shaped random model.
+r"""Exact FRA engine vs the float64 reference on a GPT-2-Small-shaped random model.
 
     python benchmarks/bench_fra.py [--T 128] [--k 64] [--d-sae 24576] [--layer 5] [--top-m 8] [--samples 2]
                                    [--threads 2] [--device cpu|cuda] [--baseline DIR]

@@ -69,8 +69,8 @@ def main(argv=None) -> int:
         import datasets
 
         datasets.disable_progress_bars()
-        from fra_core.restoration.dataset import BuildDatasetConfig, build_restoration_dataset, load_restoration_dataset
         from fra_core.jobs import ConsoleProgress
+        from fra_core.restoration.dataset import BuildDatasetConfig, build_restoration_dataset, load_restoration_dataset
         from fra_core.restoration.train import TrainRestorationConfig, run_train_restoration
 
         build = BuildDatasetConfig(source=args.data, name="bench", max_len=args.max_len, seed=args.seed)

@@ -32,8 +32,8 @@ warnings.filterwarnings("ignore")
 def tiny_model(folder: Path):
     """A random 2-layer model with a word tokenizer (saved and reloaded: TL re-reads tokenizers by path)."""
     from fra_core.models import load_local_model, save_local_model
-    from fra_core.vocab_tokenizer import build_tokenizer
-    from tests.helpers import make_tiny_model
+    from fra_core.models.tiny import make_tiny_model
+    from fra_core.models.tokenizers import build_tokenizer
 
     save_local_model(make_tiny_model(n_ctx=64, d_model=64, n_heads=4), folder,
                      tokenizer=build_tokenizer([f"w{i}" for i in range(46)], "word"))
@@ -53,8 +53,8 @@ def main() -> int:
     import torch
     from sae_lens import LanguageModelSAETrainingRunner
 
-    from fra_core.demo import ASSET_DIR, demo_texts
     from fra_core.jobs import new_job_dir, run_job_dir
+    from fra_core.models.demo import ASSET_DIR, demo_texts
     from fra_core.sae.loaders import hook_width
     from fra_core.sae.train import TrainSAEConfig, build_runner_config, run_train_sae
     from fra_core.workspace import Workspace
@@ -63,7 +63,7 @@ def main() -> int:
     use_demo = args.model == "demo" or (args.model == "auto" and
                                         (ASSET_DIR / "model.safetensors").is_file())
     if use_demo:
-        from fra_core.demo import load_demo_model
+        from fra_core.models.demo import load_demo_model
 
         model, model_ref = load_demo_model("cpu", ws), "demo"
     else:

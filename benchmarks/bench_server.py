@@ -68,8 +68,8 @@ class LiveJob(threading.Thread):
         import numpy as np
         import pyarrow as pa
 
-        from fra_core import accumulate_shards as shards
-        from fra_core.jobs import write_json_atomic
+        from fra_core import contracts as shards
+        from fra_core.contracts import write_json_atomic
         from tests.store.fake_jobs import FEATURE_TOKENS, aggregate, examples_for, pair_rows
 
         rng = np.random.default_rng(11)

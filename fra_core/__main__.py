@@ -11,9 +11,9 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("fra_core.demo", "build (if needed) and load the demo model; print per-head scores"),
+    "demo": ("fra_core.models.demo", "build (if needed) and load the demo model; print per-head scores"),
     "train-sae": ("fra_core.sae.train", "train an SAE from a YAML config (TrainSAEConfig)"),
-    "accumulate": ("fra_core.accumulate", "accumulate FRA pair statistics from a YAML config"),
+    "accumulate": ("fra_core.accumulate.cli", "accumulate FRA pair statistics from a YAML config"),
     "convert": ("fra_core.restoration.convert", "convert a restoration checkpoint to HookedTransformer"),
     "train-restoration": ("fra_core.restoration.train", "train a restoration model from a YAML config"),
     "hash-password": ("fra_core.server", "hash a password for the server config's [passwords] table"),

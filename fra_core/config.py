@@ -16,10 +16,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fra_core.config_types import check_field
+from fra_core.errors import FRAStudioError
+
 C = TypeVar("C", bound="JobConfig")
 
 
-class ConfigError(ValueError):
+class ConfigError(FRAStudioError):
     """A config file or dict that does not describe a valid job."""
 
 
@@ -59,10 +62,9 @@ class JobConfig:
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; known keys: {sorted(fields)}")
-        from fra_core.config_types import check_field
-
         hints = typing.get_type_hints(cls)
-        kwargs = {name: check_field(cls.__name__, name, value, hints.get(name)) for name, value in data.items()}
+        kwargs = {name: check_field(cls.__name__, name, value, hints.get(name), ConfigError)
+                  for name, value in data.items()}
         try:
             return cls(**kwargs)
         except TypeError as exc:  # missing required field

@@ -67,13 +67,12 @@ def coerce(value: Any, tp: Any) -> Any:
     return value if isinstance(value, tp) else _MISMATCH
 
 
-def check_field(cls_name: str, name: str, value: Any, tp: Any) -> Any:
-    """The checked (and list -> tuple converted) value; ConfigError with one line otherwise."""
-    from fra_core.config import ConfigError
-
+def check_field(cls_name: str, name: str, value: Any, tp: Any, error: type[Exception] = ValueError) -> Any:
+    """The checked (and list -> tuple converted) value; `error` (the caller's ConfigError) with one line
+    otherwise."""
     got = coerce(value, tp)
     if got is _MISMATCH:
         shown = repr(value)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        raise ConfigError(f"{cls_name}: {name} = {shown} ({_name(type(value))}); expected {_name(tp)}")
+        raise error(f"{cls_name}: {name} = {shown} ({_name(type(value))}); expected {_name(tp)}")
     return got

@@ -3,15 +3,16 @@ the demo's generated text.
 
 A dataset is named by one string (it goes into job configs and YAML unchanged):
 
-    demo                         `fra_core.demo.demo_texts(n, seed)`
+    demo                         `fra_core.models.demo.demo_texts(n, seed)`
     path/to/file.txt             one text per line; per paragraph when blank lines separate texts
     path/to/file.jsonl           one JSON object per line, text in `text_column`
     disk:path/to/folder          a dataset saved with `datasets.Dataset.save_to_disk` (column `text_column`)
     hf:Elriggs/openwebtext-100k  streamed from the Hugging Face Hub (fails fast when offline)
 
 A relative path is looked up in the workspace's `datasets/` folder first, then from the current
-directory; in server mode only paths inside the workspace are accepted (`fra_core.paths.confine`). `open_texts` checks everything it can up front (path exists, not empty, text column
-present), so a job fails in its first second with a one-line `DatasetError`, not an hour in.
+directory; in server mode only paths inside the workspace are accepted (`fra_core.paths.confine`).
+`open_texts` checks everything it can up front (path exists, not empty, text column present),
+so a job fails in its first second with a one-line `DatasetError`, not an hour in.
 Texts come in a fixed order, so a text's index is a stable sample id (what resume relies on).
 """
 
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from fra_core import hub
+from fra_core.errors import FRAStudioError
 from fra_core.paths import confine
 from fra_core.server import server_mode
 from fra_core.workspace import Workspace
@@ -34,7 +36,7 @@ HF_PREFIX = "hf:"
 DEFAULT_STREAM = "hf:Elriggs/openwebtext-100k"
 
 
-class DatasetError(ValueError):
+class DatasetError(FRAStudioError):
     """A dataset that cannot be read (missing, empty, wrong column, offline Hub)."""
 
 
@@ -184,30 +186,12 @@ def _disk_texts(src: TextSource, limit: int | None) -> Iterator[str]:
         yield from (str(t) for t in ds[start:min(n, start + 256)][src.text_column])
 
 
-def _hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or \
-        os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes")
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """A TCP connect to the Hub (or $HF_ENDPOINT): seconds, where the HF clients retry for ~24 s."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 def _open_stream(spec: str, column: str, split: str, seed: int) -> TextSource:
     name = spec[len(HF_PREFIX):].strip()
     if not name:
         raise DatasetError(f"expected hf:<dataset name>, got {spec!r}")
-    if _hf_offline() or not _hub_reachable():
-        why = "HF_HUB_OFFLINE is set" if _hf_offline() else "the Hugging Face Hub is unreachable"
+    if not hub.hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if hub.offline_requested() else "the Hugging Face Hub is unreachable"
         raise DatasetError(f"cannot stream {name!r}: {why}. Save it on a machine with access "
                            f"(datasets.load_dataset('{name}', split='{split}').save_to_disk(...)) and use "
                            f"'disk:<folder>'")
@@ -235,7 +219,7 @@ def _hf_texts(src: TextSource, limit: int | None) -> Iterator[str]:
 
 
 def _demo_texts(src: TextSource, limit: int | None) -> Iterator[str]:
-    from fra_core.demo import demo_texts  # lazy: fra_core.demo imports torch
+    from fra_core.models.demo import demo_texts  # lazy: fra_core.models.demo imports torch
 
     # demo_texts(n, seed) is deterministic and prefix-stable, so any limit gives the same first texts
     yield from demo_texts(limit if limit is not None else 10_000, seed=src.seed)

@@ -20,20 +20,22 @@ import fcntl
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from fra_core.contracts import RUNNER_LOCK as LOCK_FILE
+from fra_core.contracts import runner_active
+from fra_core.errors import FRAStudioError
 from fra_core.server import ServerConfig
 
-LOCK_FILE = "runner.lock"
 SLOTS_DIR = ".slots"
 POLL_S = 0.5
 
 
-class JobBusy(ValueError):
+class JobBusy(FRAStudioError):
     """Another process is already running this job."""
 
 
-class JobPermissionError(ValueError):
+class JobPermissionError(FRAStudioError):
     """The user may not do this to this job."""
 
 
@@ -60,21 +62,9 @@ def runner_lock(job_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def runner_active(job_dir: Path) -> bool:
-    """Whether a process holds the job's runner lock now."""
-    path = Path(job_dir) / LOCK_FILE
-    if not path.exists():
-        return False
-    fd = _try_lock(path, exclusive=False)
-    if fd is None:
-        return True
-    os.close(fd)
-    return False
-
-
 # ----------------------------------------------------------------------------- owners
 def job_owner(job_dir: Path) -> str | None:
-    from fra_core.jobs import read_json
+    from fra_core.contracts import read_json
 
     return (read_json(Path(job_dir) / "job.json") or {}).get("owner")
 
@@ -121,7 +111,7 @@ def job_device(cfg: Any) -> str:
 
 def queue_position(jobs_root: Path, job_dir: Path, device: str) -> int:
     """1 + the number of jobs waiting for `device` that were queued before this one."""
-    from fra_core.jobs import read_json
+    from fra_core.contracts import read_json
 
     mine = read_json(Path(job_dir) / "status.json", {}) or {}
     key = (mine.get("queued_at", ""), Path(job_dir).name)
@@ -136,9 +126,11 @@ def queue_position(jobs_root: Path, job_dir: Path, device: str) -> int:
 
 
 @contextlib.contextmanager
-def device_slot(job_dir: Path, device: str, caps: dict[str, int] | None = None) -> Iterator[None]:
+def device_slot(job_dir: Path, device: str, check_cancel: Callable[[], None],
+                caps: dict[str, int] | None = None) -> Iterator[None]:
     """Hold one of `device`'s slots while the block runs; wait for one first in state "queued", with
-    the queue position in the status (JobCancelled if the user cancels meanwhile)."""
+    the queue position in the status; `check_cancel()` runs while waiting (it raises when the user
+    cancels)."""
     caps = device_caps() if caps is None else caps
     cap = (caps or {}).get(device)
     if not cap:
@@ -156,7 +148,7 @@ def device_slot(job_dir: Path, device: str, caps: dict[str, int] | None = None) 
         if fd is None:
             _status(job_dir, state="queued", queue_position=position,
                     message=f"queued: position {position} for {cap} {device} slot{'s' * (cap > 1)}")
-            _check_cancel(job_dir)
+            check_cancel()
             time.sleep(POLL_S)
     try:
         _status(job_dir, state="running", waiting_for=None, queue_position=None, started=now(),
@@ -167,17 +159,10 @@ def device_slot(job_dir: Path, device: str, caps: dict[str, int] | None = None) 
 
 
 def _status(job_dir: Path, **changes: Any) -> None:
-    from fra_core.jobs import read_json, write_json_atomic
+    from fra_core.contracts import read_json, write_json_atomic
 
     status = read_json(job_dir / "status.json", {}) or {}
     write_json_atomic(job_dir / "status.json", {**status, **changes, "pid": os.getpid(), "updated": now()})
-
-
-def _check_cancel(job_dir: Path) -> None:
-    from fra_core.jobs import JobCancelled
-
-    if (job_dir / "cancel").exists():
-        raise JobCancelled("cancelled while queued")
 
 
 def _held(path: Path) -> bool:

@@ -31,20 +31,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+# the job-status file format lives in the torch-free contracts module (the store reads it too); jobs re-exports it
 from fra_core.config import JobConfig
+from fra_core.contracts import TERMINAL_STATES, job_status, pid_alive, read_json, runner_active, write_json_atomic
+from fra_core.errors import FRAStudioError
+from fra_core.jobqueue import JobBusy, device_slot, job_device, runner_lock
 
-# kind -> ("module:ConfigClass", "module:run_function"); run_function(cfg, progress) -> dict (result)
+# kind -> ("module:ConfigClass", "module:run_function"); run_function(cfg, progress) -> dict (result).
+# A launched job records its two specs in job.json, and its process resolves them from there, so a kind
+# added with `register_job_kind` (tests, plugins) runs without being listed here.
 JOB_KINDS: dict[str, tuple[str, str]] = {
     "train-sae": ("fra_core.sae.train:TrainSAEConfig", "fra_core.sae.train:run_train_sae"),
-    "accumulate": ("fra_core.accumulate:AccumulateFRAConfig", "fra_core.accumulate:run_accumulate"),
+    "accumulate": ("fra_core.accumulate:AccumulateFRAConfig", "fra_core.accumulate.run:run_accumulate"),
     "train-restoration": (
         "fra_core.restoration.train:TrainRestorationConfig",
         "fra_core.restoration.train:run_train_restoration",
     ),
-    "demo-selftest": ("fra_core.jobs:SleepConfig", "fra_core.jobs:run_sleep"),
 }
 
-TERMINAL_STATES = ("done", "failed", "cancelled")
+
+__all__ = ["JOB_KINDS", "TERMINAL_STATES", "ConsoleProgress", "JobCancelled", "JobInfo", "NullProgress", "Progress",
+           "cancel_job", "config_class", "job_status", "launch_job", "list_jobs", "new_job_dir", "pid_alive",
+           "read_json", "read_metrics", "register_job_kind", "run_job_dir", "start_process", "write_json_atomic"]
 
 
 class JobCancelled(Exception):
@@ -56,44 +64,23 @@ def _resolve(spec: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def config_class(kind: str) -> type[JobConfig]:
+def register_job_kind(kind: str, config_spec: str, run_spec: str) -> None:
+    """Add a job kind ("module:ConfigClass", "module:run_function") to this process's registry."""
+    JOB_KINDS[kind] = (config_spec, run_spec)
+
+
+def _specs(kind: str) -> tuple[str, str]:
     if kind not in JOB_KINDS:
-        raise ValueError(f"unknown job kind {kind!r}; known: {sorted(JOB_KINDS)}")
-    return _resolve(JOB_KINDS[kind][0])
+        raise FRAStudioError(f"unknown job kind {kind!r}; known: {sorted(JOB_KINDS)}")
+    return JOB_KINDS[kind]
+
+
+def config_class(kind: str) -> type[JobConfig]:
+    return _resolve(_specs(kind)[0])
 
 
 def _now() -> str:
     return _dt.datetime.now().isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return default
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of this process counts as dead
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
 
 
 class Progress:
@@ -179,17 +166,6 @@ class JobInfo:
         return self.status.get("state", "unknown")
 
 
-def job_status(job_dir: Path) -> dict[str, Any]:
-    from fra_core.jobqueue import runner_active
-
-    status = read_json(Path(job_dir) / "status.json", {}) or {}
-    if status.get("state") in ("running", "queued") and not pid_alive(status.get("pid")) \
-            and not runner_active(job_dir):
-        status = {**status, "state": "died",
-                  "message": "the job process is gone (killed or machine restarted); resume it to continue"}
-    return status
-
-
 def new_job_dir(jobs_root: Path, kind: str, cfg: JobConfig, owner: str | None = None) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     job_dir = Path(jobs_root) / f"{kind}-{stamp}-{cfg.config_hash()[:8]}"
@@ -198,8 +174,9 @@ def new_job_dir(jobs_root: Path, kind: str, cfg: JobConfig, owner: str | None = 
         suffix += 1
         job_dir = job_dir.with_name(f"{job_dir.name.split('~')[0]}~{suffix}")
     job_dir.mkdir(parents=True)
-    write_json_atomic(job_dir / "job.json", {"kind": kind, "created": _now(),
-                                             "config_hash": cfg.config_hash(), "owner": owner})
+    config_spec, run_spec = _specs(kind)
+    write_json_atomic(job_dir / "job.json", {"kind": kind, "created": _now(), "config_hash": cfg.config_hash(),
+                                             "config_class": config_spec, "run": run_spec, "owner": owner})
     cfg.save_yaml(job_dir / "config.yaml")
     write_json_atomic(job_dir / "status.json", {"state": "queued", "updated": _now()})
     return job_dir
@@ -208,8 +185,6 @@ def new_job_dir(jobs_root: Path, kind: str, cfg: JobConfig, owner: str | None = 
 def start_process(job_dir: Path, env: dict[str, str] | None = None) -> int:
     """Start (or restart, for resume) the job process for an existing job folder; returns its pid.
     JobBusy if a process is running it now (one runner per job: `fra_core.jobqueue`)."""
-    from fra_core.jobqueue import JobBusy, runner_active
-
     job_dir = Path(job_dir)
     if runner_active(job_dir):
         raise JobBusy(f"job {job_dir.name} is already running; cancel it first or wait")
@@ -237,6 +212,11 @@ def launch_job(jobs_root: Path, kind: str, cfg: JobConfig, env: dict[str, str] |
     job_dir = new_job_dir(jobs_root, kind, cfg, owner)
     start_process(job_dir, env)
     return job_dir
+
+
+def _cancel_if_asked(job_dir: Path, message: str) -> None:
+    if (Path(job_dir) / "cancel").exists():
+        raise JobCancelled(message)
 
 
 def cancel_job(job_dir: Path) -> None:
@@ -273,8 +253,6 @@ def read_metrics(job_dir: Path) -> list[dict[str, Any]]:
 def run_job_dir(job_dir: Path, run_fn: Callable | None = None) -> int:
     """Body of the job process (also callable in-process by tests). Returns an exit code; 4 (and the job
     untouched) when another process is running this job."""
-    from fra_core.jobqueue import JobBusy, runner_lock
-
     try:
         with runner_lock(job_dir):
             return _run_locked(Path(job_dir), run_fn)
@@ -284,8 +262,6 @@ def run_job_dir(job_dir: Path, run_fn: Callable | None = None) -> int:
 
 
 def _run_locked(job_dir: Path, run_fn: Callable | None) -> int:
-    from fra_core.jobqueue import device_slot, job_device
-
     meta = read_json(job_dir / "job.json") or {}
     kind = meta.get("kind", "?")
     status = read_json(job_dir / "status.json", {}) or {}
@@ -293,9 +269,10 @@ def _run_locked(job_dir: Path, run_fn: Callable | None) -> int:
     write_json_atomic(job_dir / "status.json", {**status, **base, "state": "running", "message": "starting"})
     t0 = time.time()
     try:
-        cfg = config_class(kind).load_yaml(job_dir / "config.yaml")
-        run = run_fn or _resolve(JOB_KINDS[kind][1])
-        with device_slot(job_dir, job_device(cfg)):  # waits, queued, while the device's slots are taken
+        config_spec, run_spec = (meta["config_class"], meta["run"]) if "run" in meta else _specs(kind)
+        cfg = _resolve(config_spec).load_yaml(job_dir / "config.yaml")
+        run = run_fn or _resolve(run_spec)
+        with device_slot(job_dir, job_device(cfg), lambda: _cancel_if_asked(job_dir, "cancelled while queued")):
             progress = Progress(job_dir)
             result = run(cfg, progress) or {}
         final = {**progress._status, **base, "state": "done", "message": "finished",
@@ -312,22 +289,6 @@ def _run_locked(job_dir: Path, run_fn: Callable | None) -> int:
         code = 1
     write_json_atomic(job_dir / "status.json", final)
     return code
-
-
-@dataclass(frozen=True)
-class SleepConfig(JobConfig):
-    """A trivial job used to test the job machinery itself (steps of `step_s` seconds)."""
-
-    steps: int = 5
-    step_s: float = 0.1
-
-
-def run_sleep(cfg: SleepConfig, progress: Progress) -> dict:
-    for step in range(cfg.steps):
-        time.sleep(cfg.step_s)
-        progress.log_metrics(step, value=float(step))
-        progress.update(step + 1, cfg.steps, message=f"step {step + 1}/{cfg.steps}")
-    return {"steps": cfg.steps}
 
 
 def main(argv: list[str] | None = None) -> int:

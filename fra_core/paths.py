@@ -15,6 +15,7 @@ import re
 import uuid
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from fra_core.errors import FRAStudioError
 from fra_core.server import server_mode
 from fra_core.workspace import Workspace
 
@@ -22,7 +23,7 @@ DEFAULT_UPLOAD_MAX_MB = 200.0
 _SUFFIX_RE = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 
 
-class PathError(ValueError):
+class PathError(FRAStudioError):
     """A typed or uploaded path that is not allowed (outside the workspace, too large, ...)."""
 
 

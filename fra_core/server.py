@@ -32,12 +32,14 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fra_core.errors import FRAStudioError
+
 ROLES = ("admin", "researcher", "viewer")
 CONFIG_ENV, MODE_ENV = "FRA_SERVER_CONFIG", "FRA_SERVER_MODE"
 PBKDF2_ITERATIONS = 200_000
 
 
-class ServerConfigError(ValueError):
+class ServerConfigError(FRAStudioError):
     """A server configuration that cannot be used (bad TOML, unknown role, ...)."""
 
 

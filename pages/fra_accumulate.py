@@ -16,11 +16,13 @@ import streamlit as st
 from fra_core import jobs
 from fra_core.accumulate import KIND, AccumulateFRAConfig
 from fra_core.datasets import open_texts
-from pages import ui, ui_auth, ui_store
 from store import StoreBusy, StoreError, delete_run
-from pages.ui_auth import page_gate
+from ui import auth as ui_auth
+from ui import common as ui
+from ui import store as ui_store
+from ui.auth import page_gate
 
-page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 DEMO_SAES = ("demo-l1-ln1", "demo-l0-hook-z")
 SOURCES = {"Demo texts": "demo", "Local file (.txt / .jsonl)": "file", "Saved HF dataset (folder)": "disk",

@@ -9,11 +9,13 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
-from pages import ui, ui_goto, ui_store
-from pages import ui_fra as fu
-from pages.ui_auth import page_gate
+from ui import common as ui
+from ui import fra as fu
+from ui import goto as ui_goto
+from ui import store as ui_store
+from ui.auth import page_gate
 
-page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 P = "fra_text"
 st.title("Single text FRA")
@@ -29,13 +31,14 @@ opts = fu.fra_options(P)
 
 try:
     tokens, result = fu.get_fra(ref, q_refs, k_refs, [text], layer, None if every else [head], opts)
-    profiles = fu.get_profiles(ref, q_refs, fu.profile_texts(ref, model, text))
-    k_profiles = profiles if k_refs == q_refs else fu.get_profiles(ref, k_refs, fu.profile_texts(ref, model, text))
+    q_profiles = fu.get_profiles(ref, q_refs, fu.profile_texts(ref, model, text))
+    k_profiles = q_profiles if k_refs == q_refs else fu.get_profiles(ref, k_refs, fu.profile_texts(ref, model, text))
 except ValueError as exc:  # PromptError, FRAInputError, SAELoadError, SAECompatibilityError…
     ui.show_error(exc)
     st.stop()
 
-from fra_core import explore  # noqa: E402  (torch is loaded by now anyway)
+from fra_core.fra import cells, compare  # noqa: E402  (torch is loaded by now anyway)
+from fra_core.sae import profiles  # noqa: E402  (torch is loaded by now anyway)
 
 str_tokens = [str(s) for s in model.to_str_tokens(tokens[0])]
 T = len(str_tokens)
@@ -45,11 +48,11 @@ st.caption(f"{T} tokens · L{layer}H{head} · {result.n_entries:,} kept pairs ·
 
 if every:
     st.subheader("All heads")
-    st.dataframe(explore.head_summary(result), hide_index=True, width="stretch")
+    st.dataframe(cells.head_summary(result), hide_index=True, width="stretch")
     st.caption("The detail below shows the head chosen in the Head input.")
 
 # ---------------------------------------------------------------- default cell: an induction position
-ind = explore.induction_positions(tokens[0].tolist())
+ind = compare.induction_positions(tokens[0].tolist())
 sig = (tuple(tokens[0].tolist()), layer, head)
 if st.session_state.get(f"{P}_sig") != sig:  # new text / head: start at the strongest induction cell
     st.session_state[f"{P}_sig"] = sig
@@ -65,7 +68,7 @@ if st.session_state.get(f"{P}_sig") != sig:  # new text / head: start at the str
 ui_goto.take_cell(P)  # opened from a Pair tables example: its cell
 
 # ---------------------------------------------------------------- heatmaps (click a cell)
-frame = explore.score_frame(result, 0, hi, str_tokens)
+frame = cells.score_frame(result, 0, hi, str_tokens)
 WINDOW = 128  # a browser heatmap of T² cells stays responsive up to ~128 positions a side
 lo = 0
 if T > WINDOW:
@@ -114,9 +117,9 @@ if len(ind):
 try:
     acts_q = fu.get_activations(ref, q_refs, text)
     acts_k = acts_q if k_refs == q_refs else fu.get_activations(ref, k_refs, text)
-    pairs = explore.cell_pairs(result, 0, hi, qpos, kpos, acts_q, acts_k, top=opts["top_m"])
-    check = explore.exactness(result, 0, hi, qpos, kpos)
-    terms = explore.cell_terms(result, 0, hi, qpos, kpos)
+    pairs = cells.cell_pairs(result, 0, hi, qpos, kpos, acts_q, acts_k, top=opts["top_m"])
+    check = cells.exactness(result, 0, hi, qpos, kpos)
+    terms = cells.cell_terms(result, 0, hi, qpos, kpos)
 except ValueError as exc:
     ui.show_error(exc)
     st.stop()
@@ -129,17 +132,17 @@ m[1].metric("Σ terms", f"{check['sum_of_terms']:.4f}")
 m[2].metric("Abs. error", f"{check['abs_error']:.1e}")
 m[3].metric("Rel. error", f"{check['rel_error']:.1e}")
 
-q_hooks = [s.cfg.metadata.hook_name for s in explore.as_list(fu.load_side(q_refs))]
-k_hooks = [s.cfg.metadata.hook_name for s in explore.as_list(fu.load_side(k_refs))]
+q_hooks = [s.cfg.metadata.hook_name for s in profiles.as_list(fu.load_side(q_refs))]
+k_hooks = [s.cfg.metadata.hook_name for s in profiles.as_list(fu.load_side(k_refs))]
 gpt2 = fu.is_gpt2(model)
-pairs.insert(2, "q_meaning", [explore.describe(profiles, s, f) for s, f in zip(pairs.q_source, pairs.q_feature)])
-pairs.insert(6, "k_meaning", [explore.describe(k_profiles, s, f) for s, f in zip(pairs.k_source, pairs.k_feature)])
+pairs.insert(2, "q_meaning", [profiles.describe(q_profiles, s, f) for s, f in zip(pairs.q_source, pairs.q_feature)])
+pairs.insert(6, "k_meaning", [profiles.describe(k_profiles, s, f) for s, f in zip(pairs.k_source, pairs.k_feature)])
 saved = ui_store.saved_labels(tuple(q_refs) + tuple(k_refs))  # labels set on the Pair tables page
 if saved:
     pairs.insert(3, "q_label", [saved.get((q_refs[s], f), "") for s, f in zip(pairs.q_source, pairs.q_feature)])
     pairs.insert(8, "k_label", [saved.get((k_refs[s], f), "") for s, f in zip(pairs.k_source, pairs.k_feature)])
-pairs["q_link"] = [explore.neuronpedia_url(q_hooks[s], f, gpt2) for s, f in zip(pairs.q_source, pairs.q_feature)]
-pairs["k_link"] = [explore.neuronpedia_url(k_hooks[s], f, gpt2) for s, f in zip(pairs.k_source, pairs.k_feature)]
+pairs["q_link"] = [profiles.neuronpedia_url(q_hooks[s], f, gpt2) for s, f in zip(pairs.q_source, pairs.q_feature)]
+pairs["k_link"] = [profiles.neuronpedia_url(k_hooks[s], f, gpt2) for s, f in zip(pairs.k_source, pairs.k_feature)]
 if not gpt2:
     pairs = pairs.drop(columns=["q_link", "k_link"])
 st.markdown("**Top feature pairs** (value = that pair's term of the score; share = value / score)")
@@ -157,7 +160,7 @@ with left:
     big = terms.reindex(terms["value"].abs().sort_values(ascending=False).index)
     st.dataframe(big[["term", "value"]].head(25), hide_index=True, width="stretch")
 with right:
-    agg = explore.terms_by_source(terms)
+    agg = cells.terms_by_source(terms)
     st.altair_chart(alt.Chart(agg).mark_bar().encode(x=alt.X("value:Q"), y=alt.Y("kind:N", sort="-x"),
                                                      tooltip=["kind", alt.Tooltip("value:Q", format=".4f")])
                     .properties(title="terms by kind", height=220), width="stretch")
@@ -166,8 +169,8 @@ with right:
 st.subheader("Tokens and their features")
 side = st.radio("Side", ["query SAE", "key SAE"], horizontal=True, key=f"{P}_strip_side",
                 disabled=k_refs == q_refs)
-strip = explore.token_strip(acts_k if side == "key SAE" else acts_q, str_tokens,
-                            k_profiles if side == "key SAE" else profiles, top=3,
+strip = profiles.token_strip(acts_k if side == "key SAE" else acts_q, str_tokens,
+                            k_profiles if side == "key SAE" else q_profiles, top=3,
                             source_names=k_refs if side == "key SAE" else q_refs)
 strip["role"] = ["query" if p == qpos else "key" if p == kpos else "" for p in strip.pos]
 st.dataframe(strip, hide_index=True, width="stretch", height=min(400, 38 + 35 * T))

@@ -7,11 +7,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from pages import ui
-from pages import ui_fra as fu
-from pages.ui_auth import page_gate
+from ui import common as ui
+from ui import fra as fu
+from ui.auth import page_gate
 
-page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 P = "fra_val"
 st.title("Validation")
@@ -27,7 +27,7 @@ source = st.radio("Texts", ["demo sample", "my text"], horizontal=True, key=f"{P
 if source == "my text":
     texts = [fu.pick_text(P, ref, model)]
 else:
-    from fra_core.demo import demo_texts
+    from fra_core.models.demo import demo_texts
 
     n = int(st.number_input("Number of demo texts", 1, 32, 4, key=f"{P}_n"))
     texts = demo_texts(n, seed=11, n_words=min(48, model.cfg.n_ctx - 2))
@@ -44,7 +44,7 @@ def validate(model_ref, device, q_refs, k_refs, texts, layer, heads, opts_items,
     """Error budgets and loss-recovered rows; one batch when the texts share a token length (so the
     mean-ablation baseline is the batch mean), else one text at a time."""
     from fra_core.fra import error_budget, loss_recovered
-    from fra_core.prompting import prompt_tokens
+    from fra_core.models.prompting import prompt_tokens
 
     lengths = {prompt_tokens(model, t).shape[1] for t in texts}
     batches = [list(texts)] if len(lengths) == 1 else [[t] for t in texts]
@@ -65,10 +65,10 @@ except ValueError as exc:
     ui.show_error(exc)
     st.stop()
 
-from fra_core import explore  # noqa: E402
+from fra_core.fra import cells  # noqa: E402
 
 labels = [f"batch {i}" for i in range(len(budgets))]
-frame = explore.budget_frame(budgets, labels)
+frame = cells.budget_frame(budgets, labels)
 mean = frame.groupby("source", as_index=False, sort=False)[["mean_abs", "share"]].mean()
 what = "all heads" if every else f"head {head}"
 st.subheader(f"Error budget — L{layer}, {what}, {len(texts)} text(s)")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
-from pages import ui
-from pages import ui_fra as fu
-from pages.ui_auth import page_gate
+from ui import common as ui
+from ui import fra as fu
+from ui.auth import page_gate
 
-page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 P = "fra_weights"
 st.title("Data-independent view")
@@ -26,14 +26,15 @@ except ValueError as exc:
     ui.show_error(exc)
     st.stop()
 
-from fra_core import explore  # noqa: E402  (torch is loaded by now anyway)
+from fra_core.fra import cells, compare  # noqa: E402  (torch is loaded by now anyway)
+from fra_core.sae import profiles  # noqa: E402  (torch is loaded by now anyway)
 
 source = st.radio("Texts for feature meanings and the data-dependent ranking", ["demo texts", "my text"],
                   horizontal=True, key=f"{P}_source", index=0 if ref == "demo" else 1)
 if source == "my text":
     texts = (fu.pick_text(P, ref, model),)
 else:
-    from fra_core.demo import demo_texts
+    from fra_core.models.demo import demo_texts
 
     n = int(st.number_input("Number of demo texts", 1, 32, 6, key=f"{P}_n"))
     texts = tuple(demo_texts(n, seed=7, n_words=min(48, model.cfg.n_ctx - 2)))
@@ -44,22 +45,22 @@ opts = {"exclude_diagonal": st.toggle("Exclude diagonal from the data ranking", 
 
 
 @st.cache_resource(show_spinner="Ranking pairs by weights and by data…", max_entries=8)
-def compare(model_ref, device, q_refs, k_refs, texts, layer, head, opts_items, k, stamp):
-    from fra_core.prompting import prompt_tokens
+def weights_and_data(model_ref, device, q_refs, k_refs, texts, layer, head, opts_items, k, stamp):
+    from fra_core.models.prompting import prompt_tokens
 
     _, result = fu.get_fra(model_ref, q_refs, k_refs, texts, layer, [head], dict(opts_items))
     tokens = [prompt_tokens(model, t) for t in texts]
     import torch
 
     tokens = torch.cat(tokens)
-    acts_q = explore.feature_activations(model, tokens, q_dict)
-    acts_k = acts_q if k_refs == q_refs else explore.feature_activations(model, tokens, k_dict)
-    return explore.weights_vs_data(model, layer, head, q_dict, k_dict, result, acts_q, acts_k, k)
+    acts_q = profiles.feature_activations(model, tokens, q_dict)
+    acts_k = acts_q if k_refs == q_refs else profiles.feature_activations(model, tokens, k_dict)
+    return compare.weights_vs_data(model, layer, head, q_dict, k_dict, result, acts_q, acts_k, k)
 
 
 k = int(st.number_input("k (for overlap@k)", 1, 500, 20, key=f"{P}_k"))
 try:
-    strengths, data, agree = compare(ref, ui.device_choice(), q_refs, k_refs, texts, layer, head,
+    strengths, data, agree = weights_and_data(ref, ui.device_choice(), q_refs, k_refs, texts, layer, head,
                                      tuple(sorted(opts.items())), k, fu.version(q_refs + k_refs))
     q_prof = fu.get_profiles(ref, q_refs, fu.profile_texts(ref, model, texts[0]))
     k_prof = q_prof if k_refs == q_refs else fu.get_profiles(ref, k_refs, fu.profile_texts(ref, model, texts[0]))
@@ -68,15 +69,15 @@ except ValueError as exc:
     st.stop()
 
 q_offsets = [0]
-for s in explore.as_list(q_dict):
+for s in profiles.as_list(q_dict):
     q_offsets.append(q_offsets[-1] + s.cfg.d_sae)
 k_offsets = [0]
-for s in explore.as_list(k_dict):
+for s in profiles.as_list(k_dict):
     k_offsets.append(k_offsets[-1] + s.cfg.d_sae)
 
 
 def meaning(gid: int, offsets, prof) -> str:
-    return explore.describe(prof, *explore.split_gid(int(gid), offsets))
+    return profiles.describe(prof, *cells.split_gid(int(gid), offsets))
 
 
 # ---------------------------------------------------------------- agreement

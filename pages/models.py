@@ -7,10 +7,10 @@ import pandas as pd
 import streamlit as st
 
 from fra_core.models import list_models, model_summary
-from pages import ui
-from pages.ui_auth import page_gate
+from ui import common as ui
+from ui.auth import page_gate
 
-page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 st.title("Models")
 
@@ -28,8 +28,8 @@ except Exception as exc:  # ModelLoadError and friends: show, keep the app runni
     ui.show_error(exc, f"Could not load {ref!r}")
     st.stop()
 
-from fra_core.head_scores import head_scores  # noqa: E402  (torch is loaded by now anyway)
-from fra_core.prompting import attention_patterns, next_token_table  # noqa: E402
+from fra_core.models.head_scores import head_scores  # noqa: E402  (torch is loaded by now anyway)
+from fra_core.models.prompting import attention_patterns, next_token_table  # noqa: E402
 
 summary = model_summary(model)
 cols = st.columns(4)

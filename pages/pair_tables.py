@@ -2,7 +2,7 @@
 
 Pick a run → top pairs by a metric with filters; a feature's partners and contexts; charts; two runs or
 two heads compared; downloads; a read-only SQL box. Every query aggregates in DuckDB (≤ 10 k rows come
-back) and is cached until the run changes (see `pages.ui_store`). Altair is imported only by the views
+back) and is cached until the run changes (see `ui.store`). Altair is imported only by the views
 that draw charts, so the first render stays fast.
 """
 
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import ui, ui_store
-from pages.ui_store import METRIC_LABELS
 from store import METRICS, StoreBusy, StoreError, compare_summary
-from pages.ui_auth import page_gate
+from ui import common as ui
+from ui import store as ui_store
+from ui.auth import page_gate
+from ui.store import METRIC_LABELS
 
-page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 ORDERS = {"desc": "largest first", "asc": "smallest first", "abs": "largest |value| first"}
 SELF_MODES = {"include": None, "only": "only", "exclude": "exclude"}
@@ -144,7 +145,7 @@ def show_feature() -> None:
 
 
 def show_charts() -> None:
-    from pages import ui_charts
+    from ui import charts as ui_charts
 
     top = q("top_pairs", run_id, metric=metric, n=n_rows, order=order, diagonal=diagonal, **where)
     if not top.empty:
@@ -165,7 +166,7 @@ def show_charts() -> None:
 
 
 def show_compare() -> None:
-    from pages import ui_charts
+    from ui import charts as ui_charts
 
     mode = st.radio("Compare", ["two heads", "two runs"], horizontal=True, key="pt_cmp_mode")
     n = int(st.number_input("Top N of each side", 1, 5_000, 100, key="pt_cmp_n"))

@@ -7,11 +7,10 @@ import streamlit as st
 
 from fra_core.paths import PathError, save_upload, user_path
 from fra_core.restoration.runs import list_runs
-from pages.ui import show_error, workspace
-from pages.ui_auth import current_user
-from pages.ui_auth import page_gate
+from ui.auth import current_user, page_gate
+from ui.common import show_error, workspace
 
-page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 ws = workspace()
 

@@ -6,14 +6,24 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from fra_core.atf import (CLEAN_CHOICES, AtfError, CleanOptions, audit_fragments, build_vocab, clean_fragment, load_fragments,
-                          parse_atf, parse_corpus, sample_path)
+from fra_core.atf import (
+    CLEAN_CHOICES,
+    AtfError,
+    CleanOptions,
+    audit_fragments,
+    build_vocab,
+    clean_fragment,
+    load_fragments,
+    parse_atf,
+    parse_corpus,
+    sample_path,
+)
 from fra_core.paths import PathError, check_upload_size, user_path
 from fra_core.restoration.dataset import BuildDatasetConfig, DatasetBuildError, build_restoration_dataset
-from pages.ui import show_error, workspace
-from pages.ui_auth import page_gate
+from ui.auth import page_gate
+from ui.common import show_error, workspace
 
-page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 STATUS_HELP = "status per character: c read on the tablet (maskable) · b editor's restoration · g gap · m kept markup"
 

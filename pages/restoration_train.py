@@ -9,11 +9,11 @@ import streamlit as st
 from fra_core import jobs
 from fra_core.restoration.dataset import list_restoration_datasets
 from fra_core.restoration.runs import list_runs
-from pages import ui_auth
-from pages.ui import device_choice, job_progress, show_error, workspace
-from pages.ui_auth import page_gate
+from ui import auth as ui_auth
+from ui.auth import page_gate
+from ui.common import device_choice, job_progress, show_error, workspace
 
-page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 KIND = "train-restoration"
 ws = workspace()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages import ui_auth
-from pages import ui_sae as ui
-from pages.ui_auth import page_gate
+from ui import auth as ui_auth
+from ui import sae as ui
+from ui.auth import page_gate
 
-page_gate(__file__)  # sign-in and role, on every run (see pages.ui_auth)
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 ARCHS = ("topk", "standard", "batchtopk", "jumprelu")
 HOOKS = ("blocks.{L}.ln1.hook_normalized", "blocks.{L}.hook_resid_pre", "blocks.{L}.attn.hook_z",

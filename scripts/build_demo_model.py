@@ -2,7 +2,7 @@
 
     python scripts/build_demo_model.py [--steps N]
 
-Trains with `fra_core.demo.train_demo_model`, measures the head scores and refuses to write weights
+Trains with `fra_core.models.demo.train_demo_model`, measures the head scores and refuses to write weights
 whose best layer-1 induction score is below the threshold.
 """
 
@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from fra_core.demo import ASSET_DIR, DEFAULT_STEPS, INDUCTION_THRESHOLD, save_demo_model, train_demo_model  # noqa: E402
-from fra_core.head_scores import head_scores  # noqa: E402
+from fra_core.models.demo import ASSET_DIR, DEFAULT_STEPS, INDUCTION_THRESHOLD, save_demo_model, train_demo_model  # noqa: E402
+from fra_core.models.head_scores import head_scores  # noqa: E402
 
 
 def main() -> int:

@@ -53,11 +53,11 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="demo-saes-"))
     os.environ["FRA_WORKSPACE"] = str(root)
 
-    from fra_core.demo import demo_texts, load_demo_model
+    from fra_core.jobs import ConsoleProgress
+    from fra_core.models.demo import demo_texts, load_demo_model
     from fra_core.sae import load_sae
     from fra_core.sae.demo import ASSET_DIR, DEMO_SAE_CONFIGS, ensure_demo_saes, word_coverage
     from fra_core.sae.inspect import collect_activations, dead_features
-    from fra_core.jobs import ConsoleProgress
     from fra_core.workspace import Workspace
 
     names = args.only or list(DEMO_SAE_CONFIGS)

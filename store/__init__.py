@@ -19,15 +19,34 @@ pre-ranked top-K lists where those provably hold the answer (`store.topk`, rebui
 by a scan. `run_sql_readonly` runs user SQL on a sandboxed connection (no file or extension access).
 """
 
-from store.connection import Store, StoreBusy, StoreError, connect
+from store.connection import Store, connect
+from store.errors import StoreBusy, StoreError
 from store.export import export_pairs, export_pairs_bytes, html_report, results_package, results_package_bytes
-from store.ingest import (compact_run, delete_run, ingest_all_jobs, ingest_job_shards, refresh_summary,
-                          register_run, resolve_run, set_feature_labels)
-from store.queries import (METRICS, compare_pairs, compare_summary, feature_partners, get_run, list_runs,
-                           pair_examples, pair_filter, self_fraction_by_head, summary_stats, top_pairs,
-                           value_histogram)
+from store.ingest import (
+                          compact_run,
+                          delete_run,
+                          ingest_all_jobs,
+                          ingest_job_shards,
+                          refresh_summary,
+                          register_run,
+                          set_feature_labels,
+)
+from store.queries import (
+                          compare_pairs,
+                          compare_summary,
+                          feature_partners,
+                          get_run,
+                          list_runs,
+                          pair_examples,
+                          pair_filter,
+                          self_fraction_by_head,
+                          summary_stats,
+                          top_pairs,
+                          value_histogram,
+)
 from store.schema import MIGRATIONS, applied_migrations, migrate
 from store.sql import check_select, run_sql_readonly
+from store.sqlparts import METRICS, resolve_run
 
 __all__ = [
     "Store", "StoreBusy", "StoreError", "connect", "MIGRATIONS", "applied_migrations", "migrate",

@@ -25,16 +25,8 @@ from typing import Iterator
 
 import duckdb
 
+from store.errors import StoreBusy, StoreError
 from store.schema import migrate
-
-
-class StoreError(ValueError):
-    """Bad input to the store (unknown run, refused SQL, ...): a one-line message for the user."""
-
-
-class StoreBusy(RuntimeError):
-    """Another process kept the database locked for longer than the timeout."""
-
 
 YIELD_S = 0.25  # see Store.max_hold_s
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "lock on file")

@@ -12,12 +12,21 @@ from typing import Any
 import duckdb
 import yaml
 
-from fra_core.export import html_table, render_report, svg_bar_chart, svg_histogram
-from store.connection import StoreError
-from store.ingest import KEY, resolve_run
-from store.queries import (LABEL_COLUMNS, get_run, label_joins, metric_sql, pair_filter, self_fraction_by_head,
-                           summary_stats, top_pairs, value_histogram)
+from store.errors import StoreError
+from store.queries import (
+    LABEL_COLUMNS,
+    get_run,
+    label_joins,
+    metric_sql,
+    pair_filter,
+    self_fraction_by_head,
+    summary_stats,
+    top_pairs,
+    value_histogram,
+)
+from store.report import html_table, render_report, svg_bar_chart, svg_histogram
 from store.schema import RUN_TABLES, migrate
+from store.sqlparts import KEY, resolve_run
 
 
 def export_pairs(con, run: int | str, path: str | Path, fmt: str = "parquet", *, metric: str = "sum",

@@ -20,13 +20,13 @@ from typing import Any
 
 import yaml
 
-from fra_core import accumulate_shards as shards
-from fra_core.jobs import job_status, read_json
-from store.connection import StoreError
+from fra_core import contracts
+from fra_core.contracts import job_status, read_json
+from store.errors import StoreError
 from store.schema import RUN_TABLES
+from store.sqlparts import KEY, resolve_run
 from store.topk import backfill_top, refresh_top
 
-KEY = ", ".join(shards.PAIR_KEY)
 _DEFAULT_EXAMPLES = 3
 
 
@@ -37,17 +37,6 @@ def _ts(value: Any) -> _dt.datetime | None:
         return _dt.datetime.fromisoformat(str(value))
     except ValueError:
         return None
-
-
-def resolve_run(con, run: int | str) -> int:
-    """Run id from an id or a run name; StoreError if it does not exist."""
-    if isinstance(run, str) and not run.isdigit():
-        row = con.execute("SELECT id FROM runs WHERE name = ?", [run]).fetchone()
-    else:
-        row = con.execute("SELECT id FROM runs WHERE id = ?", [int(run)]).fetchone()
-    if row is None:
-        raise StoreError(f"run {run!r} does not exist (deleted meanwhile?)")
-    return int(row[0])
 
 
 def register_run(con, name: str, kind: str, config: dict[str, Any], *, config_hash: str | None = None,
@@ -81,7 +70,7 @@ def _register_job(con, job_dir: Path) -> int:
         raise StoreError(f"{job_dir} is not a job folder (job.json / config.yaml missing)")
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     config.pop("job", None)
-    info = shards.read_run_info(job_dir)
+    info = contracts.read_run_info(job_dir)
     con.execute("BEGIN TRANSACTION")
     try:
         run = register_run(con, job_dir.name, meta.get("kind", "accumulate"), config,
@@ -111,7 +100,7 @@ def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool
     shard = int(manifest["shard"])
     if con.execute("SELECT 1 FROM ingested_shards WHERE run = ? AND shard = ?", [run, shard]).fetchone():
         return False
-    tables = {kind: shards.read_shard_table(job_dir, shard, kind) for kind in shards.KINDS}
+    tables = {kind: contracts.read_shard_table(job_dir, shard, kind) for kind in contracts.KINDS}
     tables["samples"] = tables["samples"].append_column(
         "shard", _const_column(shard, tables["samples"].num_rows))
     # Arrow tables are registered as views outside the transaction (an aborted transaction refuses
@@ -120,10 +109,10 @@ def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool
         con.register(f"_shard_{kind}", table)
     con.execute("BEGIN TRANSACTION")
     try:
-        _insert_arrow(con, "pair_stats_staged", run, "_shard_pairs", shards.PAIRS_SCHEMA.names)
-        _insert_arrow(con, "pair_examples_staged", run, "_shard_examples", shards.EXAMPLES_SCHEMA.names)
-        _insert_arrow(con, "feature_counts", run, "_shard_features", shards.FEATURES_SCHEMA.names)
-        _insert_arrow(con, "feature_tokens", run, "_shard_feature_tokens", shards.FEATURE_TOKENS_SCHEMA.names)
+        _insert_arrow(con, "pair_stats_staged", run, "_shard_pairs", contracts.PAIRS_SCHEMA.names)
+        _insert_arrow(con, "pair_examples_staged", run, "_shard_examples", contracts.EXAMPLES_SCHEMA.names)
+        _insert_arrow(con, "feature_counts", run, "_shard_features", contracts.FEATURES_SCHEMA.names)
+        _insert_arrow(con, "feature_tokens", run, "_shard_feature_tokens", contracts.FEATURE_TOKENS_SCHEMA.names)
         _insert_arrow(con, "samples_done", run, "_shard_samples", ("sample", "shard", "n_tokens", "tokens"))
         con.execute("INSERT INTO ingested_shards VALUES (?, ?, ?, ?, ?)",
                     [run, shard, len(manifest["samples"]), tables["pairs"].num_rows, _dt.datetime.now()])
@@ -253,7 +242,7 @@ def ingest_job_shards(con, job_dir: str | Path, restore: bool = False) -> dict[s
         con.execute("DELETE FROM deleted_runs WHERE name = ?", [job_dir.name])
     run = _register_job(con, job_dir)
     new_shards = new_samples = 0
-    for manifest in shards.complete_shards(job_dir):
+    for manifest in contracts.complete_shards(job_dir):
         if ingest_shard(con, run, job_dir, manifest):
             new_shards += 1
             new_samples += len(manifest["samples"])
@@ -287,7 +276,7 @@ def ingest_all_jobs(con, jobs_root: str | Path) -> list[dict[str, Any]]:
         if meta.get("kind") != "accumulate" or job_dir.name in deleted:
             continue
         state = job_status(job_dir).get("state")
-        n_shards = len(shards.complete_shards(job_dir))
+        n_shards = len(contracts.complete_shards(job_dir))
         if known.get(job_dir.name) == (state, n_shards):
             continue
         out.append({"name": job_dir.name, **ingest_job_shards(con, job_dir)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from store.ingest import resolve_run
+from store.sqlparts import resolve_run
 
 
 def head_summary(con, run: int | str) -> pd.DataFrame:

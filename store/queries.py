@@ -17,29 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from store.connection import StoreError
-from store.ingest import KEY, resolve_run
+from store.errors import StoreError
+from store.sqlparts import KEY, MAX_UI_ROWS, SELF, SIDES, _cols, metric_sql, resolve_run
 from store.topk import top_candidates
-
-METRICS = ("sum", "mean", "abs_sum", "mean_abs", "max_abs", "count")
-SIDES = ("either", "query", "key")
-MAX_UI_ROWS = 10_000
-SELF = "(q_src = k_src AND q_feat = k_feat)"
-
-
-def _cols(diagonal: bool) -> tuple[str, str, str]:
-    if diagonal:
-        return "n", "sum", "abs_sum"
-    return "(n - diag_n)", "nd_sum", "(abs_sum - diag_abs_sum)"
-
-
-def metric_sql(metric: str, diagonal: bool = True) -> str:
-    n, s, a = _cols(diagonal)
-    exprs = {"sum": s, "mean": f"({s} / nullif({n}, 0))", "abs_sum": a, "mean_abs": f"({a} / nullif({n}, 0))",
-             "max_abs": "greatest(abs(max), abs(min))", "count": n}
-    if metric not in exprs:
-        raise StoreError(f"unknown metric {metric!r}; choose one of {METRICS}")
-    return exprs[metric]
 
 
 def pair_filter(run: int, *, layer: int | None = None, head: int | None = None, feature: int | None = None,

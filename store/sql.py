@@ -13,8 +13,9 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from store.connection import Store, StoreError
-from store.queries import MAX_UI_ROWS
+from store.connection import Store
+from store.errors import StoreError
+from store.sqlparts import MAX_UI_ROWS
 
 
 def check_select(sql: str) -> str:

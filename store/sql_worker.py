@@ -23,7 +23,8 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from store.connection import SANDBOX_CONFIG, StoreBusy, StoreError, connect
+from store.connection import SANDBOX_CONFIG, connect
+from store.errors import StoreBusy, StoreError
 from store.queries import MAX_UI_ROWS
 from store.sql import check_select
 from store.watchdog import QueryTimeout, sql_memory_limit, sql_timeout_s, time_limit

@@ -24,6 +24,8 @@ from typing import Any
 
 import duckdb
 
+from store.sqlparts import METRICS, metric_sql
+
 # rows kept per list; a top-N query with N > TOP_K always scans. 22 lists x 5 000 rows per run.
 TOP_K = 5_000
 PAIR_COLUMNS = ("layer, head, q_src, q_feat, k_src, k_feat, n, sum, abs_sum, max, min, diag_n, diag_sum, "
@@ -32,8 +34,6 @@ PAIR_COLUMNS = ("layer, head, q_src, q_feat, k_src, k_feat, n, sum, abs_sum, max
 
 def list_specs() -> list[tuple[str, bool]]:
     """(metric, diagonal) of every list; max |FRA| does not depend on the diagonal, so it has one."""
-    from store.queries import METRICS
-
     return [(m, d) for m in METRICS for d in (True, False) if not (m == "max_abs" and not d)]
 
 
@@ -47,8 +47,6 @@ def refresh_top(con, run: int, k: int | None = None) -> None:
     Each list is a plain `ORDER BY value LIMIT K` on rowids only (DuckDB's top-N keeps a K-row heap and
     skips row groups by zone map for plain columns), then one join fetches the K rows' columns.
     """
-    from store.queries import metric_sql
-
     k = int(k or TOP_K)
     con.execute("DELETE FROM pair_top WHERE run = ?", [run])
     con.execute("DELETE FROM pair_top_lists WHERE run = ?", [run])

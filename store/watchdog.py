@@ -1,7 +1,7 @@
 """Time limits for queries: a watchdog thread calls DuckDB's `interrupt()` on the query's cursor when its
 limit passes, and the query fails with `QueryTimeout` (a one-line StoreError) instead of running on.
 
-Every page query runs under `time_limit` (`pages.ui_store`), with the limit from `FRA_QUERY_TIMEOUT_S`
+Every page query runs under `time_limit` (`ui.store`), with the limit from `FRA_QUERY_TIMEOUT_S`
 (default 30 s). Other cursors of the same connection keep working while one is interrupted, and the
 interrupted cursor can run the next statement. The SQL box runs in a process of its own
 (`store.sql_worker`), under the same watchdog plus a hard kill.
@@ -16,7 +16,7 @@ from typing import Iterator
 
 import duckdb
 
-from store.connection import StoreError
+from store.errors import StoreError
 
 DEFAULT_QUERY_TIMEOUT_S = 30.0
 DEFAULT_SQL_TIMEOUT_S = 10.0

@@ -38,14 +38,18 @@ def workspace(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def ebl_sample() -> Path:
     if not EBL_SAMPLE.is_file():
-        pytest.skip(f"eBL sample not found at {EBL_SAMPLE}")
+        # In CI (CI=true) missing shared data is a failure: a green run must not hide skipped tests.
+        message = f"eBL sample not found at {EBL_SAMPLE} (the project's ../shared/data folder)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
     return EBL_SAMPLE
 
 
 @pytest.fixture
 def tiny_model():
     """A 2-layer random HookedTransformer (d_model 32, 4 heads, LayerNorm, MLPs), float32, CPU."""
-    from tests.helpers import make_tiny_model
+    from fra_core.models.tiny import make_tiny_model
 
     return make_tiny_model()
 

@@ -8,10 +8,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from fra_core import jobs
-from fra_core.jobs import SleepConfig
 from fra_core.server import ServerConfig, ServerConfigError, hash_password, verify_password
 from tests.conftest import REPO_ROOT
+from tests.fra_core.sleep_job import SleepConfig
+from tests.fra_core.sleep_job import register as register_sleep
 from tests.store.fake_jobs import make_job
+
+KIND = register_sleep()  # the test-only job kind
 
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-22", "vera": "vera-secret-333"}
 
@@ -110,10 +113,11 @@ def _crafted_action(user: str, action: str) -> None:
     import streamlit as st
 
     from fra_core.workspace import Workspace
-    from pages import ui_auth, ui_store
+    from ui import auth as ui_auth
+    from ui import store as ui_store
 
     st.session_state["fra_user"] = user
-    job_dir = next(p for p in Workspace.from_env().jobs.iterdir() if p.name.startswith("demo-selftest"))
+    job_dir = next(p for p in Workspace.from_env().jobs.iterdir() if p.name.startswith("test-sleep"))
     if action == "launch":
         try:
             ui_auth.launcher()
@@ -136,7 +140,7 @@ def _crafted(user: str, action: str) -> AppTest:
 
 
 def test_actions_refuse_the_wrong_role_even_when_called_directly(server):
-    jobs.new_job_dir(server.jobs, "demo-selftest", SleepConfig(steps=1), owner="bob")
+    jobs.new_job_dir(server.jobs, KIND, SleepConfig(steps=1), owner="bob")
     viewer_launch = _crafted("vera", "launch")
     assert any("cannot launch jobs" in e.value for e in viewer_launch.error)
     assert any(m.value == "allowed" for m in _crafted("bob", "launch").markdown)

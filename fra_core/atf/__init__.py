@@ -19,10 +19,32 @@ from pathlib import Path
 
 from fra_core.atf.audit import AuditReport, audit_fragments
 from fra_core.atf.clean import CLEAN_CHOICES, CleanLine, CleanOptions, annotate, clean_fragment, clean_text_line, render
-from fra_core.atf.parse import (LINE_KINDS, AtfError, AtfLine, Fragment, classify_line, dedupe_ids,
-                                load_fragments, parse_atf, parse_corpus, text_lines)
-from fra_core.atf.vocab import (BOS_ID, EOS_ID, GAP_ID, LINE_SEP, MASK_ID, PAD_ID, SPECIALS, UNK_ID, CharVocab,
-                                VocabError, build_vocab, char_counts)
+from fra_core.atf.parse import (
+    LINE_KINDS,
+    AtfError,
+    AtfLine,
+    Fragment,
+    classify_line,
+    dedupe_ids,
+    load_fragments,
+    parse_atf,
+    parse_corpus,
+    text_lines,
+)
+from fra_core.atf.vocab import (
+    BOS_ID,
+    EOS_ID,
+    GAP_ID,
+    LINE_SEP,
+    MASK_ID,
+    PAD_ID,
+    SPECIALS,
+    UNK_ID,
+    CharVocab,
+    VocabError,
+    build_vocab,
+    char_counts,
+)
 
 
 def sample_path() -> Path:

@@ -56,13 +56,14 @@ def _char_name(ch: str) -> str:
     return unicodedata.name(ch, f"U+{ord(ch):04X}")
 
 
-def audit_fragments(fragments: Sequence[Fragment], options: CleanOptions = CleanOptions(),
+def audit_fragments(fragments: Sequence[Fragment], options: CleanOptions | None = None,
                     max_len: int = 768) -> AuditReport:
     """Audit raw text-line characters and the cleaned text `options` gives.
 
     `max_len` is the model's context: a fragment whose cleaned text (lines joined by newlines, plus
     <bos>) is longer must be chunked by line.
     """
+    options = options if options is not None else CleanOptions()
     kinds: Counter = Counter()
     raw_counts: Counter = Counter()
     clean_counts: Counter = Counter()

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from fra_core.errors import FRAStudioError
 
-class AtfError(ValueError):
+
+class AtfError(FRAStudioError):
     """Input that is not a usable ATF corpus; the message is one line."""
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from fra_core.atf.clean import CleanLine
+from fra_core.errors import FRAStudioError
 
-# the same strings as fra_core.vocab_tokenizer (not imported: that module pulls in transformers)
+# the same strings as fra_core.models.tokenizers (not imported: that module pulls in transformers)
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 
 MASK, GAP = "<mask>", "<gap>"
@@ -31,7 +32,7 @@ LINE_SEP = "\n"  # joins the lines of a chunk
 VOCAB_FORMAT = "fra-char-vocab-v1"
 
 
-class VocabError(ValueError):
+class VocabError(FRAStudioError):
     """A vocabulary file or argument that cannot be used."""
 
 
@@ -98,7 +99,7 @@ class CharVocab:
 
     def to_tokenizer(self):
         """A Hugging Face fast character tokenizer with exactly these ids (prepends <bos>)."""
-        from fra_core.vocab_tokenizer import build_tokenizer
+        from fra_core.models.tokenizers import build_tokenizer
 
         return build_tokenizer(list(self.chars), level="char", special=SPECIALS)
 

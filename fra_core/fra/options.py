@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
+from fra_core.errors import FRAStudioError
 
-class FRAInputError(ValueError):
+
+class FRAInputError(FRAStudioError):
     """Input that the FRA engine cannot decompose (shapes, ranges, unsupported model configs)."""
 
 

@@ -178,7 +178,7 @@ def _present(q_labels, k_labels):
 def reference_pair_aggregates(entries: dict) -> dict:
     """{(head, q_source, q_feature, k_source, k_feature): (n, sum, abs_sum, max, min)} from reference entries."""
     agg = {}
-    for (b, h, i, j, qs, qf, ks, kf), v in entries.items():
+    for (_b, h, _i, _j, qs, qf, ks, kf), v in entries.items():
         n, s, a, mx, mn = agg.get((h, qs, qf, ks, kf), (0, 0.0, 0.0, -np.inf, np.inf))
         agg[(h, qs, qf, ks, kf)] = (n + 1, s + v, a + abs(v), max(mx, v), min(mn, v))
     return agg

@@ -100,7 +100,7 @@ def attach_tokenizer(tl_model, vocab: CharVocab) -> None:
     (which an in-memory tokenizer lacks), so save it to a temporary folder inside the workspace first."""
     import tempfile
 
-    from fra_core.vocab_tokenizer import load_tokenizer, save_tokenizer
+    from fra_core.models.tokenizers import load_tokenizer, save_tokenizer
     from fra_core.workspace import Workspace
 
     root = Workspace.from_env().root

@@ -30,9 +30,22 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fra_core.atf import (
+    BOS_ID,
+    LINE_SEP,
+    MASK_ID,
+    AtfError,
+    CharVocab,
+    CleanLine,
+    CleanOptions,
+    Fragment,
+    build_vocab,
+    clean_fragment,
+    dedupe_ids,
+    load_fragments,
+)
 from fra_core.atomic import atomic_folder
-from fra_core.atf import (BOS_ID, LINE_SEP, MASK_ID, AtfError, CharVocab, CleanLine, CleanOptions, Fragment,
-                          build_vocab, clean_fragment, dedupe_ids, load_fragments)
+from fra_core.errors import FRAStudioError
 from fra_core.server import server_mode
 from fra_core.workspace import Workspace, check_name
 
@@ -40,7 +53,7 @@ SPLITS = ("train", "validation", "test")
 IGNORE_INDEX = -100
 
 
-class DatasetBuildError(ValueError):
+class DatasetBuildError(FRAStudioError):
     """The dataset cannot be built or read; one-line message."""
 
 
@@ -198,7 +211,8 @@ def build_examples(fragments: Sequence[Fragment], cfg: BuildDatasetConfig,
 
 # ----------------------------------------------------------------------------- save / load
 def _to_dataset_dict(examples: dict[str, list[dict]]):
-    from datasets import Dataset, DatasetDict, Features, Sequence as Seq, Value
+    from datasets import Dataset, DatasetDict, Features, Value
+    from datasets import Sequence as Seq
 
     features = Features({
         "fragment_id": Value("string"), "chunk": Value("int32"), "text": Value("string"),

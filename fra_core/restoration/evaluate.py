@@ -17,8 +17,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from fra_core.atf import (BOS_ID, GAP_ID, LINE_SEP, MASK_ID, PAD_ID, SPECIALS, UNK_ID, CharVocab, CleanOptions,
-                          clean_text_line)
+from fra_core.atf import (
+    BOS_ID,
+    GAP_ID,
+    LINE_SEP,
+    MASK_ID,
+    PAD_ID,
+    SPECIALS,
+    UNK_ID,
+    CharVocab,
+    CleanOptions,
+    clean_text_line,
+)
 from fra_core.restoration.dataset import IGNORE_INDEX
 from fra_core.restoration.ngram import NgramModel
 

@@ -41,11 +41,12 @@ from torch import nn
 
 from fra_core.checks import state_dict_problem
 from fra_core.config import JobConfig
+from fra_core.errors import FRAStudioError
 
 CHECKPOINT_FORMAT = "fra-restoration-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FRAStudioError):
     """A checkpoint that is not a usable restoration checkpoint; one-line message."""
 
 

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fra_core.atomic import atomic_folder
-from fra_core.jobs import ConsoleProgress, NullProgress
 from fra_core.atf import PAD_ID
+from fra_core.atomic import atomic_folder
 from fra_core.config import ConfigError, JobConfig
+from fra_core.jobs import ConsoleProgress, NullProgress
 from fra_core.restoration.dataset import IGNORE_INDEX, apply_mask, load_restoration_dataset, sample_mask
 from fra_core.restoration.evaluate import evaluate, fit_ngram, select_ngram
 from fra_core.restoration.model import RestorationModel, RestorationModelConfig, save_checkpoint

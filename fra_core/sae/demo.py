@@ -69,7 +69,7 @@ def ensure_demo_saes(workspace: Workspace | None = None, progress=None, train_if
             _copy_asset(asset_dir / name, dest)
         if not _complete(dest) and train_if_missing and not dest.exists():
             if model is None:
-                from fra_core.demo import load_demo_model
+                from fra_core.models.demo import load_demo_model
 
                 model = load_demo_model(cfg.device, workspace=workspace)
             try:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from fra_core.checks import read_json_file
+from fra_core.errors import FRAStudioError
 from fra_core.server import server_mode
 from fra_core.workspace import Workspace
 
@@ -33,11 +34,11 @@ CKKISSANE_PREFIX, RELEASE_PREFIX = "ckkissane:", "release:"
 CKKISSANE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
 
 
-class SAELoadError(ValueError):
+class SAELoadError(FRAStudioError):
     """An SAE that cannot be loaded; the message names the file and the problem."""
 
 
-class SAECompatibilityError(ValueError):
+class SAECompatibilityError(FRAStudioError):
     """An SAE (or SAE config) that does not fit a model: unknown hook, or d_in not the hook's width."""
 
 
@@ -101,8 +102,8 @@ def _check_weight_shapes(state: dict[str, torch.Tensor], d_in: int, d_sae: int, 
 
 def load_sae_folder(folder: str | Path, device: str = "cpu"):
     """Load a SAELens disk folder (``cfg.json`` + ``sae_weights.safetensors``) with clear errors."""
-    from safetensors import safe_open
     from sae_lens import SAE
+    from safetensors import safe_open
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -184,16 +185,16 @@ def load_release(release: str, sae_id: str, device: str = "cpu"):
     """A SAELens pretrained release through the HF cache; offline it fails at once if files are missing."""
     from sae_lens import SAE
 
-    from fra_core.models import _hf_offline, hub_reachable
+    from fra_core import hub
 
     try:
-        with _hf_offline():
+        with hub.forced_offline():
             return SAE.from_pretrained(release, sae_id, device=str(device))
     except Exception as exc:  # noqa: BLE001 - not cached (or not a release): decide below
         cached_error = exc
     if isinstance(cached_error, ValueError) and "not found" in str(cached_error):
         raise SAELoadError(f"SAELens release {release!r}/{sae_id!r}: {cached_error}") from cached_error
-    if not hub_reachable():
+    if not hub.hub_reachable():
         raise SAELoadError(
             f"SAELens release {release}/{sae_id} is not in the Hugging Face cache and the Hub is unreachable "
             f"(offline). Load it once on a machine with access and copy ~/.cache/huggingface here "

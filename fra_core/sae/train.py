@@ -28,13 +28,14 @@ from typing import Any
 
 from fra_core.atomic import atomic_folder
 from fra_core.config import ConfigError, JobConfig
+from fra_core.errors import FRAStudioError
 from fra_core.jobs import ConsoleProgress, NullProgress
 from fra_core.workspace import Workspace, check_name
 
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
 
 
-class SAEExistsError(ValueError):
+class SAEExistsError(FRAStudioError):
     """The output SAE name is taken; we never overwrite an SAE."""
 
 
@@ -114,8 +115,14 @@ def build_text_dataset(spec: str, n_texts: int, seed: int, workspace: Workspace)
 # ----------------------------------------------------------------------------- SAELens config
 def build_runner_config(cfg: TrainSAEConfig, d_in: int, device: str):
     """The `LanguageModelSAERunnerConfig` for `cfg` (no wandb, no checkpoints, no output folder)."""
-    from sae_lens import (BatchTopKTrainingSAEConfig, JumpReLUTrainingSAEConfig, LanguageModelSAERunnerConfig,
-                          LoggingConfig, StandardTrainingSAEConfig, TopKTrainingSAEConfig)
+    from sae_lens import (
+        BatchTopKTrainingSAEConfig,
+        JumpReLUTrainingSAEConfig,
+        LanguageModelSAERunnerConfig,
+        LoggingConfig,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAEConfig,
+    )
 
     d_sae = cfg.d_sae or cfg.expansion_factor * d_in
     common = dict(d_in=d_in, d_sae=d_sae, dtype="float32", device=device,
@@ -248,7 +255,8 @@ def run_train_sae(cfg: TrainSAEConfig, progress=None, *, model=None,
                   workspace: Workspace | None = None) -> dict[str, Any]:
     """Train, evaluate and save one SAE; returns {"sae_name", "path", metrics...}."""
     import torch
-    from sae_lens import LanguageModelSAETrainingRunner, __version__ as sae_lens_version
+    from sae_lens import LanguageModelSAETrainingRunner
+    from sae_lens import __version__ as sae_lens_version
 
     t0 = time.time()
     progress = progress or NullProgress()

@@ -14,9 +14,24 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import HEALTH_TIMEOUT_S, REPO_ROOT
-from tests.e2e.helpers import (assert_no_errors, caption_number, dataframe_cell, dataframe_columns, dataframe_rows,
-                               error_texts, fill_input, go_to, hover_cell, open_app, page_present, rerun, screenshot,
-                               select_option, vega_charts, wait_for_app)
+from tests.e2e.helpers import (
+    assert_no_errors,
+    caption_number,
+    dataframe_cell,
+    dataframe_columns,
+    dataframe_rows,
+    error_texts,
+    fill_input,
+    go_to,
+    hover_cell,
+    open_app,
+    page_present,
+    rerun,
+    screenshot,
+    select_option,
+    vega_charts,
+    wait_for_app,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fra_core import accumulate_shards as shards
+from fra_core import contracts
 
 
 def demo_tokenizer_folder(root: Path) -> Path:
-    from fra_core.demo import demo_tokenizer
-    from fra_core.vocab_tokenizer import save_tokenizer
+    from fra_core.models.demo import demo_tokenizer
+    from fra_core.models.tokenizers import save_tokenizer
 
     folder = root / "tok"
     if not folder.exists():
@@ -23,8 +23,8 @@ def demo_tokenizer_folder(root: Path) -> Path:
 
 def tiny_demo_model(root: Path, seed: int = 0):
     """make_tiny_model with the demo word tokenizer (n_ctx 64, 4 heads)."""
-    from fra_core.vocab_tokenizer import load_tokenizer
-    from tests.helpers import make_tiny_model
+    from fra_core.models.tiny import make_tiny_model
+    from fra_core.models.tokenizers import load_tokenizer
 
     tok = load_tokenizer(demo_tokenizer_folder(root))
     model = make_tiny_model(d_vocab=len(tok), n_ctx=64, seed=seed, default_prepend_bos=True)
@@ -40,7 +40,7 @@ def tiny_sae(model, layer: int = 1, d_sae: int = 48, seed: int = 0, d_in: int | 
 
 def save_parts(workspace, model, sae, model_name: str = "tiny", sae_name: str = "tiny-sae") -> None:
     from fra_core.models import save_local_model
-    from fra_core.vocab_tokenizer import load_tokenizer
+    from fra_core.models.tokenizers import load_tokenizer
 
     tok = load_tokenizer(demo_tokenizer_folder(workspace.root))
     save_local_model(model, workspace.models / model_name, tokenizer=tok)
@@ -49,9 +49,9 @@ def save_parts(workspace, model, sae, model_name: str = "tiny", sae_name: str = 
 
 def shard_totals(job_dir: Path) -> pd.DataFrame:
     """Sum the shards of a job per pair with pandas (an independent reduction)."""
-    frames = [shards.read_shard_table(job_dir, m["shard"], "pairs").to_pandas() for m in shards.complete_shards(job_dir)]
+    frames = [contracts.read_shard_table(job_dir, m["shard"], "pairs").to_pandas() for m in contracts.complete_shards(job_dir)]
     df = pd.concat(frames)
-    key = list(shards.PAIR_KEY)
+    key = list(contracts.PAIR_KEY)
     return df.groupby(key).agg(n=("n", "sum"), sum=("sum", "sum"), max=("max", "max"), min=("min", "min"),
                                diag_n=("diag_n", "sum"), diag_sum=("diag_sum", "sum")).sort_index()
 
@@ -71,7 +71,7 @@ def direct_totals(model, sae, texts: list[str], cfg) -> pd.DataFrame:
                                   "diag": e["query_pos"] == e["key_pos"]}))
     df = pd.concat(rows)
     df["dv"] = np.where(df["diag"], df["value"], 0.0)
-    return df.groupby(list(shards.PAIR_KEY)).agg(n=("value", "size"), sum=("value", "sum"), max=("value", "max"),
+    return df.groupby(list(contracts.PAIR_KEY)).agg(n=("value", "size"), sum=("value", "sum"), max=("value", "max"),
                                                  min=("value", "min"), diag_n=("diag", "sum"),
                                                  diag_sum=("dv", "sum")).sort_index()
 

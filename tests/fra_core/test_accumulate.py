@@ -6,12 +6,18 @@ import errno
 import numpy as np
 import pytest
 
-from fra_core import accumulate_shards as shards
-from fra_core.accumulate import AccumulateError, AccumulateFRAConfig, ShardWriteError, run_accumulate
+from fra_core import contracts
+from fra_core.accumulate import AccumulateError, AccumulateFRAConfig, ShardWriteError
+from fra_core.accumulate.run import run_accumulate
 from fra_core.datasets import DatasetError, open_texts
 from fra_core.jobs import JobCancelled, Progress
-from tests.fra_core.accumulate_helpers import (assert_totals_equal, direct_totals, shard_totals, tiny_demo_model,
-                                               tiny_sae)
+from tests.fra_core.accumulate_helpers import (
+    assert_totals_equal,
+    direct_totals,
+    shard_totals,
+    tiny_demo_model,
+    tiny_sae,
+)
 
 CFG = dict(model="tiny", q_saes=("tiny-sae",), n_samples=7, batch_size=2, shard_size=3, top_m=3, k_active=6,
            context_length=24, examples_per_pair=2)
@@ -57,11 +63,11 @@ def test_one_job_equals_direct_sum_and_resumed_halves(parts, tmp_path):
     halves = _job(tmp_path, "halves")
     with pytest.raises(JobCancelled):
         run_accumulate(cfg, CancelAfter(halves, 3), model=model, q_saes=[sae])
-    first = [m["samples"] for m in shards.complete_shards(halves)]
+    first = [m["samples"] for m in contracts.complete_shards(halves)]
     assert first and sum(len(s) for s in first) < 7
     resumed = run_accumulate(cfg, Progress(halves), model=model, q_saes=[sae])
     assert resumed["samples"] == 7 and resumed["new_samples"] == 7 - sum(len(s) for s in first)
-    samples = [s for m in shards.complete_shards(halves) for s in m["samples"]]
+    samples = [s for m in contracts.complete_shards(halves) for s in m["samples"]]
     assert sorted(samples) == list(range(7))  # each sample exactly once
     assert_totals_equal(shard_totals(halves), direct)
     # a finished job started again does nothing
@@ -94,12 +100,12 @@ def test_feature_counts_and_sources(parts, tmp_path):
     model, sae = parts
     job = _job(tmp_path, "feat")
     run_accumulate(AccumulateFRAConfig(**CFG), Progress(job), model=model, q_saes=[sae])
-    info = shards.read_run_info(job)
+    info = contracts.read_run_info(job)
     assert info["sources"] == [{"src": 0, "kind": "sae", "name": "tiny-sae", "sae_id": "tiny-sae",
                                 "hook": "blocks.1.ln1.hook_normalized", "d_sae": 48}]
-    feats = shards.read_shard_table(job, 0, "features").to_pandas()
+    feats = contracts.read_shard_table(job, 0, "features").to_pandas()
     assert (feats["n_active"] <= feats["n_tokens"]).all() and feats["n_active"].sum() > 0
-    toks = shards.read_shard_table(job, 0, "feature_tokens").to_pandas()
+    toks = contracts.read_shard_table(job, 0, "feature_tokens").to_pandas()
     assert set(zip(toks["src"], toks["feature"])) == set(zip(feats["src"], feats["feature"]))
     assert not toks.duplicated(["src", "feature", "kind", "token"]).any()
     per_kind = toks.groupby(["src", "feature", "kind"]).agg(n=("n", "sum"), rows=("n", "size")).reset_index()
@@ -107,7 +113,7 @@ def test_feature_counts_and_sources(parts, tmp_path):
     assert set(per_kind["kind"]) == {"tok", "prev"} and (both["rows"] <= 3).all()
     # the top 3 tokens never count more than the feature's activations, and all of them when ≤ 3 tokens seen
     assert (both["n"] <= both["n_active"]).all() and (both.loc[both["rows"] < 3, "n"] == both.loc[both["rows"] < 3, "n_active"]).all()
-    samples = shards.read_shard_table(job, 0, "samples").to_pandas()
+    samples = contracts.read_shard_table(job, 0, "samples").to_pandas()
     vocab = {t for tokens in samples["tokens"] for t in tokens} | {"∅"}
     assert set(toks["token"]) <= vocab
 
@@ -150,19 +156,19 @@ def test_disk_full_keeps_earlier_shards_and_runs(parts, tmp_path, monkeypatch):
     with store.write() as con:
         run_a = ingest_job_shards(con, earlier)["run"]
         before = con.execute("SELECT * FROM pair_stats WHERE run = ? ORDER BY ALL", [run_a]).fetchall()
-    real, calls = shards.write_table_atomic, {"n": 0}
+    real, calls = contracts.write_table_atomic, {"n": 0}
 
     def flaky(table, path):
         calls["n"] += 1
-        if calls["n"] > len(shards.KINDS):  # the second shard's first file: the disk is full
+        if calls["n"] > len(contracts.KINDS):  # the second shard's first file: the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
         real(table, path)
 
-    monkeypatch.setattr(shards, "write_table_atomic", flaky)
+    monkeypatch.setattr(contracts, "write_table_atomic", flaky)
     job = _job(tmp_path, "full")
     with pytest.raises(ShardWriteError, match="shard 1 .*no space left on device.*3 samples of earlier shards"):
         run_accumulate(AccumulateFRAConfig(**CFG), Progress(job), model=model, q_saes=[sae])
-    assert [m["shard"] for m in shards.complete_shards(job)] == [0]
+    assert [m["shard"] for m in contracts.complete_shards(job)] == [0]
     assert not list((job / "shards").glob(".*.tmp"))
     (job / "job.json").write_text('{"kind": "accumulate"}')
     AccumulateFRAConfig(**CFG).save_yaml(job / "config.yaml")
@@ -171,7 +177,7 @@ def test_disk_full_keeps_earlier_shards_and_runs(parts, tmp_path, monkeypatch):
         after = con.execute("SELECT * FROM pair_stats WHERE run = ? ORDER BY ALL", [run_a]).fetchall()
     store.close()
     assert after == before
-    monkeypatch.setattr(shards, "write_table_atomic", real)  # space freed: resume completes the job
+    monkeypatch.setattr(contracts, "write_table_atomic", real)  # space freed: resume completes the job
     assert run_accumulate(AccumulateFRAConfig(**CFG), Progress(job), model=model, q_saes=[sae])["samples"] == 7
 
 
@@ -196,4 +202,4 @@ def test_cancel_file_stops_the_job(parts, tmp_path):
     cancel_job(job)
     with pytest.raises(JobCancelled):
         run_accumulate(AccumulateFRAConfig(**CFG), Progress(job), model=model, q_saes=[sae])
-    assert shards.complete_shards(job) == []
+    assert contracts.complete_shards(job) == []

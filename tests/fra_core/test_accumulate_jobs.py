@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fra_core import accumulate_shards as shards
-from fra_core import jobs
-from fra_core.accumulate import AccumulateFRAConfig, cli_main, run_accumulate
+from fra_core import contracts, jobs
+from fra_core.accumulate import AccumulateFRAConfig
+from fra_core.accumulate.cli import cli_main
+from fra_core.accumulate.run import run_accumulate
 from tests.fra_core.accumulate_helpers import assert_totals_equal, save_parts, shard_totals, tiny_demo_model, tiny_sae
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,11 +42,11 @@ def test_sigkill_resumes_to_same_totals(saved, tmp_path):
 
     cfg = AccumulateFRAConfig(**CFG)
     job = jobs.launch_job(saved.jobs, "accumulate", cfg)
-    _wait(lambda: shards.complete_shards(job) or jobs.job_status(job).get("state") == "failed", 180, "a first shard")
+    _wait(lambda: contracts.complete_shards(job) or jobs.job_status(job).get("state") == "failed", 180, "a first shard")
     pid = jobs.read_json(job / "status.json")["pid"]
     os.killpg(pid, signal.SIGKILL)
     _wait(lambda: jobs.job_status(job)["state"] == "died", 10, "the job to read as died")
-    at_kill = len(shards.complete_shards(job))
+    at_kill = len(contracts.complete_shards(job))
     assert 1 <= at_kill < 15, (at_kill, (job / "log.txt").read_text()[-2000:])
 
     store = Store(saved.db_path)
@@ -60,7 +61,7 @@ def test_sigkill_resumes_to_same_totals(saved, tmp_path):
         n_samples = con.execute("SELECT count(*) FROM samples_done WHERE run = ?", [first["run"]]).fetchone()[0]
     store.close()
     assert first["run"] == second["run"] and first["samples"] + second["samples"] == 30 == n_samples
-    samples = sorted(s for m in shards.complete_shards(job) for s in m["samples"])
+    samples = sorted(s for m in contracts.complete_shards(job) for s in m["samples"])
     assert samples == list(range(30))
 
     reference = tmp_path / "reference"  # one uninterrupted in-process run, parts loaded by name

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 import torch
 
-from fra_core.accumulate_tokens import NO_TOKEN, TOP_TOKENS, FeatureTokenCounter
+from fra_core.accumulate.tokens import NO_TOKEN, TOP_TOKENS, FeatureTokenCounter
 
 
 @pytest.mark.parametrize("n_batches", [1, 8, 20])  # one batch; exactly one fold; folds and a rest

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from fra_core import hub
 from fra_core.datasets import DatasetError, open_texts
 
 
@@ -87,11 +88,10 @@ def test_demo_texts_are_prefix_stable():
 
 
 def test_streamed_dataset_fails_fast_when_hub_unreachable(monkeypatch):
-    import fra_core.datasets as ds
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(ds, "_hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout_s=3.0: False)
     with pytest.raises(DatasetError, match="Hub is unreachable.*disk:<folder>"):
         open_texts("hf:Elriggs/openwebtext-100k")
     with pytest.raises(DatasetError, match="expected hf:<dataset name>"):

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from fra_core.demo import INDUCTION_THRESHOLD, WORDS, demo_texts, load_demo_model
-from fra_core.head_scores import head_scores
+from fra_core.models.demo import INDUCTION_THRESHOLD, WORDS, demo_texts, load_demo_model
+from fra_core.models.head_scores import head_scores
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,11 @@ import pytest
 
 from fra_core import jobs
 from fra_core.jobqueue import JobBusy, JobPermissionError, authorize, device_caps, runner_lock
-from fra_core.jobs import SleepConfig
 from tests.conftest import REPO_ROOT
+from tests.fra_core.sleep_job import SleepConfig
+from tests.fra_core.sleep_job import register as register_sleep
+
+KIND = register_sleep()  # the test-only job kind
 
 
 def _wait(job_dir, states=jobs.TERMINAL_STATES, timeout=60):
@@ -34,7 +37,7 @@ def _runner(job_dir):
 
 
 def test_two_concurrent_resumes_run_the_job_once(workspace):
-    job_dir = jobs.new_job_dir(workspace.jobs, "demo-selftest", SleepConfig(steps=10, step_s=0.1))
+    job_dir = jobs.new_job_dir(workspace.jobs, KIND, SleepConfig(steps=10, step_s=0.1))
     first, second = _runner(job_dir), _runner(job_dir)
     codes = sorted([first.wait(60), second.wait(60)])
     assert codes == [0, 4], codes
@@ -43,7 +46,7 @@ def test_two_concurrent_resumes_run_the_job_once(workspace):
 
 
 def test_start_process_refuses_a_running_job_and_status_trusts_the_lock(workspace):
-    job_dir = jobs.launch_job(workspace.jobs, "demo-selftest", SleepConfig(steps=40, step_s=0.05))
+    job_dir = jobs.launch_job(workspace.jobs, KIND, SleepConfig(steps=40, step_s=0.05))
     _wait(job_dir, ("running",))
     with pytest.raises(JobBusy, match="already running"):
         jobs.start_process(job_dir)
@@ -59,7 +62,7 @@ def test_start_process_refuses_a_running_job_and_status_trusts_the_lock(workspac
 
 
 def test_owners_and_roles(workspace):
-    job_dir = jobs.new_job_dir(workspace.jobs, "demo-selftest", SleepConfig(), owner="alice@example.org")
+    job_dir = jobs.new_job_dir(workspace.jobs, KIND, SleepConfig(), owner="alice@example.org")
     assert jobs.read_json(job_dir / "job.json")["owner"] == "alice@example.org"
     authorize(job_dir, "alice@example.org", "researcher", "cancel")
     authorize(job_dir, "root@example.org", "admin", "delete")
@@ -67,7 +70,7 @@ def test_owners_and_roles(workspace):
         authorize(job_dir, "bob@example.org", "researcher", "cancel")
     with pytest.raises(JobPermissionError):
         authorize(job_dir, "alice@example.org", "viewer", "resume")
-    legacy = jobs.new_job_dir(workspace.jobs, "demo-selftest", SleepConfig(steps=1))
+    legacy = jobs.new_job_dir(workspace.jobs, KIND, SleepConfig(steps=1))
     with pytest.raises(JobPermissionError, match="nobody recorded"):
         authorize(legacy, "bob@example.org", "researcher", "delete")
 
@@ -75,9 +78,9 @@ def test_owners_and_roles(workspace):
 def test_device_cap_queues_the_second_job(workspace, monkeypatch):
     monkeypatch.setenv("FRA_JOB_CAPS", "cpu=1")
     assert device_caps() == {"cpu": 1}
-    a = jobs.launch_job(workspace.jobs, "demo-selftest", SleepConfig(steps=12, step_s=0.1))
+    a = jobs.launch_job(workspace.jobs, KIND, SleepConfig(steps=12, step_s=0.1))
     _wait(a, ("running",))
-    b = jobs.launch_job(workspace.jobs, "demo-selftest", SleepConfig(steps=3, step_s=0.05))
+    b = jobs.launch_job(workspace.jobs, KIND, SleepConfig(steps=3, step_s=0.05))
     deadline = time.time() + 30
     while "position 1" not in str(jobs.job_status(b).get("message")) and time.time() < deadline:
         time.sleep(0.05)
@@ -91,9 +94,9 @@ def test_device_cap_queues_the_second_job(workspace, monkeypatch):
 
 def test_cancel_while_queued(workspace, monkeypatch):
     monkeypatch.setenv("FRA_JOB_CAPS", "cpu=1")
-    a = jobs.launch_job(workspace.jobs, "demo-selftest", SleepConfig(steps=30, step_s=0.1))
+    a = jobs.launch_job(workspace.jobs, KIND, SleepConfig(steps=30, step_s=0.1))
     _wait(a, ("running",))
-    b = jobs.launch_job(workspace.jobs, "demo-selftest", SleepConfig(steps=3, step_s=0.05))
+    b = jobs.launch_job(workspace.jobs, KIND, SleepConfig(steps=3, step_s=0.05))
     _wait(b, ("queued",))
     jobs.cancel_job(b)
     assert _wait(b)["state"] == "cancelled" and jobs.read_metrics(b) == []

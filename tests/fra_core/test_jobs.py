@@ -1,7 +1,10 @@
 import time
 
 from fra_core import jobs
-from fra_core.jobs import SleepConfig
+from tests.fra_core import sleep_job
+from tests.fra_core.sleep_job import SleepConfig
+
+KIND = sleep_job.register()
 
 
 def _wait(job_dir, states, timeout=60):
@@ -15,7 +18,7 @@ def _wait(job_dir, states, timeout=60):
 
 
 def test_job_runs_in_background_process(workspace):
-    job_dir = jobs.launch_job(workspace.jobs, "demo-selftest", SleepConfig(steps=3, step_s=0.05))
+    job_dir = jobs.launch_job(workspace.jobs, KIND, SleepConfig(steps=3, step_s=0.05))
     status = _wait(job_dir, jobs.TERMINAL_STATES)
     assert status["state"] == "done", status
     assert status["result"] == {"steps": 3}
@@ -25,7 +28,7 @@ def test_job_runs_in_background_process(workspace):
 
 
 def test_cancel_stops_the_job(workspace):
-    job_dir = jobs.launch_job(workspace.jobs, "demo-selftest", SleepConfig(steps=200, step_s=0.05))
+    job_dir = jobs.launch_job(workspace.jobs, KIND, SleepConfig(steps=200, step_s=0.05))
     _wait(job_dir, ("running",))
     jobs.cancel_job(job_dir)
     status = _wait(job_dir, jobs.TERMINAL_STATES)
@@ -33,7 +36,7 @@ def test_cancel_stops_the_job(workspace):
 
 
 def test_failure_is_reported_not_raised(workspace):
-    job_dir = jobs.new_job_dir(workspace.jobs, "demo-selftest", SleepConfig(steps=1))
+    job_dir = jobs.new_job_dir(workspace.jobs, KIND, SleepConfig(steps=1))
 
     def boom(cfg, progress):
         raise ValueError("dataset is empty")
@@ -44,6 +47,6 @@ def test_failure_is_reported_not_raised(workspace):
 
 
 def test_dead_process_reads_as_died(workspace):
-    job_dir = jobs.new_job_dir(workspace.jobs, "demo-selftest", SleepConfig(steps=1))
+    job_dir = jobs.new_job_dir(workspace.jobs, KIND, SleepConfig(steps=1))
     jobs.write_json_atomic(job_dir / "status.json", {"state": "running", "pid": 999_999_99})
     assert jobs.job_status(job_dir)["state"] == "died"

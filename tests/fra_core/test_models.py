@@ -4,10 +4,11 @@ import time
 import pytest
 import torch
 
-from fra_core import models
+from fra_core import hub
 from fra_core.models import ModelLoadError, load_local_model, save_local_model
-from fra_core.vocab_tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
-from tests.helpers import make_tiny_model
+from fra_core.models import loading as models
+from fra_core.models.tiny import make_tiny_model
+from fra_core.models.tokenizers import build_tokenizer, load_tokenizer, save_tokenizer
 
 
 def _tokenizer(tmp_path):
@@ -65,7 +66,7 @@ def test_list_and_load_workspace_models(workspace):
 def test_official_model_offline_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # empty cache
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout_s=3.0: False)
     monkeypatch.setattr(models, "is_cached", lambda repo_id: False)
     t0 = time.time()
     with pytest.raises(ModelLoadError, match="not in the Hugging Face cache"):

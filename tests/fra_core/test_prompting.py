@@ -2,8 +2,8 @@
 
 import pytest
 
-from fra_core.demo import demo_texts, load_demo_model
-from fra_core.prompting import PromptError, prompt_tokens, text_for_str_tokens
+from fra_core.models.demo import demo_texts, load_demo_model
+from fra_core.models.prompting import PromptError, prompt_tokens, text_for_str_tokens
 
 
 @pytest.fixture(scope="module")

@@ -56,8 +56,8 @@ def frame_with(at, column: str):
 @functools.lru_cache(maxsize=1)
 def induction_head() -> int:
     """The demo model's strongest layer-1 induction head."""
-    from fra_core.demo import load_demo_model
-    from fra_core.head_scores import head_scores
+    from fra_core.models.demo import load_demo_model
+    from fra_core.models.head_scores import head_scores
 
     scores = head_scores(load_demo_model(), n_seq=8, half_len=20)
     return int(scores["induction"][1].argmax())

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 
-from tests.pages.test_pair_tables_page import _ok, _open, runs_ws  # noqa: F401 - fixture
 from tests.conftest import REPO_ROOT
+from tests.pages.test_pair_tables_page import _ok, _open, runs_ws  # noqa: F401 - fixture
 
 RUNAWAY = "SELECT count(*) FROM range(1000000000) a, range(1000000000) b"
 WRITER = """

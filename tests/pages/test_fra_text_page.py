@@ -47,16 +47,16 @@ def _profiles(model, sae, extra_text: str):
     """Feature meanings from the SAE's activations on the text + 48 demo texts (as the page does)."""
     import pandas as pd
 
-    from fra_core import explore
-    from fra_core.demo import demo_texts
-    from fra_core.prompting import prompt_tokens
+    from fra_core.models.demo import demo_texts
+    from fra_core.models.prompting import prompt_tokens
+    from fra_core.sae import profiles
 
     acts, strs = [], []
     for t in [extra_text, *demo_texts(48, seed=123)]:  # the texts the page describes features with
         tok = prompt_tokens(model, t)
-        acts.append(explore.feature_activations(model, tok, sae).assign(batch=len(strs)))
+        acts.append(profiles.feature_activations(model, tok, sae).assign(batch=len(strs)))
         strs.append([str(s) for s in model.to_str_tokens(tok[0])])
-    return explore.feature_profiles(pd.concat(acts, ignore_index=True), strs).set_index("feature")
+    return profiles.feature_profiles(pd.concat(acts, ignore_index=True), strs).set_index("feature")
 
 
 def test_induction_cells_top_pair_is_current_A_times_after_A(fra_ws):
@@ -72,9 +72,9 @@ def test_induction_cells_top_pair_is_current_A_times_after_A(fra_ws):
     """
     import torch
 
-    from fra_core import explore
-    from fra_core.demo import demo_texts, load_demo_model
-    from fra_core.prompting import prompt_tokens
+    from fra_core.fra import compare
+    from fra_core.models.demo import demo_texts, load_demo_model
+    from fra_core.models.prompting import prompt_tokens
     from fra_core.sae import load_sae
 
     head = induction_head()
@@ -88,7 +88,7 @@ def test_induction_cells_top_pair_is_current_A_times_after_A(fra_ws):
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_pattern")
     pattern = cache["blocks.1.attn.hook_pattern"][0, head]
-    cells = [(i, j) for i, j in zip(*explore.induction_positions(tokens[0].tolist())[["query_pos", "key_pos"]].T.values)
+    cells = [(i, j) for i, j in zip(*compare.induction_positions(tokens[0].tolist())[["query_pos", "key_pos"]].T.values)
              if float(pattern[i, j]) >= 0.5]
     assert len(cells) >= 10, cells  # the head attends from each repeated token to the token after its earlier copy
     q0, k0 = at.number_input(key="fra_text_qpos").value, at.number_input(key="fra_text_kpos").value
@@ -145,9 +145,9 @@ def test_layer_without_an_sae_is_a_message(fra_ws):
 def test_long_text_on_a_workspace_model(workspace):
     """Texts longer than 128 tokens (up to the model's n_ctx) work; the heatmap shows a 128-position window."""
     from fra_core.models import save_local_model
-    from fra_core.vocab_tokenizer import build_tokenizer
+    from fra_core.models.tiny import make_tiny_model
+    from fra_core.models.tokenizers import build_tokenizer
     from tests.fra_core.fra.helpers_fra import make_sae
-    from tests.helpers import make_tiny_model
 
     vocab = [f"w{i}" for i in range(40)]
     save_local_model(make_tiny_model(n_ctx=200, d_vocab=len(vocab) + 4), workspace.models / "long",

@@ -25,7 +25,7 @@ def demo_run(fra_ws):
 @pytest.fixture(autouse=True)
 def _close_cached_stores():
     yield
-    from pages import ui_store
+    from ui import store as ui_store
 
     ui_store._handle.clear()
 

@@ -125,7 +125,7 @@ def test_every_view_renders(runs_ws):
 
 def test_export_bytes_are_valid(runs_ws):
     """What the (deferred) download buttons produce: Parquet, CSV, HTML report, results package."""
-    from pages import ui_store
+    from ui import store as ui_store
 
     at = _open()  # creates the cached store and ingests the runs
     run_id = int(at.selectbox(key="pt_run").value)
@@ -156,8 +156,8 @@ def test_sql_box(runs_ws):
 
 
 def test_bad_input_and_deleted_run(runs_ws):
-    from pages import ui_store
     from store import delete_run
+    from ui import store as ui_store
 
     at = _open()
     at.text_input(key="pt_feature").set_value("abc").run()
@@ -211,7 +211,7 @@ def test_page_never_imports_torch(runs_ws):
 def _close_cached_stores():
     """Each test has its own database file: close the page's cached Store (and its held connection)."""
     yield
-    from pages import ui_store
+    from ui import store as ui_store
 
     ui_store._handle.clear()
 

@@ -16,9 +16,9 @@ def sae_ws(workspace):
     import random
 
     from fra_core.models import save_local_model
+    from fra_core.models.tiny import make_tiny_model
+    from fra_core.models.tokenizers import build_tokenizer
     from fra_core.sae.train import TrainSAEConfig, run_train_sae
-    from fra_core.vocab_tokenizer import build_tokenizer
-    from tests.helpers import make_tiny_model
 
     vocab = [f"w{i}" for i in range(46)]
     save_local_model(make_tiny_model(n_ctx=32), workspace.models / "tiny", tokenizer=build_tokenizer(vocab, "word"))

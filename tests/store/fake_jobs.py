@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from fra_core import accumulate_shards as shards
+from fra_core import contracts
 from fra_core.jobs import write_json_atomic
 
 
@@ -37,8 +37,8 @@ def aggregate(occ: dict[str, np.ndarray], layer: int = 1) -> pa.Table:
             "k_src": np.zeros(len(g)), "k_feat": g["k_feat"], "n": g["n"], "sum": g["sum"],
             "abs_sum": g["abs_sum"], "max": g["max"], "min": g["min"], "diag_n": g["diag_n"],
             "diag_sum": g["diag_sum"], "diag_abs_sum": g["diag_abs_sum"]}
-    return pa.table({name: pa.array(np.asarray(cols[name]), shards.PAIRS_SCHEMA.field(name).type)
-                     for name in shards.PAIRS_SCHEMA.names})
+    return pa.table({name: pa.array(np.asarray(cols[name]), contracts.PAIRS_SCHEMA.field(name).type)
+                     for name in contracts.PAIRS_SCHEMA.names})
 
 
 def examples_for(occ: dict[str, np.ndarray], samples: list[int], layer: int = 1) -> pa.Table:
@@ -47,8 +47,8 @@ def examples_for(occ: dict[str, np.ndarray], samples: list[int], layer: int = 1)
     cols = {"layer": np.full(n, layer), "head": occ["head"], "q_src": np.zeros(n), "q_feat": occ["q_feat"],
             "k_src": np.zeros(n), "k_feat": occ["k_feat"], "sample": sample, "q_pos": np.arange(n) % 7 + 3,
             "k_pos": np.arange(n) % 3, "value": occ["value"]}
-    return pa.table({name: pa.array(np.asarray(cols[name]), shards.EXAMPLES_SCHEMA.field(name).type)
-                     for name in shards.EXAMPLES_SCHEMA.names})
+    return pa.table({name: pa.array(np.asarray(cols[name]), contracts.EXAMPLES_SCHEMA.field(name).type)
+                     for name in contracts.EXAMPLES_SCHEMA.names})
 
 
 # per shard (features 1 and 2 are active 5 and 10 times): feature 1 on 'alpha' 4 / 'beta' 1, always after
@@ -57,7 +57,7 @@ FEATURE_TOKENS = pa.table({
     "src": pa.array([0] * 7, pa.uint16()), "feature": pa.array([1, 1, 1, 2, 2, 2, 2], pa.uint32()),
     "kind": ["tok", "tok", "prev", "tok", "tok", "tok", "prev"],
     "token": ["alpha", "beta", "gamma", "eps", "delta", "zeta", "∅"],
-    "n": pa.array([4, 1, 5, 3, 3, 2, 10], pa.uint64())}, schema=shards.FEATURE_TOKENS_SCHEMA)
+    "n": pa.array([4, 1, 5, 3, 3, 2, 10], pa.uint64())}, schema=contracts.FEATURE_TOKENS_SCHEMA)
 LABELS = {1: "‘alpha’ 80% · after ‘gamma’ 100%", 2: "‘delta’ 30% ‘eps’ 30% ‘zeta’ 20% · after ‘∅’ 100%"}
 
 
@@ -73,7 +73,7 @@ def make_job(jobs_root: Path, name: str, n_shards: int = 3, samples_per_shard: i
     (job_dir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     write_json_atomic(job_dir / "job.json", {"kind": "accumulate", "created": _dt.datetime.now().isoformat(),
                                               "config_hash": f"hash-{name}"})
-    shards.write_run_info(job_dir, {"code_version": "test", "sources": [
+    contracts.write_run_info(job_dir, {"code_version": "test", "sources": [
         {"src": 0, "kind": "sae", "name": "demo-l1-ln1", "sae_id": "demo-l1-ln1", "hook": "blocks.1.ln1.hook_normalized",
          "d_sae": n_feat}]})
     raw = []
@@ -90,7 +90,7 @@ def make_job(jobs_root: Path, name: str, n_shards: int = 3, samples_per_shard: i
                                         "n_tokens": pa.array([40, 40], pa.uint64())})}
         if feature_tokens:
             tables["feature_tokens"] = FEATURE_TOKENS
-        shards.write_shard(job_dir, shard, tables, samples)
+        contracts.write_shard(job_dir, shard, tables, samples)
     write_json_atomic(job_dir / "status.json", {"state": state, "done": n_shards * samples_per_shard,
                                                  "updated": _dt.datetime.now().isoformat(timespec="seconds"),
                                                  "started": _dt.datetime.now().isoformat(timespec="seconds"),

@@ -7,8 +7,8 @@ import io
 
 import pandas as pd
 
-from fra_core.export import csv_safe, dataframe_bytes
 from store import Store, export_pairs_bytes, ingest_job_shards, set_feature_labels
+from store.report import csv_safe, dataframe_bytes
 from tests.store.fake_jobs import make_job
 
 FORMULAS = {1: '=HYPERLINK("http://evil.example","click")', 2: "@SUM(A1:A9)", 3: "+1+1", 4: "-2+3",

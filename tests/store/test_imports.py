@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_store_imports_no_torch():
-    code = ("import sys, store, store.export, fra_core.accumulate, fra_core.datasets, fra_core.export; "
+    code = ("import sys, store, store.export, fra_core.accumulate, fra_core.datasets, store.report; "
             "heavy = [m for m in ('torch', 'transformer_lens', 'sae_lens', 'streamlit') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from store import (StoreError, delete_run, get_run, ingest_job_shards, list_runs, resolve_run,
-                   top_pairs)
+from store import StoreError, delete_run, get_run, ingest_job_shards, list_runs, resolve_run, top_pairs
 from tests.store.fake_jobs import aggregate, concat, make_job
 
 

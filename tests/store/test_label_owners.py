@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from store import Store, StoreError, get_run, ingest_job_shards, set_feature_labels
 from fra_core.jobs import read_json, write_json_atomic
+from store import Store, StoreError, get_run, ingest_job_shards, set_feature_labels
 from tests.store.fake_jobs import make_job
 
 

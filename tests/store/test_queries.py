@@ -5,9 +5,19 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from store import (StoreError, compare_pairs, compare_summary, feature_partners, pair_examples,
-                   register_run, self_fraction_by_head, set_feature_labels, summary_stats, top_pairs,
-                   value_histogram)
+from store import (
+    StoreError,
+    compare_pairs,
+    compare_summary,
+    feature_partners,
+    pair_examples,
+    register_run,
+    self_fraction_by_head,
+    set_feature_labels,
+    summary_stats,
+    top_pairs,
+    value_histogram,
+)
 from store.ingest import refresh_summary
 from store.schema import migrate
 
@@ -39,7 +49,7 @@ def con():
     for name, rows in (("a", ROWS), ("b", [r[:4] + (r[4] * (-1 if r[1] == 3 else 1),) + r[5:] for r in ROWS])):
         run = register_run(con, name, "accumulate", {"model": "demo", "q_sae": "s", "layer": 1})
         con.execute("INSERT INTO sources VALUES (?, 0, 'sae', 's', 's', 'hook', 8)", [run])
-        tbl = _table(rows)
+        tbl = _table(rows)  # noqa: F841 - read by DuckDB's replacement scan below
         con.execute("INSERT INTO pair_stats SELECT ?, *, sum - diag_sum FROM tbl", [run])
         refresh_summary(con, run)
     set_feature_labels(con, "s", {1: "one", 2: "two"})

@@ -6,8 +6,18 @@ import duckdb
 import pandas as pd
 import pytest
 
-from store import (Store, StoreError, check_select, export_pairs, export_pairs_bytes, html_report,
-                   ingest_job_shards, results_package, run_sql_readonly, top_pairs)
+from store import (
+    Store,
+    StoreError,
+    check_select,
+    export_pairs,
+    export_pairs_bytes,
+    html_report,
+    ingest_job_shards,
+    results_package,
+    run_sql_readonly,
+    top_pairs,
+)
 from tests.store.fake_jobs import make_job
 
 

@@ -37,7 +37,7 @@ def con():
 
 def scanned(con, **kwargs):
     """The same query with the run's lists removed (pure pair_stats scan)."""
-    saved = con.execute("SELECT * FROM pair_top_lists").df()
+    saved = con.execute("SELECT * FROM pair_top_lists").df()  # noqa: F841 - DuckDB reads it by name
     con.execute("DELETE FROM pair_top_lists")
     try:
         return top_pairs(con, "r", **kwargs)
@@ -58,10 +58,10 @@ def test_lists_answer_exactly_as_a_scan(con, k):
         got = top_pairs(con, "r", metric=metric, order=order, diagonal=diagonal, n=n, **filters)
         want = scanned(con, metric=metric, order=order, diagonal=diagonal, n=n, **filters)
         pd.testing.assert_frame_equal(got, want, obj=str((metric, order, diagonal, filters, n)))
-    for metric, diagonal in itertools.product(["sum", "mean", "max_abs"], [True, False]):
+    for metric in ("sum", "mean", "max_abs"):  # summary_stats covers both diagonal settings itself
         for head in (None, 2):
             s = summary_stats(con, "r", top_n=20, metric=metric, head=head, layer=None if head is None else 1)
-            saved = con.execute("SELECT * FROM pair_top_lists").df()
+            saved = con.execute("SELECT * FROM pair_top_lists").df()  # noqa: F841 - DuckDB reads it by name
             con.execute("DELETE FROM pair_top_lists")
             t = summary_stats(con, "r", top_n=20, metric=metric, head=head, layer=None if head is None else 1)
             con.execute("INSERT INTO pair_top_lists SELECT * FROM saved")
@@ -104,7 +104,7 @@ def test_compaction_builds_lists_that_match_a_scan(tmp_path):
         for metric, order in itertools.product(["sum", "mean", "max_abs"], ["desc", "abs"]):
             for filters in (dict(), dict(self_pairs="exclude"), dict(head=1)):
                 got = top_pairs(con, run, metric=metric, order=order, n=2, **filters)
-                saved = con.execute("SELECT * FROM pair_top_lists").df()
+                saved = con.execute("SELECT * FROM pair_top_lists").df()  # noqa: F841 - DuckDB reads it by name
                 con.execute("DELETE FROM pair_top_lists")
                 want = top_pairs(con, run, metric=metric, order=order, n=2, **filters)
                 con.execute("INSERT INTO pair_top_lists SELECT * FROM saved")

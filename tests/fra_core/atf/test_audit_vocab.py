@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from fra_core.atf import (GAP_ID, SPECIALS, UNK_ID, CharVocab, CleanLine, VocabError, audit_fragments, build_vocab,
-                          clean_fragment, load_fragments, parse_corpus)
+from fra_core.atf import (
+    GAP_ID,
+    SPECIALS,
+    UNK_ID,
+    CharVocab,
+    CleanLine,
+    VocabError,
+    audit_fragments,
+    build_vocab,
+    clean_fragment,
+    load_fragments,
+    parse_corpus,
+)
 
 
 @pytest.fixture(scope="module")

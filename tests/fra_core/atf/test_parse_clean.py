@@ -8,8 +8,18 @@ import re
 
 import pytest
 
-from fra_core.atf import (AtfError, CleanOptions, Fragment, classify_line, clean_fragment, clean_text_line,
-                          load_fragments, parse_corpus, sample_path, text_lines)
+from fra_core.atf import (
+    AtfError,
+    CleanOptions,
+    Fragment,
+    classify_line,
+    clean_fragment,
+    clean_text_line,
+    load_fragments,
+    parse_corpus,
+    sample_path,
+    text_lines,
+)
 
 ALL_STRIP = CleanOptions(flags="strip", brackets="strip", determinatives="drop", line_numbers="strip",
                          shifts="strip", layout="strip", sign_names="drop", erasures="written", gaps="mark")

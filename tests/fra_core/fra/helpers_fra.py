@@ -6,7 +6,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from tests.helpers import make_tiny_model
+from fra_core.models.tiny import make_tiny_model
 
 
 def make_sae(d_in: int, hook_name: str, d_sae: int = 64, kind: str = "standard", k: int = 6, seed: int = 0,

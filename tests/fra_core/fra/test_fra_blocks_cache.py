@@ -52,7 +52,10 @@ def test_row_cache_follows_weight_changes():
     assert _table(first) == _table(again)
     one_head = compute_fra(model, tok, 1, [2], d, None, OPTS)
     e = first.entries
-    assert _table(one_head) == {k: v for k, v in _table(first).items() if k[1] == 2} and len(e["value"])
+    # a 1-head and a 2-head run batch their GEMMs differently: same pairs, values equal to float32 rounding
+    head2 = {k: v for k, v in _table(first).items() if k[1] == 2}
+    assert _table(one_head).keys() == head2.keys() and len(e["value"])
+    assert all(abs(v - head2[k]) <= 1e-6 for k, v in _table(one_head).items())
     with torch.no_grad():  # in-place changes of the decoder and of W_K: the cached rows are stale
         d.W_dec.mul_(1.5)
         model.blocks[1].attn.W_K.add_(0.1)

@@ -1,7 +1,7 @@
 """A hook_z SAE straight from disk (SAELens has not yet seen a 4-D input, so it has no d_head) works."""
 
-from fra_core.demo import load_demo_model
 from fra_core.fra import compute_fra
+from fra_core.models.demo import load_demo_model
 from fra_core.sae import load_sae
 from fra_core.sae.demo import ensure_demo_saes
 

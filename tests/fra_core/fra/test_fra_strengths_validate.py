@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fra_core.fra import (FRAOptions, compute_fra, dfa_by_source, error_budget, loss_recovered, merge_pair_tables,
-                          pair_aggregates, pair_strengths, top_partners)
+from fra_core.fra import (
+    FRAOptions,
+    compute_fra,
+    dfa_by_source,
+    error_budget,
+    loss_recovered,
+    merge_pair_tables,
+    pair_aggregates,
+    pair_strengths,
+    top_partners,
+)
 
 from .helpers_fra import make_sae, side_saes, tiny, tokens
 

@@ -7,10 +7,22 @@ import pytest
 import torch
 
 from fra_core.atf import CharVocab, build_vocab, clean_fragment, load_fragments, sample_path
-from fra_core.restoration.convert import (TOLERANCE, cli_main, convert_model, max_abs_dlogit, real_token_batches,
-                                          verification_texts)
-from fra_core.restoration.model import (CheckpointError, RestorationModel, RestorationModelConfig, load_checkpoint,
-                                        rope_tables, save_checkpoint)
+from fra_core.restoration.convert import (
+    TOLERANCE,
+    cli_main,
+    convert_model,
+    max_abs_dlogit,
+    real_token_batches,
+    verification_texts,
+)
+from fra_core.restoration.model import (
+    CheckpointError,
+    RestorationModel,
+    RestorationModelConfig,
+    load_checkpoint,
+    rope_tables,
+    save_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")

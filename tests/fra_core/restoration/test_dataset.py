@@ -6,11 +6,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fra_core.atf import (BOS_ID, GAP_ID, LINE_SEP, MASK_ID, SPECIALS, AtfError, CleanLine, clean_fragment,
-                          load_fragments, parse_corpus)
-from fra_core.restoration.dataset import (IGNORE_INDEX, BuildDatasetConfig, DatasetBuildError, build_examples,
-                                          build_restoration_dataset, chunk_lines, load_restoration_dataset,
-                                          maskable_positions, sample_mask)
+from fra_core.atf import (
+    BOS_ID,
+    GAP_ID,
+    LINE_SEP,
+    MASK_ID,
+    SPECIALS,
+    AtfError,
+    CleanLine,
+    clean_fragment,
+    load_fragments,
+    parse_corpus,
+)
+from fra_core.restoration.dataset import (
+    IGNORE_INDEX,
+    BuildDatasetConfig,
+    DatasetBuildError,
+    build_examples,
+    build_restoration_dataset,
+    chunk_lines,
+    load_restoration_dataset,
+    maskable_positions,
+    sample_mask,
+)
 
 MARKUP = set("#?!*[]⸢⸣<>(){}°\\$")  # "%" is content inside compounds (|UR%UR|); shifts checked below
 

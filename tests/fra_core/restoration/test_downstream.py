@@ -74,7 +74,7 @@ def test_stored_tokens_of_the_char_model_come_back_as_text(converted_ws):
     """Opening a stored example (Pair tables → Single text FRA) on the character-level model: its token
     strings join back into the same text."""
     from fra_core.models import load_local_model
-    from fra_core.prompting import prompt_tokens, text_for_str_tokens
+    from fra_core.models.prompting import prompt_tokens, text_for_str_tokens
 
     ws, _, texts = converted_ws
     model = load_local_model(ws.models / "restorer", "cpu")

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 
 from fra_core.atf import MASK_ID, load_fragments
+from fra_core.jobs import NullProgress
 from fra_core.restoration.dataset import IGNORE_INDEX, BuildDatasetConfig, build_restoration_dataset
 from fra_core.restoration.evaluate import Scores, bucket_of, gap_runs, restore_text, select_ngram
 from fra_core.restoration.ngram import NgramModel
-from fra_core.jobs import NullProgress
-from fra_core.restoration.train import (TrainRestorationConfig, lr_at, run_train_restoration,
-                                        train_model, validation)
+from fra_core.restoration.train import TrainRestorationConfig, lr_at, run_train_restoration, train_model, validation
 
 TINY = dict(n_layers=1, d_model=32, n_heads=2, batch_size=8, max_steps=12, log_every=2, eval_every=6,
             val_examples=8, ngram_order=3, device="cpu")

@@ -13,8 +13,8 @@ TINY_VOCAB = [f"w{i}" for i in range(46)]  # + 4 special tokens = d_vocab 50 of 
 def tiny_ws(workspace):
     """(workspace, model ref, dataset spec): a tiny LN model with a word tokenizer, saved as 'tiny'."""
     from fra_core.models import save_local_model
-    from fra_core.vocab_tokenizer import build_tokenizer
-    from tests.helpers import make_tiny_model
+    from fra_core.models.tiny import make_tiny_model
+    from fra_core.models.tokenizers import build_tokenizer
 
     model = make_tiny_model(n_ctx=32)
     save_local_model(model, workspace.models / "tiny", tokenizer=build_tokenizer(TINY_VOCAB, "word"))

@@ -108,8 +108,8 @@ def _save_small_sae(folder, d_in=32, d_sae=48, hook="blocks.0.hook_resid_pre"):
 
 
 def test_folder_loader_errors(workspace, tiny_model):
+    from fra_core.models.tiny import make_tiny_model
     from fra_core.sae import SAECompatibilityError, SAELoadError, check_sae_fits_model, list_saes, load_sae
-    from tests.helpers import make_tiny_model
 
     good = workspace.saes / "good"
     _save_small_sae(good)

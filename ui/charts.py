@@ -6,7 +6,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from pages.ui_store import METRIC_LABELS
+from ui.store import METRIC_LABELS
 
 
 def pair_labels(df: pd.DataFrame) -> list[str]:

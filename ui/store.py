@@ -25,13 +25,30 @@ from typing import Any, Callable
 import pandas as pd
 import streamlit as st
 
-from pages import ui
-from store import (Store, StoreBusy, StoreError, compare_pairs, export_pairs_bytes, feature_partners, get_run,
-                   html_report, ingest_all_jobs, ingest_job_shards, list_runs, pair_examples, results_package_bytes,
-                   self_fraction_by_head, set_feature_labels, summary_stats, top_pairs, value_histogram)
+from store import (
+    Store,
+    StoreBusy,
+    StoreError,
+    compare_pairs,
+    export_pairs_bytes,
+    feature_partners,
+    get_run,
+    html_report,
+    ingest_all_jobs,
+    ingest_job_shards,
+    list_runs,
+    pair_examples,
+    results_package_bytes,
+    self_fraction_by_head,
+    set_feature_labels,
+    summary_stats,
+    top_pairs,
+    value_histogram,
+)
 from store.page_queries import feature_labels, head_summary, human_labels, run_heads, sample_tokens
 from store.sql_worker import run_sql_bounded
 from store.watchdog import memory_limit, query_timeout_s, time_limit
+from ui import common as ui
 
 SYNC_EVERY_S = 2.0
 LINGER_S, MAX_HOLD_S = 0.5, 5.0
@@ -145,7 +162,7 @@ def feature_label_editor(version: tuple, run_id: int, feature: int, src: int) ->
         return
     st.caption(f"Feature {feature} of `{info['sae_id']}` fires on: {info['auto_label'] or '— (no token counts in this run)'}")
     key = f"pt_label_{run_id}_{src}_{feature}"
-    from pages import ui_auth
+    from ui import auth as ui_auth
 
     if not ui_auth.can("label"):
         if info["label"]:
@@ -175,7 +192,7 @@ def saved_labels(sae_ids: tuple[str, ...]) -> dict[tuple[str, int], str]:
 
 
 def _save_label(sae_id: str, feature: int, key: str) -> None:
-    from pages import ui_auth
+    from ui import auth as ui_auth
 
     text = (st.session_state.get(key) or "").strip()
     if not ui_auth.can("label"):  # checked here too: a crafted request reaches the callback
@@ -194,7 +211,8 @@ def _save_label(sae_id: str, feature: int, key: str) -> None:
 
 def open_example_controls(version: tuple, run_id: int, info: dict, examples: pd.DataFrame) -> None:
     """Pick one of the shown example contexts and open it in Single text FRA (its cell selected)."""
-    from pages import ui_auth, ui_goto
+    from ui import auth as ui_auth
+    from ui import goto as ui_goto
 
     if not ui_auth.can("run"):  # Single text FRA is not among a viewer's pages
         return

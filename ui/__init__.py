@@ -1,12 +1,14 @@
-"""Thin Streamlit pages, routed by app.py's `st.navigation`.
+"""Streamlit helpers shared by the pages (sidebar, cached loading, pickers, store views, charts).
 
-Streamlit decides before a server's very first script run whether the app uses its legacy multipage
+pages/ holds only pages; they import this package first. That is also where one Streamlit quirk is
+handled. Streamlit decides before a server's very first script run whether the app uses its legacy multipage
 mode, where every `pages/*.py` beside the main script is a page of its own (`PagesManager.
 uses_pages_directory`: true while a folder named pages/ exists and `st.navigation` has not run yet).
 A deep link (say /fra_text) as that first request then runs the page file alone, without app.py's
-sidebar, under a menu listing every file here, helpers (ui, ui_fra, …) included. Every page imports
-this package first, so here that mode is switched off and the run restarted: it goes through app.py,
-whose `st.navigation` resolves the same URL to the same page.
+sidebar, under Streamlit's automatic menu. (Moving the helpers out of pages/ only shortened that menu: the
+page still ran alone, measured with tests/e2e/test_deep_link.py.) So here, at a page's first import, that
+mode is switched off and the run restarted: it goes through app.py, whose `st.navigation` resolves the same
+URL to the same page.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Per-pair aggregation of FRA entries in torch, keyed by one int64 per pair (no Python dicts).
-
-key = (((head · S + q_src) · D + q_feat) · S + k_src) · D + k_feat, with S the run's number of
-dictionary sources and D the largest d_sae among them. For GPT-2 Small with 11 upstream 49 152-feature
-SAEs: 12 · (11 · 49 152)² ≈ 3.5e12 ≪ 2⁶³.
+"""Per-pair statistics of an accumulation run in torch, keyed by the engine's one int64 pair key
+(`fra_core.fra.aggregate.PairCodec`) and reduced by its one kernel (`reduce_by_key`).
 
 An aggregate table is a dict of 1-D tensors: key, n, sum, abs_sum, max, min, diag_n, diag_sum,
 diag_abs_sum (sums in float64: millions of float32 terms, merged shard by shard). Merging two tables
@@ -18,35 +15,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from fra_core.accumulate_shards import EXAMPLES_SCHEMA, PAIRS_SCHEMA
+from fra_core.contracts import EXAMPLES_SCHEMA, PAIRS_SCHEMA
+from fra_core.fra.aggregate import PairCodec, reduce_by_key
 
 ADD = ("n", "sum", "abs_sum", "diag_n", "diag_sum", "diag_abs_sum")
 STAT_COLUMNS = ADD + ("max", "min")
-
-
-@dataclass(frozen=True)
-class PairCodec:
-    n_heads: int
-    n_sources: int
-    d_max: int
-
-    def __post_init__(self):
-        span = float(self.n_heads) * (self.n_sources * self.d_max) ** 2
-        if span >= 2 ** 62:
-            raise ValueError(f"pair keys overflow int64: {self.n_heads} heads x ({self.n_sources} sources x "
-                             f"{self.d_max} features)^2 = {span:.3g}")
-
-    def encode(self, head, q_src, q_feat, k_src, k_feat) -> torch.Tensor:
-        S, D = self.n_sources, self.d_max
-        return (((head.long() * S + q_src.long()) * D + q_feat.long()) * S + k_src.long()) * D + k_feat.long()
-
-    def decode(self, key: torch.Tensor) -> dict[str, torch.Tensor]:
-        S, D = self.n_sources, self.d_max
-        k_feat, rest = key % D, key // D
-        k_src, rest = rest % S, rest // S
-        q_feat, rest = rest % D, rest // D
-        q_src, head = rest % S, rest // S
-        return {"head": head, "q_src": q_src, "q_feat": q_feat, "k_src": k_src, "k_feat": k_feat}
 
 
 def entry_stats(value: torch.Tensor, diag: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -57,20 +30,6 @@ def entry_stats(value: torch.Tensor, diag: torch.Tensor) -> dict[str, torch.Tens
     return {"n": torch.ones_like(value, dtype=torch.long), "sum": v64, "abs_sum": a64,
             "diag_n": diag.long(), "diag_sum": v64 * d, "diag_abs_sum": a64 * d,
             "max": value.float(), "min": value.float()}
-
-
-def reduce_by_key(key: torch.Tensor, cols: dict[str, torch.Tensor],
-                  inverse: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Group rows by key (sorted output): additive columns add, max/min reduce.
-    `inverse`: a precomputed `torch.unique(key, return_inverse=True)`."""
-    uniq, inv = inverse if inverse is not None else torch.unique(key, return_inverse=True)
-    U = len(uniq)
-    out = {"key": uniq}
-    for c in ADD:
-        out[c] = torch.zeros(U, dtype=cols[c].dtype).scatter_add_(0, inv, cols[c])
-    for c, how in (("max", "amax"), ("min", "amin")):
-        out[c] = torch.empty(U, dtype=cols[c].dtype).scatter_reduce_(0, inv, cols[c], how, include_self=False)
-    return out
 
 
 def merge(tables: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -21,11 +21,12 @@ import pyarrow as pa
 import torch
 
 import fra_core
-from fra_core import accumulate_shards as shards
-from fra_core.accumulate import AccumulateError, AccumulateFRAConfig, ShardWriteError
-from fra_core.accumulate_agg import Examples, PairCodec, entry_stats, examples_table, merge, pairs_table, reduce_by_key
-from fra_core.accumulate_tokens import FeatureTokenCounter
+from fra_core import contracts
+from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig, ShardWriteError
+from fra_core.accumulate.stats import Examples, entry_stats, examples_table, merge, pairs_table
+from fra_core.accumulate.tokens import FeatureTokenCounter
 from fra_core.datasets import open_texts
+from fra_core.fra.aggregate import PairCodec, reduce_by_key
 
 
 def _fra_api():
@@ -118,7 +119,7 @@ class ShardBuffer:
 
     def arrow(self, codec: PairCodec, layer: int) -> dict[str, pa.Table]:
         table = merge(self.tables) if self.tables else None
-        pairs = pairs_table(table, codec, layer) if table is not None else shards.PAIRS_SCHEMA.empty_table()
+        pairs = pairs_table(table, codec, layer) if table is not None else contracts.PAIRS_SCHEMA.empty_table()
         ex = Examples.cat(self.examples).top(self.k) if self.examples else None
         src, feat = self.counts.nonzero(as_tuple=True)
         features = pa.table({"src": pa.array(src.numpy().astype(np.uint16)),
@@ -128,7 +129,7 @@ class ShardBuffer:
         samples = pa.table({"sample": pa.array([s for s, _ in self.samples], pa.uint64()),
                             "n_tokens": pa.array([len(t) for _, t in self.samples], pa.uint16()),
                             "tokens": pa.array([t for _, t in self.samples], pa.list_(pa.string()))},
-                           schema=shards.SAMPLES_SCHEMA)
+                           schema=contracts.SAMPLES_SCHEMA)
         return {"pairs": pairs, "examples": examples_table(ex, codec, layer), "samples": samples, "features": features,
                 "feature_tokens": self.feature_tokens.table(self.token_str)}
 
@@ -181,21 +182,21 @@ def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_sae
 def _write(job_dir: Path, shard: int, buf: ShardBuffer, codec, cfg, n_done: int) -> None:
     samples = [s for s, _ in buf.samples]
     try:
-        shards.write_shard(job_dir, shard, buf.arrow(codec, cfg.layer), samples)
+        contracts.write_shard(job_dir, shard, buf.arrow(codec, cfg.layer), samples)
     except OSError as exc:
         why = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise ShardWriteError(f"could not write shard {shard} ({len(samples)} samples) in "
-                              f"{shards.shards_dir(job_dir)}: "
+                              f"{contracts.shards_dir(job_dir)}: "
                               f"{why}; the {n_done} samples of earlier shards are safe: free space and resume the job"
                               ) from exc
 
 
 def _resume_state(job_dir: Path) -> tuple[set[int], int]:
     done, next_shard = set(), 0
-    for manifest in shards.complete_shards(job_dir):
+    for manifest in contracts.complete_shards(job_dir):
         done.update(int(s) for s in manifest["samples"])
         next_shard = max(next_shard, int(manifest["shard"]) + 1)
-    folder = shards.shards_dir(job_dir)
+    folder = contracts.shards_dir(job_dir)
     if folder.is_dir():  # temp files of a killed writer
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
@@ -208,7 +209,7 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
     progress.update(0, cfg.n_samples, message="loading model and SAEs", force=True)
     model, q_saes, k_saes, heads = load_parts(cfg, model, q_saes, k_saes)
     sources, q_map, k_map = run_sources(cfg, q_saes, k_saes)
-    shards.write_run_info(job_dir, {"code_version": fra_core.__version__, "sources": sources, "heads": heads,
+    contracts.write_run_info(job_dir, {"code_version": fra_core.__version__, "sources": sources, "heads": heads,
                                     "n_heads": model.cfg.n_heads, "model": cfg.model})
     codec = PairCodec(model.cfg.n_heads, len(sources), max(s["d_sae"] for s in sources))
     FRAOptions = _fra_api()[1]
@@ -264,3 +265,11 @@ def _report(progress, cfg, n_done: int, n_start: int, t0: float, last_print: flo
         print(f"{n_done}/{cfg.n_samples} samples  {rate:.1f} samples/s  ETA {eta:.0f} s", flush=True)
         return now
     return last_print
+
+
+def run_accumulate(cfg: AccumulateFRAConfig, progress, *, model=None, q_saes=None, k_saes=None) -> dict[str, Any]:
+    """Job entry point (`fra_core.jobs`): accumulate into `progress.job_dir`/shards; resumable.
+
+    `model` / `q_saes` / `k_saes` may be passed in-process (tests, notebooks) instead of loading refs.
+    """
+    return accumulate(cfg, progress, model=model, q_saes=q_saes, k_saes=k_saes)

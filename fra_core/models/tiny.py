@@ -1,4 +1,4 @@
-"""Helpers shared by tests (not fixtures): tiny seeded models."""
+"""Tiny seeded random HookedTransformers, for tests, benchmarks and quick experiments (CPU, float32)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from __future__ import annotations
 def make_tiny_model(n_layers: int = 2, d_model: int = 32, n_heads: int = 4, d_vocab: int = 50,
                     n_ctx: int = 32, normalization_type: str | None = "LN", attn_only: bool = False,
                     positional_embedding_type: str = "standard", seed: int = 0, **extra):
+    """A random `n_layers`-layer model with random biases (so every bias term of FRA is exercised);
+    `extra` goes to HookedTransformerConfig (e.g. rotary_dim, attention_dir)."""
     import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 

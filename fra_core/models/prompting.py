@@ -6,8 +6,10 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
+from fra_core.errors import FRAStudioError
 
-class PromptError(ValueError):
+
+class PromptError(FRAStudioError):
     """Text that the model cannot take (empty, too long, no tokenizer)."""
 
 

@@ -49,8 +49,8 @@ def apply(prefix: str, model) -> None:
     goto = st.session_state.pop(f"{prefix}_pending", None)
     if goto is None:
         return
-    from fra_core.prompting import PromptError, text_for_str_tokens
-    from pages.ui_fra import side_options
+    from fra_core.models.prompting import PromptError, text_for_str_tokens
+    from ui.sae import side_options
 
     labels = {refs: label for label, refs in side_options(model, goto["layer"]).items()}
     q, k = labels.get(tuple(goto["q_saes"])), labels.get(tuple(goto["k_saes"]))

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import ui, ui_goto
+from ui import common as ui
+from ui import goto as ui_goto
+from ui.sae import side_options
 
 CUSTOM = "custom refs…"
 
@@ -56,27 +58,6 @@ def ensure_demo_saes() -> None:
             st.rerun()
 
 
-def side_options(model, layer: int) -> dict[str, tuple[str, ...]]:
-    """Workspace SAEs that can be a side of `layer`: head-input SAEs of that layer, and all upstream
-    hook_z SAEs (one per layer l < layer) as one combined side."""
-    from fra_core.explore import hook_layer
-    from fra_core.sae import list_saes
-
-    opts: dict[str, tuple[str, ...]] = {}
-    upstream: dict[int, str] = {}
-    for e in list_saes(ui.workspace()):
-        hook = e.hook_name or ""
-        head_input = hook in (f"blocks.{layer}.ln1.hook_normalized", f"blocks.{layer}.hook_resid_pre")
-        if head_input and e.d_in == model.cfg.d_model:
-            opts[f"{e.name}  ({hook})"] = (e.name,)
-        elif hook.endswith("attn.hook_z") and (hook_layer(hook) or 0) < layer:
-            upstream.setdefault(hook_layer(hook), e.name)
-    if upstream:
-        names = tuple(upstream[l] for l in sorted(upstream))
-        opts[f"upstream hook_z: {', '.join(names)}"] = names
-    return opts
-
-
 def select_sides(prefix: str, model, layer: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Query and key SAE pickers (key defaults to the query side); stops with a message if none fit."""
     opts = side_options(model, layer)
@@ -104,7 +85,7 @@ def select_sides(prefix: str, model, layer: int) -> tuple[tuple[str, ...], tuple
 
 def load_side(refs: tuple[str, ...]):
     """One SAE, or a list for hook_z sides (raises SAELoadError & co. with a readable message)."""
-    from pages.ui_sae import get_sae
+    from ui.sae import get_sae
 
     saes = [get_sae(r) for r in refs]
     hooks = [s.cfg.metadata.hook_name or "" for s in saes]
@@ -132,7 +113,7 @@ def layer_head(prefix: str, model, all_heads: bool = True) -> tuple[int, int, bo
 
 def pick_text(prefix: str, ref: str, model) -> str:
     """A demo text (or a default) in an editable text area."""
-    from fra_core.demo import demo_texts
+    from fra_core.models.demo import demo_texts
 
     samples = demo_texts(8, seed=1, n_words=min(48, model.cfg.n_ctx - 2)) if ref == "demo" else [
         "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog."]
@@ -162,7 +143,7 @@ def fra_options(prefix: str, validation: bool = False) -> dict:
 
 def version(refs: tuple) -> tuple:
     """Cache-key part that changes when the workspace or a workspace SAE's weights change."""
-    from pages.ui_sae import sae_stamp
+    from ui.sae import sae_stamp
 
     ws = ui.workspace()
     return (str(ws.root), *(sae_stamp(r, ws) for r in refs))
@@ -174,7 +155,7 @@ def _fra(model_ref: str, device: str, q_refs: tuple, k_refs: tuple, texts: tuple
     import torch
 
     from fra_core.fra import FRAOptions, compute_fra
-    from fra_core.prompting import prompt_tokens
+    from fra_core.models.prompting import prompt_tokens
 
     model = ui.get_model(model_ref)
     toks = [prompt_tokens(model, t) for t in texts]
@@ -194,11 +175,11 @@ def get_fra(model_ref, q_refs, k_refs, texts, layer, heads, opts: dict):
 
 @st.cache_resource(show_spinner="Describing features…", max_entries=16)
 def _profiles(model_ref: str, device: str, refs: tuple, texts: tuple, stamp: tuple):
-    from fra_core.explore import feature_activations, feature_profiles
-    from fra_core.prompting import prompt_tokens
-
     import pandas as pd
     import torch
+
+    from fra_core.models.prompting import prompt_tokens
+    from fra_core.sae.profiles import feature_activations, feature_profiles
 
     model = ui.get_model(model_ref)
     side = load_side(refs)
@@ -220,7 +201,7 @@ def get_profiles(model_ref: str, refs, texts):
 def profile_texts(ref: str, model, text: str) -> tuple[str, ...]:
     """Texts that describe features: the current text plus demo texts for the demo model."""
     if ref == "demo":
-        from fra_core.demo import demo_texts
+        from fra_core.models.demo import demo_texts
 
         return (text, *demo_texts(48, seed=123, n_words=min(48, model.cfg.n_ctx - 2)))
     return (text,)
@@ -228,8 +209,8 @@ def profile_texts(ref: str, model, text: str) -> tuple[str, ...]:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _acts(model_ref: str, device: str, refs: tuple, text: str, stamp: tuple):
-    from fra_core.explore import feature_activations
-    from fra_core.prompting import prompt_tokens
+    from fra_core.models.prompting import prompt_tokens
+    from fra_core.sae.profiles import feature_activations
 
     model = ui.get_model(model_ref)
     return feature_activations(model, prompt_tokens(model, text), load_side(refs))

@@ -12,6 +12,7 @@ import os
 
 import streamlit as st
 
+from fra_core.errors import FRAStudioError
 from fra_core.server import CONFIG_ENV, MODE_ENV, ServerConfig, verify_password
 
 USER_KEY = "fra_user"  # password gate: the signed-in user name
@@ -108,7 +109,7 @@ def logout() -> None:
         st.logout()
 
 
-class AccessDenied(ValueError):
+class AccessDenied(FRAStudioError):
     """The current user's role does not allow this action."""
 
 

@@ -12,8 +12,9 @@ import pandas as pd
 import streamlit as st
 
 from fra_core import jobs
-from pages import ui, ui_auth
 from fra_core.workspace import Workspace
+from ui import auth as ui_auth
+from ui import common as ui
 
 METRIC_TITLES = {"loss": "loss", "l0": "L0 (active features / token)", "explained_variance": "explained variance",
                  "dead_features": "dead features"}
@@ -139,3 +140,24 @@ def job_panel() -> None:
         if warning:
             st.warning(warning, icon="⚠️")
     metrics_charts(jobs.read_metrics(job.path))
+
+
+def side_options(model, layer: int) -> dict[str, tuple[str, ...]]:
+    """Workspace SAEs that can be a side of `layer`: head-input SAEs of that layer, and all upstream
+    hook_z SAEs (one per layer l < layer) as one combined side."""
+    from fra_core.sae import list_saes
+    from fra_core.sae.profiles import hook_layer
+
+    opts: dict[str, tuple[str, ...]] = {}
+    upstream: dict[int, str] = {}
+    for e in list_saes(ui.workspace()):
+        hook = e.hook_name or ""
+        head_input = hook in (f"blocks.{layer}.ln1.hook_normalized", f"blocks.{layer}.hook_resid_pre")
+        if head_input and e.d_in == model.cfg.d_model:
+            opts[f"{e.name}  ({hook})"] = (e.name,)
+        elif hook.endswith("attn.hook_z") and (hook_layer(hook) or 0) < layer:
+            upstream.setdefault(hook_layer(hook), e.name)
+    if upstream:
+        names = tuple(upstream[l] for l in sorted(upstream))
+        opts[f"upstream hook_z: {', '.join(names)}"] = names
+    return opts

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from fra_core import accumulate_shards as shards
+from fra_core import contracts
 
 TOP_TOKENS = 3
 KIND_NAMES = ("tok", "prev")
@@ -51,7 +51,7 @@ class FeatureTokenCounter:
         token ids to their strings."""
         self._fold()
         if not self.keys:
-            return shards.FEATURE_TOKENS_SCHEMA.empty_table()
+            return contracts.FEATURE_TOKENS_SCHEMA.empty_table()
         keys, counts = self.keys[0].numpy(), self.counts[0].numpy()
         group, token = keys // self.n_tok, keys % self.n_tok - 1
         order = np.lexsort((token, -counts, group))  # per group: most frequent first, ties by token id
@@ -67,4 +67,4 @@ class FeatureTokenCounter:
                          "feature": pa.array((src_feat % self.d_max).astype(np.uint32)),
                          "kind": pa.array([KIND_NAMES[k] for k in kind], pa.string()),
                          "token": pa.array([names[t] if t >= 0 else NO_TOKEN for t in token.tolist()], pa.string()),
-                         "n": pa.array(counts.astype(np.uint64))}, schema=shards.FEATURE_TOKENS_SCHEMA)
+                         "n": pa.array(counts.astype(np.uint64))}, schema=contracts.FEATURE_TOKENS_SCHEMA)

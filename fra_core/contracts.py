@@ -1,6 +1,13 @@
-"""The on-disk contract between an accumulation job (writer) and the store (ingest).
+"""The on-disk formats that jobs write and the store reads: job status files and accumulation shards.
 
-A job folder's `shards/` holds, per shard `i` (a batch of samples)::
+Torch-free and duckdb-free: both the job processes and `store` import this module (and only this one of
+fra_core, besides `fra_core.errors`).
+
+A job folder (``$FRA_WORKSPACE/jobs/<job_id>/``, see `fra_core.jobs`) holds `job.json` (kind, created,
+config hash), `config.yaml`, `status.json` (state, done, total, message, pid, result …), `metrics.jsonl`,
+`log.txt`, and for accumulation jobs `run.json` and `shards/`.
+
+An accumulation job folder's `shards/` holds, per shard `i` (a batch of samples)::
 
     shard-000042.pairs.parquet     per-pair aggregates over the shard's samples (PAIRS_SCHEMA)
     shard-000042.examples.parquet  top example contexts per pair within the shard (EXAMPLES_SCHEMA)
@@ -15,7 +22,6 @@ last: a job killed at any instant leaves either a complete shard or one without 
 ingest ignores and the resumed job overwrites. The job folder also holds `sources.json` (the run's
 named node kinds, code version, ...) in `run.json`, written before the first shard.
 
-No torch and no duckdb here: both the job and the store import this module.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from fra_core.errors import FRAStudioError
 
 _KEY = [("layer", pa.uint16()), ("head", pa.uint16()), ("q_src", pa.uint16()), ("q_feat", pa.uint32()),
         ("k_src", pa.uint16()), ("k_feat", pa.uint32())]
@@ -79,10 +87,73 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
     _replace_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
-def write_json_atomic(data: Any, path: Path) -> None:
-    _replace_atomic(path, lambda tmp: tmp.write_text(json.dumps(data), encoding="utf-8"))
 
 
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp name beside `path`, then move it into place (readers see old or new, whole)."""
+    _replace_atomic(Path(path), lambda tmp: tmp.write_text(json.dumps(data, default=str), encoding="utf-8"))
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON in `path`, or `default` when the file is missing or (being written) not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+# ----------------------------------------------------------------------------- job status
+TERMINAL_STATES = ("done", "failed", "cancelled")
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of this process counts as dead
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+RUNNER_LOCK = "runner.lock"  # held (flock) by the one process running a job: fra_core.jobqueue
+
+
+def runner_active(job_dir: Path) -> bool:
+    """Whether a process holds the job's runner lock now (the OS drops it when that process dies)."""
+    import fcntl
+
+    path = Path(job_dir) / RUNNER_LOCK
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def job_status(job_dir: Path) -> dict[str, Any]:
+    """status.json of a job; a "running"/"queued" job whose process is gone reads as "died"."""
+    status = read_json(Path(job_dir) / "status.json", {}) or {}
+    if status.get("state") in ("running", "queued") and not pid_alive(status.get("pid")) \
+            and not runner_active(job_dir):
+        status = {**status, "state": "died",
+                  "message": "the job process is gone (killed or machine restarted); resume it to continue"}
+    return status
+
+
+# ----------------------------------------------------------------------------- accumulation shards
 def write_shard(job_dir: str | Path, shard: int, tables: dict[str, pa.Table], samples: list[int],
                 meta: dict[str, Any] | None = None) -> Path:
     """Write one complete shard (all tables, then the manifest). Raises OSError (e.g. ENOSPC) as is."""
@@ -92,12 +163,12 @@ def write_shard(job_dir: str | Path, shard: int, tables: dict[str, pa.Table], sa
     for kind, schema in KINDS.items():
         table = tables.get(kind, schema.empty_table()) if kind in OPTIONAL_KINDS else tables[kind]
         if not table.schema.equals(schema):
-            raise ValueError(f"shard {shard} {kind} table has schema {table.schema}, expected {schema}")
+            raise FRAStudioError(f"shard {shard} {kind} table has schema {table.schema}, expected {schema}")
         write_table_atomic(table, shard_path(job_dir, shard, kind))
         counts[kind] = table.num_rows
     manifest = {"shard": shard, "samples": [int(s) for s in samples], "rows": counts, **(meta or {})}
     path = shard_path(job_dir, shard, "manifest")
-    write_json_atomic(manifest, path)
+    write_json_atomic(path, manifest)
     return path
 
 
@@ -122,7 +193,7 @@ def read_shard_table(job_dir: str | Path, shard: int, kind: str) -> pa.Table:
 
 def write_run_info(job_dir: str | Path, info: dict[str, Any]) -> None:
     """`info`: {"sources": [{"src", "kind", "name", "sae_id", "hook", "d_sae"}, ...], "code_version", ...}."""
-    write_json_atomic(info, Path(job_dir) / "run.json")
+    write_json_atomic(Path(job_dir) / "run.json", info)
 
 
 def read_run_info(job_dir: str | Path) -> dict[str, Any]:

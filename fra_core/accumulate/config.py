@@ -1,0 +1,90 @@
+"""The accumulation job's config and error types (no torch: pages build the config form from it).
+
+The job runs in its own process (`fra_core.jobs`), streams the dataset in batches, computes exact FRA
+with the engine, aggregates per pair in torch and writes atomic Parquet shards into its job folder
+(`fra_core.contracts`). It never opens the DuckDB file: the app ingests shards
+(`store.ingest_job_shards`). A killed job resumes where it stopped: samples covered by a complete shard
+are skipped, an incomplete shard is redone, so no sample is counted twice.
+
+The work is in `fra_core.accumulate.run`, the CLI in `fra_core.accumulate.cli`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fra_core.config import ConfigError, JobConfig
+from fra_core.errors import FRAStudioError
+
+KIND = "accumulate"
+
+
+class AccumulateError(FRAStudioError):
+    """Bad input for an accumulation job (model/SAE mismatch, heads out of range, ...)."""
+
+
+class ShardWriteError(FRAStudioError, RuntimeError):
+    """A shard could not be written (disk full, permissions); earlier shards are intact."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AccumulateFRAConfig(JobConfig):
+    """Accumulate FRA pair statistics of one layer's heads over a dataset.
+
+    q_saes / k_saes: SAE refs (`fra_core.sae.load_sae`) for the query / key side: one SAE on
+        blocks.L.ln1.hook_normalized or blocks.L.hook_resid_pre, or the upstream blocks.l.attn.hook_z SAEs
+        (l < L). k_saes empty: the key side uses the query side's dictionaries.
+    heads: empty = every head of the layer.
+    dataset: see `fra_core.datasets` ('demo', a .txt/.jsonl path, 'disk:<folder>', 'hf:<name>').
+    include_diagonal: record the query = key cells too (kept apart in the store's diag_* columns, so the
+        pages show every statistic with and without them).
+    top_m: feature pairs kept per (query, key) cell; k_active: features kept per position and side.
+    shard_size: samples per shard, the unit of resume (and of ingest while the job runs).
+    """
+
+    model: str = "demo"
+    q_saes: tuple[str, ...] = ("demo-l1-ln1",)
+    k_saes: tuple[str, ...] = ()
+    layer: int = 1
+    heads: tuple[int, ...] = ()
+    dataset: str = "demo"
+    text_column: str = "text"
+    split: str = "train"
+    n_samples: int = 256
+    context_length: int = 64
+    batch_size: int = 8
+    shard_size: int = 64
+    prepend_bos: bool = True
+    include_diagonal: bool = True
+    exclude_bos_key: bool = False
+    exclude_bos_query: bool = False
+    row_centre: bool = False
+    attention_weighted: bool = False
+    top_m: int = 8
+    k_active: int = 64
+    examples_per_pair: int = 3
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("q_saes", "k_saes"):  # a YAML string means one SAE
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,) if value else ())
+            elif isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        if isinstance(self.heads, (int, list)):
+            object.__setattr__(self, "heads", (self.heads,) if isinstance(self.heads, int) else tuple(self.heads))
+        checks = [(not self.q_saes, "q_saes must name at least one SAE"),
+                  (self.n_samples < 1, f"n_samples must be >= 1, got {self.n_samples}"),
+                  (self.batch_size < 1, f"batch_size must be >= 1, got {self.batch_size}"),
+                  (self.shard_size < 1, f"shard_size must be >= 1, got {self.shard_size}"),
+                  (self.context_length < 2, f"context_length must be >= 2, got {self.context_length}"),
+                  (self.top_m < 1, f"top_m must be >= 1, got {self.top_m}"),
+                  (self.k_active < 1, f"k_active must be >= 1, got {self.k_active}"),
+                  (self.examples_per_pair < 0, f"examples_per_pair must be >= 0, got {self.examples_per_pair}"),
+                  (self.layer < 0, f"layer must be >= 0, got {self.layer}"),
+                  (any(h < 0 for h in self.heads), f"heads must be >= 0, got {list(self.heads)}")]
+        for bad, message in checks:
+            if bad:
+                raise ConfigError(f"AccumulateFRAConfig: {message}")
