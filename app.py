@@ -47,6 +47,8 @@ try:
 except ServerConfigError as exc:
     st.error(f"Server configuration: {exc}")
     st.stop()
+if ui_auth.server_config() is not None and not st.get_option("global.appTest"):
+    st.set_option("client.showErrorDetails", "none")  # a server never shows tracebacks (they go to the log)
 if role is None:  # server mode, not signed in (or no role): the sign-in page is the only page there is
     st.navigation([st.Page(ui_auth.login_screen, title="Sign in", icon=":material/login:")]).run()
     st.stop()
