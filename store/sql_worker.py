@@ -4,8 +4,9 @@ Typed SQL can be arbitrarily expensive (a cross join of `range(1e9)` runs for ho
 process keeps the app's own connection free for every other user, and bounds it three ways: DuckDB's
 `memory_limit` (and a thread cap) on the child's connection, a watchdog thread that calls `interrupt()`
 when the time limit passes (`store.watchdog.time_limit`), and a hard kill of the child a few seconds after
-that. The child opens the file read-only with the SQL box's sandbox settings (`SANDBOX_CONFIG`: no files,
-extensions or settings), after the same single-SELECT check as `store.sql`. Rows come back as Arrow IPC.
+that; it runs on one thread at a lower CPU priority (nice 10). The child opens the file read-only with
+the SQL box's sandbox settings (`SANDBOX_CONFIG`: no files, extensions or settings), after the same
+single-SELECT check as `store.sql`. Rows come back as Arrow IPC.
 
     python -m store.sql_worker <db_path> <timeout_s> <memory_limit> <max_rows>   (SQL on stdin)
 """
@@ -31,6 +32,7 @@ from store.watchdog import QueryTimeout, sql_memory_limit, sql_timeout_s, time_l
 
 KILL_GRACE_S = 5.0
 SQL_THREADS = 1  # the SQL box never takes every core from the pages
+SQL_NICE = 10
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -81,6 +83,7 @@ def _query(db_path: str, sql: str, timeout_s: float, memory_limit: str, limit: i
 
 def main(argv: list[str]) -> int:
     db_path, timeout_s, memory_limit, limit = argv[0], float(argv[1]), argv[2], int(argv[3])
+    os.nice(SQL_NICE)  # the pages' own queries come first on a busy CPU
     try:
         table = _query(db_path, sys.stdin.read(), timeout_s, memory_limit, limit)
     except (StoreError, StoreBusy) as exc:
