@@ -70,6 +70,7 @@ class StoreHandle:
     store: Store
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     last_sync: float = 0.0
+    sql_running: int = 0  # SQL-box processes of this app running now
 
 
 @st.cache_resource(show_spinner=False, max_entries=8, on_release=lambda h: h.store.close())
@@ -109,6 +110,8 @@ def sync_jobs(force: bool = False) -> tuple[list[dict], list[str]]:
     with handle.lock:
         if not force and time.monotonic() - handle.last_sync < SYNC_EVERY_S:
             return [], []
+        if handle.sql_running:  # its process holds a read lock: a write would only wait (ingest after it)
+            return [], []
         handle.last_sync = time.monotonic()
         jobs_root = ui.workspace().jobs
         try:
@@ -145,8 +148,16 @@ def query(name: str, version: tuple, *args: Any, **kwargs: Any) -> Any:
 
 
 def run_sql(sql: str) -> pd.DataFrame:
-    """The SQL box: one SELECT in a sandboxed child process, under its own time and memory limits."""
-    return run_sql_bounded(db_path(), sql)
+    """The SQL box: one SELECT in a sandboxed child process, under its own time and memory limits
+    (ingest-on-view pauses meanwhile: the child's read lock would make every write wait)."""
+    handle = _handle(db_path())
+    with handle.lock:
+        handle.sql_running += 1
+    try:
+        return run_sql_bounded(db_path(), sql)
+    finally:
+        with handle.lock:
+            handle.sql_running -= 1
 
 
 def run_label(row) -> str:
