@@ -90,6 +90,42 @@ class LiveJob(threading.Thread):
                                                              "done": self.written * 8, "updated": time.time()})
 
 
+class RunWatch:
+    """Counts the script runs the server finished for one browser session, from the `script_finished`
+    messages on its WebSocket (protobuf ForwardMsg): exact, whatever the browser batches in its DOM."""
+
+    def __init__(self, page):
+        self.finished = 0
+        self._event = asyncio.Event()
+        page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
+
+    def _frame(self, payload) -> None:
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        if isinstance(payload, str):
+            return
+        msg = ForwardMsg()
+        try:
+            msg.ParseFromString(payload)
+        except Exception:  # noqa: BLE001 - not a ForwardMsg (none expected)
+            return
+        if msg.WhichOneof("type") == "script_finished":
+            self.finished += 1
+            self._event.set()
+
+    async def wait_after(self, before: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.finished <= before:
+            self._event.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no script run finished within {timeout_s:g} s")
+            try:
+                await asyncio.wait_for(self._event.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+
 async def wait_run(page, before: int, timeout_s: float) -> None:
     await page.wait_for_function(IDLE_JS, arg=[before], timeout=timeout_s * 1000)
 
@@ -100,6 +136,7 @@ async def user(browser, url: str, n_requests: int, timeout_s: float, deadline: f
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     await context.add_init_script(DONE_COUNTER_JS)
     page = await context.new_page()
+    runs = RunWatch(page)
     try:
         await page.goto(f"{url}/pair_tables", wait_until="domcontentloaded")
         await page.wait_for_selector(f'{APP}[data-test-script-state="notRunning"]', timeout=120_000)
@@ -111,20 +148,22 @@ async def user(browser, url: str, n_requests: int, timeout_s: float, deadline: f
                 break
             field = page.get_by_label("Min count") if i % 2 == 0 else page.get_by_label("Rows")
             value = str(2 + (i // 2) % 4) if i % 2 == 0 else str(50 + 10 * i)  # always a new value: a rerun
-            before = await page.evaluate("() => window.__stDone || 0")
             t0 = time.monotonic()
             try:
                 await field.fill(value)
                 await expect(field).to_have_value(value, timeout=timeout_s * 1000)  # typed before committing
+                before = runs.finished
+                t0 = time.monotonic()
                 await field.press("Enter")
-                await wait_run(page, before, timeout_s)
+                await runs.wait_after(before, timeout_s)
+                await page.wait_for_selector(f'{APP}[data-test-script-state="notRunning"]', timeout=timeout_s * 1000)
                 out["latencies"].append(time.monotonic() - t0)
                 errors = await page.locator(ERRORS).all_inner_texts()
                 if errors:
                     out["errors"].append(errors[0][:200])
             except Exception as exc:  # noqa: BLE001 - a timed-out request is counted as an error
                 state = await page.evaluate("() => [document.querySelector('[data-testid=\"stApp\"]')"
-                                            "?.getAttribute('data-test-script-state'), window.__stDone]")
+                                            "?.getAttribute('data-test-script-state'), window.__stDone]") + [runs.finished]
                 out["errors"].append(f"{type(exc).__name__} (request {i}, {value!r}, app state {state}): "
                                      f"{str(exc).splitlines()[0][:120]}")
     finally:

@@ -8,7 +8,10 @@ that; it runs on one thread at a lower CPU priority (nice 10). The child opens t
 the SQL box's sandbox settings (`SANDBOX_CONFIG`: no files, extensions or settings), after the same
 single-SELECT check as `store.sql`. Rows come back as Arrow IPC.
 
-    python -m store.sql_worker <db_path> <timeout_s> <memory_limit> <max_rows>   (SQL on stdin)
+    python -m store.sql_worker <db_path> <timeout_s> <deadline> <memory_limit> <max_rows>   (SQL on stdin)
+
+The limit counts from the click, not from the child's start: the parent passes the deadline (epoch
+seconds), so a slow start on a busy machine comes out of the query's time, not on top of it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from store.queries import MAX_UI_ROWS
 from store.sql import check_select
 from store.watchdog import QueryTimeout, sql_memory_limit, sql_timeout_s, time_limit
 
-KILL_GRACE_S = 5.0
+KILL_GRACE_S = 3.0
 SQL_THREADS = 1  # the SQL box never takes every core from the pages
 SQL_NICE = 10
 _ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +47,8 @@ def run_sql_bounded(db_path: str | Path, sql: str, timeout_s: float | None = Non
     memory_limit = memory_limit or sql_memory_limit()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
     try:
-        proc = subprocess.run([sys.executable, "-m", "store.sql_worker", str(db_path), str(timeout_s), memory_limit,
+        proc = subprocess.run([sys.executable, "-m", "store.sql_worker", str(db_path), str(timeout_s),
+                               repr(time.time() + timeout_s), memory_limit,
                                str(int(limit))], input=sql.encode("utf-8"), capture_output=True, env=env,
                               timeout=timeout_s + KILL_GRACE_S, cwd=_ROOT)
     except subprocess.TimeoutExpired:  # subprocess.run has killed it
@@ -59,17 +63,16 @@ def run_sql_bounded(db_path: str | Path, sql: str, timeout_s: float | None = Non
     raise {"timeout": QueryTimeout, "busy": StoreBusy}.get(error["kind"], StoreError)(error["message"])
 
 
-def _query(db_path: str, sql: str, timeout_s: float, memory_limit: str, limit: int) -> pa.Table:
+def _query(db_path: str, sql: str, timeout_s: float, deadline: float, memory_limit: str, limit: int) -> pa.Table:
     query = check_select(sql)
-    t0 = time.monotonic()
     unlocked = {k: v for k, v in SANDBOX_CONFIG.items() if k != "lock_configuration"}
-    con = connect(db_path, read_only=True, timeout_s=timeout_s,
+    con = connect(db_path, read_only=True, timeout_s=max(deadline - time.time(), 0.01),
                   config={**unlocked, "memory_limit": memory_limit, "threads": SQL_THREADS})
     # no progress bar (stdout carries the rows), then lock every setting as SANDBOX_CONFIG does
     con.execute("SET enable_progress_bar = false")
     con.execute("SET lock_configuration = true")
     try:
-        with time_limit(con, max(timeout_s - (time.monotonic() - t0), 0.01), "query", limit_s=timeout_s):
+        with time_limit(con, max(deadline - time.time(), 0.01), "query", limit_s=timeout_s):
             result = con.sql(query).limit(limit).arrow()  # DuckDB 2 gives a RecordBatchReader
             return result.read_all() if isinstance(result, pa.RecordBatchReader) else result
     except duckdb.PermissionException as exc:
@@ -82,10 +85,10 @@ def _query(db_path: str, sql: str, timeout_s: float, memory_limit: str, limit: i
 
 
 def main(argv: list[str]) -> int:
-    db_path, timeout_s, memory_limit, limit = argv[0], float(argv[1]), argv[2], int(argv[3])
+    db_path, timeout_s, deadline, memory_limit, limit = argv[0], float(argv[1]), float(argv[2]), argv[3], int(argv[4])
     os.nice(SQL_NICE)  # the pages' own queries come first on a busy CPU
     try:
-        table = _query(db_path, sys.stdin.read(), timeout_s, memory_limit, limit)
+        table = _query(db_path, sys.stdin.read(), timeout_s, deadline, memory_limit, limit)
     except (StoreError, StoreBusy) as exc:
         kind = "timeout" if isinstance(exc, QueryTimeout) else "busy" if isinstance(exc, StoreBusy) else "error"
         sys.stdout.write(json.dumps({"kind": kind, "message": str(exc)}))
