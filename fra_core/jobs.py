@@ -42,7 +42,7 @@ from fra_core.jobqueue import JobBusy, device_slot, job_device, runner_lock
 # added with `register_job_kind` (tests, plugins) runs without being listed here.
 JOB_KINDS: dict[str, tuple[str, str]] = {
     "train-sae": ("fra_core.sae.train:TrainSAEConfig", "fra_core.sae.train:run_train_sae"),
-    "accumulate": ("fra_core.accumulate:AccumulateFRAConfig", "fra_core.accumulate.run:run_accumulate"),
+    "accumulate": ("fra_core.accumulate:AccumulateFRAConfig", "fra_core.accumulate.job:run_accumulate"),
     "train-restoration": (
         "fra_core.restoration.train:TrainRestorationConfig",
         "fra_core.restoration.train:run_train_restoration",

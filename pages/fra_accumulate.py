@@ -101,6 +101,14 @@ with st.expander("New accumulation run", expanded=True):
                  exclude_bos_query=c[1].checkbox("Exclude BOS as query", key="acc_bos_query"),
                  row_centre=c[2].checkbox("Row-centre scores", key="acc_row_centre"),
                  attention_weighted=c[2].checkbox("Weight by attention", key="acc_attn_weighted"))
+    c = st.columns([1, 2, 1])
+    executor = c[0].selectbox("Executor", ["local", "ray"], key="acc_executor",
+                              help="ray: the shards run on Ray workers; both write identical shards")
+    if executor == "ray":
+        flags.update(ray_address=c[1].text_input("Ray address (blank: $RAY_ADDRESS, else a local cluster)",
+                                                 key="acc_ray_address").strip(),
+                     ray_workers=int(c[2].number_input("Ray workers (0 = one per GPU or CPU)", min_value=0, value=0,
+                                                       key="acc_ray_workers")))
     cfg = None
     try:
         heads = tuple(int(h) for h in heads_text.replace(" ", "").split(",") if h)
@@ -115,7 +123,7 @@ with st.expander("New accumulation run", expanded=True):
                 model=model, q_saes=tuple(q_saes), k_saes=tuple(k_saes), layer=layer, heads=heads,
                 dataset=dataset, text_column=column, split=split, n_samples=n_samples, context_length=context,
                 batch_size=batch, shard_size=shard, top_m=top_m, k_active=k_active, examples_per_pair=examples,
-                device=ui.device_choice(), seed=seed, **flags)
+                device=ui.device_choice(), seed=seed, executor=executor, **flags)
         except ValueError as exc:
             ui.show_error(exc, "Invalid settings")
     if cfg is not None:

@@ -44,21 +44,24 @@ def validate(model_ref, device, q_refs, k_refs, texts, layer, heads, opts_items,
     """Error budgets and loss-recovered rows; one batch when the texts share a token length (so the
     mean-ablation baseline is the batch mean), else one text at a time."""
     from fra_core.fra import error_budget, loss_recovered
+    from fra_core.fra.completeness import check
     from fra_core.models.prompting import prompt_tokens
 
     lengths = {prompt_tokens(model, t).shape[1] for t in texts}
     batches = [list(texts)] if len(lengths) == 1 else [[t] for t in texts]
-    budgets, losses = [], []
+    budgets, losses, notes = [], [], set()
     for batch in batches:
         tokens, result = fu.get_fra(model_ref, q_refs, k_refs, batch, layer, heads, dict(opts_items))
+        check(result, "validation")  # Σ terms must equal the scores (≤ 1e-4) before anything is reported
+        notes.add(result.assumptions())
         budgets.append(error_budget(result))
         for label, inc in INCLUDES.items():
             losses.append({"include": label, **loss_recovered(model, tokens, result, inc)})
-    return budgets, pd.DataFrame(losses)
+    return budgets, pd.DataFrame(losses), sorted(n for n in notes if n)
 
 
 try:
-    budgets, losses = validate(ref, ui.device_choice(), q_refs, k_refs, tuple(texts), layer,
+    budgets, losses, notes = validate(ref, ui.device_choice(), q_refs, k_refs, tuple(texts), layer,
                                None if heads is None else tuple(heads), tuple(sorted(opts.items())),
                                fu.version(q_refs + k_refs))
 except ValueError as exc:
@@ -77,6 +80,8 @@ m[0].metric("mean |score|", f"{sum(b['mean_abs_score'] for b in budgets) / len(b
 m[1].metric("kept pairs' share", f"{sum(b['kept_pairs_share'] for b in budgets) / len(budgets):.2f}")
 m[2].metric("numerical error (mean |Σ−score|)", f"{max(b['numerical'] for b in budgets):.1e}")
 m[3].metric("truncated (K < L0)", "yes" if any(b["truncated"] for b in budgets) else "no")
+for note in notes:
+    st.caption(f"Exact with {note}.")
 left, right = st.columns([2, 3])
 with left:
     st.dataframe(mean.rename(columns={"mean_abs": "mean |contribution|", "share": "share of mean |score|"}),

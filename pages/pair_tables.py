@@ -61,7 +61,9 @@ except StoreError as exc:
 sources = {int(s["src"]): s["name"] for s in info["sources"]}
 st.caption(f"model **{info['model_id']}** · SAEs {info['q_sae_id']} × {info['k_sae_id']} · layer {info['layer']} · "
            f"status {info['status']} · created {info['created']} · wall time "
-           f"{'%.1f s' % info['wall_s'] if info['wall_s'] else '—'}")
+           f"{'%.1f s' % info['wall_s'] if info['wall_s'] else '—'} · completeness "
+           + (f"**{info['completeness']:.1e}** (worst head: max |Σ terms − scores| / max |scores|, first batch)"
+              if info.get("completeness") is not None else "not measured (run from before the check)"))
 cols = st.columns(4)
 cols[0].metric("Samples", f"{int(info['n_samples']):,}")
 cols[1].metric("Unique pairs", f"{int(per_head['unique_pairs'].sum()):,}")

@@ -83,11 +83,20 @@ def _register_job(con, job_dir: Path) -> int:
                 con.execute("INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?)",
                             [run, src["src"], src["kind"], src["name"], src.get("sae_id"), src.get("hook"),
                              src.get("d_sae")])
+        _store_completeness(con, run, info.get("completeness") or {})
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
     return run
+
+
+def _store_completeness(con, run: int, completeness: dict) -> None:
+    """run.json "completeness": {"<layer>": {"<head>": max_relative_error}} → run_completeness rows."""
+    for layer, heads in completeness.items():
+        for head, err in heads.items():
+            con.execute("INSERT OR REPLACE INTO run_completeness VALUES (?, ?, ?, ?)",
+                        [run, int(layer), int(head), float(err)])
 
 
 def _insert_arrow(con, table: str, run: int, view: str, columns: tuple[str, ...] | list[str]) -> None:

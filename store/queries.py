@@ -242,6 +242,9 @@ def get_run(con, run: int | str) -> dict[str, Any]:
     out["config"] = json.loads(out["config"]) if out.get("config") else {}
     out["sources"] = con.execute("SELECT src, kind, name, sae_id, hook, d_sae FROM sources WHERE run = ?"
                                  " ORDER BY src", [run_id]).df().to_dict("records")
+    # the job's measured completeness (first batch): worst max |Σ terms − scores| / max |scores| over heads
+    out["completeness"] = con.execute("SELECT max(max_relative_error) FROM run_completeness WHERE run = ?",
+                                      [run_id]).fetchall()[0][0]
     return out
 
 

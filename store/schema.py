@@ -149,6 +149,15 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             PRIMARY KEY (run, src, feature)
         );
     """),
+    ("0009_run_completeness", """
+        -- per run, layer and head: the measured max |Σ FRA terms − hook_attn_scores| / max |scores| of the
+        -- job's first batch (read from run.json "completeness"; jobs fail above 1e-4)
+        CREATE TABLE run_completeness (
+            run UINTEGER NOT NULL, layer USMALLINT NOT NULL, head USMALLINT NOT NULL,
+            max_relative_error DOUBLE NOT NULL,
+            PRIMARY KEY (run, layer, head)
+        );
+    """),
     ("0011_owners", """
         -- who launched a run's job (job.json "owner"; NULL in local mode and for older jobs), and who last
         -- set a feature's label
@@ -161,7 +170,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
 RUN_TABLES: tuple[str, ...] = ("pair_stats", "pair_stats_staged", "pair_summary", "pair_examples",
                                "pair_examples_staged", "pair_top", "pair_top_lists",
                                "samples_done", "ingested_shards", "sources", "feature_counts", "feature_tokens",
-                               "feature_auto_labels")
+                               "feature_auto_labels", "run_completeness")
 
 
 def applied_migrations(con) -> list[str]:

@@ -152,7 +152,8 @@ def side_options(model, layer: int) -> dict[str, tuple[str, ...]]:
     upstream: dict[int, str] = {}
     for e in list_saes(ui.workspace()):
         hook = e.hook_name or ""
-        head_input = hook in (f"blocks.{layer}.ln1.hook_normalized", f"blocks.{layer}.hook_resid_pre")
+        head_input = hook in (f"blocks.{layer}.ln1.hook_normalized", f"blocks.{layer}.hook_resid_pre",
+                              f"blocks.{layer - 1}.hook_resid_post")  # the same stream as resid_pre
         if head_input and e.d_in == model.cfg.d_model:
             opts[f"{e.name}  ({hook})"] = (e.name,)
         elif hook.endswith("attn.hook_z") and (hook_layer(hook) or 0) < layer:

@@ -4,7 +4,8 @@ The job streams a dataset in batches, computes exact FRA with the engine, aggreg
 atomic Parquet shards into its job folder (formats: `fra_core.contracts`); the app ingests them into
 DuckDB (`store.ingest_job_shards`). A killed job resumes where it stopped.
 
-Modules: `config` (the job config, torch-free: importing this package stays light), `run` (the job loop),
+Modules: `config` (the job config, torch-free: importing this package stays light), `job` (the entry point:
+picks the executor), `run` (the local loop and the one shard body), `ray_executor` (shards on Ray workers),
 `stats` (per-pair statistics in torch), `tokens` (per-feature token counts), `cli`.
 """
 

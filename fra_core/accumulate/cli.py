@@ -2,18 +2,22 @@
 
 Runs the same job as the accumulation page, in this process, writing into a job folder of the workspace;
 bad input exits 2 with a one-line reason. `--ingest` then loads the shards into the workspace database.
+`--executor ray [--ray-address ADDR] [--ray-workers N]` spreads the shards over a Ray cluster (the
+config's executor fields, overridden; on `--job-dir` the job's config.yaml is updated: either executor
+writes the same shards, so a job may be resumed on the other one).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from fra_core.accumulate.config import KIND, AccumulateFRAConfig
+from fra_core.accumulate.config import EXECUTORS, KIND, AccumulateFRAConfig
 from fra_core.config import ConfigError
 
 
@@ -24,7 +28,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--job-dir", help="resume this existing job folder instead of creating a new one")
     p.add_argument("--ingest", action="store_true",
                    help="ingest the shards into the workspace database at the end (skipped if the app holds it)")
+    ray = p.add_argument_group("executor (overrides the config's fields)")
+    ray.add_argument("--executor", choices=EXECUTORS, help="local: this process; ray: shard tasks on Ray workers")
+    ray.add_argument("--ray-address", help="Ray cluster address ('auto', 'ray://head:10001'); default $RAY_ADDRESS, "
+                     "else a local cluster started by the job")
+    ray.add_argument("--ray-workers", type=int, help="worker actors (0 = one per GPU, else one per CPU)")
+    ray.add_argument("--ray-gpus-per-worker", type=float, help="GPUs per worker (-1 = 1 if the cluster has GPUs)")
+    ray.add_argument("--ray-cpus-per-worker", type=float, help="CPUs per worker (its torch threads)")
     return p
+
+
+def _overrides(args) -> dict:
+    names = ("executor", "ray_address", "ray_workers", "ray_gpus_per_worker", "ray_cpus_per_worker")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
 def _ingest(job_dir: Path) -> int:
@@ -53,6 +69,13 @@ def cli_main(argv: list[str]) -> int:
             job_dir = None
         else:
             raise ConfigError("give --config <file.yaml> (or --job-dir <folder> to resume)")
+        overrides = _overrides(args)
+        if overrides:
+            cfg = dataclasses.replace(cfg, **overrides)  # validated again by the config itself
+            if job_dir is not None:  # resume with another executor: the job's files say so too
+                cfg.save_yaml(job_dir / "config.yaml")
+                meta = jobs.read_json(job_dir / "job.json", {}) or {}
+                jobs.write_json_atomic(job_dir / "job.json", {**meta, "run": jobs.JOB_KINDS[KIND][1]})
         open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed)  # fail fast on a bad dataset
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

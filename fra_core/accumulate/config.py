@@ -17,6 +17,7 @@ from fra_core.config import ConfigError, JobConfig
 from fra_core.errors import FRAStudioError
 
 KIND = "accumulate"
+EXECUTORS = ("local", "ray")
 
 
 class AccumulateError(FRAStudioError):
@@ -39,7 +40,16 @@ class AccumulateFRAConfig(JobConfig):
     include_diagonal: record the query = key cells too (kept apart in the store's diag_* columns, so the
         pages show every statistic with and without them).
     top_m: feature pairs kept per (query, key) cell; k_active: features kept per position and side.
-    shard_size: samples per shard, the unit of resume (and of ingest while the job runs).
+    shard_size: samples per shard, the unit of resume (and of ingest while the job runs); shard i holds
+        samples [i·shard_size, (i+1)·shard_size) of the dataset order, whichever executor computes it.
+    executor: "local" (this process) or "ray" (shard tasks on Ray workers, `fra_core.accumulate.ray_executor`;
+        the job folder must be on storage every worker can write).
+    ray_address: "" = $RAY_ADDRESS when set, else a local Ray cluster started (and stopped) by the job;
+        otherwise passed to `ray.init(address=...)` ("auto", "ray://head:10001", "head:6379").
+    ray_workers: worker actors (each loads the model and SAEs once); 0 = one per GPU of the cluster,
+        else one per `ray_cpus_per_worker` CPUs.
+    ray_gpus_per_worker: GPUs per worker; -1 = 1 when the cluster has GPUs, else 0.
+    ray_cpus_per_worker: CPUs per worker (also its torch thread count).
     """
 
     model: str = "demo"
@@ -65,6 +75,11 @@ class AccumulateFRAConfig(JobConfig):
     examples_per_pair: int = 3
     device: str = "auto"
     seed: int = 0
+    executor: str = "local"
+    ray_address: str = ""
+    ray_workers: int = 0
+    ray_gpus_per_worker: float = -1
+    ray_cpus_per_worker: float = 1
 
     def __post_init__(self):
         for name in ("q_saes", "k_saes"):  # a YAML string means one SAE
@@ -84,7 +99,15 @@ class AccumulateFRAConfig(JobConfig):
                   (self.k_active < 1, f"k_active must be >= 1, got {self.k_active}"),
                   (self.examples_per_pair < 0, f"examples_per_pair must be >= 0, got {self.examples_per_pair}"),
                   (self.layer < 0, f"layer must be >= 0, got {self.layer}"),
-                  (any(h < 0 for h in self.heads), f"heads must be >= 0, got {list(self.heads)}")]
+                  (any(h < 0 for h in self.heads), f"heads must be >= 0, got {list(self.heads)}"),
+                  (self.executor not in EXECUTORS, f"executor must be one of {list(EXECUTORS)}, got {self.executor!r}"),
+                  (not isinstance(self.ray_address, str), f"ray_address must be a string, got {self.ray_address!r}"),
+                  (self.ray_workers < 0, f"ray_workers must be >= 0 (0 = one per GPU or CPU), got {self.ray_workers}"),
+                  (self.ray_gpus_per_worker < 0 and self.ray_gpus_per_worker != -1,
+                   f"ray_gpus_per_worker must be >= 0 or -1 (auto), got {self.ray_gpus_per_worker}"),
+                  (self.ray_cpus_per_worker <= 0, f"ray_cpus_per_worker must be > 0, got {self.ray_cpus_per_worker}"),
+                  (self.executor == "local" and (self.ray_address or self.ray_workers),
+                   "ray_address / ray_workers need executor: ray (got executor: local)")]
         for bad, message in checks:
             if bad:
                 raise ConfigError(f"AccumulateFRAConfig: {message}")

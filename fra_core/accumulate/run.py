@@ -1,9 +1,11 @@
 """The accumulation loop: texts → tokens → exact FRA (engine) → per-pair aggregates → Parquet shards.
 
-Samples are numbered by their index in the dataset's fixed order. A shard covers `shard_size` samples;
-its manifest (written last) lists them. On (re)start the job reads the manifests, skips the samples
-they cover and numbers new shards after the last one, so SIGKILL at any point costs at most one shard
-of work and never counts a sample twice.
+Samples are numbered by their index in the dataset's fixed order. Shard i covers samples
+[i·shard_size, (i+1)·shard_size); its manifest (written last) lists them. On (re)start the job reads the
+manifests and computes only the shards without one, so SIGKILL at any point costs at most the shards in
+progress and never counts a sample twice. `compute_shard` is the one shard body: the local loop below
+and the Ray executor (`fra_core.accumulate.ray_executor`, config `executor: ray`) both call it, so they
+write the same shards.
 
 Texts of one batch are grouped by token length and each group runs as one engine call without
 padding: padding would change a bidirectional head's scores, and costs nothing to avoid here.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +157,9 @@ def _count_features(buf: ShardBuffer, side, src_map: list[int], tokens: torch.Te
 
 
 def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_saes, options, codec: PairCodec,
-                  q_map: list[int], k_map: list[int], buf: ShardBuffer) -> None:
+                  q_map: list[int], k_map: list[int], buf: ShardBuffer, completeness: dict | None = None) -> None:
+    """completeness: an empty dict on the run's first batch → filled with the measured values (the job
+    fails above 1e-4 before anything is stored); None afterwards."""
     compute_fra = _fra_api()[0]
     qd = q_saes[0] if len(q_saes) == 1 else q_saes
     kd = k_saes[0] if len(k_saes) == 1 else k_saes
@@ -167,6 +172,13 @@ def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_sae
     for group in groups.values():
         ids, tokens = torch.tensor([s for s, _ in group]), torch.stack([t for _, t in group])
         res = compute_fra(model, tokens, cfg.layer, heads, qd, kd, options)
+        if completeness is not None and not completeness:
+            from fra_core.fra.completeness import CompletenessError, check
+
+            try:
+                completeness.update(check(res, f"accumulation job (layer {cfg.layer})"))
+            except CompletenessError as exc:
+                raise AccumulateError(str(exc)) from exc
         e = {k: v.cpu() for k, v in res.entries.items()}
         key = codec.encode(e["head"], torch.tensor(q_map)[e["q_source"]], e["q_feature"],
                            torch.tensor(k_map)[e["k_source"]], e["k_feature"])
@@ -191,76 +203,135 @@ def _write(job_dir: Path, shard: int, buf: ShardBuffer, codec, cfg, n_done: int)
                               ) from exc
 
 
-def _resume_state(job_dir: Path) -> tuple[set[int], int]:
-    done, next_shard = set(), 0
-    for manifest in contracts.complete_shards(job_dir):
-        done.update(int(s) for s in manifest["samples"])
-        next_shard = max(next_shard, int(manifest["shard"]) + 1)
+def clear_temp_files(job_dir: Path) -> None:
+    """Remove the temp files a killed writer left (only while no writer of this job runs)."""
     folder = contracts.shards_dir(job_dir)
-    if folder.is_dir():  # temp files of a killed writer
+    if folder.is_dir():
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-    return done, next_shard
 
 
-def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_saes=None) -> dict[str, Any]:
-    job_dir = Path(progress.job_dir)
-    source = open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed)  # fail fast before the model loads
-    progress.update(0, cfg.n_samples, message="loading model and SAEs", force=True)
+def shard_items(source, cfg: AccumulateFRAConfig):
+    """(shard, [(sample, text), ...]) in dataset order: shard i holds samples [i·shard_size, (i+1)·shard_size).
+
+    The assignment depends on the config alone, so every executor (and every resume) writes the same
+    shard i from the same samples, whichever shards are already complete."""
+    items = []
+    for sample, text in enumerate(source.texts(cfg.n_samples)):
+        items.append((sample, text))
+        if len(items) == cfg.shard_size:
+            yield sample // cfg.shard_size, items
+            items = []
+    if items:
+        yield items[0][0] // cfg.shard_size, items
+
+
+@dataclass
+class Parts:
+    """What one process loads once and every shard it computes shares."""
+
+    model: Any
+    q_saes: list
+    k_saes: list
+    heads: list[int]
+    sources: list[dict]
+    q_map: list[int]
+    k_map: list[int]
+    codec: PairCodec
+    options: Any
+    completeness: dict = field(default_factory=dict)  # {layer: {head: err}} of this process's first batch
+
+    def run_info(self, cfg: AccumulateFRAConfig) -> dict[str, Any]:
+        return {"code_version": fra_core.__version__, "sources": self.sources, "heads": self.heads,
+                "n_heads": self.model.cfg.n_heads, "model": cfg.model}
+
+
+def prepare(cfg: AccumulateFRAConfig, model=None, q_saes=None, k_saes=None) -> Parts:
+    """Load and check the model and SAEs (unless given) and derive the run's sources, codec and options."""
     model, q_saes, k_saes, heads = load_parts(cfg, model, q_saes, k_saes)
     sources, q_map, k_map = run_sources(cfg, q_saes, k_saes)
-    contracts.write_run_info(job_dir, {"code_version": fra_core.__version__, "sources": sources, "heads": heads,
-                                    "n_heads": model.cfg.n_heads, "model": cfg.model})
     codec = PairCodec(model.cfg.n_heads, len(sources), max(s["d_sae"] for s in sources))
     FRAOptions = _fra_api()[1]
     options = FRAOptions(k_active=effective_k(cfg.k_active, q_saes, k_saes), top_m=cfg.top_m,
                          exclude_diagonal=not cfg.include_diagonal, exclude_bos_key=cfg.exclude_bos_key,
                          exclude_bos_query=cfg.exclude_bos_query, row_centre=cfg.row_centre,
                          attention_weighted=cfg.attention_weighted)
-    done, shard = _resume_state(job_dir)
-    n_done, n_start, t0, last_print = len(done), len(done), time.time(), 0.0
+    model.eval()
+    return Parts(model, q_saes, k_saes, heads, sources, q_map, k_map, codec, options)
+
+
+def compute_shard(parts: Parts, cfg: AccumulateFRAConfig, shard: int, items: list[tuple[int, str]], job_dir: Path,
+                  on_batch=None, n_done: int = 0) -> int:
+    """Compute shard `shard` from its (sample, text) items and write it (manifest last); the one shard
+    body of every executor. Batches are consecutive runs of `batch_size` items, so the shard's tables
+    do not depend on who computes it. on_batch(n): called with the samples processed so far (progress
+    and cancel checks). Returns the number of samples written."""
+    model = parts.model
     token_str = lambda ids: [str(t) for t in model.to_str_tokens(torch.tensor(ids))]  # noqa: E731
-    new_buf = lambda: ShardBuffer(len(sources), codec.d_max, cfg.examples_per_pair, model.cfg.d_vocab,  # noqa: E731
-                                  token_str)
-    buf, pending, seen = new_buf(), [], 0
+    buf = ShardBuffer(len(parts.sources), parts.codec.d_max, cfg.examples_per_pair, model.cfg.d_vocab, token_str)
+    with torch.no_grad():
+        for start in range(0, len(items), cfg.batch_size):
+            # the process's first batch measures completeness (and fails above 1e-4 before anything is stored)
+            process_batch(model, items[start:start + cfg.batch_size], cfg, parts.heads, parts.q_saes, parts.k_saes,
+                          parts.options, parts.codec, parts.q_map, parts.k_map, buf,
+                          completeness=None if parts.completeness else parts.completeness)
+            if on_batch is not None and start + cfg.batch_size < len(items):
+                on_batch(len(buf.samples))
+    _write(Path(job_dir), shard, buf, parts.codec, cfg, n_done)
+    return len(buf.samples)
+
+
+def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_saes=None) -> dict[str, Any]:
+    job_dir = Path(progress.job_dir)
+    source = open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed)  # fail fast before the model loads
+    progress.update(0, cfg.n_samples, message="loading model and SAEs", force=True)
+    parts = prepare(cfg, model, q_saes, k_saes)
+    previous = contracts.read_run_info(job_dir).get("completeness")  # a resumed run keeps what it measured
+    contracts.write_run_info(job_dir, {**parts.run_info(cfg), **({"completeness": previous} if previous else {})})
+    done = {int(m["shard"]): len(m["samples"]) for m in contracts.complete_shards(job_dir)}
+    clear_temp_files(job_dir)
+    n_done = n_start = sum(done.values())
+    t0, seen, n_shards, clock = time.time(), 0, 0, [0.0]  # clock: time of the last log line
+
+    def report(n: int) -> None:
+        clock[0] = _report(progress, cfg, n, n_start, t0, clock[0])
+
     progress.update(n_done, cfg.n_samples, message=f"resuming after {n_done} samples" if n_done else "running",
                     force=True)
-    model.eval()
-    with torch.no_grad():
-        for sample, text in enumerate(source.texts(cfg.n_samples)):
-            seen += 1
-            if sample in done:
-                continue
-            pending.append((sample, text))
-            if len(pending) < cfg.batch_size and len(buf.samples) + len(pending) < cfg.shard_size:
-                continue
-            process_batch(model, pending, cfg, heads, q_saes, k_saes, options, codec, q_map, k_map, buf)
-            pending = []
-            if len(buf.samples) >= cfg.shard_size:
-                n_done += len(buf.samples)
-                _write(job_dir, shard, buf, codec, cfg, n_done - len(buf.samples))
-                shard, buf = shard + 1, new_buf()
-            last_print = _report(progress, cfg, n_done + len(buf.samples), n_start, t0, last_print)
-        if pending:
-            process_batch(model, pending, cfg, heads, q_saes, k_saes, options, codec, q_map, k_map, buf)
-        if buf.samples:
-            n_done += len(buf.samples)
-            _write(job_dir, shard, buf, codec, cfg, n_done - len(buf.samples))
-            shard += 1
-    _report(progress, cfg, n_done, n_start, t0, 0.0)
+    for shard, items in shard_items(source, cfg):
+        seen, n_shards = seen + len(items), shard + 1
+        if shard in done:
+            continue
+        n_done += compute_shard(parts, cfg, shard, items, job_dir, lambda n, base=n_done: report(base + n),
+                                n_done)
+        record_completeness(job_dir, parts.completeness)
+        report(n_done)
+    clock[0] = 0.0
+    report(n_done)
     note = "" if seen >= cfg.n_samples else f" (the dataset has only {seen} texts)"
     progress.update(n_done, cfg.n_samples, message=f"finished: {n_done} samples{note}", force=True)
-    return {"samples": n_done, "shards": shard, "new_samples": n_done - n_start,
+    return {"samples": n_done, "shards": n_shards, "new_samples": n_done - n_start,
             "samples_per_s": (n_done - n_start) / max(time.time() - t0, 1e-9), "dataset_texts": seen}
 
 
-def _report(progress, cfg, n_done: int, n_start: int, t0: float, last_print: float) -> float:
-    """Status (throttled by Progress; raises JobCancelled on cancel) and a log line every 5 s."""
+def record_completeness(job_dir: Path, measured: dict) -> None:
+    """Merge a process's first-batch completeness ({layer: {head: err}}) into run.json, keeping the worst
+    value per (layer, head): a resumed run, and every Ray worker, adds what it measured."""
+    from fra_core.fra.completeness import merge
+
+    info = contracts.read_run_info(job_dir)
+    if measured and merge(info.get("completeness"), measured) != info.get("completeness"):
+        contracts.write_run_info(job_dir, {**info, "completeness": merge(info.get("completeness"), measured)})
+
+
+def _report(progress, cfg, n_done: int, n_start: int, t0: float, last_print: float, **extra) -> float:
+    """Status (throttled by Progress; raises JobCancelled on cancel; `extra` goes into status.json) and a
+    log line every 5 s."""
     now = time.time()
     rate = (n_done - n_start) / max(now - t0, 1e-9)
     eta = (cfg.n_samples - n_done) / rate if rate > 0 else float("nan")
     progress.update(n_done, cfg.n_samples, message=f"{n_done}/{cfg.n_samples} samples, {rate:.1f} samples/s",
-                    samples_per_s=rate)
+                    samples_per_s=rate, **extra)
     if now - last_print >= 5.0:
         print(f"{n_done}/{cfg.n_samples} samples  {rate:.1f} samples/s  ETA {eta:.0f} s", flush=True)
         return now
@@ -268,8 +339,12 @@ def _report(progress, cfg, n_done: int, n_start: int, t0: float, last_print: flo
 
 
 def run_accumulate(cfg: AccumulateFRAConfig, progress, *, model=None, q_saes=None, k_saes=None) -> dict[str, Any]:
-    """Job entry point (`fra_core.jobs`): accumulate into `progress.job_dir`/shards; resumable.
+    """The local executor: accumulate into `progress.job_dir`/shards in this process; resumable.
 
     `model` / `q_saes` / `k_saes` may be passed in-process (tests, notebooks) instead of loading refs.
+    The job entry point that also knows `executor: ray` is `fra_core.accumulate.job.run_accumulate`.
     """
+    if cfg.executor != "local":
+        raise AccumulateError(f"executor {cfg.executor!r} runs through fra_core.accumulate.job.run_accumulate, "
+                              "not the local loop")
     return accumulate(cfg, progress, model=model, q_saes=q_saes, k_saes=k_saes)

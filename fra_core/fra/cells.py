@@ -21,7 +21,10 @@ def check_cell(result, b: int, hi: int, query_pos: int, key_pos: int) -> None:
     if not 0 <= query_pos < T or not 0 <= key_pos < T:
         raise ExploreError(f"(query {query_pos}, key {key_pos}) is outside the text: positions are 0..{T - 1}")
     if not bool(result.attn_mask[query_pos, key_pos]):
-        raise ExploreError(f"key {key_pos} comes after query {query_pos}: a causal head never attends there")
+        if key_pos > query_pos:
+            raise ExploreError(f"key {key_pos} comes after query {query_pos}: a causal head never attends there")
+        raise ExploreError(f"key {key_pos} is outside query {query_pos}'s attention window: this layer's mask "
+                           "hides it (sliding-window attention)")
     if not 0 <= hi < len(result.heads) or not 0 <= b < result.scores.shape[0]:
         raise ExploreError(f"sample {b} / head index {hi} not in this result (heads {result.heads})")
 

@@ -20,8 +20,11 @@ from collections.abc import Sequence
 
 import torch
 
+from fra_core.fra import arch
 from fra_core.fra.blocks import block_values, merge_top_n, top_m_cells, top_n_block
-from fra_core.fra.options import FRAInputError, FRAOptions, check_layer_heads, check_model_supported, check_tokens
+from fra_core.fra.guard import check_model_supported
+from fra_core.fra.options import FRAInputError, FRAOptions, check_layer_heads, check_tokens
+from fra_core.fra.precision import float32_model, is_half
 from fra_core.fra.result import FRAResult, transform
 from fra_core.fra.sides import build_side, cache_hooks, parse_dictionary
 
@@ -32,10 +35,14 @@ ENTRY_INT = torch.int32
 
 
 def run_sides(model, tokens, layer: int, heads, q_dict, k_dict, k_active: int):
-    """Forward pass + both sides: (tokens, heads, q_side, k_side, scores, pattern)."""
-    check_model_supported(model)
+    """Forward pass + both sides: (model, tokens, heads, q_side, k_side, scores, pattern, dicts).
+
+    Half-precision models are decomposed on a float32 copy (the returned model; see `precision.py`).
+    """
     tokens = check_tokens(tokens)
     heads = check_layer_heads(model, layer, heads)
+    check_model_supported(model, layer)
+    model = float32_model(model)
     if tokens.shape[1] > model.cfg.n_ctx:
         raise FRAInputError(f"sequence length {tokens.shape[1]} exceeds the model's n_ctx={model.cfg.n_ctx}")
     k_dict = q_dict if k_dict is None else k_dict
@@ -43,20 +50,31 @@ def run_sides(model, tokens, layer: int, heads, q_dict, k_dict, k_active: int):
     names = cache_hooks(model, layer, [qd, kd])
     with torch.no_grad():
         # layers above L never influence layer L's scores: stop there (no unembedding either)
-        _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in names,
-                                        stop_at_layer=layer + 1)
+        try:
+            _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in names,
+                                            stop_at_layer=layer + 1)
+        except (RuntimeError, AttributeError) as exc:  # TL itself cannot run this config
+            raise FRAInputError(f"the model's own forward pass failed (TransformerLens): {exc}") from exc
+        arch.check_clip(model, cache, layer)
         enc_cache: dict = {}
         q_side = build_side(model, cache, layer, qd, "Q", heads, k_active, enc_cache)
         k_side = build_side(model, cache, layer, kd, "K", heads, k_active, enc_cache)
     scores = cache[f"blocks.{layer}.attn.hook_attn_scores"][:, heads]
     pattern = cache[f"blocks.{layer}.attn.hook_pattern"][:, heads]
-    return tokens, heads, q_side, k_side, scores, pattern
+    return model, tokens, heads, q_side, k_side, scores, pattern, [qd, kd]
 
 
-def attention_mask(model, T: int, device=None) -> torch.Tensor:
-    """[query_pos, key_pos] bool: the keys each query's softmax sees (read from cfg.attention_dir)."""
-    full = torch.ones(T, T, dtype=torch.bool, device=device)
-    return full if model.cfg.attention_dir == "bidirectional" else full.tril()
+def attention_mask(model, T: int, device=None, *, layer: int) -> torch.Tensor:
+    """[query_pos, key_pos] bool: the keys each query's softmax sees at `layer` (causal, sliding window
+    of local layers, or none for bidirectional models: TL's own mask)."""
+    return arch.layer_mask(model, layer, T, device)
+
+
+def total_vectors(side, B: int, H: int) -> torch.Tensor:
+    """[batch, head_index, pos, d_head] Σ of every feature and node of a side (= the model's q or k)."""
+    g = torch.arange(B * H, device=side.ids.device)
+    feats = side.feature_block(g // H, g % H).sum(2).view(B, H, -1, side.nodes.shape[-1])
+    return feats + side.nodes.sum(3).permute(0, 2, 1, 3)
 
 
 def selection_mask(amask: torch.Tensor, opts: FRAOptions) -> torch.Tensor:
@@ -81,19 +99,27 @@ def compute_fra(model, tokens, layer: int, heads: int | Sequence[int] | None = N
     if q_dict is None:
         raise FRAInputError("q_dict is required (an SAE or a list of upstream hook_z SAEs)")
     opts = options or FRAOptions()
-    tokens, heads, q_side, k_side, scores, pattern = run_sides(
+    upcast = model.cfg.dtype if is_half(model) else None
+    model, tokens, heads, q_side, k_side, scores, pattern, dicts = run_sides(
         model, tokens, layer, heads, q_dict, k_dict, opts.k_active)
     B, T = tokens.shape
     causal = model.cfg.attention_dir != "bidirectional"
-    amask = attention_mask(model, T, scores.device)
+    amask = attention_mask(model, T, scores.device, layer=layer)
+    arch.check_mask(scores, amask, layer)
     sel = selection_mask(amask, opts)
     scale = float(model.blocks[layer].attn.attn_scale)
+    cells = {}
+    if arch.softcap_enabled(model) or model.cfg.positional_embedding_type == "alibi":
+        with torch.no_grad():
+            pre = total_vectors(q_side, B, len(heads)) @ total_vectors(k_side, B, len(heads)).transpose(-1, -2)
+            cells = arch.cell_terms(model, pre / scale, heads)
     kept_sum = torch.zeros(B, len(heads), T, T, dtype=scores.dtype, device=scores.device)
     with torch.no_grad():
         table = pair_table(q_side, k_side, heads, amask, sel, pattern, scale, opts, causal, kept_sum)
     return FRAResult(layer=layer, heads=heads, options=opts, attn_scale=scale, scores=scores, pattern=pattern,
                      attn_mask=amask, select_mask=sel, entries=table, kept_sum=kept_sum, q_side=q_side,
-                     k_side=k_side, causal=causal)
+                     k_side=k_side, causal=causal, cell_terms=cells, frozen=arch.frozen_scales(model, layer, dicts),
+                     upcast_from=None if upcast is None else str(upcast).replace("torch.", ""))
 
 
 def plan_blocks(opts: FRAOptions, n_items: int, T: int, K: int, L: int, causal: bool):

@@ -81,25 +81,7 @@ def check_layer_heads(model, layer: int, heads: int | Sequence[int] | None) -> l
     bad = [h for h in heads if not 0 <= h < cfg.n_heads]
     if bad or not heads:
         raise FRAInputError(f"heads {heads} invalid: layer {layer} has {cfg.n_heads} heads (0..{cfg.n_heads - 1})")
+    if len(set(heads)) != len(heads):
+        raise FRAInputError(f"heads {heads} lists a head twice: every entry would be duplicated")
     return heads
 
-
-_UNSUPPORTED = {
-    "use_split_qkv_input": "split QKV inputs", "use_attn_in": "per-head attention inputs",
-    "use_qk_norm": "QK-norm", "use_logn_attn": "log-n query scaling", "clip_qkv": "QKV clipping",
-    "attn_scores_soft_cap": "attention soft-capping", "n_key_value_heads": "grouped-query attention",
-}
-
-
-def check_model_supported(model) -> None:
-    """Raise FRAInputError for configs whose scores are not a bilinear form of the head input."""
-    cfg = model.cfg
-    for attr, what in _UNSUPPORTED.items():
-        value = getattr(cfg, attr, None)
-        if value not in (None, False, 0, -1.0) and not (attr == "n_key_value_heads" and value == cfg.n_heads):
-            raise FRAInputError(f"FRA does not support {what} ({attr}={value!r})")
-    if cfg.positional_embedding_type not in ("standard", "rotary"):
-        raise FRAInputError(
-            f"FRA supports positional_embedding_type 'standard' or 'rotary', got {cfg.positional_embedding_type!r}")
-    if cfg.normalization_type not in ("LN", "LNPre", "RMS", "RMSPre", None):
-        raise FRAInputError(f"unsupported normalization_type {cfg.normalization_type!r}")

@@ -15,6 +15,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from fra_core.fra import arch
 from fra_core.fra.engine import attention_mask, selection_mask
 from fra_core.fra.options import FRAOptions, check_layer_heads, check_tokens
 from fra_core.fra.sides import HOOK_Z, NORMALIZED, cache_hooks, parse_dictionary, sae_decoder
@@ -47,8 +48,8 @@ def _components(model, cache, layer, dic, b, pos, k):
         if cfg.positional_embedding_type == "standard":
             comps.append(("pos_embed", cache["hook_pos_embed"][0 if cache["hook_pos_embed"].shape[0] == 1 else b, pos].to(F64), -1))
         for l in range(layer):
-            if l in dic.layers:
-                comps.append((f"b_O.l{l}", model.blocks[l].attn.b_O.detach().to(F64), -1))
+            if l in dic.layers:  # b_O through layer l's post-attention norms (σ frozen), in residual space
+                comps.append((f"b_O.l{l}", _post_norm(model, cache, l, b, pos, model.blocks[l].attn.b_O.to(F64)), -1))
             else:
                 comps.append((f"attn_out.l{l}", cache[f"blocks.{l}.hook_attn_out"][b, pos].to(F64), -1))
             if not cfg.attn_only:
@@ -59,16 +60,63 @@ def _components(model, cache, layer, dic, b, pos, k):
 def _to_head(model, layer, dic, which, h, b, pos, vec, src, cache):
     """Map one component (dictionary space) to the head's rotated d_head space."""
     cfg, attn, ln1 = model.cfg, model.blocks[layer].attn, model.blocks[layer].ln1
-    if dic.kind == HOOK_Z and src >= 0:  # hook_z feature/error/b_dec: through this layer's W_O
-        vec = torch.einsum("he,hem->m", vec.view(cfg.n_heads, cfg.d_head), model.W_O[dic.layers[src]].to(F64))
+    if dic.kind == HOOK_Z and src >= 0:  # hook_z feature/error/b_dec: through this layer's W_O (+ post norms)
+        l = dic.layers[src]
+        vec = _post_norm(model, cache, l, b, pos,
+                         torch.einsum("he,hem->m", vec.view(cfg.n_heads, cfg.d_head), model.W_O[l].to(F64)))
+    norm = arch.input_norm(model)
     if dic.kind != NORMALIZED:  # residual-stream vector: ln1's linear part with σ frozen
-        if cfg.normalization_type in ("LN", "LNPre"):
+        if norm in ("LN", "LNPre"):
             vec = vec - vec.mean()
-        if cfg.normalization_type is not None:
+        if norm is not None:
             vec = vec / cache[f"blocks.{layer}.ln1.hook_scale"][b, pos, 0].to(F64)
-    if isinstance(getattr(ln1, "w", None), torch.Tensor):
+    if norm is not None and isinstance(getattr(ln1, "w", None), torch.Tensor):
         vec = vec * ln1.w.to(F64)
-    return _rotate(model, layer, vec @ getattr(attn, f"W_{which}")[h].to(F64), pos)
+    return _finish(model, cache, layer, which, h, b, pos, vec @ getattr(attn, f"W_{which}")[h].to(F64))
+
+
+def _post_norm(model, cache, l, b, pos, vec):
+    """A raw attention-output vector of layer l through its post-attention RMS norms (σ frozen)."""
+    for name, mod in arch.post_norm_modules(model, l):
+        vec = vec / cache[f"blocks.{l}.{name}.hook_scale"][b, pos, 0].to(F64)
+        if isinstance(getattr(mod, "w", None), torch.Tensor):
+            vec = vec * mod.w.to(F64)
+    return vec
+
+
+def _finish(model, cache, layer, which, h, b, pos, v):
+    """A q/k piece in d_head space → QK-norm (gain, σ frozen) → rotary at its position."""
+    logn = arch.logn_scale(model, pos + 1) if which == "Q" else None
+    if logn is not None:
+        v = v * float(logn[pos])
+    w = arch.qk_norm_weight(model, layer, which, [h])
+    if w is not None:
+        B, T = cache[f"blocks.{layer}.attn.hook_attn_scores"].shape[0], cache[f"blocks.{layer}.attn.hook_attn_scores"].shape[-1]
+        inv = arch.qk_inv_scale(model, cache, layer, which, [h], B, T)[b, pos, 0]
+        v = v * w[0].to(F64) * inv.to(F64)
+    return _rotate(model, layer, v, pos)
+
+
+def _pos_embed(cache, b, pos):
+    pe = cache["hook_pos_embed"]
+    return pe[b if pe.shape[0] > 1 else 0, pos].to(F64)
+
+
+def _cell_fn(model, T):
+    """(h, i, j, pre-cap score) → {(node, node): term} for the score terms that are not q·k products."""
+    cap = float(model.cfg.attn_scores_soft_cap) if arch.softcap_enabled(model) else None
+    alibi = (arch.alibi_term(model, list(range(model.cfg.n_heads)), T, "cpu").to(F64)
+             if model.cfg.positional_embedding_type == "alibi" else None)
+
+    def cells(h, i, j, pre):
+        out = {}
+        if cap is not None:
+            out[("softcap", "softcap")] = cap * np.tanh(pre / cap) - pre
+        if alibi is not None:
+            out[("alibi", "alibi")] = float(alibi[h, i, j])
+        return out
+
+    return cells
 
 
 def _rotate(model, layer, v, pos):
@@ -86,11 +134,15 @@ def _side_matrix(model, cache, layer, dic, which, h, b, pos, k):
     for label, vec, src in _components(model, cache, layer, dic, b, pos, k):
         labels.append(label)
         rows.append(_to_head(model, layer, dic, which, h, b, pos, vec, src, cache))
-    if isinstance(getattr(ln1, "b", None), torch.Tensor):
+    W = getattr(attn, f"W_{which}")[h].to(F64)
+    if arch.input_norm(model) is not None and isinstance(getattr(ln1, "b", None), torch.Tensor):
         labels.append("ln1.b")
-        rows.append(_rotate(model, layer, ln1.b.to(F64) @ getattr(attn, f"W_{which}")[h].to(F64), pos))
+        rows.append(_finish(model, cache, layer, which, h, b, pos, ln1.b.to(F64) @ W))
     labels.append("bias")
-    rows.append(_rotate(model, layer, getattr(attn, f"b_{which}")[h].to(F64), pos))
+    rows.append(_finish(model, cache, layer, which, h, b, pos, getattr(attn, f"b_{which}")[h].to(F64)))
+    if arch.shortformer_qk(model):  # added to the q/k input after ln1
+        labels.append("pos_embed.qk")
+        rows.append(_finish(model, cache, layer, which, h, b, pos, _pos_embed(cache, b, pos) @ W))
     return labels, torch.stack(rows).numpy()
 
 
@@ -108,11 +160,12 @@ def reference_fra(model, tokens, layer, heads=None, q_dict=None, k_dict=None, op
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
         B, T = tokens.shape
-        amask = attention_mask(model, T).numpy()
+        amask = attention_mask(model, T, layer=layer).numpy()
         sel = selection_mask(torch.as_tensor(amask), opts).numpy()
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"].to(F64).numpy()
         scale = float(model.blocks[layer].attn.attn_scale)
         out = {"entries": {}, "node_terms": {}, "n_pairs": 0, "setup_s": 0.0, "pairs_s": 0.0}
+        cells = _cell_fn(model, T)
         for b in range(B):
             for hi, h in enumerate(heads):
                 t0 = time.perf_counter()
@@ -121,7 +174,7 @@ def reference_fra(model, tokens, layer, heads=None, q_dict=None, k_dict=None, op
                 t1 = time.perf_counter()
                 cands = []
                 for i in (range(T) if query_rows is None else query_rows):
-                    cands += _row(out, b, h, hi, i, qs[i], ks, amask[i], sel[i], pattern[b, h, i], scale, opts)
+                    cands += _row(out, b, h, hi, i, qs[i], ks, amask[i], sel[i], pattern[b, h, i], scale, opts, cells)
                 if opts.top_n is not None:
                     cands = sorted(cands, key=lambda c: -abs(c[1]))[:opts.top_n]
                 out["entries"].update(cands)
@@ -130,7 +183,7 @@ def reference_fra(model, tokens, layer, heads=None, q_dict=None, k_dict=None, op
     return out
 
 
-def _row(out, b, h, hi, i, q, ks, amask_i, sel_i, pattern_i, scale, opts):
+def _row(out, b, h, hi, i, q, ks, amask_i, sel_i, pattern_i, scale, opts, cells):
     """All pairs of query row i: node terms into `out`, kept feature pairs returned as candidates."""
     q_labels, Q = q
     keys = [j for j in range(len(ks)) if amask_i[j]]
@@ -147,6 +200,7 @@ def _row(out, b, h, hi, i, q, ks, amask_i, sel_i, pattern_i, scale, opts):
                 nodes[(qn, kn)] += M[a, c]
                 if isinstance(ql, tuple) and isinstance(kl, tuple):
                     pairs[(ql[1], ql[2], kl[1], kl[2])] = M[a, c]
+        nodes.update(cells(h, i, j, float(M.sum())))
         node_vals[j], pair_vals[j] = nodes, pairs
     if opts.row_centre:  # subtract per-row means (absent pairs count 0)
         n = len(keys)

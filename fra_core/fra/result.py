@@ -38,6 +38,11 @@ class FRAResult:
     kept_sum: [batch, head_index, query_pos, key_pos] Σ of the kept entries per cell.
     Dense node terms (incl. "features" = all K kept features of a side, node 0) come from
     `node_terms(b, hi)`; Σ over them equals `target(b, hi)` (the transformed actual scores).
+    cell_terms: name → [batch, head_index, query_pos, key_pos] score terms that are not q·k products
+        (ALiBi bias, soft-cap correction); each is the last node of both sides, its term on its own
+        (q node, k node) slot (its node vectors are 0).
+    frozen: the per-position scales frozen at their actual values (ln1 σ, QK-norm σ, post-norm σ).
+    upcast_from: the model's dtype when it was half precision (decomposed on its float32 copy), else None.
     """
 
     layer: int
@@ -53,6 +58,9 @@ class FRAResult:
     q_side: Side
     k_side: Side
     causal: bool
+    cell_terms: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    frozen: list[str] = dataclasses.field(default_factory=list)
+    upcast_from: str | None = None
 
     @property
     def q_sources(self) -> list[str]:
@@ -64,11 +72,11 @@ class FRAResult:
 
     @property
     def q_node_names(self) -> list[str]:
-        return ["features"] + self.q_side.node_names
+        return ["features"] + self.q_side.node_names + list(self.cell_terms)
 
     @property
     def k_node_names(self) -> list[str]:
-        return ["features"] + self.k_side.node_names
+        return ["features"] + self.k_side.node_names + list(self.cell_terms)
 
     @property
     def truncated(self) -> bool:
@@ -83,12 +91,16 @@ class FRAResult:
         """[pos, n_nodes, d_head]: the "features" node (Σ of the kept features) then the named nodes."""
         s = self.q_side if side == "q" else self.k_side
         feats = s.feature_vectors(b, hi).sum(1, keepdim=True)
-        return torch.cat([feats, s.nodes[b, :, hi]], dim=1)
+        cells = feats.new_zeros(feats.shape[0], len(self.cell_terms), feats.shape[-1])
+        return torch.cat([feats, s.nodes[b, :, hi], cells], dim=1)
 
     def node_terms(self, b: int, hi: int, raw: bool = False) -> torch.Tensor:
         """[query_pos, key_pos, n_q_nodes, n_k_nodes] node×node terms (raw: untransformed, unmasked)."""
         q, k = self.node_vectors(b, hi, "q"), self.node_vectors(b, hi, "k")
         t = torch.einsum("iad,jbd->ijab", q, k) / self.attn_scale
+        n_q, n_k, C = t.shape[2], t.shape[3], len(self.cell_terms)
+        for c, term in enumerate(self.cell_terms.values()):  # each cell term on its own diagonal slot
+            t[:, :, n_q - C + c, n_k - C + c] = term[b, hi]
         return t if raw else transform(t, self.attn_mask, self.pattern[b, hi], self.options)
 
     def feature_terms(self, b: int, hi: int, pos: int, feature: int, source: int = 0, side: str = "q"):
@@ -116,15 +128,39 @@ class FRAResult:
         excluded cells, and under row centring the part carried by absent pairs)."""
         return self.node_terms(b, hi)[:, :, 0, 0] - self.kept_sum[b, hi]
 
-    def completeness_error(self) -> float:
-        """max |Σ all terms − target| / max |target| over the batch and heads."""
-        err, ref = 0.0, 0.0
-        for b in range(self.scores.shape[0]):
-            for hi in range(len(self.heads)):
+    def completeness_error(self, per_head: bool = False):
+        """max |Σ all terms − target| / max |target| over the batch and heads (per_head: {head: error}).
+
+        Never NaN: a non-finite term or target on a masked-in cell gives inf. Σ over the node×node terms
+        is computed as (Σ_a q^a)·(Σ_b k^b) + Σ cell terms (bilinearity): O(T²·d_head), not O(T²·n²·d_head).
+        """
+        out = {}
+        for hi, h in enumerate(self.heads):
+            err, ref = 0.0, 0.0
+            for b in range(self.scores.shape[0]):
                 tgt = self.target(b, hi)
-                err = max(err, float((self.node_terms(b, hi).sum((2, 3)) - tgt).abs().max()))
-                ref = max(ref, float(tgt.abs().max()))
-        return err / max(ref, 1e-12)
+                q, k = self.node_vectors(b, hi, "q").sum(1), self.node_vectors(b, hi, "k").sum(1)
+                total = q @ k.T / self.attn_scale + sum(t[b, hi] for t in self.cell_terms.values())
+                total = transform(total, self.attn_mask, self.pattern[b, hi], self.options)
+                diff = (total - tgt)[self.attn_mask]
+                if not bool(torch.isfinite(diff).all()):
+                    err = float("inf")
+                else:
+                    err = max(err, float(diff.abs().max()) if diff.numel() else 0.0)
+                ref = max(ref, float(tgt[self.attn_mask].abs().max()) if self.attn_mask.any() else 0.0)
+            out[h] = err / max(ref, 1e-12)
+        return out if per_head else max(out.values())
+
+    def assumptions(self) -> str:
+        """One line for the UI: what the exact decomposition froze, upcast or carries as cell terms."""
+        parts = []
+        if self.frozen:
+            parts.append("frozen at their actual values: " + ", ".join(self.frozen))
+        if self.cell_terms:
+            parts.append("non-bilinear score terms: " + ", ".join(self.cell_terms))
+        if self.upcast_from:
+            parts.append(f"computed on a float32 copy of the {self.upcast_from} model")
+        return "; ".join(parts)
 
     def entries_numpy(self) -> dict:
         """The pair table as numpy arrays (for Arrow/Parquet writers)."""

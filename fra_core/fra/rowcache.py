@@ -1,14 +1,21 @@
 """Projected decoder rows U_f = d_f · M, cached across `compute_fra` calls.
 
 Feature f of a side contributes coef_if · R_i(U_f[h]) to q_i (or k_i), where M (`sides.side_maps`) folds
-ln1.w, mean-centring, W_O[l] (hook_z sources) and W_Q[h] / W_K[h]: U depends on the weights only, not
-on the data. So each (model, layer, Q/K, heads, dictionaries) keeps one table [n_features + 1,
-head_index, d_head], filled lazily (a row is projected the first time its feature is active in some
-batch; the last row, the padding id, stays 0). A table is valid while the weights it was made from are
-unchanged: its fingerprint holds every weight's storage pointer and in-place version counter, so
-training, `.to(device)` or `load_state_dict` all invalidate it. Models and SAEs are held weakly.
-Tables above MAX_TABLE_BYTES (huge dictionaries), and calls under inference mode, are not cached: then only the rows active in the
-batch are projected, per call.
+ln1.w, mean-centring, W_O[l] and post-attention norm gains (hook_z sources), the QK-norm gain and
+W_Q[h] / W_K[h]: U depends on the weights only, not on the data. So each (model, layer, Q/K, heads,
+dictionaries) keeps one table [n_features + 1, head_index, d_head], filled lazily; the last row, the
+padding id, stays 0.
+
+Cannot go stale: a table is used only while a content checksum (`checksum.py`) of the maps M (computed
+fresh from the current weights on every call) and of every decoder W_dec equals the one it was filled
+with. Any edit — training, `.data` writes, `sae.fold_W_dec_norm()`, `load_state_dict`, `.to(...)` —
+changes the checksum and drops the table.
+
+Deterministic: rows are projected in fixed blocks of BLOCK feature ids ([b·BLOCK, (b+1)·BLOCK) of one
+source), always the whole block, so a row's bits never depend on which batch first needed it (resumed
+accumulation runs are bit-identical) and the uncached path gives the same bits as the cached one.
+Tables above MAX_TABLE_BYTES (huge dictionaries) are not cached: only the blocks active in the batch are
+projected, per call.
 """
 
 from __future__ import annotations
@@ -18,31 +25,27 @@ import weakref
 
 import torch
 
+from fra_core.fra.checksum import checksum
+
 MAX_TABLE_BYTES = 1 << 29  # 512 MiB: GPT-2 Small with a 24 576-feature SAE needs 75 MB per side
 MAX_TABLES_PER_MODEL = 8
+BLOCK = 256
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
-def _project(v: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """[..., d_in] × [d_in, head_index, d_head] → [..., head_index, d_head]."""
-    return torch.einsum("...d,dhe->...he", v, M)
-
-
-def _fingerprint(tensors: list[torch.Tensor]):
-    try:
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
-    except RuntimeError:  # inference-mode tensors have no version counter: never cache those
-        return None
-
-
-def _weights(model, layer: int, dic, which: str) -> list[torch.Tensor]:
-    """Every tensor the projection maps depend on (see `sides.side_maps`)."""
-    out = [getattr(model.blocks[layer].attn, f"W_{which}")]
-    w = getattr(model.blocks[layer].ln1, "w", None)
-    out += [w] if isinstance(w, torch.Tensor) else []
-    out += [model.blocks[l].attn.W_O for l in dic.layers if l != layer]
-    return out + [sae.W_dec for sae in dic.saes]
+def _fingerprint(dic, maps, memo: dict | None = None) -> tuple:
+    """Flags + checksums of the maps and decoders; `memo` (one engine call's scratch dict) computes each
+    decoder's checksum once per call when both sides use the same SAE."""
+    flags = tuple(bool(getattr(s.cfg, "rescale_acts_by_decoder_norm", False)) for s in dic.saes)
+    memo = {} if memo is None else memo
+    decs = []
+    for s in dic.saes:
+        key = ("W_dec checksum", id(s))
+        if key not in memo:
+            memo[key] = checksum([s.W_dec])
+        decs.append(memo[key])
+    return flags, checksum(maps), tuple(decs)
 
 
 class _Table:
@@ -58,31 +61,50 @@ class _Table:
         return fingerprint == self.fingerprint and all(r() is s for r, s in zip(self.refs, saes))
 
 
+def _blocks(gids: torch.Tensor, offsets: list[int]) -> list[tuple[int, int, int]]:
+    """(source, first local id, end local id) of every BLOCK that holds one of the global ids."""
+    out = []
+    for s in range(len(offsets) - 1):
+        mine = gids[(gids >= offsets[s]) & (gids < offsets[s + 1])] - offsets[s]
+        n = offsets[s + 1] - offsets[s]
+        for b in torch.unique(mine // BLOCK).tolist():
+            out.append((s, b * BLOCK, min(n, (b + 1) * BLOCK)))
+    return out
+
+
+def _projected_block(dic, maps, decoder, s: int, f0: int, f1: int) -> torch.Tensor:
+    """[f1 − f0, head_index, d_head] the projected rows f0..f1 of source s.
+
+    One GEMM [f1 − f0, d_in] @ [d_in, d_head] per head: the same shapes whatever the batch and
+    whichever other heads are selected, hence the same bits.
+    """
+    M = maps[s]
+    D = decoder(dic.saes[s])[f0:f1].to(M.dtype)
+    return torch.stack([D @ M[:, h] for h in range(M.shape[1])], dim=1)
+
+
 def project_active(dic, maps, ids: torch.Tensor, offsets: list[int], decoder):
-    """Uncached: project only the decoder rows active in the batch → (rows, row_of into rows)."""
-    uniq, row_of = torch.unique(ids, return_inverse=True)
+    """Uncached: project the blocks active in the batch → (rows, row_of into rows)."""
+    blocks = _blocks(torch.unique(ids), offsets)
     n_heads, d_head = maps[0].shape[1:]
-    rows = torch.zeros(len(uniq), n_heads, d_head, dtype=maps[0].dtype, device=maps[0].device)
-    _fill(rows, uniq, torch.arange(len(uniq), device=uniq.device), dic, maps, offsets, decoder)
-    return rows, row_of  # the padding id (if present) is the last uniq value and keeps a zero row
-
-
-def _fill(rows, gids, at, dic, maps, offsets, decoder) -> None:
-    """rows[at] = projected decoder rows of the global ids `gids` (ids ≥ offsets[-1] stay untouched)."""
-    for s, (sae, M) in enumerate(zip(dic.saes, maps)):
-        mine = (gids >= offsets[s]) & (gids < offsets[s + 1])
-        if mine.any():
-            rows[at[mine]] = _project(decoder(sae)[gids[mine] - offsets[s]].to(M.dtype), M)
+    parts = [_projected_block(dic, maps, decoder, s, f0, f1) for s, f0, f1 in blocks]
+    rows = torch.cat(parts + [maps[0].new_zeros(1, n_heads, d_head)])  # last row: the padding id
+    where = torch.full((offsets[-1] + 1,), len(rows) - 1, dtype=torch.long, device=ids.device)
+    at = 0
+    for (s, f0, f1), p in zip(blocks, parts):
+        where[offsets[s] + f0:offsets[s] + f1] = torch.arange(at, at + len(p), device=ids.device)
+        at += len(p)
+    return rows, where[ids]
 
 
 def projected_rows(model, layer: int, dic, which: str, heads: list[int], maps, ids: torch.Tensor,
-                   offsets: list[int], decoder):
+                   offsets: list[int], decoder, memo: dict | None = None):
     """(rows, row_of) for global feature ids [batch, pos, K]: rows[row_of] are the projected rows,
     [..., head_index, d_head]; the padding id maps to a zero row."""
     n_rows, (n_heads, d_head) = offsets[-1] + 1, maps[0].shape[1:]
-    fingerprint = _fingerprint(_weights(model, layer, dic, which))
-    if fingerprint is None or torch.is_inference_mode_enabled() or n_rows * n_heads * d_head * maps[0].element_size() > MAX_TABLE_BYTES:
+    if torch.is_inference_mode_enabled() or n_rows * n_heads * d_head * maps[0].element_size() > MAX_TABLE_BYTES:
         return project_active(dic, maps, ids, offsets, decoder)
+    fingerprint = _fingerprint(dic, maps, memo)
     key = (layer, which, tuple(heads), tuple(id(s) for s in dic.saes))
     with _LOCK:
         tables = _CACHE.setdefault(model, {})
@@ -94,9 +116,9 @@ def projected_rows(model, layer: int, dic, which: str, heads: list[int], maps, i
             table = tables[key] = _Table(dic.saes, fingerprint, n_rows, maps[0][:1])
         uniq = torch.unique(ids)
         need = uniq[~table.filled[uniq] & (uniq < offsets[-1])]
-        if need.numel():
-            _fill(table.rows, need, need, dic, maps, offsets, decoder)
-            table.filled[need] = True
+        for s, f0, f1 in _blocks(need, offsets):
+            table.rows[offsets[s] + f0:offsets[s] + f1] = _projected_block(dic, maps, decoder, s, f0, f1)
+            table.filled[offsets[s] + f0:offsets[s] + f1] = True
     return table.rows, ids
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import torch
 
+from fra_core.fra.guard import check_model_supported
 from fra_core.fra.options import FRAInputError, check_layer_heads, check_tokens
 from fra_core.fra.sides import parse_dictionary, sae_decoder, side_maps
 
 
 def _projected(model, layer, head, dictionary, which, features=None, offset=None):
     """(rows [n, d_head], offsets): projected decoder rows of the requested global feature ids."""
+    check_model_supported(model, layer)
     dic = parse_dictionary(model, layer, dictionary)
     maps = side_maps(model, layer, dic, which, [head])[0]
     offsets = [0]
@@ -87,6 +89,7 @@ def dfa_by_source(model, tokens, layer: int, sae, features, heads=None) -> dict[
     if getattr(sae.cfg.metadata, "hook_name", None) != hook:
         raise FRAInputError(f"DFA needs an SAE on {hook}, got {sae.cfg.metadata.hook_name!r}")
     tokens, heads = check_tokens(tokens), check_layer_heads(model, layer, heads)
+    check_model_supported(model, layer)
     cfg = model.cfg
     if sae.cfg.d_in != cfg.n_heads * cfg.d_head:
         raise FRAInputError(f"SAE on {hook} has d_in={sae.cfg.d_in}, hook_z has {cfg.n_heads * cfg.d_head} dims")
@@ -94,7 +97,9 @@ def dfa_by_source(model, tokens, layer: int, sae, features, heads=None) -> dict[
     names = {hook, f"blocks.{layer}.attn.hook_v", f"blocks.{layer}.attn.hook_pattern"}
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-        v = cache[f"blocks.{layer}.attn.hook_v"]  # [batch, key_pos, head_index, d_head]
+        v = cache[f"blocks.{layer}.attn.hook_v"]  # [batch, key_pos, head_index or kv_head, d_head]
+        if v.shape[2] != cfg.n_heads:  # GQA: query head h reads KV group h // (n_heads / n_kv_heads)
+            v = v.repeat_interleave(cfg.n_heads // v.shape[2], dim=2)
         A = cache[f"blocks.{layer}.attn.hook_pattern"]  # [batch, head_index, query_pos, key_pos]
         W = sae.W_enc.detach()[:, feats].view(cfg.n_heads, cfg.d_head, -1)  # [head, d_head, n_features]
         vW = torch.einsum("bjhe,hef->bhjf", v, W)

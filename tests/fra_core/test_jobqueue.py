@@ -12,7 +12,7 @@ import time
 import pytest
 
 from fra_core import jobs
-from fra_core.jobqueue import JobBusy, JobPermissionError, authorize, device_caps, runner_lock
+from fra_core.jobqueue import JobBusy, JobPermissionError, authorize, device_caps, runner_active, runner_lock
 from tests.conftest import REPO_ROOT
 from tests.fra_core.sleep_job import SleepConfig
 from tests.fra_core.sleep_job import register as register_sleep
@@ -53,7 +53,10 @@ def test_start_process_refuses_a_running_job_and_status_trusts_the_lock(workspac
     with pytest.raises(JobBusy):
         with runner_lock(job_dir):
             pass
-    assert _wait(job_dir)["state"] == "done"
+    assert _wait(job_dir)["state"] == "done"  # written by the runner just before it exits
+    deadline = time.time() + 60
+    while runner_active(job_dir) and time.time() < deadline:
+        time.sleep(0.05)
     with runner_lock(job_dir):  # free again once the runner is gone
         status = jobs.read_json(job_dir / "status.json")
         jobs.write_json_atomic(job_dir / "status.json", {**status, "state": "running", "pid": 999_999_999})

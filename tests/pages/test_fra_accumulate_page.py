@@ -48,6 +48,11 @@ def test_form_builds_the_config_and_its_yaml(workspace):
     assert cfg == AccumulateFRAConfig(model="demo", q_saes=("demo-l1-ln1",), layer=1, heads=(0, 2), n_samples=40,
                                       context_length=32, top_m=4, include_diagonal=False, exclude_bos_key=True,
                                       device="auto")
+    at.selectbox(key="acc_executor").set_value("ray").run()
+    at.number_input(key="acc_ray_workers").set_value(2).run()
+    assert not at.exception and not at.error, _errors(at)
+    ray_cfg = AccumulateFRAConfig.from_yaml(at.code[0].value)
+    assert (ray_cfg.executor, ray_cfg.ray_workers, ray_cfg.ray_address) == ("ray", 2, "")
 
 
 def test_bad_inputs_are_messages(workspace, monkeypatch):

@@ -65,8 +65,9 @@ def test_normalised_sae_and_no_ln_model_rejected(model):
 
 
 def test_unsupported_model_configs():
-    gqa = tiny("LN", n_key_value_heads=2)
-    with pytest.raises(FRAInputError, match="grouped-query"):
-        compute_fra(gqa, tokens(gqa), 1, None, make_sae(32, "blocks.1.hook_resid_pre"))
+    # GQA used to be refused here; it is decomposed exactly now (test_families.py). Split QKV input is not.
+    split = tiny("LN", use_split_qkv_input=True)
+    with pytest.raises(FRAInputError, match=r"split QKV inputs \(use_split_qkv_input=True\)"):
+        compute_fra(split, tokens(split), 1, None, make_sae(32, "blocks.1.hook_resid_pre"))
     with pytest.raises(FRAInputError, match="top_m"):
         FRAOptions(top_m=0)
