@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from store import METRICS, StoreBusy, StoreError, compare_summary, run_sql_readonly
+from store import METRICS, StoreBusy, StoreError, compare_summary
 from ui import common as ui
 from ui import store as ui_store
+from ui.auth import page_gate
 from ui.store import METRIC_LABELS
+
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 ORDERS = {"desc": "largest first", "asc": "smallest first", "abs": "largest |value| first"}
 SELF_MODES = {"include": None, "only": "only", "exclude": "exclude"}
@@ -218,14 +221,15 @@ def show_export() -> None:
 
 
 def show_sql() -> None:
-    st.caption("One SELECT, on a read-only connection; at most 10 000 rows come back. Tables: runs, sources, "
+    st.caption("One SELECT, on a read-only connection, stopped at its time limit; at most 10 000 rows come back. "
+               "Tables: runs, sources, "
                "features, pair_stats, pair_summary, pair_examples, samples_done, ingested_shards, feature_counts "
                f"(filter with `run = {run_id}`).")
     sql = st.text_area("SQL", f"SELECT layer, head, count(*) AS pairs, sum(n) AS occurrences, sum(abs_sum) AS abs_sum\n"
                               f"FROM pair_stats WHERE run = {run_id}\nGROUP BY ALL ORDER BY layer, head",
                        height=120, key="pt_sql")
     if st.button("Run query", key="pt_sql_run"):
-        st.dataframe(run_sql_readonly(ui_store.get_store(), sql), hide_index=True, width="stretch")
+        st.dataframe(ui_store.run_sql(sql), hide_index=True, width="stretch")
 
 
 try:

@@ -180,6 +180,12 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             sum_vs_features DOUBLE NOT NULL
         );
     """),
+    ("0011_owners", """
+        -- who launched a run's job (job.json "owner"; NULL in local mode and for older jobs), and who last
+        -- set a feature's label
+        ALTER TABLE runs ADD COLUMN owner VARCHAR;
+        ALTER TABLE features ADD COLUMN labelled_by VARCHAR;
+    """),
 )
 
 # tables that hold per-run rows (delete_run and the results package walk these)

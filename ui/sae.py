@@ -13,6 +13,7 @@ import streamlit as st
 
 from fra_core import jobs
 from fra_core.workspace import Workspace
+from ui import auth as ui_auth
 from ui import common as ui
 
 METRIC_TITLES = {"loss": "loss", "l0": "L0 (active features / token)", "explained_variance": "explained variance",
@@ -122,7 +123,7 @@ def job_panel() -> None:
                 text=f"{state} · {status.get('message', '')}" + (f" · ETA {status['eta_s']:.0f}s"
                                                                  if status.get("eta_s") else ""))
     if state in ("running", "queued"):
-        if st.button("Cancel job", key=f"cancel-{job_id}"):
+        if st.button("Cancel job", key=f"cancel-{job_id}") and ui_auth.allowed_on_job(job.path, "cancel"):
             jobs.cancel_job(job.path)
             st.toast("Cancel requested; the job stops at its next step.")
     elif state == "failed":
