@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from fra_core.server import ServerConfigError
+from ui import auth as ui_auth
 from ui.common import render_sidebar
 
 st.set_page_config(page_title="FRA Studio", page_icon="🔍", layout="wide")
@@ -30,15 +32,28 @@ SECTIONS: dict[str, list[tuple[str, str, str]]] = {
 }
 
 
-def build_navigation():
+def build_navigation(role: str):
+    """Each role's pages only (`ui_auth.ROLE_PAGES`: a viewer reads runs and pair tables, nothing else)."""
     nav = {}
     for section, pages in SECTIONS.items():
-        entries = [st.Page(path, title=title, icon=icon) for path, title, icon in pages]
+        entries = [st.Page(path, title=title, icon=icon) for path, title, icon in pages
+                   if ui_auth.may_open(role, path)]
         if entries:
             nav[section] = entries
     return st.navigation(nav)
 
 
-page = build_navigation()
+try:
+    role = ui_auth.current_role()
+except ServerConfigError as exc:
+    st.error(f"Server configuration: {exc}")
+    st.stop()
+if ui_auth.server_config() is not None and not st.get_option("global.appTest"):
+    st.set_option("client.showErrorDetails", "none")  # a server never shows tracebacks (they go to the log)
+if role is None:  # server mode, not signed in (or no role): the sign-in page is the only page there is
+    st.navigation([st.Page(ui_auth.login_screen, title="Sign in", icon=":material/login:")]).run()
+    st.stop()
+page = build_navigation(role)
 render_sidebar()
+ui_auth.sidebar_user()
 page.run()

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "accumulate": ("fra_core.accumulate.cli", "accumulate FRA pair statistics from a YAML config"),
     "convert": ("fra_core.restoration.convert", "convert a restoration checkpoint to HookedTransformer"),
     "train-restoration": ("fra_core.restoration.train", "train a restoration model from a YAML config"),
+    "hash-password": ("fra_core.server", "hash a password for the server config's [passwords] table"),
 }
 
 

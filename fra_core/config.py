@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fra_core.config_types import check_field
 from fra_core.errors import FRAStudioError
 
 C = TypeVar("C", bound="JobConfig")
@@ -62,12 +63,8 @@ class JobConfig:
         if unknown:
             raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; known keys: {sorted(fields)}")
         hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for name, value in data.items():
-            origin = typing.get_origin(hints.get(name))
-            if isinstance(value, list) and origin is tuple:
-                value = tuple(value)
-            kwargs[name] = value
+        kwargs = {name: check_field(cls.__name__, name, value, hints.get(name), ConfigError)
+                  for name, value in data.items()}
         try:
             return cls(**kwargs)
         except TypeError as exc:  # missing required field

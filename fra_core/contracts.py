@@ -147,10 +147,31 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+RUNNER_LOCK = "runner.lock"  # held (flock) by the one process running a job: fra_core.jobqueue
+
+
+def runner_active(job_dir: Path) -> bool:
+    """Whether a process holds the job's runner lock now (the OS drops it when that process dies)."""
+    import fcntl
+
+    path = Path(job_dir) / RUNNER_LOCK
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def job_status(job_dir: Path) -> dict[str, Any]:
     """status.json of a job; a "running"/"queued" job whose process is gone reads as "died"."""
     status = read_json(Path(job_dir) / "status.json", {}) or {}
-    if status.get("state") in ("running", "queued") and not pid_alive(status.get("pid")):
+    if status.get("state") in ("running", "queued") and not pid_alive(status.get("pid")) \
+            and not runner_active(job_dir):
         status = {**status, "state": "died",
                   "message": "the job process is gone (killed or machine restarted); resume it to continue"}
     return status

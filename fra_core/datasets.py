@@ -10,8 +10,9 @@ A dataset is named by one string (it goes into job configs and YAML unchanged):
     hf:Elriggs/openwebtext-100k  streamed from the Hugging Face Hub (fails fast when offline)
 
 A relative path is looked up in the workspace's `datasets/` folder first, then from the current
-directory. `open_texts` checks everything it can up front (path exists, not empty, text column
-present), so a job fails in its first second with a one-line `DatasetError`, not an hour in.
+directory; in server mode only paths inside the workspace are accepted (`fra_core.paths.confine`).
+`open_texts` checks everything it can up front (path exists, not empty, text column present),
+so a job fails in its first second with a one-line `DatasetError`, not an hour in.
 Texts come in a fixed order, so a text's index is a stable sample id (what resume relies on).
 """
 
@@ -25,6 +26,8 @@ from typing import Iterator
 
 from fra_core import hub
 from fra_core.errors import FRAStudioError
+from fra_core.paths import confine
+from fra_core.server import server_mode
 from fra_core.workspace import Workspace
 
 DEMO = "demo"
@@ -55,6 +58,10 @@ class TextSource:
 
 
 def _resolve_path(location: str, workspace: Workspace | None) -> Path:
+    if server_mode():  # inside the workspace only: its datasets/ folder first, then the workspace itself
+        ws = workspace or Workspace.from_env()
+        path = confine(location, ws.root, ws.root / "datasets", what="dataset path")
+        return path if path.exists() else confine(location, ws.root, what="dataset path")
     path = Path(location).expanduser()
     if not path.is_absolute():
         ws = workspace or Workspace.from_env()

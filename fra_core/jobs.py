@@ -33,8 +33,9 @@ from typing import Any, Callable
 
 # the job-status file format lives in the torch-free contracts module (the store reads it too); jobs re-exports it
 from fra_core.config import JobConfig
-from fra_core.contracts import TERMINAL_STATES, job_status, pid_alive, read_json, write_json_atomic
+from fra_core.contracts import TERMINAL_STATES, job_status, pid_alive, read_json, runner_active, write_json_atomic
 from fra_core.errors import FRAStudioError
+from fra_core.jobqueue import JobBusy, device_slot, job_device, runner_lock
 
 # kind -> ("module:ConfigClass", "module:run_function"); run_function(cfg, progress) -> dict (result).
 # A launched job records its two specs in job.json, and its process resolves them from there, so a kind
@@ -165,7 +166,7 @@ class JobInfo:
         return self.status.get("state", "unknown")
 
 
-def new_job_dir(jobs_root: Path, kind: str, cfg: JobConfig) -> Path:
+def new_job_dir(jobs_root: Path, kind: str, cfg: JobConfig, owner: str | None = None) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     job_dir = Path(jobs_root) / f"{kind}-{stamp}-{cfg.config_hash()[:8]}"
     suffix = 1
@@ -175,15 +176,18 @@ def new_job_dir(jobs_root: Path, kind: str, cfg: JobConfig) -> Path:
     job_dir.mkdir(parents=True)
     config_spec, run_spec = _specs(kind)
     write_json_atomic(job_dir / "job.json", {"kind": kind, "created": _now(), "config_hash": cfg.config_hash(),
-                                             "config_class": config_spec, "run": run_spec})
+                                             "config_class": config_spec, "run": run_spec, "owner": owner})
     cfg.save_yaml(job_dir / "config.yaml")
     write_json_atomic(job_dir / "status.json", {"state": "queued", "updated": _now()})
     return job_dir
 
 
 def start_process(job_dir: Path, env: dict[str, str] | None = None) -> int:
-    """Start (or restart, for resume) the job process for an existing job folder; returns its pid."""
+    """Start (or restart, for resume) the job process for an existing job folder; returns its pid.
+    JobBusy if a process is running it now (one runner per job: `fra_core.jobqueue`)."""
     job_dir = Path(job_dir)
+    if runner_active(job_dir):
+        raise JobBusy(f"job {job_dir.name} is already running; cancel it first or wait")
     (job_dir / "cancel").unlink(missing_ok=True)
     log = open(job_dir / "log.txt", "ab")
     repo_root = Path(__file__).resolve().parent.parent
@@ -200,13 +204,19 @@ def start_process(job_dir: Path, env: dict[str, str] | None = None) -> int:
     return proc.pid
 
 
-def launch_job(jobs_root: Path, kind: str, cfg: JobConfig, env: dict[str, str] | None = None) -> Path:
-    """Create a job folder for `cfg` and start its process in the background."""
+def launch_job(jobs_root: Path, kind: str, cfg: JobConfig, env: dict[str, str] | None = None,
+               owner: str | None = None) -> Path:
+    """Create a job folder for `cfg` (owned by `owner`) and start its process in the background."""
     if not isinstance(cfg, config_class(kind)):
         raise TypeError(f"job kind {kind!r} needs a {config_class(kind).__name__}, got {type(cfg).__name__}")
-    job_dir = new_job_dir(jobs_root, kind, cfg)
+    job_dir = new_job_dir(jobs_root, kind, cfg, owner)
     start_process(job_dir, env)
     return job_dir
+
+
+def _cancel_if_asked(job_dir: Path, message: str) -> None:
+    if (Path(job_dir) / "cancel").exists():
+        raise JobCancelled(message)
 
 
 def cancel_job(job_dir: Path) -> None:
@@ -241,8 +251,17 @@ def read_metrics(job_dir: Path) -> list[dict[str, Any]]:
 
 
 def run_job_dir(job_dir: Path, run_fn: Callable | None = None) -> int:
-    """Body of the job process (also callable in-process by tests). Returns an exit code."""
-    job_dir = Path(job_dir)
+    """Body of the job process (also callable in-process by tests). Returns an exit code; 4 (and the job
+    untouched) when another process is running this job."""
+    try:
+        with runner_lock(job_dir):
+            return _run_locked(Path(job_dir), run_fn)
+    except JobBusy as exc:
+        print(f"not started: {exc}", file=sys.stderr, flush=True)
+        return 4
+
+
+def _run_locked(job_dir: Path, run_fn: Callable | None) -> int:
     meta = read_json(job_dir / "job.json") or {}
     kind = meta.get("kind", "?")
     status = read_json(job_dir / "status.json", {}) or {}
@@ -253,8 +272,9 @@ def run_job_dir(job_dir: Path, run_fn: Callable | None = None) -> int:
         config_spec, run_spec = (meta["config_class"], meta["run"]) if "run" in meta else _specs(kind)
         cfg = _resolve(config_spec).load_yaml(job_dir / "config.yaml")
         run = run_fn or _resolve(run_spec)
-        progress = Progress(job_dir)
-        result = run(cfg, progress) or {}
+        with device_slot(job_dir, job_device(cfg), lambda: _cancel_if_asked(job_dir, "cancelled while queued")):
+            progress = Progress(job_dir)
+            result = run(cfg, progress) or {}
         final = {**progress._status, **base, "state": "done", "message": "finished",
                  "result": result, "wall_s": time.time() - t0, "updated": _now()}
         code = 0
@@ -276,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2 or argv[0] != "run":
         print("usage: python -m fra_core.jobs run <job_dir>", file=sys.stderr)
         return 2
-    return run_job_dir(Path(argv[1]))
+    # run in the imported module, not in __main__: other modules raise fra_core.jobs.JobCancelled, which
+    # `python -m fra_core.jobs` would otherwise see as a different class
+    return importlib.import_module("fra_core.jobs").run_job_dir(Path(argv[1]))
 
 
 if __name__ == "__main__":

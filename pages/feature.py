@@ -12,10 +12,13 @@ import streamlit as st
 from fra_core.neuronpedia import feature_url as neuronpedia_url
 from store import StoreBusy, StoreError
 from store.feature_queries import feature_runs, feature_saes
+from ui import auth as ui_auth
 from ui import common as ui
 from ui import feature as ui_feature
 from ui import store as ui_store
 from ui.store import METRIC_LABELS
+
+ui_auth.page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 P = "fp"
 PARTNER_METRICS = ["mean_abs", "mean", "sum", "abs_sum", "max_abs", "count"]
@@ -166,6 +169,9 @@ if not marg.empty:
 
 # ----------------------------------------------------------------------------- weight-based (on demand)
 st.subheader("From the weights")
+if not ui_auth.can("run"):
+    st.caption("Your role reads stored runs only: the weight-based views load models.")
+    st.stop()
 if st.button("Load decoder → vocabulary and weight partners", key=f"{P}_weights",
              help="Loads the model and the SAE (torch): a few seconds the first time."):
     st.session_state[f"{P}_weights_for"] = (model_id, sae_id, fid)

@@ -17,12 +17,15 @@ from fra_core import jobs
 from fra_core.accumulate import KIND, AccumulateFRAConfig
 from fra_core.datasets import open_texts
 from store import StoreBusy, StoreError, delete_run
+from ui import auth as ui_auth
 from ui import common as ui
 from ui import launch as ui_launch
 from ui import pickers as ui_pickers
 from ui import store as ui_store
 from ui.help_texts import ACCUMULATE as H
 from ui.tables import fmt_eta, fmt_rate, fmt_seconds
+
+ui_auth.page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 DEMO_SAES = ui_pickers.DEMO_SAE_NAMES
 STATISTICS_LABELS = {"all_pairs": "exact: every feature pair", "top_m": "top-m pairs per cell (older runs)"}
@@ -141,9 +144,8 @@ with st.expander("New accumulation run", expanded=True):
                     raise ValueError("give the dataset's path or name")
                 open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed, ws)  # fails fast, offline too
                 ui_pickers.check_sae_refs(ws, list(cfg.q_saes) + list(cfg.k_saes))
-                with st.spinner("Checking the model, the SAEs' fit to it and the layer…"):
-                    ui_launch.check_parts(cfg)  # in this process, before any job folder exists
-                job_dir = jobs.launch_job(ws.jobs, KIND, cfg)
+                ui_launch.check_parts(cfg)  # in this process, before any job folder exists
+                job_dir = jobs.launch_job(ws.jobs, KIND, cfg, owner=ui_auth.launcher())
             except ValueError as exc:
                 ui.show_error(exc, "Not launched")
             else:
@@ -182,12 +184,17 @@ def job_detail(job: jobs.JobInfo | None, run: pd.Series | None) -> None:
                    f"updated {status.get('updated', '—')} · wall time {fmt_seconds(status.get('wall_s'))} · "
                    f"folder `{job.path}`")
         c = st.columns(3)
-        if status.get("state") in ACTIVE and c[0].button("Cancel", key="acc_cancel", help=H["acc_cancel"]):
+        if status.get("state") in ACTIVE and c[0].button("Cancel", key="acc_cancel", help=H["acc_cancel"]) \
+                and ui_auth.allowed_on_job(job.path, "cancel"):
             jobs.cancel_job(job.path)
             st.info("Cancel requested: the job stops at its next progress check (its complete shards are kept).")
-        if status.get("state") in ("died", "cancelled", "failed") and c[1].button("Resume", key="acc_resume", help=H["acc_resume"]):
-            jobs.start_process(job.path)
-            st.info("Resumed: samples of complete shards are skipped, so none is counted twice.")
+        if status.get("state") in ("died", "cancelled", "failed") and c[1].button("Resume", key="acc_resume", help=H["acc_resume"]) \
+                and ui_auth.allowed_on_job(job.path, "resume"):
+            try:
+                jobs.start_process(job.path)
+                st.info("Resumed: samples of complete shards are skipped, so none is counted twice.")
+            except ValueError as exc:  # JobBusy: another resume won the race
+                ui.show_error(exc, "Not resumed")
         config = job.path / "config.yaml"
         if config.is_file():
             with st.expander("Config"):
@@ -199,7 +206,8 @@ def job_detail(job: jobs.JobInfo | None, run: pd.Series | None) -> None:
     if run is not None:
         c = st.columns([1, 2])
         sure = c[1].checkbox(f"Yes, delete run #{int(run['id'])} from the database", key="acc_delete_sure", help=H["acc_delete_sure"])
-        if c[0].button("Delete run", key="acc_delete", help=H["acc_delete"], disabled=not sure):
+        if c[0].button("Delete run", key="acc_delete", help=H["acc_delete"], disabled=not sure) \
+                and ui_auth.allowed(run.get("owner"), "delete", f"run #{int(run['id'])}"):
             try:
                 with ui_store.get_store().write() as con:
                     delete_run(con, int(run["id"]))

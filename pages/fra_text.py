@@ -13,7 +13,10 @@ from ui import common as ui
 from ui import fra as fu
 from ui import goto as ui_goto
 from ui import store as ui_store
+from ui.auth import page_gate
 from ui.tables import feature_url
+
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 P = "fra_text"
 st.title("Single text FRA")

@@ -9,6 +9,9 @@ import streamlit as st
 
 from ui import common as ui
 from ui import fra as fu
+from ui.auth import page_gate
+
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 P = "fra_val"
 st.title("Validation")

@@ -8,7 +8,10 @@ import streamlit as st
 
 from ui import common as ui
 from ui import fra as fu
+from ui.auth import page_gate
 from ui.tables import feature_url
+
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 P = "fra_weights"
 st.title("Data-independent view")

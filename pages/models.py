@@ -8,6 +8,9 @@ import streamlit as st
 
 from fra_core.models import list_models, model_summary
 from ui import common as ui
+from ui.auth import page_gate
+
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 st.title("Models")
 

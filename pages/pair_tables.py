@@ -16,10 +16,12 @@ from ui import pair_maps as ui_maps
 from ui import persist
 from ui import store as ui_store
 from ui import tables as ui_tables
+from ui.auth import page_gate
 from ui.help_texts import PAIR_TABLES as H
 from ui.pair_filters import FIELDS, ORDERS, SELF_MODES, VIEWS
 from ui.store import METRIC_LABELS
 
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 HEAD_COLUMNS = {"unique_pairs": "unique pairs", "occurrences": "occurrences", "mean_abs": "mean |FRA| per occurrence",
                 "max_abs": "max |FRA|", "self_pair_share": "self-pair share of unique pairs"}
 
@@ -133,9 +135,7 @@ def show_feature() -> None:
         src = c[1].selectbox("Dictionary", list(sources), format_func=sources.get, key="pt_src", help=H["pt_src"])
     src_id = src if src is not None else next(iter(sources))
     ui_store.feature_label_editor(version, run_id, fid, src_id)
-    st.page_link("pages/feature.py", label=f"Feature {fid}'s page: activations, contexts, partners per head",
-                 icon=":material/open_in_new:", query_params={"model": info["model_id"], "sae": sae_of_src[src_id],
-                                                              "feature": fid, "run": run_id})
+    ui_tables.feature_page_link(fid, sae_of_src[src_id], info["model_id"], run_id)
     common = dict(metric=metric, n=20, src=src, layer=layer, head=head, self_pairs=self_pairs, min_count=min_count,
                   diagonal=diagonal)
     left, right = st.columns(2)

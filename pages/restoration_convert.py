@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from fra_core.restoration.runs import list_runs, restoration_root
-from fra_core.workspace import check_name
+from fra_core.paths import PathError, save_upload, user_path
+from fra_core.restoration.runs import list_runs
+from ui.auth import current_user, page_gate
 from ui.common import show_error, workspace
+
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 ws = workspace()
 
@@ -26,13 +29,19 @@ def choose_checkpoint() -> str | None:
         up = st.file_uploader("Restoration checkpoint (.pt)", type=["pt"])
         if not up:
             return None
-        folder = restoration_root(ws) / ".uploads"
-        folder.mkdir(exist_ok=True)
-        path = folder / check_name(up.name, "file name")
-        path.write_bytes(up.getvalue())
-        return str(path)
+        try:  # stored per user under a generated name, size-capped
+            return str(save_upload(ws, current_user(), up.name, up.getvalue(), (".pt",)))
+        except PathError as exc:
+            show_error(exc, "Upload refused")
+            return None
     path = st.text_input("Path", placeholder="/checkpoints/restorer.pt").strip()
-    return path or None
+    if not path:
+        return None
+    try:
+        return str(user_path(path, ws, what="checkpoint path"))
+    except PathError as exc:
+        show_error(exc)
+        return None
 
 
 def run_conversion(checkpoint: str, out: str | None, quirk: str, data: str) -> None:
@@ -41,7 +50,7 @@ def run_conversion(checkpoint: str, out: str | None, quirk: str, data: str) -> N
     try:
         with st.spinner("Converting and comparing logits…"):
             result = convert_checkpoint(checkpoint, out, {"auto": None, "on": True, "off": False}[quirk],
-                                        data or None)
+                                        str(user_path(data, ws, what="verification text")) if data else None)
     except (ValueError, FileExistsError) as exc:
         show_error(exc, "Conversion failed")
         return

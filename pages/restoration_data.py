@@ -18,8 +18,12 @@ from fra_core.atf import (
     parse_corpus,
     sample_path,
 )
+from fra_core.paths import PathError, check_upload_size, user_path
 from fra_core.restoration.dataset import BuildDatasetConfig, DatasetBuildError, build_restoration_dataset
+from ui.auth import page_gate
 from ui.common import show_error, workspace
+
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 STATUS_HELP = "status per character: c read on the tablet (maskable) · b editor's restoration · g gap · m kept markup"
 
@@ -43,10 +47,10 @@ def choose_source():
     kind = st.radio("Source", ["Demo sample (shipped)", "Upload", "File on this machine"], horizontal=True)
     if kind == "Upload":
         up = st.file_uploader("eBL JSON / JSONL, or an ATF text file", type=["json", "jsonl", "atf", "txt"])
-        return (read_upload(up.getvalue(), up.name), up.name) if up else (None, None)
+        return (read_upload(check_upload_size(up.getvalue(), up.name), up.name), up.name) if up else (None, None)
     if kind == "File on this machine":
         path = st.text_input("Path", placeholder="/data/ebl/fragments.json").strip()
-        return (read_path(path), path) if path else (None, None)
+        return (read_path(str(user_path(path, what="fragments path"))), path) if path else (None, None)
     return read_path(str(sample_path())), str(sample_path())
 
 
@@ -148,7 +152,7 @@ st.title("Restoration data")
 st.caption("eBL fragment records (JSON list or JSONL with an `atf` field) or plain ATF files.")
 try:
     fragments, source = choose_source()
-except (AtfError, DatasetBuildError) as exc:
+except (AtfError, DatasetBuildError, PathError) as exc:
     show_error(exc, "Could not read the fragments")
     st.stop()
 if not fragments:

@@ -9,7 +9,11 @@ import streamlit as st
 from fra_core import jobs
 from fra_core.restoration.dataset import list_restoration_datasets
 from fra_core.restoration.runs import list_runs
+from ui import auth as ui_auth
+from ui.auth import page_gate
 from ui.common import device_choice, job_progress, show_error, workspace
+
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 KIND = "train-restoration"
 ws = workspace()
@@ -32,7 +36,7 @@ def launch(values: dict) -> None:
         for path in (ws.root / "restoration" / cfg.name, ws.models / cfg.name):
             if path.exists():
                 raise ValueError(f"{path} already exists; choose another name")
-        job_dir = jobs.launch_job(ws.jobs, KIND, cfg)
+        job_dir = jobs.launch_job(ws.jobs, KIND, cfg, owner=ui_auth.launcher())
     except (ValueError, TypeError) as exc:
         show_error(exc, "Could not start training")
         return
@@ -94,7 +98,8 @@ def job_panel() -> None:
     job = entries[names.index(pick)]
     status = job_progress(job.path)
     loss_chart(jobs.read_metrics(job.path))
-    if status.get("state") in ("running", "queued") and st.button("Cancel job"):
+    if status.get("state") in ("running", "queued") and st.button("Cancel job") \
+            and ui_auth.allowed_on_job(job.path, "cancel"):
         jobs.cancel_job(job.path)
     if status.get("state") == "done":
         result = status.get("result", {})

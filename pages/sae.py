@@ -6,8 +6,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from ui import auth as ui_auth
 from ui import pickers as ui_pickers
 from ui import sae as ui
+from ui.auth import page_gate
+
+page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 ARCHS = ("topk", "standard", "batchtopk", "jumprelu")
 HOOKS = ("blocks.{L}.ln1.hook_normalized", "blocks.{L}.hook_resid_pre", "blocks.{L}.attn.hook_z",
@@ -31,7 +35,7 @@ def launch(values: dict) -> None:
         hook_input_shape(model, cfg.hook_name)  # unknown hook -> clear error before a job starts
         if cfg.context_size > model.cfg.n_ctx:
             raise ValueError(f"context size {cfg.context_size} exceeds the model's n_ctx={model.cfg.n_ctx}")
-        job_dir = jobs.launch_job(ws.jobs, "train-sae", cfg)
+        job_dir = jobs.launch_job(ws.jobs, "train-sae", cfg, owner=ui_auth.launcher())
     except (ValueError, TypeError) as exc:
         st.error(str(exc))
         return
@@ -145,7 +149,8 @@ with inspect_tab:
         made = ensure_demo_saes(ws, train_if_missing=False)  # copies the shipped ones
         for name, cfg in DEMO_SAE_CONFIGS.items():
             if name not in made:  # not shipped: train it as a job (progress in the Train tab)
-                st.session_state["sae_job"] = jobs.launch_job(ws.jobs, "train-sae", cfg).name
+                st.session_state["sae_job"] = jobs.launch_job(ws.jobs, "train-sae", cfg,
+                                                              owner=ui_auth.launcher()).name
                 st.info(f"Training {name} in the background; follow it in the Train tab.")
         entries = list_saes(ws)
     with st.expander("Import an SAE from the Hugging Face cache (SAELens registry) into the workspace"):

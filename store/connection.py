@@ -28,6 +28,7 @@ import duckdb
 from store.errors import StoreBusy, StoreError
 from store.schema import migrate
 
+YIELD_S = 0.25  # see Store.max_hold_s
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "lock on file")
 
 
@@ -81,7 +82,7 @@ class Store:
     """
 
     def __init__(self, path: str | Path, timeout_s: float = 30.0, hold: bool = False,
-                 linger_s: float = 0.0):
+                 linger_s: float = 0.0, max_hold_s: float | None = None, settings: dict | None = None):
         self.path = Path(path) if str(path) != ":memory:" else ":memory:"
         self.timeout_s = timeout_s
         self.hold = hold or self.path == ":memory:"
@@ -93,23 +94,41 @@ class Store:
         self._reading = threading.local()  # read-session depth of the current thread
         self._sandboxed = False  # a `sandboxed()` session owns the file: other sessions wait
         self.linger_s = linger_s
+        # a lingering connection is closed anyway once it has been open this long (at the end of a
+        # session), so a busy app still leaves gaps in which other processes get the file
+        self.max_hold_s = max_hold_s
+        # DuckDB settings SET on each opening (memory_limit, ...): SET, not connect(config=), because DuckDB
+        # refuses a second connection to one file with a different connect-time configuration
+        self.settings = dict(settings or {})
+        self._opened_at = 0.0
+        self._reopen_after = 0.0  # after a max_hold_s close, the file is left alone for YIELD_S
         self._last_use = 0.0
         self._timer: threading.Timer | None = None
 
-    def _open(self, read_only: bool) -> None:
+    def _open(self, read_only: bool, timeout_s: float | None = None) -> None:
+        gap = self._reopen_after - time.monotonic()
+        if gap > 0:  # leave the gap to another process's connect retries (every <= 0.1 s)
+            time.sleep(gap)
         if read_only and self.path != ":memory:" and not Path(self.path).exists():
             read_only = False  # first use creates the file and its schema
-        self._con = connect(self.path, read_only=read_only, timeout_s=self.timeout_s)
+        self._con = connect(self.path, read_only=read_only,
+                            timeout_s=self.timeout_s if timeout_s is None else timeout_s)
+        for name, value in self.settings.items():
+            self._con.execute(f"SET {name} = '{str(value).replace(chr(39), '')}'")
         self._read_only = read_only and self.path != ":memory:"
+        self._opened_at = time.monotonic()
 
     def _release_if_idle(self) -> None:
         self._last_use = time.monotonic()
         if self._con is not None and not self.hold and self._readers == 0 and self._writers == 0:
-            if self.linger_s > 0:
+            held_long = self.max_hold_s is not None and self._last_use - self._opened_at >= self.max_hold_s
+            if self.linger_s > 0 and not held_long:
                 self._schedule_close(self.linger_s)
             else:
                 self._con.close()
                 self._con = None
+                if held_long:
+                    self._reopen_after = time.monotonic() + YIELD_S
         self._cond.notify_all()
 
     def _schedule_close(self, delay: float) -> None:
@@ -157,8 +176,9 @@ class Store:
                 self._release_if_idle()
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A cursor on a read-write connection; the caller manages transactions on it."""
+    def write(self, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor on a read-write connection; the caller manages transactions on it. `timeout_s`
+        (default: the Store's) bounds the wait for another process's lock (StoreBusy after it)."""
         with self._cond:
             self._cond.wait_for(lambda: not self._sandboxed)
             if self._con is not None and self._read_only:
@@ -170,7 +190,7 @@ class Store:
                     self._con.close()
                     self._con = None
             if self._con is None:
-                self._open(read_only=False)
+                self._open(read_only=False, timeout_s=timeout_s)
             self._writers += 1
             cur = self._con.cursor()
         try:

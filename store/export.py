@@ -45,8 +45,17 @@ def export_pairs(con, run: int | str, path: str | Path, fmt: str = "parquet", *,
              f"FROM pair_stats WHERE {where} ORDER BY {m} DESC NULLS LAST, {KEY} {lim}")
     sql = (f"SELECT p.*, {LABEL_COLUMNS} FROM ({pairs}) p {label_joins('p', run_id)} "
            f"ORDER BY value DESC NULLS LAST, {KEY}")
+    if fmt == "csv":  # labels are user text: a spreadsheet must not read "=cmd()" as a formula
+        safe = ", ".join(f"{csv_safe_sql(c)} AS {c}" for c in ("q_label", "k_label"))
+        sql = f"SELECT * REPLACE ({safe}) FROM ({sql}) ORDER BY value DESC NULLS LAST, {KEY}"
     con.execute(f"COPY ({sql}) TO '{_sql_path(path)}' ({opts})", params)
     return path
+
+
+def csv_safe_sql(column: str) -> str:
+    """SQL for `column` with a leading ' added where a spreadsheet would start a formula (= + - @ tab CR)."""
+    return (f"CASE WHEN left({column}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) THEN chr(39) || {column} "
+            f"ELSE {column} END")
 
 
 def export_pairs_bytes(con, run: int | str, fmt: str = "parquet", **kwargs: Any) -> bytes:

@@ -82,6 +82,7 @@ def _register_job(con, job_dir: Path) -> int:
         run = register_run(con, job_dir.name, meta.get("kind", "accumulate"), config,
                            config_hash=meta.get("config_hash"), code_version=info.get("code_version"),
                            job_dir=str(job_dir), created=_ts(meta.get("created")))
+        con.execute("UPDATE runs SET owner = ? WHERE id = ? AND owner IS NULL", [meta.get("owner"), run])
         known = {r[0] for r in con.execute("SELECT src FROM sources WHERE run = ?", [run]).fetchall()}
         for src in info.get("sources", []):
             if src["src"] not in known:
@@ -268,10 +269,13 @@ def ingest_job_shards(con, job_dir: str | Path, restore: bool = False) -> dict[s
         if ingest_shard(con, run, job_dir, manifest):
             new_shards += 1
             new_samples += len(manifest["samples"])
-    status = _sync_status(con, run, job_dir)
+    # compaction first, status after: a kill between them leaves the old status, so the next pass sees a
+    # change and comes back; and `ingest_all_jobs` also returns to any run with staged rows left over
+    status = job_status(job_dir)
     if _should_compact(con, run, status.get("state")):
         config = json.loads(con.execute("SELECT config FROM runs WHERE id = ?", [run]).fetchone()[0] or "{}")
         compact_run(con, run, int(config.get("examples_per_pair", _DEFAULT_EXAMPLES)))
+    status = _sync_status(con, run, job_dir)
     return {"run": run, "shards": new_shards, "samples": new_samples, "state": status.get("state")}
 
 
@@ -283,8 +287,12 @@ def ingest_all_jobs(con, jobs_root: str | Path) -> list[dict[str, Any]]:
     root = Path(jobs_root)
     if not root.is_dir():
         return out
-    known = {name: (status, n) for name, status, n in con.execute(
-        "SELECT r.name, r.status, (SELECT count(*) FROM ingested_shards s WHERE s.run = r.id) FROM runs r").fetchall()}
+    # (status, shards) of each run; a run with staged rows not yet compacted (a pass killed mid-compaction)
+    # never matches, so it is compacted again even though its job folder did not change
+    known = {name: (status, n) for name, status, n, staged in con.execute(
+        "SELECT r.name, r.status, (SELECT count(*) FROM ingested_shards s WHERE s.run = r.id),"
+        " EXISTS (SELECT 1 FROM pair_stats_staged p WHERE p.run = r.id) FROM runs r").fetchall()
+        if not staged or status in ("running", "queued")}
     deleted = {r[0] for r in con.execute("SELECT name FROM deleted_runs").fetchall()}
     for job_dir in sorted(root.iterdir()):
         meta = read_json(job_dir / "job.json") or {}
@@ -343,16 +351,29 @@ def _refresh_auto_labels(con, run: int) -> None:
         WHERE t.kind = 'tok'""", [run])
 
 
-def set_feature_labels(con, sae_id: str, labels: dict[int, str | None]) -> int:
-    """Attach human labels to SAE features (kept across runs; None removes one); returns the number set."""
+def set_feature_labels(con, sae_id: str, labels: dict[int, str | None], user: str | None = None,
+                       only_own: bool = False) -> int:
+    """Attach human labels to SAE features (kept across runs; None removes one), recording `user` as who
+    set them; returns the number set. `only_own=True` refuses (StoreError) to change a label someone else
+    set (what a researcher may do; admins may change any)."""
     import pyarrow as pa
+
+    if only_own:
+        others = con.execute("SELECT feature, labelled_by FROM features WHERE sae_id = ? AND label IS NOT NULL"
+                             " AND labelled_by IS DISTINCT FROM ? AND list_contains(?, feature)",
+                             [sae_id, user, [int(f) for f in labels]]).fetchall()
+        if others:
+            feature, by = others[0]
+            raise StoreError(f"feature {feature} of {sae_id} was labelled by {by or 'someone else'}; "
+                             "only they or an admin may change it")
 
     table = pa.table({"feature": pa.array(list(labels), pa.uint32()),
                       "label": pa.array(list(labels.values()), pa.string())})
     con.register("_labels", table)
     try:
-        con.execute("""INSERT INTO features (sae_id, feature, label) SELECT ?, feature, label FROM _labels
-                       ON CONFLICT (sae_id, feature) DO UPDATE SET label = excluded.label""", [sae_id])
+        con.execute("""INSERT INTO features (sae_id, feature, label, labelled_by) SELECT ?, feature, label, ?
+                       FROM _labels ON CONFLICT (sae_id, feature)
+                       DO UPDATE SET label = excluded.label, labelled_by = excluded.labelled_by""", [sae_id, user])
     finally:
         con.unregister("_labels")
     return len(labels)

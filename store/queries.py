@@ -231,7 +231,7 @@ def compare_summary(df: pd.DataFrame, n: int) -> dict[str, Any]:
 
 def list_runs(con) -> pd.DataFrame:
     return con.execute("""SELECT id, name, kind, status, model_id, q_sae_id, k_sae_id, layer, heads,
-                                 n_samples, n_samples_target, n_pairs, created, finished, wall_s, message
+                                 n_samples, n_samples_target, n_pairs, created, finished, wall_s, message, owner
                           FROM runs ORDER BY id DESC""").df()
 
 

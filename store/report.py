@@ -16,10 +16,23 @@ import pandas as pd
 FORMATS = ("parquet", "csv")
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `df` whose text cells that a spreadsheet would run as a formula (starting with = + - @,
+    tab or CR) get a leading ' (shown as text); numbers are untouched."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v)
+    return out
+
+
 def dataframe_bytes(df: pd.DataFrame, fmt: str = "csv") -> bytes:
     """`df` as Parquet or CSV bytes (for st.download_button)."""
     if fmt == "csv":
-        return df.to_csv(index=False).encode("utf-8")
+        return csv_safe(df).to_csv(index=False).encode("utf-8")
     if fmt == "parquet":
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)

@@ -180,7 +180,13 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             sum_vs_features DOUBLE NOT NULL
         );
     """),
-    ("0011_feature_acts", """
+    ("0011_owners", """
+        -- who launched a run's job (job.json "owner"; NULL in local mode and for older jobs), and who last
+        -- set a feature's label
+        ALTER TABLE runs ADD COLUMN owner VARCHAR;
+        ALTER TABLE features ADD COLUMN labelled_by VARCHAR;
+    """),
+    ("0012_feature_acts", """
         -- per shard: each feature's largest ('top') and randomly drawn ('sample') activations with the
         -- feature's activation on the tokens around them (fra_core.accumulate.feature_acts)
         CREATE TABLE feature_acts (

@@ -126,11 +126,12 @@ def open_pair_controls(version: tuple, run_id: int, run_info: dict, fid: int, sr
                        partners: dict[str, pd.DataFrame]) -> None:
     """Pick one of the partner pairs shown and open its best stored context (largest |FRA|) in Single
     text FRA, on that pair's cell."""
+    from ui import auth as ui_auth
     from ui import goto as ui_goto
     from ui import store as ui_store
 
     rows = [(side, r) for side, df in partners.items() for r in df.itertuples()]
-    if not rows:
+    if not rows or not ui_auth.can("run"):  # Single text FRA is not among a viewer's pages
         return
     c = st.columns([4, 1], vertical_alignment="bottom")
     i = c[0].selectbox("Pair to open", range(len(rows)), key="fp_open_pair",

@@ -21,8 +21,15 @@ class LaunchRefused(FRAStudioError):
 def check_parts(cfg) -> None:
     """Load the model (cached, as the pages do) and every SAE, and run the job's own set-up and fit checks
     (`fra_core.accumulate.run.prepare`: the runner of the run's statistics); LaunchRefused on any failure."""
+    import streamlit as st
+
     from fra_core.accumulate.run import prepare
 
+    with st.spinner("Checking the model, the SAEs' fit to it and the layer…"):
+        _check(cfg, prepare)
+
+
+def _check(cfg, prepare) -> None:
     try:
         model = ui.get_model(cfg.model)
     except (ValueError, OSError, RuntimeError) as exc:

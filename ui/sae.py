@@ -13,6 +13,7 @@ import streamlit as st
 
 from fra_core import jobs
 from fra_core.workspace import Workspace
+from ui import auth as ui_auth
 from ui import common as ui
 
 METRIC_TITLES = {"loss": "loss", "l0": "L0 (active features / token)", "explained_variance": "explained variance",
@@ -124,7 +125,7 @@ def job_panel() -> None:
     st.progress(min(1.0, done / total) if total else 0.0,
                 text=f"{state} · {status.get('message', '')}" + (f" · ETA {eta}" if eta != "—" else ""))
     if state in ("running", "queued"):
-        if st.button("Cancel job", key=f"cancel-{job_id}"):
+        if st.button("Cancel job", key=f"cancel-{job_id}") and ui_auth.allowed_on_job(job.path, "cancel"):
             jobs.cancel_job(job.path)
             st.toast("Cancel requested; the job stops at its next step.")
     elif state == "failed":

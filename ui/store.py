@@ -1,10 +1,12 @@
 """Store helpers for the database pages: the cached `Store`, ingest-on-view of accumulation jobs, and
 cached query results. Never imports torch (the pair-table pages must stay light).
 
-* One `Store` per database file and process (`st.cache_resource`); it keeps its connection open
-  (`hold=True`): the app is the database's one writer (jobs only write Parquet shards), and a held
-  connection keeps DuckDB's buffer cache warm, which is what makes a filter change on a 10 M-row run
-  answer in well under a second. Every use takes its own cursor (`Store.read()` / `Store.write()`).
+* One `Store` per database file and process (`st.cache_resource`), in short sessions: its connection
+  lingers `LINGER_S` after the last use (DuckDB's buffer cache stays warm while a user changes filters)
+  and is closed after at most `MAX_HOLD_S` of continuous use, so notebooks, the CLI's `--ingest` and a
+  second app can open the file. Every use takes its own cursor (`Store.read()` / `Store.write()`); every
+  query runs under a time limit (`store.watchdog`, `FRA_QUERY_TIMEOUT_S`) and the connection under a
+  memory limit (`FRA_DB_MEMORY_LIMIT`); the SQL box runs in a process of its own (`store.sql_worker`).
 * `sync_jobs()` ingests new shards of every accumulation job folder (idempotent, throttled to one
   pass per `SYNC_EVERY_S`), so runs appear and grow while their jobs run, whether or not the tab that
   launched them is still open.
@@ -53,6 +55,8 @@ from store.feature_queries import (
 )
 from store.marginals import feature_marginals, node_totals, run_statistics, score_shares
 from store.page_queries import feature_labels, head_summary, human_labels, run_heads, sample_tokens
+from store.sql_worker import run_sql_bounded
+from store.watchdog import memory_limit, query_timeout_s, time_limit
 from ui import common as ui
 from ui.help_texts import PAIR_TABLES as HELP
 
@@ -61,6 +65,8 @@ SYNC_EVERY_S = 2.0
 # runs: every such cell; top-m runs: only the cells where the pair was among the m kept)
 METRIC_LABELS = {"sum": "Σ FRA over its cells", "mean": "mean FRA per cell", "abs_sum": "Σ |FRA| over its cells",
                  "mean_abs": "mean |FRA| per cell", "max_abs": "max |FRA| in one cell", "count": "cells (n)"}
+LINGER_S, MAX_HOLD_S = 0.5, 5.0
+SYNC_LOCK_WAIT_S = 1.0  # ingest-on-view waits this long for another process's lock, then tries next time
 
 _QUERIES: dict[str, Callable[..., Any]] = {
     "top_pairs": top_pairs, "feature_partners": feature_partners, "summary_stats": summary_stats,
@@ -79,11 +85,13 @@ class StoreHandle:
     store: Store
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     last_sync: float = 0.0
+    sql_running: int = 0  # SQL-box processes of this app running now
 
 
 @st.cache_resource(show_spinner=False, max_entries=8, on_release=lambda h: h.store.close())
 def _handle(db_path: str) -> StoreHandle:
-    return StoreHandle(Store(db_path, timeout_s=10, hold=True))
+    return StoreHandle(Store(db_path, timeout_s=10, linger_s=LINGER_S, max_hold_s=MAX_HOLD_S,
+                             settings={"memory_limit": memory_limit()}))
 
 
 def db_path() -> str:
@@ -117,10 +125,12 @@ def sync_jobs(force: bool = False) -> tuple[list[dict], list[str]]:
     with handle.lock:
         if not force and time.monotonic() - handle.last_sync < SYNC_EVERY_S:
             return [], []
+        if handle.sql_running:  # its process holds a read lock: a write would only wait (ingest after it)
+            return [], []
         handle.last_sync = time.monotonic()
         jobs_root = ui.workspace().jobs
         try:
-            with handle.store.write() as con:
+            with handle.store.write(timeout_s=SYNC_LOCK_WAIT_S) as con:
                 try:
                     return ingest_all_jobs(con, jobs_root), []
                 except (StoreError, OSError, ValueError):
@@ -132,7 +142,7 @@ def sync_jobs(force: bool = False) -> tuple[list[dict], list[str]]:
 # ----------------------------------------------------------------------------- queries
 def runs() -> pd.DataFrame:
     """The `runs` table (small; never cached: it is how the pages notice a deleted or grown run)."""
-    with get_store().read() as cur:
+    with get_store().read() as cur, time_limit(cur, query_timeout_s(), "the list of runs"):
         return list_runs(cur)
 
 
@@ -143,13 +153,26 @@ def run_version(runs_df: pd.DataFrame, run_id: int) -> tuple:
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def _query(name: str, db: str, version: tuple, *args: Any, **kwargs: Any) -> Any:
-    with _handle(db).store.read() as cur:
+    with _handle(db).store.read() as cur, time_limit(cur, query_timeout_s()):
         return _QUERIES[name](cur, *args, **kwargs)
 
 
 def query(name: str, version: tuple, *args: Any, **kwargs: Any) -> Any:
     """`store.<name>(cursor, *args, **kwargs)`, cached until `version` changes."""
     return _query(name, db_path(), version, *args, **kwargs)
+
+
+def run_sql(sql: str) -> pd.DataFrame:
+    """The SQL box: one SELECT in a sandboxed child process, under its own time and memory limits
+    (ingest-on-view pauses meanwhile: the child's read lock would make every write wait)."""
+    handle = _handle(db_path())
+    with handle.lock:
+        handle.sql_running += 1
+    try:
+        return run_sql_bounded(db_path(), sql)
+    finally:
+        with handle.lock:
+            handle.sql_running -= 1
 
 
 def run_label(row) -> str:
@@ -165,6 +188,12 @@ def feature_label_editor(version: tuple, run_id: int, feature: int, src: int) ->
         return
     st.caption(f"Feature {feature} of `{info['sae_id']}` fires on: {info['auto_label'] or '— (no token counts in this run)'}")
     key = f"pt_label_{run_id}_{src}_{feature}"
+    from ui import auth as ui_auth
+
+    if not ui_auth.can("label"):
+        if info["label"]:
+            st.text(f"Label: {info['label']}")  # plain text: a label is user input
+        return
     c = st.columns([4, 1], vertical_alignment="bottom")
     c[0].text_input("Your label for this feature (shown in every table of this SAE)", value=info["label"] or "",
                     key=key, placeholder=info["auto_label"] or "", help=HELP["label"])
@@ -175,7 +204,7 @@ def feature_label_editor(version: tuple, run_id: int, feature: int, src: int) ->
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _human_labels(db: str, sae_ids: tuple[str, ...]) -> dict[tuple[str, int], str]:
-    with _handle(db).store.read() as cur:
+    with _handle(db).store.read() as cur, time_limit(cur, query_timeout_s(), "feature labels"):
         return human_labels(cur, list(sae_ids))
 
 
@@ -189,10 +218,16 @@ def saved_labels(sae_ids: tuple[str, ...]) -> dict[tuple[str, int], str]:
 
 
 def _save_label(sae_id: str, feature: int, key: str) -> None:
+    from ui import auth as ui_auth
+
     text = (st.session_state.get(key) or "").strip()
+    if not ui_auth.can("label"):  # checked here too: a crafted request reaches the callback
+        st.session_state["pt_label_error"] = f"Label not saved: your role ({ui_auth.current_role()}) cannot label"
+        return
     try:
-        with get_store().write() as con:
-            set_feature_labels(con, sae_id, {feature: text or None})
+        with get_store().write() as con:  # researchers change only labels they set; admins any
+            set_feature_labels(con, sae_id, {feature: text or None}, user=ui_auth.current_user(),
+                               only_own=ui_auth.current_role() != "admin")
     except (StoreError, StoreBusy) as exc:
         st.session_state["pt_label_error"] = f"Label not saved: {exc}"
         return
@@ -202,8 +237,11 @@ def _save_label(sae_id: str, feature: int, key: str) -> None:
 
 def open_example_controls(version: tuple, run_id: int, info: dict, examples: pd.DataFrame) -> None:
     """Pick one of the shown example contexts and open it in Single text FRA (its cell selected)."""
+    from ui import auth as ui_auth
     from ui import goto as ui_goto
 
+    if not ui_auth.can("run"):  # Single text FRA is not among a viewer's pages
+        return
     c = st.columns([4, 1], vertical_alignment="bottom")
     i = c[0].selectbox("Example to open", range(len(examples)), key="pt_open_example", help=HELP["pt_open_example"],
                        format_func=lambda j: f"{examples['value'].iloc[j]:+.3g} · L{examples['layer'].iloc[j]}"
@@ -222,21 +260,22 @@ def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable
     """Byte producers for the download buttons; they run only when the user clicks (on another
     thread), each in its own read session, so a large run costs nothing until asked for."""
     store = get_store()
+    limit_s = 4 * query_timeout_s()  # a whole-run export streams every row: a longer limit
 
     def pairs(fmt: str) -> Callable[[], bytes]:
         def make() -> bytes:
-            with store.read() as cur:
+            with store.read() as cur, time_limit(cur, limit_s, "export"):
                 data = export_pairs_bytes(cur, run_id, fmt, **filters)
                 sources = get_run(cur, run_id)["sources"]
             return with_neuronpedia(data, fmt, {int(s["src"]): s["sae_id"] for s in sources})
         return make
 
     def report() -> bytes:
-        with store.read() as cur:
+        with store.read() as cur, time_limit(cur, limit_s, "report"):
             return html_report(cur, run_id, metric=filters.get("metric", "sum")).encode("utf-8")
 
     def package() -> bytes:
-        with store.read() as cur:
+        with store.read() as cur, time_limit(cur, limit_s, "results package"):
             return results_package_bytes(cur, run_id)
 
     return {"parquet": pairs("parquet"), "csv": pairs("csv"), "html": report, "package": package}
@@ -245,16 +284,15 @@ def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable
 # ----------------------------------------------------------------------------- SQL box, failed runs
 def sql_box(run_id: int, help_texts: dict[str, str]) -> None:
     """The read-only SQL box of the Pair tables page."""
-    from store import run_sql_readonly
-
-    st.caption("One SELECT, on a read-only connection; at most 10 000 rows come back. Tables: runs, sources, "
+    st.caption("One SELECT, on a read-only connection, stopped at its time limit; at most 10 000 rows come back. "
+               "Tables: runs, sources, "
                "features, pair_stats, pair_summary, pair_examples, samples_done, ingested_shards, feature_counts, "
                f"feature_acts, feature_hist (filter with `run = {run_id}`).")
     sql = st.text_area("SQL", f"SELECT layer, head, count(*) AS pairs, sum(n) AS occurrences, sum(abs_sum) AS abs_sum\n"
                               f"FROM pair_stats WHERE run = {run_id}\nGROUP BY ALL ORDER BY layer, head",
                        height=120, key="pt_sql", help=help_texts["pt_sql"])
     if st.button("Run query", key="pt_sql_run", help=help_texts["pt_sql_run"]):
-        st.dataframe(run_sql_readonly(get_store(), sql), hide_index=True, width="stretch")
+        st.dataframe(run_sql(sql), hide_index=True, width="stretch")
 
 
 def failed_run_banner(row) -> None:
@@ -269,8 +307,11 @@ def failed_run_banner(row) -> None:
     c = st.columns([1, 3])
     sure = c[1].checkbox(f"Yes, delete run #{run_id}", key=f"pt_delete_sure_{run_id}",
                          help="Its rows leave the database; its job folder stays and is not ingested again.")
+    from ui import auth as ui_auth
+
     if c[0].button("Delete this run", key=f"pt_delete_{run_id}", disabled=not sure,
-                   help="Remove the failed run from the database."):
+                   help="Remove the failed run from the database.") \
+            and ui_auth.allowed(row.get("owner"), "delete", f"run #{run_id}"):
         try:
             with get_store().write() as con:
                 delete_run(con, run_id)

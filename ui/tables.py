@@ -30,6 +30,13 @@ def feature_url(feature: int, sae_id: str | None, model: str | None = None, run:
     return f"{FEATURE_PAGE}?{urlencode(params)}"
 
 
+def feature_page_link(feature: int, sae_id: str | None, model: str | None, run: int | None) -> None:
+    """An in-session link (st.page_link) to a feature's page."""
+    st.page_link("pages/feature.py", label=f"Feature {feature}'s page: activations, contexts, partners per head",
+                 icon=":material/open_in_new:", query_params={"model": model, "sae": sae_id, "feature": int(feature),
+                                                              "run": run})
+
+
 def lead(df: pd.DataFrame, first: list[str] = LEAD) -> pd.DataFrame:
     """`df` with the columns of `first` (those present, in that order) leading."""
     head = [c for c in first if c in df.columns]

@@ -19,6 +19,7 @@ from fra_core import hub
 from fra_core.devices import pick_device
 from fra_core.models.demo import load_demo_model
 from fra_core.models.local import CONFIG_FILE, ModelLoadError, load_local_model, read_meta
+from fra_core.server import server_mode
 from fra_core.workspace import Workspace
 
 DEMO_REF = "demo"
@@ -88,6 +89,15 @@ def load_model(ref: str, device: torch.device | str | None = None,
     if ref == DEMO_REF:
         return load_demo_model(device)
     workspace = workspace or Workspace.from_env()
+    if server_mode():  # a workspace model, a folder inside the workspace, or an official name
+        from fra_core.paths import confine
+
+        candidate = confine(ref, workspace.root, workspace.models, what="model")
+        if not candidate.is_dir() and os.sep in ref:
+            candidate = confine(ref, workspace.root, what="model folder")
+        if candidate.is_dir() or os.sep in ref:
+            return load_local_model(candidate, device)
+        return load_official_model(ref, device)
     candidate = workspace.models / ref
     if candidate.is_dir():
         return load_local_model(candidate, device)

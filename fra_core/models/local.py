@@ -64,6 +64,9 @@ def save_local_model(model: HookedTransformer, folder: str | Path, tokenizer=Non
                      meta: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Write a model folder atomically (temp folder, then rename). Refuses to overwrite unless asked."""
     folder = Path(folder)
+    if overwrite and folder.exists() and not all((folder / f).is_file() for f in (CONFIG_FILE, WEIGHTS_FILE)):
+        raise FileExistsError(f"refusing to overwrite {folder}: it is not a model folder (no {CONFIG_FILE} + "
+                              f"{WEIGHTS_FILE}); choose another name")
     with atomic_folder(folder, overwrite=overwrite) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg_to_json(model.cfg), indent=1), encoding="utf-8")
         state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()

@@ -37,6 +37,7 @@ import torch
 
 from fra_core.atf import BOS_ID, MASK_ID, AtfError, CharVocab, VocabError, clean_fragment, load_fragments, sample_path
 from fra_core.restoration.model import CheckpointError, RestorationModel, RestorationModelConfig, load_checkpoint
+from fra_core.server import server_mode
 
 TOLERANCE = 1e-4
 
@@ -184,6 +185,11 @@ def out_folder(out: str) -> Path:
     """A bare name means a workspace model; anything with a path separator is taken as a path."""
     from fra_core.workspace import Workspace, check_name
 
+    if server_mode():  # a workspace model name, or a folder inside the workspace
+        from fra_core.paths import confine
+
+        ws = Workspace.from_env()
+        return confine(out, ws.root, ws.models, what="output model folder")
     if "/" in out or "\\" in out or out.startswith("."):
         return Path(out)
     return Workspace.from_env().models / check_name(out, "model name")
@@ -192,6 +198,13 @@ def out_folder(out: str) -> Path:
 def convert_checkpoint(checkpoint: str | Path, out: str | None, rope_quirk: bool | None = None,
                        data: str | Path | None = None, overwrite: bool = False) -> ConversionResult:
     """Load, convert, verify; save to `out` only when max |Δlogit| <= TOLERANCE (and out is given)."""
+    if server_mode():  # every path inside the workspace (the pages hand over paths they confined or made)
+        from fra_core.paths import confine
+        from fra_core.workspace import Workspace
+
+        root = Workspace.from_env().root
+        checkpoint = confine(checkpoint, root, what="checkpoint", app_path=True)
+        data = confine(data, root, what="verification text", app_path=True) if data else None
     model, payload = load_checkpoint(checkpoint, rope_quirk)
     if not payload.get("vocab"):
         raise CheckpointError(f"{checkpoint} carries no vocabulary; the converted model needs its tokenizer")
@@ -202,6 +215,8 @@ def convert_checkpoint(checkpoint: str | Path, out: str | None, rope_quirk: bool
     folder = out_folder(out) if out else None
     if folder is not None and folder.exists() and not overwrite:
         raise FileExistsError(f"model folder already exists: {folder} (choose another name)")
+    if folder is not None and folder.exists() and not (folder / "model.safetensors").is_file():
+        raise FileExistsError(f"refusing to overwrite {folder}: it is not a model folder (no model.safetensors)")
     tl, worst, n = convert_and_verify(model, vocab, data)
     if folder is not None and worst <= TOLERANCE:
         meta = {"origin": "restoration-checkpoint", "checkpoint": str(Path(checkpoint).resolve()),

@@ -46,6 +46,7 @@ from fra_core.atf import (
 )
 from fra_core.atomic import atomic_folder
 from fra_core.errors import FRAStudioError
+from fra_core.server import server_mode
 from fra_core.workspace import Workspace, check_name
 
 SPLITS = ("train", "validation", "test")
@@ -260,7 +261,13 @@ def build_restoration_dataset(cfg: BuildDatasetConfig, workspace: Workspace | No
 
 def resolve_dataset(ref: str, workspace: Workspace | None = None) -> Path:
     workspace = workspace or Workspace.from_env()
-    for folder in (workspace.datasets / ref, Path(ref)):
+    candidates = (workspace.datasets / ref, Path(ref))
+    if server_mode():  # inside the workspace only
+        from fra_core.paths import confine
+
+        candidates = (confine(ref, workspace.root, workspace.datasets, what="restoration dataset"),
+                      confine(ref, workspace.root, what="restoration dataset"))
+    for folder in candidates:
         if (folder / "settings.json").is_file() and (folder / "hf").is_dir():
             return folder
     raise DatasetBuildError(f"no restoration dataset {ref!r} (neither {workspace.datasets / ref} nor a folder "

@@ -281,7 +281,7 @@ def _train_evaluate_save(cfg: TrainRestorationConfig, progress, workspace: Works
     result = {"name": cfg.name, "config": cfg.to_dict(), "config_hash": cfg.config_hash(), "dataset": cfg.dataset,
               "dataset_hash": settings.get("config_hash"), "train": summary, "eval": report.to_dict()}
     model = model.cpu()
-    _write_outputs(out_dir, model, vocab, result, workspace)
+    _write_outputs(out_dir, model, vocab, result, cfg.overwrite)
     result["checkpoint"] = str(out_dir / CHECKPOINT_FILE)
     if cfg.convert:
         progress.update(summary["steps"], cfg.max_steps, message="converting to TransformerLens", force=True)
@@ -290,8 +290,10 @@ def _train_evaluate_save(cfg: TrainRestorationConfig, progress, workspace: Works
     return {k: v for k, v in result.items() if k != "config"}
 
 
-def _write_outputs(out_dir: Path, model, vocab, result: dict, workspace: Workspace) -> None:
-    with atomic_folder(out_dir, overwrite=True) as tmp:
+def _write_outputs(out_dir: Path, model, vocab, result: dict, overwrite: bool) -> None:
+    # the name was checked before training; atomic_folder checks it again now (another job may have
+    # taken it meanwhile) and refuses unless the config asked to overwrite
+    with atomic_folder(out_dir, overwrite=overwrite) as tmp:
         meta = {k: result[k] for k in ("dataset", "dataset_hash", "eval")} | {"train": result["config"]}
         save_checkpoint(model, tmp / CHECKPOINT_FILE, vocab.to_json(), meta)
         (tmp / RESULT_FILE).write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")

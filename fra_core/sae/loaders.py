@@ -26,6 +26,7 @@ import torch
 
 from fra_core.checks import read_json_file
 from fra_core.errors import FRAStudioError
+from fra_core.server import server_mode
 from fra_core.workspace import Workspace
 
 CFG_FILE, WEIGHTS_FILE, META_FILE = "cfg.json", "sae_weights.safetensors", "fra_meta.json"
@@ -213,6 +214,8 @@ def load_sae(ref: str, device=None, workspace: Workspace | None = None):
         raise SAELoadError("no SAE given")
     ref = str(ref).strip()
     dev = str(pick_device(str(device) if device is not None else None))
+    if server_mode() and not ref.startswith(RELEASE_PREFIX):
+        return _load_confined(ref, dev, workspace or Workspace.from_env())
     if ref.startswith(CKKISSANE_PREFIX):
         sae = load_ckkissane(ref[len(CKKISSANE_PREFIX):], dev)
     elif ref.startswith(RELEASE_PREFIX):
@@ -231,6 +234,20 @@ def load_sae(ref: str, device=None, workspace: Workspace | None = None):
             raise SAELoadError(f"no SAE {ref!r}: not a name in {workspace.saes}, not a folder, and not "
                                f"'ckkissane:<file.pt>' or 'release:<release>/<sae_id>'")
     return sae.eval()
+
+
+def _load_confined(ref: str, dev: str, workspace: Workspace):
+    """Server mode: a workspace SAE name, or a folder / ckkissane file inside the workspace."""
+    from fra_core.paths import confine
+
+    if ref.startswith(CKKISSANE_PREFIX):
+        return load_ckkissane(confine(ref[len(CKKISSANE_PREFIX):], workspace.root, what="SAE file"), dev).eval()
+    folder = confine(ref, workspace.root, workspace.saes, what="SAE")
+    if not folder.is_dir():
+        folder = confine(ref, workspace.root, what="SAE folder")
+    if not folder.is_dir():
+        raise SAELoadError(f"no SAE {ref!r}: not a name in {workspace.saes} and not a folder in the workspace")
+    return load_sae_folder(folder, dev).eval()
 
 
 @dataclass(frozen=True)
