@@ -4,7 +4,8 @@ Per (run source, feature) and shard:
 
 * `feature_acts` rows: the PER_KIND largest activations ('top') and PER_KIND activations drawn uniformly at
   random among all its active positions ('sample': the quantile groups of the Feature page, as SAEDashboard
-  shows them), each with the feature's activation on the WINDOW tokens either side (per-token highlighting).
+  shows them), each with the feature's activation on the WINDOW tokens either side (per-token highlighting;
+  null outside the sample; rows in a canonical order, so every executor writes the same file).
 * `feature_hist` rows: counts of its activations in log2-spaced bins (HIST_STEPS bins per octave, from
   2^(HIST_LO / HIST_STEPS)): bins add up across shards, so the store merges them by summing.
 
@@ -104,6 +105,9 @@ class FeatureActCollector:
                "feature_hist": contracts.FEATURE_HIST_SCHEMA.empty_table()}
         if self.rows:
             r = self.rows[0]
+            # a canonical row order (whoever computes the shard writes the same file)
+            order = np.lexsort((r["pos"].numpy(), r["sample"].numpy(), r["kind"].numpy(), r["group"].numpy()))
+            r = {c: t[torch.from_numpy(order)] for c, t in r.items()}
             group = r["group"].numpy()
             out["feature_acts"] = pa.table({
                 "src": pa.array((group // self.d_max).astype(np.uint16)),
@@ -112,16 +116,18 @@ class FeatureActCollector:
                 "sample": pa.array(r["sample"].numpy().astype(np.uint64)),
                 "pos": pa.array(r["pos"].numpy().astype(np.uint16)),
                 "value": pa.array(r["value"].numpy().astype(np.float32)),
-                "ctx_acts": pa.array([list(w) for w in r["window"].numpy().astype(np.float32)],
-                                   pa.list_(pa.float32()))}, schema=contracts.FEATURE_ACTS_SCHEMA)
+                # outside the sample: null (not NaN, which never equals itself)
+                "ctx_acts": pa.array([[None if np.isnan(v) else float(v) for v in w]
+                                      for w in r["window"].numpy().astype(np.float32)],
+                                     pa.list_(pa.float32()))}, schema=contracts.FEATURE_ACTS_SCHEMA)
         if self.hist:
-            keys = np.array(list(self.hist), dtype=np.int64)
+            keys = np.array(sorted(self.hist), dtype=np.int64)
             nb = HIST_HI - HIST_LO + 1
             group = keys // nb
             out["feature_hist"] = pa.table({
                 "src": pa.array((group // self.d_max).astype(np.uint16)),
                 "feature": pa.array((group % self.d_max).astype(np.uint32)),
                 "bin": pa.array((keys % nb + HIST_LO).astype(np.int16)),
-                "n": pa.array(np.array(list(self.hist.values()), dtype=np.uint64))},
+                "n": pa.array(np.array([self.hist[int(k)] for k in keys], dtype=np.uint64))},
                 schema=contracts.FEATURE_HIST_SCHEMA)
         return out

@@ -50,7 +50,7 @@ def test_top_and_sample_rows(job):
     per_shard = len(contracts.complete_shards(job))
     assert acts.groupby(["src", "feature", "kind"]).size().max() <= PER_KIND * per_shard
     for r in acts.itertuples():
-        window = np.asarray(r.ctx_acts)
+        window = np.array([np.nan if v is None else v for v in r.ctx_acts], dtype=float)  # null outside
         assert len(window) == 2 * WINDOW + 1 and window[WINDOW] == pytest.approx(r.value)
         n_tok = samples.loc[r.sample, "n_tokens"]
         inside = [0 <= r.pos + d < n_tok for d in range(-WINDOW, WINDOW + 1)]
