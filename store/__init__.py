@@ -19,18 +19,12 @@ pre-ranked top-K lists where those provably hold the answer (`store.topk`, rebui
 by a scan. `run_sql_readonly` runs user SQL on a sandboxed connection (no file or extension access).
 """
 
+from store.compact import compact_run, refresh_summary
 from store.connection import Store, connect
 from store.errors import StoreBusy, StoreError
 from store.export import export_pairs, export_pairs_bytes, html_report, results_package, results_package_bytes
-from store.ingest import (
-                          compact_run,
-                          delete_run,
-                          ingest_all_jobs,
-                          ingest_job_shards,
-                          refresh_summary,
-                          register_run,
-                          set_feature_labels,
-)
+from store.ingest import delete_run, ingest_all_jobs, ingest_job_shards, register_run
+from store.labels import set_feature_labels
 from store.queries import (
                           compare_pairs,
                           compare_summary,

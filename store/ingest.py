@@ -5,7 +5,7 @@ that also records it in `ingested_shards`, so calling it again (after a crash, f
 instance, every few seconds while a job runs) never counts a shard twice. The `samples_done` primary
 key is the second guard: a sample that appears in two shards aborts that shard's transaction.
 
-Shard rows land in `*_staged` tables (a cheap append); `compact_run` then merges them into
+Shard rows land in `*_staged` tables (a cheap append); `store.compact.compact_run` then merges them into
 `pair_stats` / `pair_examples` in one transaction, so queries always see a consistent run.
 Bulk data goes in through Arrow (`INSERT ... SELECT ... FROM <registered arrow table>`), never
 row-by-row.
@@ -22,12 +22,11 @@ import yaml
 
 from fra_core import contracts
 from fra_core.contracts import job_status, read_json
+from store.compact import DEFAULT_EXAMPLES, compact_run
 from store.errors import StoreError
 from store.schema import RUN_TABLES
-from store.sqlparts import KEY, resolve_run
-from store.topk import backfill_top, refresh_top
-
-_DEFAULT_EXAMPLES = 3
+from store.sqlparts import resolve_run
+from store.topk import backfill_top
 
 
 def _ts(value: Any) -> _dt.datetime | None:
@@ -157,77 +156,6 @@ def _const_column(value: int, n: int):
     return pa.array([value] * n, type=pa.uint32())
 
 
-def compact_run(con, run: int, examples_per_pair: int = _DEFAULT_EXAMPLES) -> int:
-    """Merge the run's staged shard rows into pair_stats / pair_examples (one transaction).
-
-    Counts and sums add, max/min combine; examples keep the top `examples_per_pair` per pair by
-    |value|. Rows are written ordered by (layer, head, sum DESC) so DuckDB's zone maps skip other heads
-    when a page filters by head, and a top-N by sum stops after the first row groups. The per-head
-    counts in pair_summary are rebuilt. Returns the number of staged rows merged.
-    """
-    staged = con.execute("SELECT count(*) FROM pair_stats_staged WHERE run = ?", [run]).fetchone()[0]
-    if not staged:
-        return 0
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _merged AS
-            SELECT run, {KEY}, sum(n)::UBIGINT AS n, sum(sum) AS sum, sum(abs_sum) AS abs_sum,
-                   max(max) AS max, min(min) AS min, sum(diag_n)::UBIGINT AS diag_n,
-                   sum(diag_sum) AS diag_sum, sum(diag_abs_sum) AS diag_abs_sum,
-                   sum(sum) - sum(diag_sum) AS nd_sum
-            FROM (SELECT * EXCLUDE (nd_sum) FROM pair_stats WHERE run = $1
-                  UNION ALL SELECT * FROM pair_stats_staged WHERE run = $1)
-            GROUP BY run, {KEY} ORDER BY layer, head, sum DESC""", [run])
-        con.execute("DELETE FROM pair_stats WHERE run = ?", [run])
-        con.execute("INSERT INTO pair_stats SELECT * FROM _merged")
-        con.execute("DELETE FROM pair_stats_staged WHERE run = ?", [run])
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _merged AS
-            SELECT * FROM (SELECT * FROM pair_examples WHERE run = $1
-                           UNION ALL SELECT * FROM pair_examples_staged WHERE run = $1)
-            QUALIFY row_number() OVER (PARTITION BY {KEY} ORDER BY abs(value) DESC, sample, q_pos, k_pos) <= $2
-            ORDER BY layer, head""", [run, examples_per_pair])
-        con.execute("DELETE FROM pair_examples WHERE run = ?", [run])
-        con.execute("INSERT INTO pair_examples SELECT * FROM _merged")
-        con.execute("DELETE FROM pair_examples_staged WHERE run = ?", [run])
-        con.execute("DROP TABLE _merged")
-        refresh_summary(con, run)
-        _update_feature_density(con, run)
-        _refresh_auto_labels(con, run)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    return int(staged)
-
-
-def refresh_summary(con, run: int) -> None:
-    """Rebuild the run's per-head counts (pair_summary), runs.n_pairs and its pre-ranked top-K lists
-    (`store.topk`); call inside a transaction."""
-    con.execute("DELETE FROM pair_summary WHERE run = ?", [run])
-    con.execute("""INSERT INTO pair_summary SELECT run, layer, head, count(*),
-                       count_if(q_src = k_src AND q_feat = k_feat), sum(n), sum(diag_n)
-                   FROM pair_stats WHERE run = ? GROUP BY run, layer, head""", [run])
-    con.execute("UPDATE runs SET n_pairs = (SELECT coalesce(sum(unique_pairs), 0) FROM pair_summary WHERE run = $1)"
-                " WHERE id = $1", [run])
-    refresh_top(con, run)
-
-
-def _update_feature_density(con, run: int) -> None:
-    """features.density = active tokens / ALL tokens the run has seen (every SAE of a run encodes every
-    token; dividing by the tokens of the shards where the feature appeared would overestimate rare
-    features, the more so the smaller the shards). Labels are kept."""
-    con.execute("""
-        INSERT INTO features (sae_id, feature, density)
-        SELECT s.sae_id, c.feature,
-               (sum(c.n_active) / (SELECT sum(n_tokens) FROM samples_done WHERE run = $1))::FLOAT
-        FROM feature_counts c JOIN sources s ON s.run = c.run AND s.src = c.src
-        WHERE c.run = $1 AND s.sae_id IS NOT NULL
-        GROUP BY s.sae_id, c.feature
-        ON CONFLICT (sae_id, feature) DO UPDATE SET density = excluded.density""", [run])
-
-
 def _sync_status(con, run: int, job_dir: Path) -> dict[str, Any]:
     status = job_status(job_dir)
     con.execute("UPDATE runs SET status = ?, message = ?, started = coalesce(?, started),"
@@ -274,7 +202,7 @@ def ingest_job_shards(con, job_dir: str | Path, restore: bool = False) -> dict[s
     status = job_status(job_dir)
     if _should_compact(con, run, status.get("state")):
         config = json.loads(con.execute("SELECT config FROM runs WHERE id = ?", [run]).fetchone()[0] or "{}")
-        compact_run(con, run, int(config.get("examples_per_pair", _DEFAULT_EXAMPLES)))
+        compact_run(con, run, int(config.get("examples_per_pair", DEFAULT_EXAMPLES)))
     status = _sync_status(con, run, job_dir)
     return {"run": run, "shards": new_shards, "samples": new_samples, "state": status.get("state")}
 
@@ -322,58 +250,3 @@ def delete_run(con, run: int | str) -> int:
         con.execute("ROLLBACK")
         raise
     return run_id
-
-
-def _refresh_auto_labels(con, run: int) -> None:
-    """feature_auto_labels of the run: each feature's most frequent tokens and tokens before it, with their
-    shares of its active tokens: "‘grass’ 100% · after ‘today’ 12% ‘the’ 9% ‘a’ 7%" (the runners-up only
-    where the first holds under half; call inside a transaction)."""
-    con.execute("DELETE FROM feature_auto_labels WHERE run = ?", [run])
-    con.execute("""
-        INSERT INTO feature_auto_labels
-        WITH active AS (
-            SELECT src, feature, sum(n_active) AS n_active FROM feature_counts WHERE run = $1 GROUP BY ALL),
-        ranked AS (
-            SELECT c.src, c.feature, c.kind, c.token, (c.n / a.n_active)::FLOAT AS share,
-                   row_number() OVER (PARTITION BY c.src, c.feature, c.kind ORDER BY c.n DESC, c.token) AS r
-            FROM (SELECT src, feature, kind, token, sum(n) AS n FROM feature_tokens WHERE run = $1 GROUP BY ALL) c
-            JOIN active a ON a.src = c.src AND a.feature = c.feature
-            QUALIFY r <= 3),
-        parts AS (
-            SELECT src, feature, kind, arg_min(token, r) AS token, max(share) AS share,
-                   string_agg(printf('‘%s’ %d%%', token, round(100 * share)::INTEGER), ' ' ORDER BY r)
-                       FILTER (WHERE r = 1 OR first_share < 0.5) AS text
-            FROM (SELECT *, max(share) OVER (PARTITION BY src, feature, kind) AS first_share FROM ranked)
-            GROUP BY ALL)
-        SELECT $1, t.src, t.feature, t.token, t.share, p.token, p.share,
-               t.text || coalesce(' · after ' || p.text, '')
-        FROM parts t LEFT JOIN parts p ON p.src = t.src AND p.feature = t.feature AND p.kind = 'prev'
-        WHERE t.kind = 'tok'""", [run])
-
-
-def set_feature_labels(con, sae_id: str, labels: dict[int, str | None], user: str | None = None,
-                       only_own: bool = False) -> int:
-    """Attach human labels to SAE features (kept across runs; None removes one), recording `user` as who
-    set them; returns the number set. `only_own=True` refuses (StoreError) to change a label someone else
-    set (what a researcher may do; admins may change any)."""
-    import pyarrow as pa
-
-    if only_own:
-        others = con.execute("SELECT feature, labelled_by FROM features WHERE sae_id = ? AND label IS NOT NULL"
-                             " AND labelled_by IS DISTINCT FROM ? AND list_contains(?, feature)",
-                             [sae_id, user, [int(f) for f in labels]]).fetchall()
-        if others:
-            feature, by = others[0]
-            raise StoreError(f"feature {feature} of {sae_id} was labelled by {by or 'someone else'}; "
-                             "only they or an admin may change it")
-
-    table = pa.table({"feature": pa.array(list(labels), pa.uint32()),
-                      "label": pa.array(list(labels.values()), pa.string())})
-    con.register("_labels", table)
-    try:
-        con.execute("""INSERT INTO features (sae_id, feature, label, labelled_by) SELECT ?, feature, label, ?
-                       FROM _labels ON CONFLICT (sae_id, feature)
-                       DO UPDATE SET label = excluded.label, labelled_by = excluded.labelled_by""", [sae_id, user])
-    finally:
-        con.unregister("_labels")
-    return len(labels)

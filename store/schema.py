@@ -80,7 +80,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             -- sum - diag_sum, stored: a plain column lets "top N without the diagonal" prune row groups
             nd_sum DOUBLE NOT NULL
         );
-        -- rows of ingested shards not yet merged into pair_stats (see store.ingest.compact_run)
+        -- rows of ingested shards not yet merged into pair_stats (see store.compact.compact_run)
         CREATE TABLE pair_stats_staged AS SELECT * EXCLUDE (nd_sum) FROM pair_stats LIMIT 0;
         -- per-head counts, rebuilt by each compaction: summary figures without scanning the run
         CREATE TABLE pair_summary (

@@ -18,7 +18,7 @@ from store import (
     top_pairs,
     value_histogram,
 )
-from store.ingest import refresh_summary
+from store.compact import refresh_summary
 from store.schema import migrate
 
 #            head q  k   n  sum   abs   max  min  diag_n diag_sum

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from store import register_run, summary_stats, top_pairs
-from store.ingest import refresh_summary
+from store.compact import refresh_summary
 from store.schema import migrate
 from store.topk import backfill_top, refresh_top
 

@@ -1,0 +1,81 @@
+"""Compaction: a run's staged shard rows merged into its pair tables, summaries, top-K lists, feature
+densities and automatic labels, in one transaction (queries always see a consistent run)."""
+
+from __future__ import annotations
+
+from store.labels import refresh_auto_labels
+from store.sqlparts import KEY
+from store.topk import refresh_top
+
+DEFAULT_EXAMPLES = 3  # example contexts kept per pair
+
+
+def compact_run(con, run: int, examples_per_pair: int = DEFAULT_EXAMPLES) -> int:
+    """Merge the run's staged shard rows into pair_stats / pair_examples (one transaction).
+
+    Counts and sums add, max/min combine; examples keep the top `examples_per_pair` per pair by
+    |value|. Rows are written ordered by (layer, head, sum DESC) so DuckDB's zone maps skip other heads
+    when a page filters by head, and a top-N by sum stops after the first row groups. The per-head
+    counts in pair_summary are rebuilt. Returns the number of staged rows merged.
+    """
+    staged = con.execute("SELECT count(*) FROM pair_stats_staged WHERE run = ?", [run]).fetchone()[0]
+    if not staged:
+        return 0
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _merged AS
+            SELECT run, {KEY}, sum(n)::UBIGINT AS n, sum(sum) AS sum, sum(abs_sum) AS abs_sum,
+                   max(max) AS max, min(min) AS min, sum(diag_n)::UBIGINT AS diag_n,
+                   sum(diag_sum) AS diag_sum, sum(diag_abs_sum) AS diag_abs_sum,
+                   sum(sum) - sum(diag_sum) AS nd_sum
+            FROM (SELECT * EXCLUDE (nd_sum) FROM pair_stats WHERE run = $1
+                  UNION ALL SELECT * FROM pair_stats_staged WHERE run = $1)
+            GROUP BY run, {KEY} ORDER BY layer, head, sum DESC""", [run])
+        con.execute("DELETE FROM pair_stats WHERE run = ?", [run])
+        con.execute("INSERT INTO pair_stats SELECT * FROM _merged")
+        con.execute("DELETE FROM pair_stats_staged WHERE run = ?", [run])
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _merged AS
+            SELECT * FROM (SELECT * FROM pair_examples WHERE run = $1
+                           UNION ALL SELECT * FROM pair_examples_staged WHERE run = $1)
+            QUALIFY row_number() OVER (PARTITION BY {KEY} ORDER BY abs(value) DESC, sample, q_pos, k_pos) <= $2
+            ORDER BY layer, head""", [run, examples_per_pair])
+        con.execute("DELETE FROM pair_examples WHERE run = ?", [run])
+        con.execute("INSERT INTO pair_examples SELECT * FROM _merged")
+        con.execute("DELETE FROM pair_examples_staged WHERE run = ?", [run])
+        con.execute("DROP TABLE _merged")
+        refresh_summary(con, run)
+        _update_feature_density(con, run)
+        refresh_auto_labels(con, run)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return int(staged)
+
+
+def refresh_summary(con, run: int) -> None:
+    """Rebuild the run's per-head counts (pair_summary), runs.n_pairs and its pre-ranked top-K lists
+    (`store.topk`); call inside a transaction."""
+    con.execute("DELETE FROM pair_summary WHERE run = ?", [run])
+    con.execute("""INSERT INTO pair_summary SELECT run, layer, head, count(*),
+                       count_if(q_src = k_src AND q_feat = k_feat), sum(n), sum(diag_n)
+                   FROM pair_stats WHERE run = ? GROUP BY run, layer, head""", [run])
+    con.execute("UPDATE runs SET n_pairs = (SELECT coalesce(sum(unique_pairs), 0) FROM pair_summary WHERE run = $1)"
+                " WHERE id = $1", [run])
+    refresh_top(con, run)
+
+
+def _update_feature_density(con, run: int) -> None:
+    """features.density = active tokens / ALL tokens the run has seen (every SAE of a run encodes every
+    token; dividing by the tokens of the shards where the feature appeared would overestimate rare
+    features, the more so the smaller the shards). Labels are kept."""
+    con.execute("""
+        INSERT INTO features (sae_id, feature, density)
+        SELECT s.sae_id, c.feature,
+               (sum(c.n_active) / (SELECT sum(n_tokens) FROM samples_done WHERE run = $1))::FLOAT
+        FROM feature_counts c JOIN sources s ON s.run = c.run AND s.src = c.src
+        WHERE c.run = $1 AND s.sae_id IS NOT NULL
+        GROUP BY s.sae_id, c.feature
+        ON CONFLICT (sae_id, feature) DO UPDATE SET density = excluded.density""", [run])
