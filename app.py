@@ -21,6 +21,7 @@ SECTIONS: dict[str, list[tuple[str, str, str]]] = {
         ("pages/fra_validation.py", "Validation", ":material/fact_check:"),
         ("pages/fra_accumulate.py", "Dataset accumulation", ":material/dataset:"),
         ("pages/pair_tables.py", "Pair tables", ":material/table_chart:"),
+        ("pages/feature.py", "Feature dashboard", ":material/neurology:"),
     ],
     "Build": [
         ("pages/sae.py", "SAEs", ":material/hub:"),

@@ -17,8 +17,13 @@ processes:
               value (no st.cache_data hits); and the same filter changes as bare store queries on one
               held connection ("query only").
 
-Goals (issue 6): cold load <= 1.5 s, any filter change <= 300 ms. The last line is
-`cold_load_s=<median cold load> filter_ms=<slowest end-to-end filter change>`.
+  feature     the Feature page (issue 16) on feature 123 of that run: median cold load of its stored parts
+              (density, histogram, contexts, partners per head, labels), in fresh processes that must not
+              import torch (the weight-based parts load on demand, behind a button).
+
+Goals (issue 6): cold load <= 1.5 s, any filter change <= 300 ms; (issue 16) Feature page cold <= 1.5 s.
+The last line is `cold_load_s=<median cold load> filter_ms=<slowest end-to-end filter change>
+feature_page_cold_s=<median Feature page cold load>`.
 """
 
 from __future__ import annotations
@@ -69,11 +74,13 @@ PAGE_RUN = textwrap.dedent("""
     t_import = time.perf_counter() - t0
     t0, c0 = time.perf_counter(), time.process_time()
     at = AppTest.from_file(sys.argv[1], default_timeout=600)
+    for key, value in (json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}).items():
+        at.query_params[key] = value
     at.run()
     cold, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
     assert not at.exception and not at.error, ([e.value for e in at.exception], [e.value for e in at.error])
     out = {"import_s": t_import, "cold_s": cold, "cold_cpu_s": cold_cpu, "rows": len(at.dataframe[0].value),
-           "filters": []}
+           "filters": [], "torch": "torch" in sys.modules}
     if sys.argv[2] == "filters":
         for label, kind, key, value in json.loads(sys.argv[3]):
             widget = getattr(at, kind)(key=key)
@@ -125,6 +132,7 @@ def build(db_path: Path, rows: int, n_examples: int = 2_000_000, n_samples: int 
         con.execute(f"""INSERT INTO samples_done SELECT {run}, i, i // 64, 32,
                         list_transform(range(32), lambda x: 'tok' || ((i * 31 + x) % 500)::VARCHAR)
                         FROM range({n_samples}) t(i)""")
+        feature_tables(con, run, n_samples)
         refresh_summary(con, run)
         con.execute("UPDATE runs SET n_samples = ?, status = 'done', finished = now() WHERE id = ?", [n_samples, run])
         con.execute("CHECKPOINT")
@@ -132,10 +140,29 @@ def build(db_path: Path, rows: int, n_examples: int = 2_000_000, n_samples: int 
     return run
 
 
-def page_process(workspace: Path, mode: str) -> dict:
+def feature_tables(con, run: int, n_samples: int, shards: int = 20) -> None:
+    """What a job's shards give the Feature page, for every feature of the SAE: active-token counts,
+    5 top + 5 sampled activations with 13-token context windows per shard, a ~20-bin histogram, labels."""
+    con.execute(f"""INSERT INTO feature_counts SELECT {run}, 0, f, (1 + f % 97) * {shards}, {n_samples * 32}
+                    FROM range({D_SAE}) t(f)""")
+    con.execute(f"""INSERT INTO feature_acts
+                    SELECT {run}, 0, f, CASE WHEN e < 5 THEN 'top' ELSE 'sample' END,
+                           (hash(f * 31 + e + s * 7) % {n_samples})::UBIGINT, (hash(f + e) % 32)::USMALLINT,
+                           (1 + random() * 5)::FLOAT, list_transform(range(13), lambda x: (random() * 2)::FLOAT)
+                    FROM range({D_SAE}) a(f), range(10) b(e), range({shards}) c(s)""")
+    con.execute(f"""INSERT INTO feature_hist SELECT {run}, 0, f, (b - 10)::SMALLINT, (1 + (f * b) % 50)::UBIGINT
+                    FROM range({D_SAE}) a(f), range(20) c(b)""")
+    con.execute(f"""INSERT INTO feature_auto_labels SELECT {run}, 0, f, 'tok' || f % 500, 0.5, 'tok' || f % 7, 0.3,
+                           '‘tok' || f % 500 || '’ 50% · after ‘tok' || f % 7 || '’ 30%' FROM range({D_SAE}) t(f)""")
+    con.execute(f"""INSERT INTO feature_tokens SELECT {run}, 0, f, k, 'tok' || (f + i) % 500, 10 - i
+                    FROM range({D_SAE}) a(f), range(3) b(i), (VALUES ('tok'), ('prev')) c(k)""")
+
+
+def page_process(workspace: Path, mode: str, page: str = "pair_tables.py", params: dict | None = None) -> dict:
     env = {**os.environ, "FRA_WORKSPACE": str(workspace), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", PAGE_RUN, str(REPO / "pages" / "pair_tables.py"), mode,
-                           json.dumps(FILTER_CHANGES)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run([sys.executable, "-c", PAGE_RUN, str(REPO / "pages" / page), mode,
+                           json.dumps(FILTER_CHANGES), json.dumps(params or {})], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1200)
     if proc.returncode != 0:
         raise SystemExit(f"page process failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -169,6 +196,23 @@ def query_only(db_path: Path, run: int) -> list[tuple[str, tuple[float, float]]]
             out.append((label, ((time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000)))
     store.close()
     return out
+
+
+def feature_page(workspace: Path, repeat: int) -> float:
+    """Cold loads of the Feature page's stored parts (density, histogram, contexts, partners per head,
+    labels) for feature 123 of the 10 M-pair run; each in a fresh process that must not import torch."""
+    params = {"model": "bench", "sae": "bench-sae", "feature": "123", "run": "1"}
+    times = []
+    for i in range(repeat):
+        load = os.getloadavg()
+        res = page_process(workspace, "cold", "feature.py", params)
+        if res["torch"]:
+            raise SystemExit("the Feature page imported torch while rendering its stored parts")
+        times.append(res["cold_s"])
+        print(f"feature page cold load #{i + 1}: {res['cold_s']:.2f} s, process CPU {res['cold_cpu_s']:.2f} s "
+              f"(no torch imported; uptime load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs)",
+              flush=True)
+    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{max(row[3] for row in page):.1f} ms); bare queries median {statistics.median(bare_ms):.1f} ms, "
               f"slowest {max(bare_ms):.1f} ms")
         print(f"load average after timing: {os.getloadavg()[0]:.1f}")
-        print(f"cold_load_s={cold:.2f} filter_ms={max(page_ms):.0f}")
+        feature_cold = feature_page(workspace, args.repeat)
+        print(f"cold_load_s={cold:.2f} filter_ms={max(page_ms):.0f} feature_page_cold_s={feature_cold:.2f}")
     return 0
 
 

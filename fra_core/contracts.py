@@ -17,6 +17,8 @@ An accumulation job folder's `shards/` holds, per shard `i` (a batch of samples)
                                    is active in the shard (FEATURE_TOKENS_SCHEMA; absent in older shards)
     shard-000042.marginals.parquet / .node_totals.parquet  all-pair runs only: per-feature marginals and
                                    node totals (MARGINALS_SCHEMA, NODE_TOTALS_SCHEMA; absent otherwise)
+    shard-000042.feature_acts.parquet / .feature_hist.parquet  top and sampled activations per feature
+                                   with their context windows, and activation histograms (absent in older shards)
     shard-000042.json              manifest: written last, so its presence marks a complete shard
 
 Every file is written to a temp name and moved into place with `os.replace`, and the manifest comes
@@ -69,11 +71,20 @@ NODE_TOTALS_SCHEMA = pa.schema([("layer", pa.uint16()), ("head", pa.uint16()), (
                                 ("node", pa.string()), ("n", pa.uint64()), ("sum", pa.float64()),
                                 ("abs_sum", pa.float64()), ("sum_vs_features", pa.float64())])
 
+# per feature: its largest ('top') and randomly drawn ('sample') activations, each with the feature's activation
+# on the tokens around it (ctx_acts, NaN outside the sample), and a log2-binned activation histogram
+# (fra_core.accumulate.feature_acts)
+FEATURE_ACTS_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()), ("kind", pa.string()),
+                                 ("sample", pa.uint64()), ("pos", pa.uint16()), ("value", pa.float32()),
+                                 ("ctx_acts", pa.list_(pa.float32()))])
+FEATURE_HIST_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()), ("bin", pa.int16()),
+                                 ("n", pa.uint64())])
+
 KINDS = {"pairs": PAIRS_SCHEMA, "examples": EXAMPLES_SCHEMA, "samples": SAMPLES_SCHEMA,
          "features": FEATURES_SCHEMA, "feature_tokens": FEATURE_TOKENS_SCHEMA, "marginals": MARGINALS_SCHEMA,
-         "node_totals": NODE_TOTALS_SCHEMA}
+         "node_totals": NODE_TOTALS_SCHEMA, "feature_acts": FEATURE_ACTS_SCHEMA, "feature_hist": FEATURE_HIST_SCHEMA}
 # shards written before a kind existed (or by top-m runs) are read as if it were empty
-OPTIONAL_KINDS = ("feature_tokens", "marginals", "node_totals")
+OPTIONAL_KINDS = ("feature_tokens", "marginals", "node_totals", "feature_acts", "feature_hist")
 _MANIFEST_RE = re.compile(r"^shard-(\d{6})\.json$")
 
 

@@ -19,11 +19,13 @@ from fra_core.datasets import open_texts
 from store import StoreBusy, StoreError, delete_run
 from ui import auth as ui_auth
 from ui import common as ui
+from ui import launch as ui_launch
 from ui import pickers as ui_pickers
 from ui import store as ui_store
-from ui.auth import page_gate
+from ui.help_texts import ACCUMULATE as H
+from ui.tables import fmt_eta, fmt_rate, fmt_seconds
 
-page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
+ui_auth.page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
 DEMO_SAES = ui_pickers.DEMO_SAE_NAMES
 STATISTICS_LABELS = {"all_pairs": "exact: every feature pair", "top_m": "top-m pairs per cell (older runs)"}
@@ -46,65 +48,67 @@ def folders(root: Path, marker: str) -> list[str]:
 with st.expander("New accumulation run", expanded=True):
     c = st.columns(3)
     models = ["demo", *folders(ws.models, "config.json"), "gpt2-small", "other…"]
-    model = c[0].selectbox("Model", models, key="acc_model")
+    model = c[0].selectbox("Model", models, key="acc_model", help=H["acc_model"])
     if model == "other…":
-        model = c[0].text_input("TransformerLens model name", key="acc_model_name").strip()
+        model = c[0].text_input("TransformerLens model name", key="acc_model_name", help=H["acc_model_name"]).strip()
     ui_pickers.reset_on_model_change("acc", model, only=MODEL_KEYS)  # no demo SAE left on another model
     singles, groups = ui_pickers.accumulation_saes(model)  # what fits the model, kk releases as one choice
     saes = [*sorted(set(DEMO_SAES) | set(singles)), *groups] if model == "demo" else [*singles, *groups]
     q_pick = c[1].multiselect("Query-side SAE(s)", saes, default=["demo-l1-ln1"] if model == "demo" else [],
-                              key="acc_q_saes")
-    k_pick = c[2].multiselect("Key-side SAE(s) (empty = same as query side)", saes, key="acc_k_saes")
+                              key="acc_q_saes", help=H["acc_q_saes"])
+    k_pick = c[2].multiselect("Key-side SAE(s) (empty = same as query side)", saes, key="acc_k_saes", help=H["acc_k_saes"])
     c = st.columns(2)
-    typed = [c[i].text_input(f"Other {side}-side SAE refs (comma-separated)", key=key,
+    typed = [c[i].text_input(f"Other {side}-side SAE refs (comma-separated)", key=key, help=H[key],
                              placeholder="ckkissane:/path/to/sae.pt, release:<release>/<sae_id>, /path/to/folder")
              for i, (side, key) in enumerate((("query", "acc_extra_saes"), ("key", "acc_k_extra_saes")))]
     c = st.columns(3)
-    layer = int(c[0].number_input("Layer", min_value=0, value=1, step=1, key="acc_layer"))
+    layer = int(c[0].number_input("Layer", min_value=0, value=1, step=1, key="acc_layer", help=H["acc_layer"]))
     q_saes, k_saes = (ui_pickers.expand_groups(pick, groups, layer) + [s.strip() for s in text.split(",") if s.strip()]
                       for pick, text in ((q_pick, typed[0]), (k_pick, typed[1])))
-    heads_text = c[1].text_input("Heads (comma-separated; blank = all)", key="acc_heads")
-    source = SOURCES[c[2].selectbox("Dataset", list(SOURCES), key="acc_source")]
+    heads_text = c[1].text_input("Heads (comma-separated; blank = all)", key="acc_heads", help=H["acc_heads"])
+    source = SOURCES[c[2].selectbox("Dataset", list(SOURCES), key="acc_source", help=H["acc_source"])]
     location, column, split = "", "text", "train"
     if source != "demo":
         c = st.columns([3, 1, 1])
         hint = {"file": "path/to/texts.txt or .jsonl (relative: workspace datasets/ folder)",
                 "disk": "folder written by datasets.save_to_disk", "hf": "Elriggs/openwebtext-100k"}[source]
         saved = ui_pickers.saved_datasets() if source == "disk" else []  # workspace datasets/ folders
-        location = c[0].selectbox("Saved dataset", [*saved, OTHER], key="acc_saved") if saved else OTHER
+        location = c[0].selectbox("Saved dataset", [*saved, OTHER], key="acc_saved", help=H["acc_saved"]) if saved else OTHER
         if location == OTHER:
-            location = c[0].text_input("Dataset path or name", key="acc_location", placeholder=hint).strip()
-        column = c[1].text_input("Text column", "text", key="acc_column").strip() or "text"
-        split = c[2].text_input("Split", "train", key="acc_split").strip() or "train"
+            location = c[0].text_input("Dataset path or name", key="acc_location", help=H["acc_location"],
+                                       placeholder=hint).strip()
+        column = c[1].text_input("Text column", "text", key="acc_column", help=H["acc_column"]).strip() or "text"
+        split = c[2].text_input("Split", "train", key="acc_split", help=H["acc_split"]).strip() or "train"
     c = st.columns(4)
-    n_samples = int(c[0].number_input("Samples", min_value=1, value=256, step=64, key="acc_n_samples"))
-    context = int(c[1].number_input("Context length (tokens)", min_value=2, value=64, step=16, key="acc_context"))
-    batch = int(c[2].number_input("Batch size", min_value=1, value=8, key="acc_batch"))
-    shard = int(c[3].number_input("Samples per shard", min_value=1, value=64, key="acc_shard"))
+    n_samples = int(c[0].number_input("Samples", min_value=1, value=256, step=64, key="acc_n_samples", help=H["acc_n_samples"]))
+    context = int(c[1].number_input("Context length (tokens)", min_value=2, value=64, step=16, key="acc_context", help=H["acc_context"]))
+    batch = int(c[2].number_input("Batch size", min_value=1, value=8, key="acc_batch", help=H["acc_batch"]))
+    shard = int(c[3].number_input("Samples per shard", min_value=1, value=64, key="acc_shard", help=H["acc_shard"]))
     c = st.columns([1.2, 2])
     statistics = c[0].selectbox("Statistics", list(STATISTICS_LABELS), format_func=STATISTICS_LABELS.get,
-                                key="acc_statistics")
-    layers_text = c[1].text_input("Layers (comma-separated, all their heads; blank = the layer above)", key="acc_layers")
+                                key="acc_statistics", help=H["acc_statistics"])
+    layers_text = c[1].text_input("Layers (comma-separated, all their heads; blank = the layer above)", key="acc_layers",
+                                  help=H["acc_layers"])
     c = st.columns(4)
-    top_m = int(c[0].number_input("Top-m pairs per cell (top-m statistics)", min_value=1, value=8, key="acc_top_m"))
-    k_active = int(c[1].number_input("Active features per position", min_value=1, value=64, key="acc_k_active"))
-    examples = int(c[2].number_input("Examples kept per pair", min_value=0, value=3, key="acc_examples"))
-    seed = int(c[3].number_input("Seed", min_value=0, value=0, key="acc_seed"))
+    top_m = int(c[0].number_input("Top-m pairs per cell (top-m statistics)", min_value=1, value=8, key="acc_top_m", help=H["acc_top_m"]))
+    k_active = int(c[1].number_input("Active features per position", min_value=1, value=64, key="acc_k_active", help=H["acc_k_active"]))
+    examples = int(c[2].number_input("Examples kept per pair", min_value=0, value=3, key="acc_examples", help=H["acc_examples"]))
+    seed = int(c[3].number_input("Seed", min_value=0, value=0, key="acc_seed", help=H["acc_seed"]))
     c = st.columns(3)
-    flags = dict(prepend_bos=c[0].checkbox("Prepend BOS", True, key="acc_bos"),
-                 include_diagonal=c[0].checkbox("Record the diagonal (query = key)", True, key="acc_diag"),
-                 exclude_bos_key=c[1].checkbox("Exclude BOS as key", key="acc_bos_key"),
-                 exclude_bos_query=c[1].checkbox("Exclude BOS as query", key="acc_bos_query"),
-                 row_centre=c[2].checkbox("Row-centre scores", key="acc_row_centre"),
-                 attention_weighted=c[2].checkbox("Weight by attention", key="acc_attn_weighted"))
+    flags = dict(prepend_bos=c[0].checkbox("Prepend BOS", True, key="acc_bos", help=H["acc_bos"]),
+                 include_diagonal=c[0].checkbox("Record the diagonal (query = key)", True, key="acc_diag", help=H["acc_diag"]),
+                 exclude_bos_key=c[1].checkbox("Exclude BOS as key", key="acc_bos_key", help=H["acc_bos_key"]),
+                 exclude_bos_query=c[1].checkbox("Exclude BOS as query", key="acc_bos_query", help=H["acc_bos_query"]),
+                 row_centre=c[2].checkbox("Row-centre scores", key="acc_row_centre", help=H["acc_row_centre"]),
+                 attention_weighted=c[2].checkbox("Weight by attention", key="acc_attn_weighted", help=H["acc_attn_weighted"]))
     c = st.columns([1, 2, 1])
     executor = c[0].selectbox("Executor", ["local", "ray"], key="acc_executor",
                               help="ray: the shards run on Ray workers; both write identical shards")
     if executor == "ray":
         flags.update(ray_address=c[1].text_input("Ray address (blank: $RAY_ADDRESS, else a local cluster)",
-                                                 key="acc_ray_address").strip(),
+                                                 key="acc_ray_address", help=H["acc_ray_address"]).strip(),
                      ray_workers=int(c[2].number_input("Ray workers (0 = one per GPU or CPU)", min_value=0, value=0,
-                                                       key="acc_ray_workers")))
+                                                       key="acc_ray_workers", help=H["acc_ray_workers"])))
     cfg = None
     try:
         what, text = "Heads", heads_text
@@ -129,16 +133,18 @@ with st.expander("New accumulation run", expanded=True):
     if cfg is not None:
         c = st.columns([1, 1, 3])
         c[1].download_button("Config YAML", cfg.to_yaml(), file_name=f"accumulate-{cfg.config_hash()[:8]}.yaml",
-                             mime="application/x-yaml", key="acc_yaml", on_click="ignore")
-        c[2].caption("The YAML runs unchanged headless: `python -m fra_core accumulate --config run.yaml --ingest`")
+                             mime="application/x-yaml", key="acc_yaml", help=H["acc_yaml"], on_click="ignore")
+        c[2].caption("The YAML runs unchanged headless: `python -m fra_core accumulate --config run.yaml --ingest`"
+                     + (f" · estimated time {eta}" if (eta := ui_launch.estimate(cfg, ws)) else ""))
         with st.expander("Config YAML"):
             st.code(cfg.to_yaml(), language="yaml")
-        if c[0].button("Launch", type="primary", key="acc_launch"):
+        if c[0].button("Launch", type="primary", key="acc_launch", help=H["acc_launch"]):
             try:
                 if source != "demo" and not location:
                     raise ValueError("give the dataset's path or name")
                 open_texts(cfg.dataset, cfg.text_column, cfg.split, cfg.seed, ws)  # fails fast, offline too
                 ui_pickers.check_sae_refs(ws, list(cfg.q_saes) + list(cfg.k_saes))
+                ui_launch.check_parts(cfg)  # in this process, before any job folder exists
                 job_dir = jobs.launch_job(ws.jobs, KIND, cfg, owner=ui_auth.launcher())
             except ValueError as exc:
                 ui.show_error(exc, "Not launched")
@@ -155,8 +161,10 @@ def job_table(job_list: list[jobs.JobInfo], runs: pd.DataFrame) -> pd.DataFrame:
     for job in job_list:
         s, run = job.status, by_name.get(job.job_id)
         rows.append({"job": job.job_id, "state": job.state, "done": s.get("done"), "total": s.get("total"),
-                     "samples/s": s.get("rate"), "ETA s": s.get("eta_s") if job.state == "running" else None,
-                     "started": s.get("started"), "wall s": s.get("wall_s"),
+                     "rate": fmt_rate(s.get("rate")),
+                     "ETA": fmt_eta(s.get("eta_s"), s.get("done"), s.get("total"), s.get("elapsed_s"))
+                     if job.state == "running" else "—",
+                     "started": s.get("started"), "wall time": fmt_seconds(s.get("wall_s")),
                      "run": None if run is None else int(run["id"]),
                      "ingested samples": None if run is None else int(run["n_samples"]),
                      "pairs": None if run is None else int(run["n_pairs"]), "message": s.get("message")})
@@ -164,7 +172,7 @@ def job_table(job_list: list[jobs.JobInfo], runs: pd.DataFrame) -> pd.DataFrame:
         if name not in {j.job_id for j in job_list}:
             rows.append({"job": name, "state": run["status"], "run": int(run["id"]),
                          "ingested samples": int(run["n_samples"]), "pairs": int(run["n_pairs"]),
-                         "wall s": run["wall_s"], "message": "no job folder"})
+                         "wall time": fmt_seconds(run["wall_s"]), "message": "no job folder"})
     return pd.DataFrame(rows)
 
 
@@ -173,14 +181,14 @@ def job_detail(job: jobs.JobInfo | None, run: pd.Series | None) -> None:
         status = ui.job_progress(job.path)
         meta = jobs.read_json(job.path / "job.json", {}) or {}
         st.caption(f"created {meta.get('created', '—')} · started {status.get('started', '—')} · "
-                   f"updated {status.get('updated', '—')} · wall {status.get('wall_s') or 0:.1f} s · "
+                   f"updated {status.get('updated', '—')} · wall time {fmt_seconds(status.get('wall_s'))} · "
                    f"folder `{job.path}`")
         c = st.columns(3)
-        if status.get("state") in ACTIVE and c[0].button("Cancel", key="acc_cancel") \
+        if status.get("state") in ACTIVE and c[0].button("Cancel", key="acc_cancel", help=H["acc_cancel"]) \
                 and ui_auth.allowed_on_job(job.path, "cancel"):
             jobs.cancel_job(job.path)
             st.info("Cancel requested: the job stops at its next progress check (its complete shards are kept).")
-        if status.get("state") in ("died", "cancelled", "failed") and c[1].button("Resume", key="acc_resume") \
+        if status.get("state") in ("died", "cancelled", "failed") and c[1].button("Resume", key="acc_resume", help=H["acc_resume"]) \
                 and ui_auth.allowed_on_job(job.path, "resume"):
             try:
                 jobs.start_process(job.path)
@@ -197,8 +205,8 @@ def job_detail(job: jobs.JobInfo | None, run: pd.Series | None) -> None:
                 st.code("\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]) or "(empty)")
     if run is not None:
         c = st.columns([1, 2])
-        sure = c[1].checkbox(f"Yes, delete run #{int(run['id'])} from the database", key="acc_delete_sure")
-        if c[0].button("Delete run", key="acc_delete", disabled=not sure) \
+        sure = c[1].checkbox(f"Yes, delete run #{int(run['id'])} from the database", key="acc_delete_sure", help=H["acc_delete_sure"])
+        if c[0].button("Delete run", key="acc_delete", help=H["acc_delete"], disabled=not sure) \
                 and ui_auth.allowed(run.get("owner"), "delete", f"run #{int(run['id'])}"):
             try:
                 with ui_store.get_store().write() as con:
@@ -230,7 +238,7 @@ def jobs_panel() -> None:
     names = list(table["job"])
     if st.session_state.get("acc_job") not in names:
         st.session_state.pop("acc_job", None)
-    name = st.selectbox("Job / run", names, key="acc_job")
+    name = st.selectbox("Job / run", names, key="acc_job", help=H["acc_job"])
     job = next((j for j in job_list if j.job_id == name), None)
     match = runs.loc[runs["name"] == name]
     job_detail(job, None if match.empty else match.iloc[0])

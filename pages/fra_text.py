@@ -14,6 +14,7 @@ from ui import fra as fu
 from ui import goto as ui_goto
 from ui import store as ui_store
 from ui.auth import page_gate
+from ui.tables import feature_url
 
 page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
@@ -39,6 +40,7 @@ except ValueError as exc:  # PromptError, FRAInputError, SAELoadError, SAECompat
     st.stop()
 
 from fra_core.fra import cells, compare  # noqa: E402  (torch is loaded by now anyway)
+from fra_core.neuronpedia import feature_url as np_url  # noqa: E402
 from fra_core.sae import profiles  # noqa: E402  (torch is loaded by now anyway)
 
 str_tokens = [str(s) for s in model.to_str_tokens(tokens[0])]
@@ -134,25 +136,27 @@ m[1].metric("Σ terms", f"{check['sum_of_terms']:.4f}")
 m[2].metric("Abs. error", f"{check['abs_error']:.1e}")
 m[3].metric("Rel. error", f"{check['rel_error']:.1e}")
 
-q_hooks = [s.cfg.metadata.hook_name for s in profiles.as_list(fu.load_side(q_refs))]
-k_hooks = [s.cfg.metadata.hook_name for s in profiles.as_list(fu.load_side(k_refs))]
-gpt2 = fu.is_gpt2(model)
 pairs.insert(2, "q_meaning", [profiles.describe(q_profiles, s, f) for s, f in zip(pairs.q_source, pairs.q_feature)])
 pairs.insert(6, "k_meaning", [profiles.describe(k_profiles, s, f) for s, f in zip(pairs.k_source, pairs.k_feature)])
 saved = ui_store.saved_labels(tuple(q_refs) + tuple(k_refs))  # labels set on the Pair tables page
 if saved:
     pairs.insert(3, "q_label", [saved.get((q_refs[s], f), "") for s, f in zip(pairs.q_source, pairs.q_feature)])
     pairs.insert(8, "k_label", [saved.get((k_refs[s], f), "") for s, f in zip(pairs.k_source, pairs.k_feature)])
-pairs["q_link"] = [profiles.neuronpedia_url(q_hooks[s], f, gpt2) for s, f in zip(pairs.q_source, pairs.q_feature)]
-pairs["k_link"] = [profiles.neuronpedia_url(k_hooks[s], f, gpt2) for s, f in zip(pairs.k_source, pairs.k_feature)]
-if not gpt2:
-    pairs = pairs.drop(columns=["q_link", "k_link"])
+# Neuronpedia only for a registry SAE's own ids (never a self-trained SAE on the same hook); every
+# feature id opens its Feature page
+pairs["q_link"] = [np_url(q_refs[s], f) for s, f in zip(pairs.q_source, pairs.q_feature)]
+pairs["k_link"] = [np_url(k_refs[s], f) for s, f in zip(pairs.k_source, pairs.k_feature)]
+pairs = pairs.drop(columns=[c for c in ("q_link", "k_link") if not pairs[c].any()])
+pairs["q_page"] = [feature_url(f, q_refs[s], ref) for s, f in zip(pairs.q_source, pairs.q_feature)]
+pairs["k_page"] = [feature_url(f, k_refs[s], ref) for s, f in zip(pairs.k_source, pairs.k_feature)]
 st.markdown("**Top feature pairs** (value = that pair's term of the score; share = value / score)")
 if pairs.empty:
     st.info("No feature pairs kept for this cell (it may be excluded: diagonal / BOS toggles).")
 else:
     st.dataframe(pairs, hide_index=True, width="stretch", key=f"{P}_pairs",
-                 column_config={"q_link": st.column_config.LinkColumn("q Neuronpedia"),
+                 column_config={"q_page": st.column_config.LinkColumn("q feature", display_text=r"feature=(\d+)"),
+                                "k_page": st.column_config.LinkColumn("k feature", display_text=r"feature=(\d+)"),
+                                "q_link": st.column_config.LinkColumn("q Neuronpedia"),
                                 "k_link": st.column_config.LinkColumn("k Neuronpedia"),
                                 "value": st.column_config.NumberColumn(format="%.4f"),
                                 "share": st.column_config.NumberColumn(format="%.2f")})

@@ -9,6 +9,7 @@ import streamlit as st
 from ui import common as ui
 from ui import fra as fu
 from ui.auth import page_gate
+from ui.tables import feature_url
 
 page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
@@ -81,6 +82,16 @@ def meaning(gid: int, offsets, prof) -> str:
     return profiles.describe(prof, *cells.split_gid(int(gid), offsets))
 
 
+def page(gid: int, offsets, refs) -> str:
+    """The Feature page link of a global feature id (its SAE ref and feature id in that SAE)."""
+    s, f = cells.split_gid(int(gid), offsets)
+    return feature_url(f, refs[s], ref)
+
+
+LINKS = {c: st.column_config.LinkColumn(c.replace("_page", " feature"), display_text=r"feature=(\d+)")
+         for c in ("q_page", "k_page", "partner_page")}
+
+
 # ---------------------------------------------------------------- agreement
 st.subheader(f"Weights-only vs data-dependent ranking (L{layer}H{head})")
 m = st.columns(4)
@@ -105,13 +116,16 @@ with left:
     top = data.head(k)[["q_gid", "k_gid", "n", "sum", "abs_sum", "strength", "weight_rank"]].copy()
     top.insert(1, "q_meaning", [meaning(g, q_offsets, q_prof) for g in top.q_gid])
     top.insert(3, "k_meaning", [meaning(g, k_offsets, k_prof) for g in top.k_gid])
-    st.dataframe(top, hide_index=True, width="stretch")
+    top["q_page"], top["k_page"] = [page(g, q_offsets, q_refs) for g in top.q_gid], [page(g, k_offsets, k_refs) for g in top.k_gid]
+    st.dataframe(top, hide_index=True, width="stretch", column_config=LINKS)
 with right:
     st.markdown("**Top pairs by weights (|S|)** among the active features")
     topw = strengths.head(k).copy()
     topw.insert(1, "q_meaning", [meaning(g, q_offsets, q_prof) for g in topw.q_gid])
     topw.insert(3, "k_meaning", [meaning(g, k_offsets, k_prof) for g in topw.k_gid])
-    st.dataframe(topw, hide_index=True, width="stretch")
+    topw["q_page"] = [page(g, q_offsets, q_refs) for g in topw.q_gid]
+    topw["k_page"] = [page(g, k_offsets, k_refs) for g in topw.k_gid]
+    st.dataframe(topw, hide_index=True, width="stretch", column_config=LINKS)
 
 # ---------------------------------------------------------------- one feature's partners
 st.subheader("Top partners of a feature (all features of the other side)")
@@ -136,7 +150,8 @@ import pandas as pd  # noqa: E402
 
 partners = pd.DataFrame({"partner": ids.numpy(), "strength": vals.numpy()})
 partners.insert(1, "meaning", [meaning(g, *other) for g in partners.partner])
-st.dataframe(partners, hide_index=True, width="stretch")
+partners["partner_page"] = [page(g, other[0], k_refs if side == "query side" else q_refs) for g in partners.partner]
+st.dataframe(partners, hide_index=True, width="stretch", column_config=LINKS)
 st.altair_chart(alt.Chart(partners).mark_bar()
                 .encode(x="strength:Q", y=alt.Y("partner:N", sort="-x"), tooltip=["partner", "meaning", "strength"])
                 .properties(height=22 * len(partners) + 40), width="stretch")

@@ -43,6 +43,13 @@ with st.expander("Full config"):
         st.caption("Provenance")
         st.json(labels[choice].meta)
 
+from fra_core.models.masked import is_bidirectional  # noqa: E402
+from ui import model_views  # noqa: E402
+
+if is_bidirectional(model):  # the restoration model: masked characters, not next tokens
+    model_views.bidirectional_views(model)
+    st.stop()
+
 st.subheader("Run a prompt")
 default_prompt = ("the red fox jumps on the old wall . a bird sings today . the red fox jumps on the"
                   if ref == "demo" else "The quick brown fox jumps over the lazy dog. The quick brown fox")
@@ -50,6 +57,7 @@ prompt = st.text_area("Prompt", default_prompt, key="models_prompt")
 if not prompt.strip():
     st.info("Type a prompt to see predictions and attention.")
     st.stop()
+model_views.oov_warning(model, prompt)
 try:
     preds, tokens = next_token_table(model, prompt, k=10)
     patterns = attention_patterns(model, prompt)

@@ -12,19 +12,21 @@ import streamlit as st
 
 from store import METRICS, StoreBusy, StoreError, compare_summary
 from ui import common as ui
+from ui import pair_maps as ui_maps
+from ui import persist
 from ui import store as ui_store
+from ui import tables as ui_tables
 from ui.auth import page_gate
+from ui.help_texts import PAIR_TABLES as H
+from ui.pair_filters import FIELDS, ORDERS, SELF_MODES, VIEWS
 from ui.store import METRIC_LABELS
 
 page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
-
-ORDERS = {"desc": "largest first", "asc": "smallest first", "abs": "largest |value| first"}
-SELF_MODES = {"include": None, "only": "only", "exclude": "exclude"}
-VIEWS = ["Top pairs", "Feature", "Marginals", "Charts", "Compare", "Export", "SQL"]
 HEAD_COLUMNS = {"unique_pairs": "unique pairs", "occurrences": "occurrences", "mean_abs": "mean |FRA| per occurrence",
                 "max_abs": "max |FRA|", "self_pair_share": "self-pair share of unique pairs"}
 
 st.title("Pair tables")
+persist.restore("pair_tables", FIELDS)
 _, sync_errors = ui_store.sync_jobs()
 for message in sync_errors:
     st.warning(message)
@@ -44,8 +46,11 @@ if not rows:
     st.stop()
 if st.session_state.get("pt_run") not in rows:
     st.session_state.pop("pt_run", None)
-run_id = st.selectbox("Run", list(rows), format_func=lambda i: ui_store.run_label(rows[i]), key="pt_run")
+# finished runs first, failed ones last (never the default: a failed job's partial pairs mislead)
+ordered = sorted(rows, key=lambda i: (rows[i]["status"] == "failed", rows[i]["status"] != "done"))
+run_id = st.selectbox("Run", ordered, format_func=lambda i: ui_store.run_label(rows[i]), key="pt_run", help=H["pt_run"])
 st.session_state["pt_last_run"] = (run_id, rows[run_id]["name"])
+ui_store.failed_run_banner(rows[run_id])
 version = ui_store.run_version(runs, run_id)
 
 
@@ -59,9 +64,10 @@ except StoreError as exc:
     ui.show_error(exc)
     st.stop()
 sources = {int(s["src"]): s["name"] for s in info["sources"]}
+sae_of_src = {int(s["src"]): s["sae_id"] for s in info["sources"]}
 st.caption(f"model **{info['model_id']}** · SAEs {info['q_sae_id']} × {info['k_sae_id']} · layer {info['layer']} · "
            f"status {info['status']} · created {info['created']} · wall time "
-           f"{'%.1f s' % info['wall_s'] if info['wall_s'] else '—'} · completeness "
+           f"{ui_tables.fmt_seconds(info['wall_s'])} · completeness "
            + (f"**{info['completeness']:.1e}** (worst head: max |Σ terms − scores| / max |scores|, first batch)"
               if info.get("completeness") is not None else "not measured (run from before the check)"))
 st.caption(f"Pair statistics: **{q('run_statistics', run_id)['label']}**.")
@@ -77,17 +83,19 @@ if not heads:
 
 # ----------------------------------------------------------------------------- filters
 head_options = {"all heads": (None, None), **{f"L{layer}H{head}": (layer, head) for layer, head in heads}}
+if st.session_state.get("pt_head") not in head_options:
+    st.session_state.pop("pt_head", None)
 c = st.columns([1.3, 1.2, 1, 1, 1, 1])
-metric = c[0].selectbox("Rank by", METRICS, format_func=METRIC_LABELS.get, key="pt_metric")
-order = c[1].selectbox("Order", list(ORDERS), format_func=ORDERS.get, key="pt_order")
-layer, head = head_options[c[2].selectbox("Head", list(head_options), key="pt_head")]
-feature_text = c[3].text_input("Feature id", key="pt_feature", placeholder="any")
-side = c[4].selectbox("Feature side", ["either", "query", "key"], key="pt_side")
-min_count = int(c[5].number_input("Min count", min_value=1, value=1, step=1, key="pt_min_count"))
+metric = c[0].selectbox("Rank by", METRICS, format_func=METRIC_LABELS.get, key="pt_metric", help=H["pt_metric"])
+order = c[1].selectbox("Order", list(ORDERS), format_func=ORDERS.get, key="pt_order", help=H["pt_order"])
+layer, head = head_options[c[2].selectbox("Head", list(head_options), key="pt_head", help=H["pt_head"])]
+feature_text = c[3].text_input("Feature id", key="pt_feature", help=H["pt_feature"], placeholder="any")
+side = c[4].selectbox("Feature side", ["either", "query", "key"], key="pt_side", help=H["pt_side"])
+min_count = int(c[5].number_input("Min count", min_value=1, value=1, step=1, key="pt_min_count", help=H["pt_min_count"]))
 c = st.columns([2, 2, 1])
-self_pairs = SELF_MODES[c[0].radio("Self-pairs", list(SELF_MODES), horizontal=True, key="pt_self")]
-diagonal = c[1].checkbox("Include the diagonal (query = key position)", value=True, key="pt_diag")
-n_rows = int(c[2].number_input("Rows", min_value=1, max_value=10_000, value=100, step=50, key="pt_rows"))
+self_pairs = SELF_MODES[c[0].radio("Self-pairs", list(SELF_MODES), horizontal=True, key="pt_self", help=H["pt_self"])]
+diagonal = c[1].checkbox("Include the diagonal (query = key position)", value=True, key="pt_diag", help=H["pt_diag"])
+n_rows = int(c[2].number_input("Rows", min_value=1, max_value=10_000, value=100, step=50, key="pt_rows", help=H["pt_rows"]))
 feature = None
 if feature_text.strip():
     if not feature_text.strip().isdigit():
@@ -95,7 +103,8 @@ if feature_text.strip():
         st.stop()
     feature = int(feature_text)
 where = dict(layer=layer, head=head, feature=feature, side=side, self_pairs=self_pairs, min_count=min_count)
-view = st.radio("View", VIEWS, horizontal=True, key="pt_view", label_visibility="collapsed")
+view = st.radio("View", VIEWS, horizontal=True, key="pt_view", help=H["pt_view"], label_visibility="collapsed")
+persist.save("pair_tables", FIELDS)
 
 
 def show_top() -> None:
@@ -104,24 +113,29 @@ def show_top() -> None:
         st.info("No pair matches these filters.")
         return
     st.caption(f"{len(df):,} pairs shown, by {METRIC_LABELS[metric]} ({ORDERS[order]}); the Charts view plots them.")
-    hidden = () if len(sources) > 1 else ("q_src", "k_src")
-    keep = [col for col in df.columns if not df[col].isna().all() and col not in hidden]
+    totals = q("head_summary", run_id).set_index(["layer", "head"])["abs_sum"]
+    df["share"] = [a / totals.get((la, h), float("nan")) for a, la, h in zip(df["abs_sum"], df["layer"], df["head"])]
+    table, config = ui_tables.pair_view(df, sae_of_src, info["model_id"], run_id)
     values = df["value"].dropna()
     lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
-    bar = st.column_config.ProgressColumn(METRIC_LABELS[metric], format="%.4g", min_value=min(lo, 0.0),
-                                          max_value=max(hi, lo + 1e-12, 0.0))
-    st.dataframe(df[keep], hide_index=True, width="stretch", column_config={"value": bar})
+    config["value"] = st.column_config.ProgressColumn(METRIC_LABELS[metric], format="%.4g", min_value=min(lo, 0.0),
+                                                      max_value=max(hi, lo + 1e-12, 0.0))
+    config["share"] = st.column_config.NumberColumn("share", format="percent",
+                                                    help="the pair's Σ|FRA| / its head's Σ|FRA|")
+    st.dataframe(table, hide_index=True, width="stretch", column_config=config)
 
 
 def show_feature() -> None:
     top = q("top_pairs", run_id, metric=metric, n=1, order=order, diagonal=diagonal, **where)
     default = feature if feature is not None else (int(top["q_feat"].iloc[0]) if len(top) else 0)
     c = st.columns([1, 2])
-    fid = int(c[0].number_input("Feature", min_value=0, value=default, step=1, key="pt_feature_view"))
+    fid = int(c[0].number_input("Feature", min_value=0, value=default, step=1, key="pt_feature_view", help=H["pt_feature_view"]))
     src = None
     if len(sources) > 1:
-        src = c[1].selectbox("Dictionary", list(sources), format_func=sources.get, key="pt_src")
-    ui_store.feature_label_editor(version, run_id, fid, src if src is not None else next(iter(sources)))
+        src = c[1].selectbox("Dictionary", list(sources), format_func=sources.get, key="pt_src", help=H["pt_src"])
+    src_id = src if src is not None else next(iter(sources))
+    ui_store.feature_label_editor(version, run_id, fid, src_id)
+    ui_tables.feature_page_link(fid, sae_of_src[src_id], info["model_id"], run_id)
     common = dict(metric=metric, n=20, src=src, layer=layer, head=head, self_pairs=self_pairs, min_count=min_count,
                   diagonal=diagonal)
     left, right = st.columns(2)
@@ -134,7 +148,11 @@ def show_feature() -> None:
         else:
             shown = ["partner", "layer", "head", "value", "n", "mean", "max_abs", "self_pair"]
             shown += [x for x in ("k_label", "q_label") if not df[x].isna().all()]
-            col.dataframe(df[shown], hide_index=True, width="stretch")
+            other = "k" if side_ == "query" else "q"
+            df["page"] = [ui_tables.feature_url(f, sae_of_src.get(int(s)), info["model_id"], run_id)
+                          for s, f in zip(df[f"{other}_src"], df["partner"])]
+            col.dataframe(df[["page"] + shown], hide_index=True, width="stretch", column_config={
+                "page": st.column_config.LinkColumn("partner page", display_text=r"feature=(\d+)")})
     st.subheader("Top contexts")
     ex = q("pair_examples", run_id, n=20, feature=fid, side="either", src=src, layer=layer, head=head,
            self_pairs=self_pairs)
@@ -153,17 +171,17 @@ def show_charts() -> None:
     top = q("top_pairs", run_id, metric=metric, n=n_rows, order=order, diagonal=diagonal, **where)
     if not top.empty:
         st.altair_chart(ui_charts.top_pairs_bar(top, metric), width="stretch")
-    log_count = st.checkbox("Log-scale counts", key="pt_hist_log")
+    log_count = st.checkbox("Log-scale counts", key="pt_hist_log", help=H["pt_hist_log"])
     hist = q("value_histogram", run_id, metric=metric, bins=50, log_count=log_count, diagonal=diagonal, **where)
     if hist.empty:
         st.info("No pair matches these filters.")
     else:
         st.altair_chart(ui_charts.histogram(hist, metric, log_count), width="stretch")
-    top_n = int(st.number_input("Top N for the self-pair fraction", 1, 10_000, 100, key="pt_top_n"))
+    top_n = int(st.number_input("Top N for the self-pair fraction", 1, 10_000, 100, key="pt_top_n", help=H["pt_top_n"]))
     st.altair_chart(ui_charts.self_fraction(q("self_fraction_by_head", run_id, top_n=top_n, metric=metric), top_n),
                     width="stretch")
     per_head_fra = q("head_summary", run_id)
-    column = st.selectbox("Compare heads by", list(HEAD_COLUMNS), format_func=HEAD_COLUMNS.get, key="pt_head_col")
+    column = st.selectbox("Compare heads by", list(HEAD_COLUMNS), format_func=HEAD_COLUMNS.get, key="pt_head_col", help=H["pt_head_col"])
     st.altair_chart(ui_charts.heads_compared(per_head_fra, column, HEAD_COLUMNS[column]), width="stretch")
     st.dataframe(per_head_fra, hide_index=True, width="stretch")
 
@@ -171,16 +189,16 @@ def show_charts() -> None:
 def show_compare() -> None:
     from ui import charts as ui_charts
 
-    mode = st.radio("Compare", ["two heads", "two runs"], horizontal=True, key="pt_cmp_mode")
-    n = int(st.number_input("Top N of each side", 1, 5_000, 100, key="pt_cmp_n"))
+    mode = st.radio("Compare", ["two heads", "two runs"], horizontal=True, key="pt_cmp_mode", help=H["pt_cmp_mode"])
+    n = int(st.number_input("Top N of each side", 1, 5_000, 100, key="pt_cmp_n", help=H["pt_cmp_n"]))
     c = st.columns(2)
     if mode == "two heads":
         labels = [k for k in head_options if k != "all heads"]
         if len(labels) < 2:
             st.info("This run has one head only: compare two runs instead.")
             return
-        a = c[0].selectbox("Head A", labels, index=0, key="pt_cmp_a")
-        b = c[1].selectbox("Head B", labels, index=1, key="pt_cmp_b")
+        a = c[0].selectbox("Head A", labels, index=0, key="pt_cmp_a", help=H["pt_cmp_a"])
+        b = c[1].selectbox("Head B", labels, index=1, key="pt_cmp_b", help=H["pt_cmp_b"])
         (la, ha), (lb, hb) = head_options[a], head_options[b]
         run_b, ver, names = run_id, version, (a, b)
         kwargs = dict(head_a=ha, head_b=hb, layer=la if la == lb else None)
@@ -189,7 +207,7 @@ def show_compare() -> None:
         if not others:
             st.info("There is no other run to compare with.")
             return
-        run_b = c[0].selectbox("Run B", others, format_func=lambda i: ui_store.run_label(rows[i]), key="pt_cmp_run")
+        run_b = c[0].selectbox("Run B", others, format_func=lambda i: ui_store.run_label(rows[i]), key="pt_cmp_run", help=H["pt_cmp_run"])
         ver = version + ui_store.run_version(runs, run_b)
         names = (f"run #{run_id}", f"run #{run_b}")
         kwargs = dict(head_a=head, head_b=head, layer=layer)
@@ -206,7 +224,7 @@ def show_compare() -> None:
 
 def show_export() -> None:
     limit = int(st.number_input("Rows in the Parquet / CSV export (0 = every matching pair)", 0, None, 100_000,
-                                step=10_000, key="pt_export_limit"))
+                                step=10_000, key="pt_export_limit", help=H["pt_export_limit"]))
     st.caption(f"Pairs matching the filters above, best first by {METRIC_LABELS[metric]}. Files are "
                "built when you click.")
     make = ui_store.export_callables(run_id, dict(metric=metric, diagonal=diagonal, limit=limit or None, **where))
@@ -217,27 +235,15 @@ def show_export() -> None:
             ("csv", "Pairs (CSV)", f"{stem}-pairs.csv", "text/csv"),
             ("html", "HTML report", f"{stem}-report.html", "text/html"),
             ("package", "Results package (.tar.gz)", f"{stem}.tar.gz", "application/gzip")]):
-        col.download_button(label, make[key], file_name=name, mime=mime, on_click="ignore", key=f"pt_dl_{key}")
-
-
-def show_sql() -> None:
-    st.caption("One SELECT, on a read-only connection, stopped at its time limit; at most 10 000 rows come back. "
-               "Tables: runs, sources, "
-               "features, pair_stats, pair_summary, pair_examples, samples_done, ingested_shards, feature_counts "
-               f"(filter with `run = {run_id}`).")
-    sql = st.text_area("SQL", f"SELECT layer, head, count(*) AS pairs, sum(n) AS occurrences, sum(abs_sum) AS abs_sum\n"
-                              f"FROM pair_stats WHERE run = {run_id}\nGROUP BY ALL ORDER BY layer, head",
-                       height=120, key="pt_sql")
-    if st.button("Run query", key="pt_sql_run"):
-        st.dataframe(ui_store.run_sql(sql), hide_index=True, width="stretch")
+        col.download_button(label, make[key], file_name=name, mime=mime, on_click="ignore", key=f"pt_dl_{key}",
+                            help=H[f"pt_dl_{key}"])
 
 
 try:
-    from ui.marginals import show_marginals
-
+    maps = dict(run_id=run_id, info=info, sae_of_src=sae_of_src, metric=metric, where=where, diagonal=diagonal)
     {"Top pairs": show_top, "Feature": show_feature, "Charts": show_charts, "Compare": show_compare,
-     "Export": show_export, "SQL": show_sql, "Marginals": lambda: show_marginals(q, run_id, layer, head)}[view]()
-except StoreError as exc:
-    ui.show_error(exc)
-except StoreBusy as exc:
-    ui.show_error(exc, "Database busy")
+     "Heatmap": lambda: ui_maps.heatmap(q, **maps), "Heads": lambda: ui_maps.heads_grid(q, run_id),
+     "Token search": lambda: ui_maps.token_search(version=version, **maps), "Export": show_export,
+     "SQL": lambda: ui_store.sql_box(run_id, H), "Marginals": lambda: ui_maps.marginals(q, run_id, layer, head)}[view]()
+except (StoreError, StoreBusy) as exc:
+    ui.show_error(exc, "Database busy" if isinstance(exc, StoreBusy) else "")

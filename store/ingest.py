@@ -127,6 +127,9 @@ def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool
         _insert_arrow(con, "pair_examples_staged", run, "_shard_examples", contracts.EXAMPLES_SCHEMA.names)
         _insert_arrow(con, "feature_counts", run, "_shard_features", contracts.FEATURES_SCHEMA.names)
         _insert_arrow(con, "feature_tokens", run, "_shard_feature_tokens", contracts.FEATURE_TOKENS_SCHEMA.names)
+        _insert_arrow(con, "feature_acts", run, "_shard_feature_acts", contracts.FEATURE_ACTS_SCHEMA.names)
+        con.execute("""INSERT INTO feature_hist SELECT ?, src, feature, bin, n FROM _shard_feature_hist
+                       ON CONFLICT DO UPDATE SET n = feature_hist.n + excluded.n""", [run])
         _insert_arrow(con, "samples_done", run, "_shard_samples", ("sample", "shard", "n_tokens", "tokens"))
         _insert_arrow(con, "feature_marginals", run, "_shard_marginals", contracts.MARGINALS_SCHEMA.names)
         _insert_arrow(con, "node_totals", run, "_shard_node_totals", contracts.NODE_TOTALS_SCHEMA.names)

@@ -186,13 +186,28 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE runs ADD COLUMN owner VARCHAR;
         ALTER TABLE features ADD COLUMN labelled_by VARCHAR;
     """),
+    ("0012_feature_acts", """
+        -- per shard: each feature's largest ('top') and randomly drawn ('sample') activations with the
+        -- feature's activation on the tokens around them (fra_core.accumulate.feature_acts)
+        CREATE TABLE feature_acts (
+            run UINTEGER NOT NULL, src USMALLINT NOT NULL, feature UINTEGER NOT NULL, kind VARCHAR NOT NULL,
+            sample UBIGINT NOT NULL, pos USMALLINT NOT NULL, value FLOAT NOT NULL, ctx_acts FLOAT[]
+        );
+        -- log2-binned activation counts per feature, summed over shards at ingest
+        CREATE TABLE feature_hist (
+            run UINTEGER NOT NULL, src USMALLINT NOT NULL, feature UINTEGER NOT NULL, bin SMALLINT NOT NULL,
+            n UBIGINT NOT NULL,
+            PRIMARY KEY (run, src, feature, bin)
+        );
+    """),
 )
 
 # tables that hold per-run rows (delete_run and the results package walk these)
 RUN_TABLES: tuple[str, ...] = ("pair_stats", "pair_stats_staged", "pair_summary", "pair_examples",
                                "pair_examples_staged", "pair_top", "pair_top_lists",
                                "samples_done", "ingested_shards", "sources", "feature_counts", "feature_tokens",
-                               "feature_auto_labels", "run_completeness", "feature_marginals", "node_totals")
+                               "feature_auto_labels", "run_completeness", "feature_marginals", "node_totals",
+                               "feature_acts", "feature_hist")
 
 
 def applied_migrations(con) -> list[str]:

@@ -175,3 +175,11 @@ def test_typed_paths_are_refused_on_the_pages(server, tmp_path, typed):
     assert not at.exception
     assert any("not allowed" in e.value or "outside the workspace" in e.value for e in at.error), \
         [e.value for e in at.error]
+
+
+def test_viewer_reads_the_feature_page_without_running_anything(server):
+    at = _app("vera", "pages/feature.py")
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any("cannot open this page" in e.value for e in at.error)
+    assert _nav_titles(at) == {"Feature"}  # the Feature page (read-only) is among a viewer's pages
+    assert not [b for b in at.button if b.key and ("save" in b.key or b.key in ("fp_open", "fp_weights"))]

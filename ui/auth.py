@@ -147,7 +147,7 @@ def sidebar_user() -> None:
 
 
 # the pages each role is routed to (app.py builds st.navigation from this); None = every page
-ROLE_PAGES: dict[str, set[str] | None] = {"admin": None, "researcher": None, "viewer": {"pair_tables.py"}}
+ROLE_PAGES: dict[str, set[str] | None] = {"admin": None, "researcher": None, "viewer": {"pair_tables.py", "feature.py"}}
 
 
 def may_open(role: str | None, page_file: str) -> bool:

@@ -80,12 +80,14 @@ def job_progress(job_dir: Path) -> dict[str, Any]:
         st.progress(min(float(done) / float(total), 1.0), text=f"{state}: {done:g} / {total:g}")
     else:
         st.write(f"**{state}**")
+    from ui.tables import fmt_eta, fmt_rate
+
     bits = []
     if status.get("rate"):
-        bits.append(f"{status['rate']:.2f}/s")
-    if status.get("eta_s") is not None and state == "running":
-        bits.append(f"ETA {status['eta_s']:.0f} s")
-    if status.get("message"):
+        bits.append(fmt_rate(status["rate"]))
+    if state == "running":  # "—" until the rate is stable (a first ETA from one batch is noise)
+        bits.append(f"ETA {fmt_eta(status.get('eta_s'), done, total, status.get('elapsed_s'))}")
+    if status.get("message") and state not in ("failed", "died"):  # a failure's message: once, as the error
         bits.append(str(status["message"]))
     if bits:
         st.caption(" · ".join(bits))

@@ -119,9 +119,11 @@ def job_panel() -> None:
     job = next(j for j in found if j.job_id == job_id)
     status = jobs.job_status(job.path)
     state, done, total = status.get("state", "?"), status.get("done") or 0, status.get("total") or 0
+    from ui.tables import fmt_eta
+
+    eta = fmt_eta(status.get("eta_s"), done, total, status.get("elapsed_s")) if state == "running" else "—"
     st.progress(min(1.0, done / total) if total else 0.0,
-                text=f"{state} · {status.get('message', '')}" + (f" · ETA {status['eta_s']:.0f}s"
-                                                                 if status.get("eta_s") else ""))
+                text=f"{state} · {status.get('message', '')}" + (f" · ETA {eta}" if eta != "—" else ""))
     if state in ("running", "queued"):
         if st.button("Cancel job", key=f"cancel-{job_id}") and ui_auth.allowed_on_job(job.path, "cancel"):
             jobs.cancel_job(job.path)
@@ -139,4 +141,8 @@ def job_panel() -> None:
         warning = sparsity_warning(float(r.get("l0") or 0), int(r.get("d_sae") or 0))
         if warning:
             st.warning(warning, icon="⚠️")
+        if r.get("eval_source"):
+            st.caption(f"Figures computed on {r['eval_source']}.")
+        if r.get("dead_warning"):
+            st.warning(r["dead_warning"], icon="⚠️")
     metrics_charts(jobs.read_metrics(job.path))

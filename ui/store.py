@@ -45,11 +45,20 @@ from store import (
     top_pairs,
     value_histogram,
 )
+from store.feature_queries import (
+    feature_contexts,
+    feature_histogram,
+    feature_marginal,
+    feature_overview,
+    partners_by_head,
+    token_pairs,
+)
 from store.marginals import feature_marginals, node_totals, run_statistics, score_shares
 from store.page_queries import feature_labels, head_summary, human_labels, run_heads, sample_tokens
 from store.sql_worker import run_sql_bounded
 from store.watchdog import memory_limit, query_timeout_s, time_limit
 from ui import common as ui
+from ui.help_texts import PAIR_TABLES as HELP
 
 SYNC_EVERY_S = 2.0
 # what each metric is, over the cells (query i, key j) where both features of the pair are active (all-pair
@@ -65,7 +74,9 @@ _QUERIES: dict[str, Callable[..., Any]] = {
     "compare_pairs": compare_pairs, "pair_examples": pair_examples, "get_run": get_run,
     "head_summary": head_summary, "run_heads": run_heads, "feature_labels": feature_labels,
     "sample_tokens": sample_tokens, "feature_marginals": feature_marginals, "node_totals": node_totals,
-    "score_shares": score_shares, "run_statistics": run_statistics,
+    "score_shares": score_shares, "run_statistics": run_statistics, "feature_overview": feature_overview,
+    "feature_histogram": feature_histogram, "feature_contexts": feature_contexts, "partners_by_head": partners_by_head,
+    "token_pairs": token_pairs, "feature_marginal": feature_marginal,
 }
 
 
@@ -185,8 +196,8 @@ def feature_label_editor(version: tuple, run_id: int, feature: int, src: int) ->
         return
     c = st.columns([4, 1], vertical_alignment="bottom")
     c[0].text_input("Your label for this feature (shown in every table of this SAE)", value=info["label"] or "",
-                    key=key, placeholder=info["auto_label"] or "")
-    c[1].button("Save label", key=f"{key}_save", on_click=_save_label, args=(info["sae_id"], feature, key))
+                    key=key, placeholder=info["auto_label"] or "", help=HELP["label"])
+    c[1].button("Save label", key=f"{key}_save", help=HELP["label_save"], on_click=_save_label, args=(info["sae_id"], feature, key))
     if "pt_label_error" in st.session_state:
         st.error(st.session_state.pop("pt_label_error"))
 
@@ -232,10 +243,10 @@ def open_example_controls(version: tuple, run_id: int, info: dict, examples: pd.
     if not ui_auth.can("run"):  # Single text FRA is not among a viewer's pages
         return
     c = st.columns([4, 1], vertical_alignment="bottom")
-    i = c[0].selectbox("Example to open", range(len(examples)), key="pt_open_example",
+    i = c[0].selectbox("Example to open", range(len(examples)), key="pt_open_example", help=HELP["pt_open_example"],
                        format_func=lambda j: f"{examples['value'].iloc[j]:+.3g} · L{examples['layer'].iloc[j]}"
                                              f"H{examples['head'].iloc[j]} · {examples['context'].iloc[j]}")
-    if c[1].button("Open in Single text FRA", key="pt_open"):
+    if c[1].button("Open in Single text FRA", key="pt_open", help=HELP["pt_open"]):
         row = examples.iloc[int(i)]
         tokens = query("sample_tokens", version, run_id, int(row["sample"]))
         if tokens is None:
@@ -254,7 +265,9 @@ def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable
     def pairs(fmt: str) -> Callable[[], bytes]:
         def make() -> bytes:
             with store.read() as cur, time_limit(cur, limit_s, "export"):
-                return export_pairs_bytes(cur, run_id, fmt, **filters)
+                data = export_pairs_bytes(cur, run_id, fmt, **filters)
+                sources = get_run(cur, run_id)["sources"]
+            return with_neuronpedia(data, fmt, {int(s["src"]): s["sae_id"] for s in sources})
         return make
 
     def report() -> bytes:
@@ -266,3 +279,73 @@ def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable
             return results_package_bytes(cur, run_id)
 
     return {"parquet": pairs("parquet"), "csv": pairs("csv"), "html": report, "package": package}
+
+
+# ----------------------------------------------------------------------------- SQL box, failed runs
+def sql_box(run_id: int, help_texts: dict[str, str]) -> None:
+    """The read-only SQL box of the Pair tables page."""
+    st.caption("One SELECT, on a read-only connection, stopped at its time limit; at most 10 000 rows come back. "
+               "Tables: runs, sources, "
+               "features, pair_stats, pair_summary, pair_examples, samples_done, ingested_shards, feature_counts, "
+               f"feature_acts, feature_hist (filter with `run = {run_id}`).")
+    sql = st.text_area("SQL", f"SELECT layer, head, count(*) AS pairs, sum(n) AS occurrences, sum(abs_sum) AS abs_sum\n"
+                              f"FROM pair_stats WHERE run = {run_id}\nGROUP BY ALL ORDER BY layer, head",
+                       height=120, key="pt_sql", help=help_texts["pt_sql"])
+    if st.button("Run query", key="pt_sql_run", help=help_texts["pt_sql_run"]):
+        st.dataframe(run_sql(sql), hide_index=True, width="stretch")
+
+
+def failed_run_banner(row) -> None:
+    """Above a failed run: what failed (once), and a confirmed Delete that removes it from the database."""
+    if row["status"] != "failed":
+        return
+    from store import delete_run
+
+    run_id = int(row["id"])
+    st.warning(f"Run #{run_id} failed: {row['message'] or 'no message'}. Its pairs are partial.",
+               icon=":material/warning:")
+    c = st.columns([1, 3])
+    sure = c[1].checkbox(f"Yes, delete run #{run_id}", key=f"pt_delete_sure_{run_id}",
+                         help="Its rows leave the database; its job folder stays and is not ingested again.")
+    from ui import auth as ui_auth
+
+    if c[0].button("Delete this run", key=f"pt_delete_{run_id}", disabled=not sure,
+                   help="Remove the failed run from the database.") \
+            and ui_auth.allowed(row.get("owner"), "delete", f"run #{run_id}"):
+        try:
+            with get_store().write() as con:
+                delete_run(con, run_id)
+        except (StoreError, StoreBusy) as exc:
+            ui.show_error(exc)
+            return
+        _query.clear()
+        st.session_state.pop("pt_last_run", None)  # deleted on purpose: no "deleted meanwhile" notice
+        st.toast(f"Deleted run #{run_id} (its job folder stays; it is not ingested again).")
+        st.rerun()
+
+
+def with_neuronpedia(data: bytes, fmt: str, sae_of_src: dict[int, str | None]) -> bytes:
+    """An exported pair file with q_neuronpedia / k_neuronpedia URL columns, when a source of the run is a
+    Neuronpedia-hosted registry SAE (`fra_core.neuronpedia`); the file unchanged otherwise."""
+    from fra_core.neuronpedia import URL, neuronpedia_id
+
+    ids = {src: neuronpedia_id(sae) for src, sae in sae_of_src.items()}
+    if not any(ids.values()):
+        return data
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(data)) if fmt == "parquet" else pacsv.read_csv(io.BytesIO(data))
+    for s in ("q", "k"):
+        srcs, feats = table[f"{s}_src"].to_pylist(), table[f"{s}_feat"].to_pylist()
+        urls = [URL.format(np_id=ids[int(a)], feature=int(f)) if ids.get(int(a)) else None for a, f in zip(srcs, feats)]
+        table = table.append_column(f"{s}_neuronpedia", pa.array(urls, pa.string()))
+    out = io.BytesIO()
+    if fmt == "parquet":
+        pq.write_table(table, out, compression="zstd")
+    else:
+        pacsv.write_csv(table, out)
+    return out.getvalue()

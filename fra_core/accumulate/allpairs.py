@@ -214,7 +214,10 @@ class AllPairsRunner:
                 self._add_pairs(buf, plan, bs, ids, tokens.shape[1])
                 self._add_marginals(buf, plan, bs, batch_marginals(model, plan.layer, bs, plan.projectors, self.options))
                 for side, src_map in ((bs.sides[0], plan.q_map), (bs.sides[1], plan.k_map)):
+                    new = set(src_map) - counted
                     count_new_features(buf.base, side, src_map, tokens, counted)
+                    if new:  # the Feature page's activations, once per source (as the counts)
+                        buf.base.acts.add(side, src_map, ids, only=new)
 
     def _run_ids(self, gid: torch.Tensor, offsets: list[int], src_map: list[int]):
         offs = torch.tensor(offsets, device=gid.device)

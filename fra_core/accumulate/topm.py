@@ -15,6 +15,7 @@ import torch
 import fra_core
 from fra_core import contracts
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig
+from fra_core.accumulate.feature_acts import FeatureActCollector
 from fra_core.accumulate.stats import Examples, entry_stats, examples_table, merge, pairs_table
 from fra_core.accumulate.tokens import FeatureTokenCounter
 from fra_core.fra.aggregate import PairCodec, reduce_by_key
@@ -104,6 +105,7 @@ class ShardBuffer:
         self.tokens_seen = torch.zeros(n_sources, dtype=torch.long)
         self.feature_tokens, self.token_str = FeatureTokenCounter(d_max, d_vocab), token_str
         self.k = examples_per_pair
+        self.acts = FeatureActCollector(d_max)
 
     def add(self, table, ex: Examples | None, inverse=None) -> None:
         self.tables.append(table)
@@ -128,7 +130,7 @@ class ShardBuffer:
                             "tokens": pa.array([t for _, t in self.samples], pa.list_(pa.string()))},
                            schema=contracts.SAMPLES_SCHEMA)
         return {"pairs": pairs, "examples": examples_table(ex, codec, layer), "samples": samples, "features": features,
-                "feature_tokens": self.feature_tokens.table(self.token_str)}
+                "feature_tokens": self.feature_tokens.table(self.token_str), **self.acts.tables()}
 
 
 def _count_features(buf: ShardBuffer, side, src_map: list[int], tokens: torch.Tensor) -> None:
@@ -181,8 +183,10 @@ def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_sae
         ex = Examples(key, ids[e["batch"]], e["query_pos"], e["key_pos"], e["value"].float())
         buf.add(reduce_by_key(key, entry_stats(e["value"], diag), inverse), ex, inverse)
         _count_features(buf, res.q_side, q_map, tokens)
+        buf.acts.add(res.q_side, q_map, ids)
         if not set(k_map) & set(q_map):  # distinct key-side dictionaries: count them too
             _count_features(buf, res.k_side, k_map, tokens)
+            buf.acts.add(res.k_side, k_map, ids)
 
 
 def record_completeness(job_dir: Path, measured: dict) -> None:

@@ -71,6 +71,7 @@ class TrainSAEConfig(JobConfig):
     seed: int = 0
     log_every: int = 10
     eval_batches: int = 2
+    eval_tokens: int = 100_000  # held-out tokens for the final figures (fra_core.sae.heldout); 0 = training batches
 
     def validate(self) -> "TrainSAEConfig":
         if self.architecture not in ARCHITECTURES:
@@ -80,6 +81,8 @@ class TrainSAEConfig(JobConfig):
                      "n_batches_in_buffer", "n_texts", "log_every", "k"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.eval_tokens < 0:
+            raise ConfigError(f"eval_tokens must be >= 0 (0 = evaluate on the last training batches), got {self.eval_tokens}")
         if self.d_sae < 0 or (self.d_sae == 0 and self.expansion_factor <= 0):
             raise ConfigError(f"need d_sae > 0 or expansion_factor > 0 (got d_sae={self.d_sae}, "
                               f"expansion_factor={self.expansion_factor})")
@@ -286,9 +289,13 @@ def run_train_sae(cfg: TrainSAEConfig, progress=None, *, model=None,
         sae_logger.removeFilter(_drop_view_fallback)
     train_s = time.time() - t0
     sae.eval()
-    # final figures on the last `eval_batches` training batches: no extra model passes (the benchmark's
-    # overhead budget), and all but the last were seen before the final update
-    metrics = evaluate_sae(sae, list(trainer.recent_batches))
+    # final figures on held-out tokens (eval_tokens, default 100 k; fra_core.sae.heldout), or on the last
+    # `eval_batches` training batches where the dataset has nothing beyond the training texts
+    from fra_core.sae.heldout import heldout_metrics
+
+    progress.update(cfg.training_tokens, cfg.training_tokens, message=f"evaluating on held-out tokens "
+                    f"(up to {cfg.eval_tokens:,})", force=True)
+    metrics = heldout_metrics(sae, model, cfg, workspace, list(trainer.recent_batches), evaluate_sae)
     metrics["train_s"] = train_s
     progress.update(cfg.training_tokens, cfg.training_tokens, message="saving", force=True)
 

@@ -58,6 +58,26 @@ FEATURE_TOKENS = pa.table({
     "kind": ["tok", "tok", "prev", "tok", "tok", "tok", "prev"],
     "token": ["alpha", "beta", "gamma", "eps", "delta", "zeta", "∅"],
     "n": pa.array([4, 1, 5, 3, 3, 2, 10], pa.uint64())}, schema=contracts.FEATURE_TOKENS_SCHEMA)
+def feature_acts(samples: list[int], shard: int) -> dict[str, pa.Table]:
+    """Feature 1 (per shard): top activations 3.0 + shard and 2.0 at position 4 of the shard's first two
+    samples (the first also active on the token before, at 1.0), sampled ones 0.5 (position 2) and 1.5
+    (position 0); context windows of 3 tokens either side; its histogram: 5 activations in 3 bins."""
+    n, nan = 4, float("nan")
+    acts = pa.table({
+        "src": pa.array([0] * n, pa.uint16()), "feature": pa.array([1] * n, pa.uint32()),
+        "kind": ["top", "top", "sample", "sample"],
+        "sample": pa.array([samples[0], samples[1], samples[2], samples[3]], pa.uint64()),
+        "pos": pa.array([4, 4, 2, 0], pa.uint16()),
+        "value": pa.array([3.0 + shard, 2.0, 0.5, 1.5], pa.float32()),
+        "ctx_acts": pa.array([[0, 0, 1.0, 3.0 + shard, 0, 0, 0], [0, 0, 0, 2.0, 0, 0, 0],
+                              [nan, 0, 0, 0.5, 0, 0, 0], [nan, nan, nan, 1.5, 0, 0, 0]], pa.list_(pa.float32()))},
+        schema=contracts.FEATURE_ACTS_SCHEMA)
+    hist = pa.table({"src": pa.array([0, 0, 0], pa.uint16()), "feature": pa.array([1, 1, 1], pa.uint32()),
+                     "bin": pa.array([-2, 1, 3], pa.int16()), "n": pa.array([1, 2, 2], pa.uint64())},
+                    schema=contracts.FEATURE_HIST_SCHEMA)
+    return {"feature_acts": acts, "feature_hist": hist}
+
+
 LABELS = {1: "‘alpha’ 80% · after ‘gamma’ 100%", 2: "‘delta’ 30% ‘eps’ 30% ‘zeta’ 20% · after ‘∅’ 100%"}
 
 
@@ -90,6 +110,7 @@ def make_job(jobs_root: Path, name: str, n_shards: int = 3, samples_per_shard: i
                                         "n_tokens": pa.array([40, 40], pa.uint64())})}
         if feature_tokens:
             tables["feature_tokens"] = FEATURE_TOKENS
+            tables.update(feature_acts(samples, shard))
         contracts.write_shard(job_dir, shard, tables, samples)
     write_json_atomic(job_dir / "status.json", {"state": state, "done": n_shards * samples_per_shard,
                                                  "updated": _dt.datetime.now().isoformat(timespec="seconds"),

@@ -243,3 +243,32 @@ def test_shipped_demo_l1_sae_has_clean_token_features(workspace):
     assert cov["words"] >= 160, cov
     assert cov["current_clean"] >= 0.95 * cov["words"] and cov["previous_clean"] >= 0.7 * cov["words"], cov
     assert acts.explained_variance > 0.9, acts.explained_variance
+
+
+def test_final_figures_come_from_held_out_tokens(tiny_ws):
+    """The saved figures are computed on texts after the training's first n_texts (as many as the dataset
+    has, said so), they equal an independent evaluation of those tokens, and > 30 % dead warns."""
+    from dataclasses import replace
+
+    from fra_core.datasets import open_texts
+    from fra_core.models import load_model
+    from fra_core.sae import load_sae
+    from fra_core.sae.heldout import heldout_activations
+    from fra_core.sae.train import evaluate_sae, run_train_sae
+
+    ws, model_ref, data = tiny_ws
+    spec = data[len("file:"):] if data.startswith("file:") else data
+    total = len(list(open_texts(spec, workspace=ws).texts()))
+    cfg = replace(small_cfg(data), output_name="held", n_texts=max(1, total // 2), eval_tokens=100_000)
+    result = run_train_sae(cfg, workspace=ws)
+    assert result["eval_source"].startswith("held-out") and "all the dataset has" in result["eval_source"]
+    model, sae = load_model(model_ref, "cpu", ws), load_sae("held")
+    texts = [t for t in list(open_texts(spec, workspace=ws).texts())[cfg.n_texts:] if t.strip()]
+    ref = evaluate_sae(sae, list(heldout_activations(model, sae, texts, cfg.context_size, 10**9)))
+    assert result["eval_tokens"] == ref["eval_tokens"] > 0
+    assert result["dead_features"] == ref["dead_features"]
+    assert result["l0"] == pytest.approx(ref["l0"], rel=1e-5)
+    assert (result["dead_warning"] is not None) == (result["dead_features"] / result["d_sae"] > 0.3)
+    # no held-out text: the figures say they come from the training batches
+    off = run_train_sae(replace(cfg, output_name="held0", n_texts=total + 10), workspace=ws)
+    assert off["eval_source"].startswith("the last training batches") and "no text beyond" in off["eval_source"]
