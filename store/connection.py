@@ -17,9 +17,12 @@ process is open reads through the writer's connection.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -113,6 +116,7 @@ class Store:
             read_only = False  # first use creates the file and its schema
         self._con = connect(self.path, read_only=read_only,
                             timeout_s=self.timeout_s if timeout_s is None else timeout_s)
+        _OPEN_STORES.add(self)
         for name, value in self.settings.items():
             self._con.execute(f"SET {name} = '{str(value).replace(chr(39), '')}'")
         self._read_only = read_only and self.path != ":memory:"
@@ -138,6 +142,8 @@ class Store:
             self._timer.start()
 
     def _close_if_lingered(self) -> None:
+        if sys.is_finalizing():  # the atexit hook has closed it; DuckDB must not close during teardown
+            return
         with self._cond:
             self._timer = None
             if self._con is None or self._readers or self._writers:
@@ -247,3 +253,18 @@ class Store:
             if self._con is not None:
                 self._con.close()
                 self._con = None
+
+
+# Lingering connections are closed by daemon timer threads. One that fires while the interpreter is being
+# torn down makes DuckDB's Close() throw in C++, which aborts the process (exit 134) after everything else
+# succeeded. So every store that opened a connection is closed at exit, on the main thread, first.
+_OPEN_STORES: "weakref.WeakSet[Store]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    for store in list(_OPEN_STORES):
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - best effort at exit; nothing is left to report to
+            pass
