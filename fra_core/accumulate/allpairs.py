@@ -23,6 +23,7 @@ import fra_core
 from fra_core import contracts as shards
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig
 from fra_core.accumulate.stats import Examples, examples_table, merge, pairs_table
+from fra_core.accumulate.topm import token_groups
 from fra_core.fra.aggregate import PairCodec
 
 
@@ -199,14 +200,7 @@ class AllPairsRunner:
         from fra_core.fra.allpairs_batch import allpairs_batch, batch_marginals
 
         cfg, model = self.cfg, self.model
-        groups: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        for sample, text in items:  # one engine call per token length: no padding (see accumulate.run)
-            toks = model.to_tokens(text, prepend_bos=cfg.prepend_bos, truncate=True)[0, : cfg.context_length]
-            buf.samples.append((sample, [str(t) for t in model.to_str_tokens(toks)] if len(toks) else []))
-            if len(toks) >= 1:
-                groups.setdefault(len(toks), []).append((sample, toks))
-        for group in groups.values():
-            ids, tokens = torch.tensor([s for s, _ in group]), torch.stack([t for _, t in group])
+        for ids, tokens in token_groups(model, items, cfg, buf):  # one engine call per token length
             counted: set[int] = set()
             for plan in self.plans:
                 bs = allpairs_batch(model, tokens, plan.layer, plan.heads, plan.qd, plan.kd, self.options,

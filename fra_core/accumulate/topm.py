@@ -152,6 +152,19 @@ def _count_features(buf: ShardBuffer, side, src_map: list[int], tokens: torch.Te
         buf.tokens_seen[src] += n_tokens
 
 
+def token_groups(model, items: list[tuple[int, str]], cfg, buf) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Tokenize a batch's (sample, text) items, record each sample's token strings in `buf.samples`, and
+    group them by token length: [(sample ids [n], tokens [n, pos])], one engine call each, no padding
+    (padding would change a bidirectional head's scores)."""
+    groups: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    for sample, text in items:
+        toks = model.to_tokens(text, prepend_bos=cfg.prepend_bos, truncate=True)[0, : cfg.context_length]
+        buf.samples.append((sample, [str(t) for t in model.to_str_tokens(toks)] if len(toks) else []))
+        if len(toks) >= 1:
+            groups.setdefault(len(toks), []).append((sample, toks))
+    return [(torch.tensor([s for s, _ in g]), torch.stack([t for _, t in g])) for g in groups.values()]
+
+
 def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_saes, options, codec: PairCodec,
                   q_map: list[int], k_map: list[int], buf: ShardBuffer, completeness: dict | None = None) -> None:
     """completeness: an empty dict on the run's first batch → filled with the measured values (the job
@@ -159,14 +172,7 @@ def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_sae
     compute_fra = _fra_api()[0]
     qd = q_saes[0] if len(q_saes) == 1 else q_saes
     kd = k_saes[0] if len(k_saes) == 1 else k_saes
-    groups: dict[int, list[tuple[int, torch.Tensor]]] = {}
-    for sample, text in items:
-        toks = model.to_tokens(text, prepend_bos=cfg.prepend_bos, truncate=True)[0, : cfg.context_length]
-        buf.samples.append((sample, [str(t) for t in model.to_str_tokens(toks)] if len(toks) else []))
-        if len(toks) >= 1:
-            groups.setdefault(len(toks), []).append((sample, toks))
-    for group in groups.values():
-        ids, tokens = torch.tensor([s for s, _ in group]), torch.stack([t for _, t in group])
+    for ids, tokens in token_groups(model, items, cfg, buf):
         res = compute_fra(model, tokens, cfg.layer, heads, qd, kd, options)
         if completeness is not None and not completeness:
             from fra_core.fra.completeness import CompletenessError, check

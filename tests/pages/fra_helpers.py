@@ -61,3 +61,9 @@ def induction_head() -> int:
 
     scores = head_scores(load_demo_model(), n_seq=8, half_len=20)
     return int(scores["induction"][1].argmax())
+
+
+def assert_clean(at) -> None:
+    """No exception and no error box on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]

@@ -6,29 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from fra_core import jobs
+from tests.pages.conftest import demo_run_cfg
+from tests.pages.fra_helpers import assert_clean as _ok
 from tests.pages.fra_helpers import open_page
-from tests.pages.test_open_example import demo_run_cfg
-
-
-@pytest.fixture
-def demo_run(fra_ws):
-    job_dir = jobs.new_job_dir(fra_ws.jobs, "accumulate", demo_run_cfg())
-    assert jobs.run_job_dir(job_dir) == 0, (job_dir / "log.txt").read_text()[-2000:]
-    return fra_ws
-
-
-@pytest.fixture(autouse=True)
-def _close_cached_stores():
-    yield
-    from ui import store as ui_store
-
-    ui_store._handle.clear()
-
-
-def _ok(at):
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def test_feature_page_partner_opens_on_the_pairs_best_cell(demo_run):

@@ -5,34 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from fra_core import jobs
-from fra_core.accumulate import AccumulateFRAConfig
+from tests.pages.conftest import demo_run_cfg
+from tests.pages.fra_helpers import assert_clean as _ok
 from tests.pages.fra_helpers import open_page
-
-
-def demo_run_cfg() -> AccumulateFRAConfig:
-    return AccumulateFRAConfig(model="demo", q_saes=("demo-l1-ln1",), layer=1, n_samples=4, context_length=40,
-                               batch_size=2, shard_size=4, top_m=4, k_active=8, examples_per_pair=2)
-
-
-@pytest.fixture
-def demo_run(fra_ws):
-    job_dir = jobs.new_job_dir(fra_ws.jobs, "accumulate", demo_run_cfg())
-    assert jobs.run_job_dir(job_dir) == 0, (job_dir / "log.txt").read_text()[-2000:]
-    return fra_ws
-
-
-@pytest.fixture(autouse=True)
-def _close_cached_stores():
-    yield
-    from ui import store as ui_store
-
-    ui_store._handle.clear()
-
-
-def _ok(at):
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def test_example_opens_on_its_cell_with_the_same_value(demo_run):
