@@ -11,8 +11,6 @@ upstream SAE serves several layers.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +18,10 @@ import pyarrow as pa
 import torch
 
 import fra_core
-from fra_core import contracts as shards
+from fra_core import contracts
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig
 from fra_core.accumulate.stats import Examples, examples_table, merge, pairs_table
-from fra_core.accumulate.topm import token_groups
+from fra_core.accumulate.topm import ShardBuffer, effective_k, load_model_and_saes, run_sources, token_groups
 from fra_core.fra.aggregate import PairCodec
 
 
@@ -60,17 +58,6 @@ class LayerPlan:
                            Projector(model, layer, self.kd, "K", self.heads))
 
 
-@dataclasses.dataclass(frozen=True)
-class JobParts:
-    """The job pieces shared with `fra_core.accumulate.run`, passed in by it (run imports this module,
-    never the reverse): its ShardBuffer class, effective_k, load_model_and_saes, run_sources."""
-
-    shard_buffer: type
-    effective_k: Callable
-    load_model_and_saes: Callable
-    run_sources: Callable
-
-
 class AllPairsShard:
     """A shard of an all-pair run: a base ShardBuffer (samples, feature counts, feature tokens), plus per
     layer the pair tables and example candidates (a ShardBuffer each), marginals, node totals and
@@ -78,10 +65,10 @@ class AllPairsShard:
 
     def __init__(self, runner: "AllPairsRunner"):
         self.k, self.runner = runner.cfg.examples_per_pair, runner
-        self.base = runner.parts.shard_buffer(len(runner.sources), runner.codec.d_max, self.k,
+        self.base = ShardBuffer(len(runner.sources), runner.codec.d_max, self.k,
                                               runner.model.cfg.d_vocab, runner.token_str)
         self.samples = self.base.samples  # the job loop counts and writes these
-        self.layers = {p.layer: runner.parts.shard_buffer(1, 1, self.k, 1, None) for p in runner.plans}
+        self.layers = {p.layer: ShardBuffer(1, 1, self.k, 1, None) for p in runner.plans}
         self.marg: list[tuple[int, str, torch.Tensor, torch.Tensor]] = []  # (layer, side, run key, vals)
         self.nodes: dict[tuple[int, str], tuple[list[str], torch.Tensor]] = {}
         self.err: dict[int, torch.Tensor] = {}  # layer → [head_index, 2]: max |error|, max |score|
@@ -94,8 +81,8 @@ class AllPairsShard:
                 pairs.append(pairs_table(merge(lb.tables), codec, L))
             if lb.examples:
                 examples.append(examples_table(Examples.cat(lb.examples).top(self.k), codec, L))
-        out["pairs"] = pa.concat_tables(pairs) if pairs else shards.PAIRS_SCHEMA.empty_table()
-        out["examples"] = pa.concat_tables(examples) if examples else shards.EXAMPLES_SCHEMA.empty_table()
+        out["pairs"] = pa.concat_tables(pairs) if pairs else contracts.PAIRS_SCHEMA.empty_table()
+        out["examples"] = pa.concat_tables(examples) if examples else contracts.EXAMPLES_SCHEMA.empty_table()
         out["marginals"], out["node_totals"] = self._marginals(), self._node_totals()
         return out
 
@@ -103,7 +90,7 @@ class AllPairsShard:
         parts = {}
         for L, side, key, vals in self.marg:
             parts.setdefault((L, side), []).append((key, vals))
-        cols = {f.name: [] for f in shards.MARGINALS_SCHEMA}
+        cols = {f.name: [] for f in contracts.MARGINALS_SCHEMA}
         D, S = self.runner.codec.d_max, len(self.runner.sources)
         for (L, side), items in sorted(parts.items()):
             uniq, inv = torch.unique(torch.cat([k for k, _ in items]), return_inverse=True)
@@ -113,10 +100,10 @@ class AllPairsShard:
             cols["head"].append((rest // S).numpy()), cols["src"].append((rest % S).numpy())
             cols["feature"].append(feat.numpy()), cols["n"].append(v[:, 0].round().numpy())
             cols["sum"].append(v[:, 1].numpy()), cols["abs_sum"].append(v[:, 2].numpy())
-        return _table(cols, shards.MARGINALS_SCHEMA)
+        return _table(cols, contracts.MARGINALS_SCHEMA)
 
     def _node_totals(self) -> pa.Table:
-        cols = {f.name: [] for f in shards.NODE_TOTALS_SCHEMA}
+        cols = {f.name: [] for f in contracts.NODE_TOTALS_SCHEMA}
         for (L, side), (names, t) in sorted(self.nodes.items()):
             heads = self.runner.plan(L).heads
             for hi, h in enumerate(heads):
@@ -125,7 +112,7 @@ class AllPairsShard:
                 cols["node"].append(np.array(names, dtype=object)), cols["n"].append(t[hi, :, 0].round().numpy())
                 cols["sum"].append(t[hi, :, 1].numpy()), cols["abs_sum"].append(t[hi, :, 2].numpy())
                 cols["sum_vs_features"].append(t[hi, :, 3].numpy())
-        return _table(cols, shards.NODE_TOTALS_SCHEMA)
+        return _table(cols, contracts.NODE_TOTALS_SCHEMA)
 
 
 def _table(cols: dict[str, list], schema: pa.Schema) -> pa.Table:
@@ -139,18 +126,18 @@ def _table(cols: dict[str, list], schema: pa.Schema) -> pa.Table:
 class AllPairsRunner:
     """The all-pair job for `fra_core.accumulate.run.accumulate`: setup, one batch, one written shard."""
 
-    def __init__(self, cfg: AccumulateFRAConfig, parts: JobParts, model=None, q_saes=None, k_saes=None):
+    def __init__(self, cfg: AccumulateFRAConfig, model=None, q_saes=None, k_saes=None):
         from fra_core.fra import FRAOptions
 
-        self.cfg, self.parts = cfg, parts
-        self.model, self.q_saes, self.k_saes = parts.load_model_and_saes(cfg, model, q_saes, k_saes)
-        self.sources, q_map, k_map = parts.run_sources(cfg, self.q_saes, self.k_saes)
+        self.cfg = cfg
+        self.model, self.q_saes, self.k_saes = load_model_and_saes(cfg, model, q_saes, k_saes)
+        self.sources, q_map, k_map = run_sources(cfg, self.q_saes, self.k_saes)
         q_refs = list(cfg.q_saes)
         k_refs = list(cfg.k_saes) if cfg.k_saes else q_refs
         self.plans = [LayerPlan(self.model, L, cfg, q_refs, self.q_saes, k_refs, self.k_saes, q_map, k_map)
                       for L in cfg.run_layers]
         self.codec = PairCodec(self.model.cfg.n_heads, len(self.sources), max(s["d_sae"] for s in self.sources))
-        self.options = FRAOptions(k_active=parts.effective_k(cfg.k_active, self.q_saes, self.k_saes), top_m=None,
+        self.options = FRAOptions(k_active=effective_k(cfg.k_active, self.q_saes, self.k_saes), top_m=None,
                                   exclude_diagonal=not cfg.include_diagonal, exclude_bos_key=cfg.exclude_bos_key,
                                   exclude_bos_query=cfg.exclude_bos_query, row_centre=cfg.row_centre,
                                   attention_weighted=cfg.attention_weighted)
@@ -187,9 +174,9 @@ class AllPairsRunner:
             for hi, h in enumerate(self.plan(L).heads):
                 old = per.get(str(h), [0.0, 0.0])
                 per[str(h)] = [max(old[0], float(t[hi, 0])), max(old[1], float(t[hi, 1]))]
-        info = shards.read_run_info(job_dir)
+        info = contracts.read_run_info(job_dir)
         detail = _max_detail(info.get("completeness_detail", {}), self.detail)
-        shards.write_run_info(job_dir, {**info, "completeness": _ratios(detail), "completeness_detail": detail})
+        contracts.write_run_info(job_dir, {**info, "completeness": _ratios(detail), "completeness_detail": detail})
         bad = {(L, h): r for L, hs in self.completeness.items() for h, r in hs.items() if not r <= LIMIT}
         if bad:
             (L, h), r = max(bad.items(), key=lambda kv: kv[1])

@@ -78,8 +78,7 @@ class ShardWorker:
             if self.parts is None:
                 raise AccumulateError(f"worker could not load the model and SAEs: {self.error}")
             n, skipped = compute_shard(self.parts, self.cfg, shard, items, Path(job_dir)), False
-        return {"shard": shard, "samples": n, "skipped": skipped, "pid": os.getpid(), "seconds": time.time() - t0,
-                "completeness": self.parts.completeness}
+        return {"shard": shard, "samples": n, "skipped": skipped, "pid": os.getpid(), "seconds": time.time() - t0}
 
 
 def _connect(cfg: AccumulateFRAConfig):

@@ -23,14 +23,14 @@ import torch
 
 from fra_core import contracts
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig, ShardWriteError
-from fra_core.accumulate.topm import ShardBuffer, TopMRunner, effective_k, load_model_and_saes, record_completeness, run_sources
+from fra_core.accumulate.topm import TopMRunner
 from fra_core.datasets import open_texts
 
-__all__ = ["accumulate", "compute_shard", "prepare", "record_completeness", "run_accumulate", "shard_items",
-           "start_run_info"]
+__all__ = ["accumulate", "compute_shard", "prepare", "run_accumulate", "shard_items", "start_run_info"]
 
 
-def _write(job_dir: Path, shard: int, buf: ShardBuffer, codec, cfg, n_done: int) -> None:
+def _write(job_dir: Path, shard: int, buf, codec, cfg, n_done: int) -> None:
+    """Write a runner's shard buffer (its `arrow()` tables, manifest last); a full disk is one clear error."""
     samples = [s for s, _ in buf.samples]
     try:
         contracts.write_shard(job_dir, shard, buf.arrow(codec, cfg.layer), samples)
@@ -70,10 +70,9 @@ def prepare(cfg: AccumulateFRAConfig, model=None, q_saes=None, k_saes=None):
     shard this process computes shares (`run_info()`, `new_buffer()`, `process(items, buf)`,
     `shard_computed(buf, job_dir)`, `codec`, `model`, `completeness`)."""
     if cfg.statistics == "all_pairs":
-        from fra_core.accumulate.allpairs import AllPairsRunner, JobParts
+        from fra_core.accumulate.allpairs import AllPairsRunner
 
-        parts = JobParts(ShardBuffer, effective_k, load_model_and_saes, run_sources)
-        runner = AllPairsRunner(cfg, parts, model, q_saes, k_saes)
+        runner = AllPairsRunner(cfg, model, q_saes, k_saes)
     else:
         runner = TopMRunner(cfg, model, q_saes, k_saes)
     runner.model.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from fra_core import jobs
 from fra_core.config import JobConfig
 from fra_core.jobs import Progress, register_job_kind
 
@@ -30,3 +31,14 @@ def run_sleep(cfg: SleepConfig, progress: Progress) -> dict:
 def register() -> str:
     register_job_kind(KIND, f"{__name__}:SleepConfig", f"{__name__}:run_sleep")
     return KIND
+
+
+def wait_for_state(job_dir, states=jobs.TERMINAL_STATES, timeout: float = 60.0) -> dict:
+    """Poll a job's status until its state is one of `states`; its status dict (AssertionError on timeout)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = jobs.job_status(job_dir)
+        if status.get("state") in states:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"{job_dir.name} stuck in {jobs.job_status(job_dir)}")

@@ -47,7 +47,7 @@ def test_top_per_key_matches_sort():
 
 
 def test_effective_k_uses_topk_bound_only():
-    from fra_core.accumulate.run import effective_k
+    from fra_core.accumulate.topm import effective_k
     from tests.fra_core.fra.helpers_fra import make_sae
 
     topk = make_sae(16, "blocks.1.ln1.hook_normalized", 32, kind="topk", k=3)

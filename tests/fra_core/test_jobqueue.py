@@ -16,18 +16,9 @@ from fra_core.jobqueue import JobBusy, JobPermissionError, authorize, device_cap
 from tests.conftest import REPO_ROOT
 from tests.fra_core.sleep_job import SleepConfig
 from tests.fra_core.sleep_job import register as register_sleep
+from tests.fra_core.sleep_job import wait_for_state as _wait
 
 KIND = register_sleep()  # the test-only job kind
-
-
-def _wait(job_dir, states=jobs.TERMINAL_STATES, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = jobs.job_status(job_dir)
-        if status.get("state") in states:
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"{job_dir.name} stuck in {jobs.job_status(job_dir)}")
 
 
 def _runner(job_dir):

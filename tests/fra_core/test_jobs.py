@@ -1,20 +1,10 @@
-import time
 
 from fra_core import jobs
 from tests.fra_core import sleep_job
 from tests.fra_core.sleep_job import SleepConfig
+from tests.fra_core.sleep_job import wait_for_state as _wait
 
 KIND = sleep_job.register()
-
-
-def _wait(job_dir, states, timeout=60):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        status = jobs.job_status(job_dir)
-        if status.get("state") in states:
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"job stuck in {jobs.job_status(job_dir)}")
 
 
 def test_job_runs_in_background_process(workspace):
