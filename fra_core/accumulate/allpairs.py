@@ -256,38 +256,40 @@ class AllPairsRunner:
 
         plan, P = self.plan(layer), self.cell_span
         shared = None if template.per_head else pair_ids(co, template.spans)
+        ids = None  # the pairs' run (source, feature) columns: once for a head-independent table
         for hi, h in enumerate(plan.heads):
             st = head_of(template, co, hi, plan.projectors, shared)
             if st is None or len(st["n"]) == 0:
                 continue
             st = {c: v.cpu() for c, v in st.items()}
-            qs, qf = self._run_ids(st["q_gid"], template.q_offsets, plan.q_map)
-            ks, kf = self._run_ids(st["k_gid"], template.k_offsets, plan.k_map)
-            n = len(qs)
-            keycols = {"layer": np.full(n, layer), "head": np.full(n, h), "q_src": qs.numpy(), "q_feat": qf.numpy(),
-                       "k_src": ks.numpy(), "k_feat": kf.numpy()}
+            if ids is None or template.per_head:
+                qs, qf = self._run_ids(st["q_gid"], template.q_offsets, plan.q_map)
+                ks, kf = self._run_ids(st["k_gid"], template.k_offsets, plan.k_map)
+                ids = {"q_src": qs.numpy().astype(np.uint16), "q_feat": qf.numpy().astype(np.uint32),
+                       "k_src": ks.numpy().astype(np.uint16), "k_feat": kf.numpy().astype(np.uint32),
+                       "layer": np.full(len(qs), layer, dtype=np.uint16)}
+            keycols = {**ids, "head": np.full(len(st["n"]), h, dtype=np.uint16)}
             yield (_arrow({**keycols, **{c: st[c].numpy() for c in contracts.PAIRS_SCHEMA.names[6:]}},
                           contracts.PAIRS_SCHEMA),
                    _arrow(self._examples(keycols, st, k, P), contracts.EXAMPLES_SCHEMA))
 
     @staticmethod
     def _examples(keycols: dict, st: dict, k: int, P: int) -> dict:
-        n = len(st["n"])
         if k <= 0:
-            return {c: v[:0] for c, v in keycols.items()} | {"sample": np.zeros(0), "q_pos": np.zeros(0),
-                                                              "k_pos": np.zeros(0), "value": np.zeros(0)}
+            return {c: v[:0] for c, v in keycols.items()} | {c: np.zeros(0) for c in ("sample", "q_pos", "k_pos",
+                                                                                        "value")}
         if k == 1:
             take_min = st["min"].abs() > st["max"].abs()
-            rows, cells = torch.arange(n), torch.where(take_min, st["min_c"], st["max_c"])
-            value = torch.where(take_min, st["min"], st["max"])
-        else:
+            cells, value = torch.where(take_min, st["min_c"], st["max_c"]), torch.where(take_min, st["min"], st["max"])
+            cols = dict(keycols)
+        else:  # every pair's max cell, then the min cells that are other cells
             other = (st["min_c"] != st["max_c"]).nonzero().squeeze(1)
-            rows = torch.cat([torch.arange(n), other])
             cells = torch.cat([st["max_c"], st["min_c"][other]])
             value = torch.cat([st["max"], st["min"][other]])
-        r = rows.numpy()
-        return {**{c: v[r] for c, v in keycols.items()}, "sample": (cells // (P * P)).numpy(),
-                "q_pos": ((cells // P) % P).numpy(), "k_pos": (cells % P).numpy(), "value": value.numpy()}
+            o = other.numpy()
+            cols = {c: np.concatenate([v, v[o]]) for c, v in keycols.items()}
+        return {**cols, "sample": (cells // (P * P)).numpy(), "q_pos": ((cells // P) % P).numpy(),
+                "k_pos": (cells % P).numpy(), "value": value.numpy()}
 
     def _add_marginals(self, buf: AllPairsShard, plan: LayerPlan, bs, mg: dict) -> None:
         D, S = self.codec.d_max, len(self.sources)
