@@ -1,12 +1,15 @@
 """statistics='all_pairs': exact statistics over every feature pair, for several layers in one run.
 
-Per batch and layer, `fra_core.fra.allpairs_batch` gives every head's exact pair statistics (n, sum,
-abs_sum, max, min, diagonal apart) and each pair's two extreme cells (the examples); `batch_marginals`
-gives per-feature marginals and the named nodes' totals, and the measured completeness
-max |Σ terms − score| / max |score| of each head. The float64 projected decoder rows of each layer
-(`Projector`) live for the whole job and are filled in fixed-size chunks, so a resumed job computes the
-same numbers as an uninterrupted one. Feature activity is counted once per (batch, SAE), even when an
-upstream SAE serves several layers.
+Per batch and layer, `fra_core.fra.allpairs_batch.batch_cotable` gives the batch's co-activation table
+(n, Σx, Σ|x|, max/min x and their cells, diagonal apart; head-independent unless attention-weighted or
+rotary) and `batch_marginals` the per-feature marginals, the named nodes' totals and the measured
+completeness max |Σ terms − score| / max |score| of each head. The shard reduces its batches' tables
+into one (in sample order, so ties keep the earliest cell), and only when the shard is written is each
+head's G_h[f, g] applied, once per pair and head (`head_tables`): per-head work scales with the shard's
+distinct pairs, not with its samples. Examples are each pair's max cell and min cell over the shard.
+The float64 projected decoder rows of each layer (`Projector`) live for the whole job and are filled in
+fixed-size chunks, so a resumed job computes the same numbers as an uninterrupted one. Feature activity
+is counted once per (batch, SAE), even when an upstream SAE serves several layers.
 """
 
 from __future__ import annotations
