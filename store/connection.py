@@ -107,6 +107,9 @@ class Store:
         self._reopen_after = 0.0  # after a max_hold_s close, the file is left alone for YIELD_S
         self._last_use = 0.0
         self._timer: threading.Timer | None = None
+        # write sessions of this process finished so far: with the file's stamp (`change_stamp`) it tells
+        # a cache whether the database may have changed since a result was read
+        self.generation = 0
 
     def _open(self, read_only: bool, timeout_s: float | None = None) -> None:
         gap = self._reopen_after - time.monotonic()
@@ -205,7 +208,23 @@ class Store:
             cur.close()
             with self._cond:
                 self._writers -= 1
+                self.generation += 1
                 self._release_if_idle()
+
+    def change_stamp(self) -> tuple:
+        """Changes whenever the database may have changed: after each write session of this process
+        (`generation`), and when another process commits (DuckDB appends each commit to the `.wal` file
+        and a checkpoint rewrites the database file, so their size and mtime move). Costs two stat calls,
+        no lock: what a cache keys on so that it never serves a result from before a change."""
+        stamp: list = [self.generation]
+        if self.path != ":memory:":
+            for path in (Path(self.path), Path(f"{self.path}.wal")):
+                try:
+                    st = path.stat()
+                    stamp.append((st.st_mtime_ns, st.st_size, st.st_ino))
+                except FileNotFoundError:
+                    stamp.append(None)
+        return tuple(stamp)
 
     @contextlib.contextmanager
     def sandboxed(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -86,6 +86,9 @@ class StoreHandle:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     last_sync: float = 0.0
     sql_running: int = 0  # SQL-box processes of this app running now
+    # what the last complete ingest pass saw: (database change stamp, each job's (state, complete shards));
+    # while both are unchanged a pass would find nothing to do, so none is made (no write session)
+    synced: tuple | None = None
 
 
 @st.cache_resource(show_spinner=False, max_entries=8, on_release=lambda h: h.store.close())
@@ -129,20 +132,42 @@ def sync_jobs(force: bool = False) -> tuple[list[dict], list[str]]:
             return [], []
         handle.last_sync = time.monotonic()
         jobs_root = ui.workspace().jobs
+        seen = (handle.store.change_stamp(), _job_folders(jobs_root))
+        if not force and seen == handle.synced:
+            return [], []
         try:
             with handle.store.write(timeout_s=SYNC_LOCK_WAIT_S) as con:
                 try:
-                    return ingest_all_jobs(con, jobs_root), []
+                    done, errors = ingest_all_jobs(con, jobs_root), []
                 except (StoreError, OSError, ValueError):
-                    return _ingest_each(con, jobs_root)
+                    done, errors = _ingest_each(con, jobs_root)
         except StoreBusy as exc:
             return [], [f"database busy, runs not refreshed: {exc}"]
+        # the stamp after this pass's own writes; a job that wrote meanwhile differs from it next time
+        handle.synced = None if errors else (handle.store.change_stamp(), seen[1])
+        return done, errors
+
+
+def _job_folders(jobs_root: Path) -> tuple:
+    """Each accumulation job folder's (name, state, complete shards): what `ingest_all_jobs` compares with
+    the database to find work, read from the folders alone (the state includes "died", from the pid)."""
+    from fra_core import contracts
+    from fra_core.jobs import list_jobs
+
+    return tuple((job.job_id, job.status.get("state"), len(contracts.complete_shards(job.path)))
+                 for job in list_jobs(jobs_root, "accumulate"))
 
 
 # ----------------------------------------------------------------------------- queries
 def runs() -> pd.DataFrame:
-    """The `runs` table (small; never cached: it is how the pages notice a deleted or grown run)."""
-    with get_store().read() as cur, time_limit(cur, query_timeout_s(), "the list of runs"):
+    """The `runs` table: how the pages notice a deleted or grown run, so cached only until the database
+    may have changed (`Store.change_stamp`: any write session of this process, any commit of another)."""
+    return _runs(db_path(), get_store().change_stamp())
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _runs(db: str, stamp: tuple) -> pd.DataFrame:
+    with _handle(db).store.read() as cur, time_limit(cur, query_timeout_s(), "the list of runs"):
         return list_runs(cur)
 
 
