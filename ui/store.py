@@ -54,10 +54,18 @@ from store.feature_queries import (
     token_pairs,
 )
 from store.marginals import feature_marginals, node_totals, run_statistics, score_shares
-from store.page_queries import feature_labels, head_summary, human_labels, run_heads, sample_tokens
+from store.page_queries import (
+    feature_labels,
+    head_summary,
+    human_labels,
+    run_heads,
+    sample_tokens,
+    top_source_feature,
+)
 from store.sql_worker import run_sql_bounded
 from store.watchdog import memory_limit, query_timeout_s, time_limit
 from ui import common as ui
+from ui.exports import with_neuronpedia, with_sources  # noqa: F401 - with_neuronpedia: part of this module's API
 from ui.help_texts import PAIR_TABLES as HELP
 
 SYNC_EVERY_S = 2.0
@@ -76,7 +84,7 @@ _QUERIES: dict[str, Callable[..., Any]] = {
     "sample_tokens": sample_tokens, "feature_marginals": feature_marginals, "node_totals": node_totals,
     "score_shares": score_shares, "run_statistics": run_statistics, "feature_overview": feature_overview,
     "feature_histogram": feature_histogram, "feature_contexts": feature_contexts, "partners_by_head": partners_by_head,
-    "token_pairs": token_pairs, "feature_marginal": feature_marginal,
+    "token_pairs": token_pairs, "feature_marginal": feature_marginal, "top_source_feature": top_source_feature,
 }
 
 
@@ -291,8 +299,9 @@ def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable
         def make() -> bytes:
             with store.read() as cur, time_limit(cur, limit_s, "export"):
                 data = export_pairs_bytes(cur, run_id, fmt, **filters)
-                sources = get_run(cur, run_id)["sources"]
-            return with_neuronpedia(data, fmt, {int(s["src"]): s["sae_id"] for s in sources})
+                run = get_run(cur, run_id)
+            data = with_sources(data, fmt, run["sources"], run.get("model_id"))
+            return with_neuronpedia(data, fmt, {int(s["src"]): s["sae_id"] for s in run["sources"]})
         return make
 
     def report() -> bytes:
@@ -347,30 +356,3 @@ def failed_run_banner(row) -> None:
         st.session_state.pop("pt_last_run", None)  # deleted on purpose: no "deleted meanwhile" notice
         st.toast(f"Deleted run #{run_id} (its job folder stays; it is not ingested again).")
         st.rerun()
-
-
-def with_neuronpedia(data: bytes, fmt: str, sae_of_src: dict[int, str | None]) -> bytes:
-    """An exported pair file with q_neuronpedia / k_neuronpedia URL columns, when a source of the run is a
-    Neuronpedia-hosted registry SAE (`fra_core.neuronpedia`); the file unchanged otherwise."""
-    from fra_core.neuronpedia import URL, neuronpedia_id
-
-    ids = {src: neuronpedia_id(sae) for src, sae in sae_of_src.items()}
-    if not any(ids.values()):
-        return data
-    import io
-
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(io.BytesIO(data)) if fmt == "parquet" else pacsv.read_csv(io.BytesIO(data))
-    for s in ("q", "k"):
-        srcs, feats = table[f"{s}_src"].to_pylist(), table[f"{s}_feat"].to_pylist()
-        urls = [URL.format(np_id=ids[int(a)], feature=int(f)) if ids.get(int(a)) else None for a, f in zip(srcs, feats)]
-        table = table.append_column(f"{s}_neuronpedia", pa.array(urls, pa.string()))
-    out = io.BytesIO()
-    if fmt == "parquet":
-        pq.write_table(table, out, compression="zstd")
-    else:
-        pacsv.write_csv(table, out)
-    return out.getvalue()
