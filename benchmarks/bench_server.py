@@ -1,19 +1,31 @@
 """Shared-server load test on loopback: concurrent users on the Pair tables page while a job's shards are
 ingested and another user runs a runaway SQL query.
 
-    python benchmarks/bench_server.py [--users 8] [--requests 10] [--sql-timeout 5] [--budget-s 300]
+    python benchmarks/bench_server.py [--mode apptest|browser|both] [--users 8] [--requests 10]
+                                      [--sql-timeout 5] [--budget-s 300]
 
-Starts `streamlit run app.py` on a free loopback port with a temporary workspace (one finished synthetic
-run, and a "live" job that writes a new shard every second while the test runs: the pages ingest them),
-then drives headless Chromium (Debian's, through Playwright): `--users` browser sessions each open the
-Pair tables page and make `--requests` filter changes (min count, rows), one after another, each timed from
-the key press to the end of that script run; meanwhile one more session runs
+A temporary workspace holds one finished synthetic run and a "live" job that writes a new shard every
+second while the test runs (the pages ingest them). `--users` sessions each open the Pair tables page and
+change filters (min count, rows; "Rows" differs between users, so every request misses the shared query
+cache), one after another; meanwhile one more session runs
 `SELECT count(*) FROM range(1e9) a, range(1e9) b` in the SQL box, which must stop at its limit
-(`FRA_SQL_TIMEOUT_S`). Everything is bounded: a fixed number of requests per user, a per-request timeout
-and a wall-clock budget. Afterwards the database must hold every shard the live job wrote.
+(`FRA_SQL_TIMEOUT_S`). Two ways to be the users:
+
+* `apptest` (default): Streamlit sessions (`AppTest`) on threads of this process, which is the server
+  (`benchmarks/server_sessions.py`): only the server's work is on the 2 cores. Each user makes at least
+  `--requests` changes and goes on until the runaway query has been stopped, so they overlap it. It also
+  reports the script-run time per request (the server's time) and, as the reference in the same run, one
+  user alone (no live job, no runaway query).
+* `browser`: `streamlit run app.py` on a free loopback port, driven by headless Chromium (Debian's, through
+  Playwright), each request timed from the key press to the end of that script run: the 8 browsers share
+  the 2 cores with the server, so this measures the browsers' rendering too.
+
+Everything is bounded: requests per user, a per-request timeout and a wall-clock budget. Afterwards the
+database must hold every shard the live job wrote.
 
 Goals (issue 17): errors 0, p95 <= 2 s on 2 cores, the runaway query stopped at its limit. The last line is
-`served=<n> errors=<n> p95_s=<s> runaway_stopped_s=<s> live_shards=<ingested>/<written>`.
+`served=<n> errors=<n> p95_s=<s> runaway_stopped_s=<s> live_shards=<ingested>/<written>` (with `both`,
+prefixed by the mode, after the other mode's line).
 """
 
 from __future__ import annotations
@@ -61,8 +73,12 @@ class LiveJob(threading.Thread):
     """Writes one more shard of the live job every `every_s` seconds (status 'running', this pid)."""
 
     def __init__(self, job_dir: Path, every_s: float = 1.0):
+        from fra_core import contracts
+
         super().__init__(daemon=True)
-        self.job_dir, self.every_s, self.written, self.stop = job_dir, every_s, 1, threading.Event()
+        # on from the shards already there (a second run in one workspace must not rewrite ingested shards)
+        self.written = len(contracts.complete_shards(job_dir))
+        self.job_dir, self.every_s, self.stop = job_dir, every_s, threading.Event()
 
     def run(self) -> None:
         import numpy as np
@@ -286,11 +302,24 @@ def run_apptest(args) -> tuple[dict, str, bool]:
 
     root = Path(tempfile.mkdtemp(prefix="bench-server-"))
     workspace = build_workspace(root)
+    from streamlit import config
+
     load0 = os.getloadavg()[0]
     # the reference in the same run: one session alone, no live job, no runaway query
     alone = argparse.Namespace(**{**vars(args), "users": 1})
     base = run_sessions(workspace, alone, RUNAWAY, live=False, runaway=False)
+    gc_setting = config.get_option("runner.postScriptGC")  # this repo's .streamlit/config.toml: off
+    if args.gc_reference:  # the same load with Streamlit's default (a full gc.collect(2) after every script run)
+        config.set_option("runner.postScriptGC", True)
+        ref = run_sessions(workspace, args, RUNAWAY, live=not args.quiet, runaway=not args.quiet)
+        config.set_option("runner.postScriptGC", gc_setting)
+        print(f"[apptest] reference with runner.postScriptGC = true: served={len(ref['latencies'])} "
+              f"errors={len(ref['errors'])} p95_s={p95(ref['latencies']):.3f} median_s={median(ref['latencies']):.3f} "
+              f"server median={median(ref['script_s']):.3f} p95={p95(ref['script_s']):.3f}")
     out = run_sessions(workspace, args, RUNAWAY, live=not args.quiet, runaway=not args.quiet)
+    if args.gc_reference:
+        print(f"[apptest] runner.postScriptGC = {str(gc_setting).lower()}: p95 {p95(out['latencies']):.3f} s vs "
+              f"{p95(ref['latencies']):.3f} s with it on ({p95(out['latencies']) / p95(ref['latencies']):.2f}x)")
     out["baseline"] = base["latencies"]
     out["errors"] = base["errors"] + out["errors"]
     status = json.loads((workspace / "jobs" / "accumulate-live" / "status.json").read_text())
@@ -323,6 +352,8 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=300.0)
     parser.add_argument("--quiet", action="store_true",
                         help="baseline: no live job and no runaway query (the same users alone)")
+    parser.add_argument("--gc-reference", action="store_true",
+                        help="apptest: first the same load with Streamlit's default runner.postScriptGC = true")
     parser.add_argument("--live-writer", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--live-every-s", type=float, default=1.0, help=argparse.SUPPRESS)
     args = parser.parse_args()

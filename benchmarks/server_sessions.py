@@ -12,6 +12,9 @@ Two details make an AppTest run cost what a server's script run costs:
   page on every rerun — about half of an AppTest rerun (and concurrent compiles trip a CPython 3.11 race,
   "AST constructor recursion depth mismatch"). A server keeps one ScriptCache for its life, so
   here every session shares one.
+* A server's script runner ends each run with a full garbage collection when `runner.postScriptGC` is on
+  (Streamlit's default; this repo's .streamlit/config.toml turns it off); AppTest's runner never does, so
+  here it does what the server's does.
 * AppTest sets a mock Runtime before each run and clears it after, and switches `global.appTest` on
   for the run only; with concurrent sessions one session's "after" would land in another's script run.
   Here one Runtime stands for the server for the whole benchmark (`_as_one_server`).
@@ -22,6 +25,7 @@ the script run alone, measured inside the script thread (what the server spends 
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -64,16 +68,24 @@ def _as_one_server() -> dict:
     server.cache_storage_manager = MemoryCacheStorageManager()
     Runtime._instance = server
     config.set_option("global.appTest", True)
-    original = script_runner.ScriptRunner._run_script
+    run_script = script_runner.ScriptRunner._run_script
+    on_finished = local_script_runner.LocalScriptRunner._on_script_finished
 
     def timed(self, *args, **kwargs):
+        # AppTest joins the script thread before run() returns, so the record is complete by then
         t0 = time.perf_counter()
         try:
-            return original(self, *args, **kwargs)
+            return run_script(self, *args, **kwargs)
         finally:
             timings.setdefault(getattr(self, "_bench_owner", 0), []).append(time.perf_counter() - t0)
 
+    def finished(self, *args, **kwargs):
+        on_finished(self, *args, **kwargs)
+        if config.get_option("runner.postScriptGC"):  # what a server's ScriptRunner does here; AppTest's does not
+            gc.collect(2)
+
     script_runner.ScriptRunner._run_script = timed
+    local_script_runner.LocalScriptRunner._on_script_finished = finished
     runner_init = local_script_runner.LocalScriptRunner.__init__
 
     def init(self, *args, **kwargs):
