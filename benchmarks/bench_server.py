@@ -156,13 +156,14 @@ async def user(browser, url: str, n: int, n_requests: int, timeout_s: float, dea
     try:
         await page.goto(f"{url}/pair_tables", wait_until="domcontentloaded")
         await page.wait_for_selector(f'{APP}[data-test-script-state="notRunning"]', timeout=120_000)
-        await page.get_by_label("Min count").wait_for(timeout=120_000)
+        # by role: each widget's help button is labelled "Help for <label>" too
+        await page.get_by_role("spinbutton", name="Min count").wait_for(timeout=120_000)
         await page.wait_for_function("() => (window.__stDone || 0) >= 1", timeout=120_000)
         await asyncio.sleep(2.0)  # let the first render settle: a key press before hydration is lost
         for i in range(n_requests):
             if time.monotonic() > deadline:
                 break
-            field = page.get_by_label("Min count") if i % 2 == 0 else page.get_by_label("Rows")
+            field = page.get_by_role("spinbutton", name="Min count" if i % 2 == 0 else "Rows")
             # always a new value (a rerun), and "Rows" differs between users: every request misses the query cache
             value = str(2 + (i // 2) % 4) if i % 2 == 0 else str(50 + 10 * i + n)
             t0 = time.monotonic()
