@@ -146,13 +146,15 @@ def session_user(user: int, n_requests: int, timeout_s: float, deadline: float, 
 
 def session_runaway(sql: str, sql_timeout: float, out: dict, start: threading.Barrier) -> None:
     try:
-        at = _open(sql_timeout + 60)
-    finally:
-        start.wait()
-    try:
+        try:
+            at = _open(sql_timeout + 60)
+        finally:
+            start.wait()
         _runaway(at, sql, sql_timeout, out)
+    except Exception as exc:  # noqa: BLE001 - reported in the figures
+        out["runaway_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     finally:
-        out["runaway_done"].set()
+        out["runaway_done"].set()  # the users stop once they have made their requests
 
 
 def _runaway(at, sql: str, sql_timeout: float, out: dict) -> None:

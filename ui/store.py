@@ -202,6 +202,9 @@ def run_sql(sql: str) -> pd.DataFrame:
     with handle.lock:
         handle.sql_running += 1
     try:
+        # after an ingest this process may hold the file read-write, which keeps the child out until its limit:
+        # reopen read-only (shared with the child); ingest stays paused until the child is done
+        handle.store.drop_write_lock()
         return run_sql_bounded(db_path(), sql)
     finally:
         with handle.lock:
