@@ -68,7 +68,7 @@ def _check_sae(sae, hook: str, d_expected: int) -> None:
 
 
 def parse_dictionary(model, layer: int, dictionary) -> Dictionary:
-    """Classify an SAE (or a list of upstream hook_z SAEs) as a side of layer `layer`."""
+    """Classify an SAE (or a list of upstream dictionaries, `upstream.parse_sources`) as a side of layer `layer`."""
     cfg = model.cfg
     saes = list(dictionary) if isinstance(dictionary, (list, tuple)) else [dictionary]
     if not saes:
@@ -225,8 +225,9 @@ def side_maps(model, layer: int, dic: Dictionary, which: str, heads: list[int]):
         # a post-attention RMS norm of layer l multiplies the raw output by its gain (σ applied per position)
         posts = [arch.post_norm_weight(model, l) for l in dic.layers]
         # hook_z: W_O[l] then M_res; attn_out / mlp_out SAEs and transcoders write d_model rows: M_res
+        kinds = dic.kinds or [upstream.HOOK_Z] * len(dic.saes)
         maps = [torch.einsum("hem,mkf->hekf", W_O[l] * (1 if w is None else w), M_res).flatten(0, 1)
-                if kind == upstream.HOOK_Z else M_res for l, w, kind in zip(dic.layers, posts, dic.kinds)]
+                if kind == upstream.HOOK_Z else M_res for l, w, kind in zip(dic.layers, posts, kinds)]
     else:
         maps = [W if dic.kind == NORMALIZED else M_res]
     return maps, M_res, b_term, bias

@@ -37,7 +37,7 @@ def test_cache_has_the_hub_layout(offline_hub):
     info = scan_cache_dir(offline_hub.hub)
     assert not info.warnings, info.warnings
     repos = {r.repo_id: r for r in info.repos}
-    assert {MODEL_REPO, SAE_REPO} <= set(repos)  # + the other dictionary releases (test_gpt2_dicts_offline)
+    assert set(repos) == {MODEL_REPO, SAE_REPO}
     for repo in repos.values():
         (rev,) = repo.revisions
         assert rev.refs == frozenset({"main"})

@@ -189,6 +189,14 @@ def test_refused_by_name():
         parse_dictionary(attn_only, 1, [dict_sae(d, "blocks.0.hook_mlp_out", 1)])
 
 
+def test_reference_refuses_what_it_does_not_model():
+    from fra_core.fra import reference_fra
+
+    model = tiny("LN", n_layers=3)
+    with pytest.raises(FRAInputError, match="reference_fra does not model dictionary kind 'upstream'"):
+        reference_fra(model, tokens(model), 2, [0], _mix(model))
+
+
 def test_refused_on_post_norm_models():
     from .helpers_fra import tiny as make
 
@@ -205,3 +213,66 @@ def test_truncation_over_mixed_sources_stays_exact():
     q = [s.to(F64) for s in _mix(model)]
     result = compute_fra(model, tokens(model), 2, [1], q, q, FRAOptions(k_active=3, top_m=4))
     assert result.truncated and result.completeness_error() <= 1e-5
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_allpairs_picks_up_the_mix_exactly(rotary):
+    """The all-pair path projects decoder rows through `side_maps` and takes the engine's coefficients, so
+    the mix flows through it: every pair equals the brute force, and features + nodes = hook_attn_scores."""
+    from fra_core.fra.allpairs_batch import Projector, allpairs_batch, batch_marginals
+    from tests.fra_core.fra.test_allpairs import as_dict, brute_force
+
+    model = tiny("LN", rotary=rotary, n_layers=3)
+    q = _mix(model)
+    k = [transcoder(model.cfg.d_model, 0, 7, skip=True), dict_sae(model.cfg.d_model, "blocks.1.hook_mlp_out", 8)]
+    heads = list(range(model.cfg.n_heads))
+    opts = FRAOptions(k_active=256, top_m=None, exclude_diagonal=False)
+    toks = tokens(model, 2, 7)
+    proj = (Projector(model, 2, q, "Q", heads), Projector(model, 2, k, "K", heads))
+    bs = allpairs_batch(model, toks, 2, None, q, k, opts, proj)
+    got = as_dict(bs)
+    assert len(got) > 50
+    # brute_force uses one dictionary for both sides: check the query side's pairs with q on both
+    same = (Projector(model, 2, q, "Q", heads), Projector(model, 2, q, "K", heads))
+    got_qq = as_dict(allpairs_batch(model, toks, 2, None, q, None, opts, same))
+    want = brute_force(model, toks, 2, q, opts, same)
+    assert set(got_qq) == set(want)
+    for key, w in want.items():
+        assert abs(got_qq[key]["sum"] - w["sum"]) <= 1e-10 * max(w["abs_sum"], 1e-30), key  # float64 rounding
+    err = batch_marginals(model, 2, bs, proj, opts)["completeness"]
+    assert float((err[:, 0] / err[:, 1]).max()) <= 1e-4
+
+
+def test_feature_share_splits_each_cell():
+    """share_ij = |F|/(|F|+|N|) with F = Σ of every feature×feature node term and F + N = the score."""
+    from fra_core.fra.share import cell_split, feature_share, share_sums
+
+    model = tiny("LN", n_layers=3)
+    q = _mix(model)
+    result = _exact(model, q, q, 2, [0, 2])
+    F, N = cell_split(result, 1, 1)
+    terms = result.node_terms(1, 1)
+    torch.testing.assert_close(F, terms[:, :, 0, 0])  # the features × features node term
+    torch.testing.assert_close(F + N, result.target(1, 1))
+    share = feature_share(result, 1)
+    mask = result.attn_mask
+    assert share["cells"].shape == (2, 9, 9) and bool(torch.isnan(share["cells"][0][~mask]).all())
+    inside = share["cells"][:, mask]
+    assert bool(((inside >= 0) & (inside <= 1)).all()) and 0 < share["text"] < 1
+    f, n = share_sums(result)[2]
+    assert f > 0 and n > 0
+    # a side with no dictionary on any layer explains nothing in features: share 0 on the key side's account
+    bare = [dict_sae(model.cfg.d_model, "blocks.0.hook_mlp_out", 1)]
+    with torch.no_grad():
+        bare[0].b_enc.fill_(-1e6)  # never active
+    none = feature_share(_exact_any(model, q, bare, 2))
+    assert none["text"] == 0.0
+
+
+def _exact_any(model, q, k, layer):
+    model = model.to(F64)
+    for s in q + k:
+        s.to(F64)
+    result = compute_fra(model, tokens(model, 2, 9), layer, [0], q, k, FRAOptions(k_active=256, top_m=4))
+    assert result.completeness_error() <= 1e-5
+    return result
