@@ -7,17 +7,17 @@ and each term with a dictionary is opened up (d_model vectors unless said otherw
 - hook_z SAE of layer l (`blocks.l.attn.hook_z`, z flattened head-major [head_index·d_head]):
   attn_out_l = (Σ_f a_f W_dec[f] + b_dec + err) · W_O[l] + b_O[l]     nodes sae_error.l, b_dec.l, b_O.l
 - `blocks.l.hook_attn_out` / `blocks.l.hook_mlp_out` SAE (decoder rows in d_model, map = M_res):
-  x = c_i (Σ_f a_f W_dec[f] + b_dec) + μ_i + err                        nodes <site>.sae_error.l, <site>.b_dec.l
+  x = c_i (Σ_f a_f W_dec[f] + b_dec) + μ_i + err                        nodes sae_error.<site>_out.l, b_dec.<site>_out.l
   where c_i, μ_i undo the SAE's own per-token input normalisation, frozen at their actual values like ln1's σ:
   none → c = 1, μ = 0; `layer_norm` (OpenAI's v5 SAEs) → c = std(x_i) (unbiased), μ = mean(x_i)·1 (a node
-  <site>.ln_mean.l); `constant_norm_rescale` → c = ‖x_i‖/√d_in. A constant scale s (`expected_average_only_in`,
+  ln_mean.<site>_out.l); `constant_norm_rescale` → c = ‖x_i‖/√d_in. A constant scale s (`expected_average_only_in`,
   e.g. gpt2-small-mlp-tm's norm_scaling_factor) is linear: folded into the weights when the SAE is loaded
   (W_enc·s, W_dec/s, b_dec/s, `fold_activation_norm_scaling_factor`); an SAE still carrying it unfolded is
   refused by name, as is `covariance_whitening`.
 - a transcoder (`sae_lens.Transcoder`, `SkipTranscoder`, JumpReLU variants) reading an MLP input of layer l and
   writing `blocks.l.hook_mlp_out` (its `hook_name_out`):
-  mlp_out_l = Σ_f a_f W_dec[f] + b_dec + x_in · W_skipᵀ + err          nodes mlp_out.sae_error.l, mlp_out.b_dec.l,
-                                                                          mlp_out.skip.l (skip transcoders)
+  mlp_out_l = Σ_f a_f W_dec[f] + b_dec + x_in · W_skipᵀ + err          nodes sae_error.mlp_out.l, b_dec.mlp_out.l,
+                                                                          skip.mlp_out.l (skip transcoders)
   with a = encode(x_in) (its input normalisation only shapes a; decode writes W_dec rows as they are).
 - a layer without an attention (MLP) dictionary keeps its whole output as one node attn_out.l (mlp_out.l).
 
@@ -258,12 +258,12 @@ def nodes(model, cache, layer: int, dic, encs, maps, M_res, project, post=None):
                 enc, tag = encs[s], f"{site}_out"
                 b_dec = project(dic.saes[s].b_dec.detach().to(M_res.dtype), M_res)
                 scale = getattr(enc, "b_dec_scale", None)
-                names += [f"{tag}.sae_error.l{l}", f"{tag}.b_dec.l{l}"]
+                names += [f"sae_error.{tag}.l{l}", f"b_dec.{tag}.l{l}"]  # the budget's prefixes (validate.py)
                 vecs += [project(enc.error, M_res),
                          b_dec.expand_as(vecs[0]) if scale is None else b_dec * scale[..., None]]
                 for extra in ("mean", "skip"):
                     v = getattr(enc, extra, None)
                     if v is not None:
-                        names.append(f"{tag}.{'ln_mean' if extra == 'mean' else 'skip'}.l{l}")
+                        names.append(f"{'ln_mean' if extra == 'mean' else 'skip'}.{tag}.l{l}")
                         vecs.append(project(v, M_res))
     return names, vecs

@@ -115,9 +115,9 @@ def test_mixed_upstream_dictionaries_are_exact(offline_dict_hub, gpt2_64):
     k = [_load(offline_dict_hub, "gpt2-small-mlp-out-v5-32k", 0), _load(offline_dict_hub, "gpt2-small-attn-out-v5-128k", 0),
          _load(offline_dict_hub, "gpt2-small-mlp-out-v5-32k", 1)]
     result = _exact(gpt2_64, q, k, 2)
-    assert {"sae_error.l0", "mlp_out.sae_error.l0", "mlp_out.sae_error.l1", "attn_out.ln_mean.l1"} <= set(
+    assert {"sae_error.l0", "sae_error.mlp_out.l0", "sae_error.mlp_out.l1", "ln_mean.attn_out.l1"} <= set(
         result.q_node_names)
-    assert "attn_out.l1" in result.k_node_names and "mlp_out.ln_mean.l1" in result.k_node_names
+    assert "attn_out.l1" in result.k_node_names and "ln_mean.mlp_out.l1" in result.k_node_names
     from fra_core.fra.share import feature_share
 
     share = feature_share(result)
@@ -149,7 +149,7 @@ def test_skip_transcoder_in_saelens_folder_format(offline_dict_hub, gpt2_64, wor
     loaded = load_sae("skip-l0", "cpu", workspace=workspace).to(F64)
     assert isinstance(loaded, SkipTranscoder) and torch.equal(loaded.W_skip.float(), tc.W_skip.detach())
     result = _exact(gpt2_64, [loaded, _load(offline_dict_hub, TC_RELEASE, 1)], [loaded], 2)
-    assert "mlp_out.skip.l0" in result.q_node_names
+    assert "skip.mlp_out.l0" in result.q_node_names
 
 
 def test_registry_lists_the_new_releases(offline_dict_hub):

@@ -79,12 +79,12 @@ def test_mix_of_every_kind_is_exact_on_both_sides(norm):
     k = [transcoder(model.cfg.d_model, 0, 7, skip=True), dict_sae(model.cfg.d_model, "blocks.1.hook_mlp_out", 8)]
     result = _exact(model, q, k, 2)
     names = result.q_node_names
-    for n in ("sae_error.l0", "b_dec.l0", "b_O.l0", "mlp_out.sae_error.l0", "mlp_out.b_dec.l0",
-              "attn_out.sae_error.l1", "attn_out.b_dec.l1", "attn_out.ln_mean.l1", "mlp_out.sae_error.l1"):
+    for n in ("sae_error.l0", "b_dec.l0", "b_O.l0", "sae_error.mlp_out.l0", "b_dec.mlp_out.l0",
+              "sae_error.attn_out.l1", "b_dec.attn_out.l1", "ln_mean.attn_out.l1", "sae_error.mlp_out.l1"):
         assert n in names, n
     assert not any(n in names for n in ("attn_out.l0", "mlp_out.l0", "attn_out.l1", "mlp_out.l1"))
     k_names = result.k_node_names  # layers without a dictionary stay one opaque node each
-    assert {"attn_out.l0", "mlp_out.skip.l0", "attn_out.l1", "mlp_out.sae_error.l1"} <= set(k_names)
+    assert {"attn_out.l0", "skip.mlp_out.l0", "attn_out.l1", "sae_error.mlp_out.l1"} <= set(k_names)
     assert result.q_side.kind == UPSTREAM and len(result.q_side.offsets) == 5
 
 
@@ -118,7 +118,7 @@ def test_transcoder_nodes_are_the_exact_remainders():
         torch.testing.assert_close(enc.recon + tc.b_dec + enc.skip, tc.forward(x_in))  # SAELens's own forward
         torch.testing.assert_close(enc.recon + tc.b_dec + enc.skip + enc.error, x_out)
     result = _exact(model, [tc], [tc], 1)
-    skip = result.q_node_names.index("mlp_out.skip.l0")
+    skip = result.q_node_names.index("skip.mlp_out.l0")
     assert result.node_terms(0, 0)[:, :, skip].abs().max() > 0
 
 
@@ -276,3 +276,15 @@ def _exact_any(model, q, k, layer):
     result = compute_fra(model, tokens(model, 2, 9), layer, [0], q, k, FRAOptions(k_active=256, top_m=4))
     assert result.completeness_error() <= 1e-5
     return result
+
+
+def test_error_budget_classifies_the_new_nodes():
+    from fra_core.fra.validate import error_budget, node_source
+
+    model = tiny("LN", n_layers=3)
+    result = _exact(model, _mix(model), [transcoder(model.cfg.d_model, 0, 7, skip=True)], 2, [1])
+    kinds = {n: node_source(n) for n in result.q_node_names + result.k_node_names}
+    assert kinds["sae_error.mlp_out.l0"] == kinds["sae_error.attn_out.l1"] == "sae_error"
+    assert kinds["b_dec.mlp_out.l0"] == "b_dec" and kinds["skip.mlp_out.l0"] == kinds["ln_mean.attn_out.l1"] == "other"
+    budget = error_budget(result)
+    assert budget["sae_error"] > 0 and budget["numerical"] < 1e-6 * budget["mean_abs_score"]
