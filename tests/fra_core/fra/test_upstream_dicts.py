@@ -86,6 +86,7 @@ def test_mix_of_every_kind_is_exact_on_both_sides(norm):
     k_names = result.k_node_names  # layers without a dictionary stay one opaque node each
     assert {"attn_out.l0", "skip.mlp_out.l0", "attn_out.l1", "sae_error.mlp_out.l1"} <= set(k_names)
     assert result.q_side.kind == UPSTREAM and len(result.q_side.offsets) == 5
+    assert "the layer_norm scale of blocks.1.hook_attn_out's SAE input" in result.assumptions()
 
 
 @pytest.mark.parametrize("kind", ["attn_out", "mlp_out", "attn_out_ln", "mlp_out_rescale", "transcoder", "skip"])
