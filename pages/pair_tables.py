@@ -70,7 +70,7 @@ st.caption(f"model **{info['model_id']}** · SAEs {info['q_sae_id']} × {info['k
            f"{ui_tables.fmt_seconds(info['wall_s'])} · completeness "
            + (f"**{info['completeness']:.1e}** (worst head: max |Σ terms − scores| / max |scores|, first batch)"
               if info.get("completeness") is not None else "not measured (run from before the check)"))
-st.caption(f"Pair statistics: **{q('run_statistics', run_id)['label']}**.")
+st.caption(f"Pair statistics: **{q('run_statistics', run_id)['label']}** · {ui_store.feature_share_text(info)}.")
 cols = st.columns(4)
 cols[0].metric("Samples", f"{int(info['n_samples']):,}")
 cols[1].metric("Unique pairs", f"{int(per_head['unique_pairs'].sum()):,}")

@@ -211,6 +211,18 @@ def run_sql(sql: str) -> pd.DataFrame:
             handle.sql_running -= 1
 
 
+def feature_share_text(info: dict) -> str:
+    """The run's feature×feature share of |score| per (layer, head), from its run.json (`fra_core.fra.share`)."""
+    from fra_core import contracts
+
+    share = contracts.read_run_info(info["job_dir"]).get("feature_share") if info.get("job_dir") else None
+    if not share:
+        return "feature share: not recorded (run from before it was measured)"
+    parts = [f"L{layer}H{head} {v:.1%}" for layer, heads in sorted(share.items(), key=lambda kv: int(kv[0]))
+             for head, v in sorted(heads.items(), key=lambda kv: int(kv[0]))]
+    return "feature share of |score| (feature×feature pairs vs. errors, biases, opaque nodes): " + ", ".join(parts)
+
+
 def run_label(row) -> str:
     return (f"#{row['id']} {row['name']} · {row['status']} · {int(row['n_samples']):,} samples · "
             f"{int(row['n_pairs']):,} pairs")
