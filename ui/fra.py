@@ -233,3 +233,30 @@ def _acts(model_ref: str, device: str, refs: tuple, text: str, stamp: tuple):
 def get_activations(model_ref: str, refs, text: str):
     """Non-zero SAE activations of a side on one text (cached): batch, pos, source, feature, activation."""
     return _acts(model_ref, ui.device_choice(), tuple(refs), text, version(tuple(refs)))
+
+
+SHARE_HELP = ("|feature×feature part| / (|feature×feature part| + |the rest|) of this cell's score: how much of "
+              "it the dictionaries' feature pairs explain (the rest: SAE errors, b_dec, biases, opaque outputs)")
+
+
+def feature_share(result) -> dict:
+    """The feature×feature share of |score| of the first text: per cell, per head and for the whole text
+    (`fra_core.fra.share`), computed once per result."""
+    from fra_core.fra.share import feature_share as share
+
+    if not hasattr(result, "_ui_feature_share"):
+        result._ui_feature_share = share(result, 0)
+    return result._ui_feature_share
+
+
+def share_text(result, head: int) -> str:
+    """Caption piece: the head's and the text's feature share."""
+    sh = feature_share(result)
+    return (f"features explain {sh['per_head'][head]:.1%} of |score| (feature×feature pairs vs. errors, biases "
+            f"and opaque nodes; all heads shown: {sh['text']:.1%})")
+
+
+def cell_share(result, hi: int, qpos: int, kpos: int) -> str:
+    """The cell's feature share as a metric value ("–" off the mask)."""
+    v = float(feature_share(result)["cells"][hi, qpos, kpos])
+    return "–" if v != v else f"{v:.1%}"
