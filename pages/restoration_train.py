@@ -11,7 +11,7 @@ from fra_core.restoration.dataset import list_restoration_datasets
 from fra_core.restoration.runs import list_runs
 from ui import auth as ui_auth
 from ui.auth import page_gate
-from ui.common import device_choice, job_progress, show_error, workspace
+from ui.common import device_choice, fmt_age, job_progress, show_error, workspace
 
 page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
@@ -103,8 +103,24 @@ def job_panel() -> None:
         jobs.cancel_job(job.path)
     if status.get("state") == "done":
         result = status.get("result", {})
+        reason = status.get("stop_reason") or (result.get("train") or {}).get("stop_reason")
+        if reason:  # e.g. "stopped by the time budget (60 s wall-clock) after 78 of 2,000 steps"
+            st.success(f"Training {reason}; evaluated on the test split and saved as **{result.get('name')}**.",
+                       icon=":material/check_circle:")
         st.caption(f"checkpoint `{result.get('checkpoint')}` · model `{result.get('converted')}` · "
                    f"max |Δlogit| {result.get('max_abs_dlogit', float('nan')):.2e}")
+        show_new_model(job.job_id, result.get("name"))
+
+
+def show_new_model(job_id: str, name: str | None) -> None:
+    """A job that finished since the page last looked points the Evaluate tab at its model and reruns the
+    whole page (the job panel is a fragment: without this the Evaluate tab kept the old model's figures)."""
+    if not name or st.session_state.get("restoration_evaluated") == job_id:
+        return
+    st.session_state["restoration_evaluated"] = job_id
+    if name in [r.name for r in list_runs(ws)]:
+        st.session_state["restoration_eval_pick"] = name
+        st.rerun(scope="app")
 
 
 def evaluation(run) -> None:
@@ -156,7 +172,14 @@ with eval_tab:
         st.info("No trained restoration model yet.")
     else:
         names = [r.name for r in runs]
-        run = runs[names.index(st.selectbox("Trained model", names))]
+        if st.session_state.get("restoration_eval_pick") not in names:
+            st.session_state.pop("restoration_eval_pick", None)
+        run = runs[names.index(st.selectbox("Trained model", names, key="restoration_eval_pick",
+                                            help="A trained restoration model; a job that just finished "
+                                                 "selects its own model here."))]
+        trained = run.result.get("train") or {}
+        how = trained.get("stop_reason") or f"{trained.get('steps', '?')} steps"
+        st.caption(f"**{run.name}** · {how} · saved {fmt_age(run.checkpoint.stat().st_mtime)}")
         evaluation(run)
         st.subheader("Restore this line")
         restore_box(run)
