@@ -184,3 +184,12 @@ def test_time_budget_stop_is_explained_and_evaluate_follows_the_new_model(traine
     top1 = next(m for m in at.metric if m.label == "top-1 (model)")
     assert top1.value == f"{new_eval['model']['top1']:.3f}"
     assert any(wanted in c.value for c in at.caption)
+
+
+def test_train_page_widgets_all_have_help(trained_ws):
+    from tests.pages.test_help_texts import _missing, _open, _widgets
+
+    at = _open("pages/restoration_train.py")
+    seen = _widgets(at)
+    assert len(seen) >= 15, sorted(seen)
+    assert not _missing(seen), _missing(seen)
