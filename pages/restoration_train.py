@@ -100,7 +100,7 @@ def job_panel() -> None:
     pick = st.selectbox("Job", names, index=names.index(current) if current in names else 0, key="restoration_pick",
                         help="A training job of this workspace")
     job = entries[names.index(pick)]
-    status = job_progress(job.path)
+    status = job_progress(job.path, unit="steps")
     loss_chart(jobs.read_metrics(job.path))
     if status.get("state") in ("running", "queued") and st.button("Cancel job", help="Stop the job at its next step") \
             and ui_auth.allowed_on_job(job.path, "cancel"):
