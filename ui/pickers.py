@@ -15,7 +15,7 @@ import streamlit as st
 
 from ui import common as ui
 
-DEMO_SAE_NAMES = ("demo-l1-ln1", "demo-l0-hook-z")  # shipped with the demo model
+DEMO_SAE_NAMES = ("demo-l1-ln1", "demo-l0-hook-z", "demo-l0-ln1")  # shipped with the demo model
 
 CUSTOM = "custom refs…"  # the side choice that shows a text field for typed SAE refs
 HEAD_INPUT = ("ln1.hook_normalized", "hook_resid_pre")

@@ -304,28 +304,30 @@ def open_example_controls(version: tuple, run_id: int, info: dict, examples: pd.
 
 
 # ----------------------------------------------------------------------------- downloads (deferred)
-def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
-    """Byte producers for the download buttons; they run only when the user clicks (on another
-    thread), each in its own read session, so a large run costs nothing until asked for."""
+def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable[..., bytes]]:
+    """Byte producers of the Export view, each in its own read session: `make(progress=None)`, where
+    progress(fraction, text) follows the export (`store.export`); nothing is built until asked for."""
     store = get_store()
     limit_s = 4 * query_timeout_s()  # a whole-run export streams every row: a longer limit
 
-    def pairs(fmt: str) -> Callable[[], bytes]:
-        def make() -> bytes:
+    def pairs(fmt: str) -> Callable[..., bytes]:
+        def make(progress=None) -> bytes:
             with store.read() as cur, time_limit(cur, limit_s, "export"):
-                data = export_pairs_bytes(cur, run_id, fmt, **filters)
+                data = export_pairs_bytes(cur, run_id, fmt, progress=progress, **filters)
                 run = get_run(cur, run_id)
             data = with_sources(data, fmt, run["sources"], run.get("model_id"))
             return with_neuronpedia(data, fmt, {int(s["src"]): s["sae_id"] for s in run["sources"]})
         return make
 
-    def report() -> bytes:
+    def report(progress=None) -> bytes:
         with store.read() as cur, time_limit(cur, limit_s, "report"):
+            if progress:
+                progress(0.1, "summarising the run")
             return html_report(cur, run_id, metric=filters.get("metric", "sum")).encode("utf-8")
 
-    def package() -> bytes:
+    def package(progress=None) -> bytes:
         with store.read() as cur, time_limit(cur, limit_s, "results package"):
-            return results_package_bytes(cur, run_id)
+            return results_package_bytes(cur, run_id, progress)
 
     return {"parquet": pairs("parquet"), "csv": pairs("csv"), "html": report, "package": package}
 
