@@ -4,11 +4,13 @@
     python benchmarks/bench_accumulate.py --end-to-end [--samples 256] [--batch-size 16] [--k-active 64]
                                           [--top-m 8] [--statistics all_pairs] [--baseline DIR --repeats 2]
 
-Default: on the same samples, samples/s of the exact all-pair path and of the top-m path (8 per cell)
-for (a) the demo model, layer 1, all heads and (b) a GPT-2-Small-shaped layer (12 heads, d_sae 24 576,
-T = 128, Zipf-distributed synthetic activations; see benchmarks/bench_allpairs_paths.py). Each case is
-run `--repeats` times and the best of each path is kept (the machine is shared: `uptime` is printed
-beside the figures). Last line: `allpairs_samples_per_s=… topm_samples_per_s=… ratio=…` (case (b)).
+Default: on the same samples, samples/s of the exact all-pair path and of the top-m path (8 per cell),
+each timed as the job's shard body (`compute_shard`: tokens → statistics → the shard's Parquet files;
+ingest is not timed), for (a) the demo model, layer 1, all heads, one shard of --demo-samples, and
+(b) a GPT-2-Small-shaped layer (12 heads, d_sae 24 576, T = 128, Zipf-distributed synthetic
+activations; see benchmarks/bench_allpairs_paths.py), one shard of --gpt2-samples. Each case is run
+`--repeats` times and the best of each path is kept (the machine is shared: `uptime` is printed beside
+the figures). Last line: `allpairs_samples_per_s=… topm_samples_per_s=… ratio=…` (case (b)).
 
 --end-to-end (the older benchmark):
 
@@ -164,7 +166,7 @@ def compare_paths(args) -> int:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_allpairs_paths import gpt2_shaped, time_paths
+    from bench_allpairs_paths import gpt2_shaped, id_texts, time_paths
 
     from fra_core.models.demo import demo_texts, load_demo_model
     from fra_core.sae import load_sae
@@ -175,26 +177,22 @@ def compare_paths(args) -> int:
     model = load_demo_model("cpu", workspace=workspace)
     ensure_demo_saes(workspace)
     sae = load_sae("demo-l1-ln1", "cpu", workspace)
-    toks = [model.to_tokens(t, prepend_bos=True)[0, :64] for t in demo_texts(args.demo_samples, seed=0)]
-    by_len: dict[int, list] = {}
-    for t in toks:
-        by_len.setdefault(len(t), []).append(t)
-    batches = [torch.stack(g[i:i + 16]) for g in by_len.values() for i in range(0, len(g), 16)]
     k = getattr(sae.cfg, "k", 64)
     cases = {}
-    r = _best(lambda: time_paths(model, sae, batches, 1, min(64, k)), args.repeats)
+    texts = list(demo_texts(args.demo_samples, seed=0))
+    r = _best(lambda: time_paths(model, sae, texts, 1, min(64, k), batch_size=16, context_length=64), args.repeats)
     cases["demo"] = (args.demo_samples, r, _uptime())
-    gmodel, gsae, gtok = gpt2_shaped(T=args.gpt2_T)
-    gb = [torch.randint(0, 1000, (1, args.gpt2_T), generator=torch.Generator().manual_seed(s))
-          for s in range(args.gpt2_samples)]
-    r = _best(lambda: time_paths(gmodel, gsae, gb, 0, 32), args.repeats)
+    gmodel, gsae, _ = gpt2_shaped(T=args.gpt2_T)
+    gtexts = id_texts(args.gpt2_samples, args.gpt2_T)
+    r = _best(lambda: time_paths(gmodel, gsae, gtexts, 0, 32, batch_size=1, context_length=args.gpt2_T),
+              args.repeats)
     cases["gpt2-shaped"] = (args.gpt2_samples, r, _uptime())
     for name, (n, r, load) in cases.items():
         ap, tm = n / r["allpairs_s"], n / r["topm_s"]
-        print(f"{name}: all pairs {ap:.2f} samples/s ({r['allpairs_pairs'] / n:,.0f} pair rows per sample, every "
-              f"pair), top-m {tm:.2f} samples/s ({r['topm_pairs'] / n:,.0f} pair rows per sample), wall ratio "
-              f"{ap / tm:.2f}, CPU-time ratio {r['topm_cpu_s'] / r['allpairs_cpu_s']:.2f}; marginals "
-              f"+{r['marginals_s'] / n:.3f} s/sample; {load}", flush=True)
+        print(f"{name}: one shard of {n} samples, job shard body (tokens → Parquet files): all pairs {ap:.3f} "
+              f"samples/s ({r['allpairs_pairs'] / n:,.0f} pair rows per sample, every pair), top-m {tm:.3f} "
+              f"samples/s ({r['topm_pairs'] / n:,.0f} pair rows per sample), wall ratio {ap / tm:.2f}, CPU-time "
+              f"ratio {r['topm_cpu_s'] / r['allpairs_cpu_s']:.2f}; {load}", flush=True)
     n, r, _ = cases["gpt2-shaped"]
     ap, tm = n / r["allpairs_s"], n / r["topm_s"]
     print(f"allpairs_samples_per_s={ap:.3f} topm_samples_per_s={tm:.3f} ratio={ap / tm:.2f}")

@@ -1,20 +1,26 @@
-"""Exact all-pair statistics vs today's top-m path, on the same samples (used by bench_accumulate.py).
+"""Exact all-pair statistics vs the top-m path, on the same samples (used by bench_accumulate.py).
 
-Both paths start from token ids and end with per-pair statistics of every head of one layer:
-- top-m:     `compute_fra(top_m=8)` (the engine: T²K² pair values per head, top-m per cell) + the job's
-             per-pair reduction (`fra.aggregate.reduce_by_key`);
-- all pairs: `allpairs_batch` (co-activation tables shared by the heads, G_h per pair; every pair, no
-             truncation); marginals (`batch_marginals`) are timed apart.
+Both paths are timed as the job runs them: `fra_core.accumulate.run.compute_shard`, the one shard body of
+every executor (local loop and Ray), from the shard's (sample, text) items to its Parquet files on disk:
+tokenising, the engine's sides, the statistics, the shard's tables and writing them. What is left before
+a user can query is the app's ingest of the files (not timed here; it scales with the rows written, and
+both paths write the same schemas):
+- top-m:     `TopMRunner` (the engine: T²K² pair values per head, top-m per cell, per-pair reduction);
+- all pairs: `AllPairsRunner` (the shard's head-independent co-activation table, G_h applied once per
+             pair and head when the shard is written; every pair, no truncation; marginals and node
+             totals included; the per-batch completeness check included).
 Cases: (a) the demo model, layer 1, all heads, demo texts; (b) a GPT-2-Small-shaped layer: random
 weights, d_model 768, 12 heads × d_head 64, an SAE with d_sae 24 576 on blocks.0.ln1.hook_normalized
 whose activations are synthetic: 32 active features per token, drawn from a Zipf(s = 1.1) frequency
 distribution over the 24 576 features (a few features fire on a large share of tokens, most are rare,
-as SAE feature densities are), with log-normal magnitudes; T = 128.
+as SAE feature densities are), with log-normal magnitudes; T = 128; "texts" are token ids.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -41,6 +47,7 @@ class ZipfSAE(torch.nn.Module):
 
 
 def gpt2_shaped(T: int = 128, seed: int = 0):
+    """(model, Zipf SAE, tokens [1, T]); the model "tokenises" a text of space-separated token ids."""
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -49,45 +56,43 @@ def gpt2_shaped(T: int = 128, seed: int = 0):
     cfg = HookedTransformerConfig(n_layers=1, d_model=768, n_heads=12, d_head=64, d_vocab=1000, n_ctx=T,
                                   attn_only=True, normalization_type="LN", device="cpu", seed=seed)
     model = HookedTransformer(cfg).eval()
+    model.to_tokens = lambda text, prepend_bos=True, truncate=True: torch.tensor([[int(t) for t in text.split()]])
+    model.to_str_tokens = lambda toks: [str(int(t)) for t in torch.as_tensor(toks).reshape(-1)]
     sae = StandardSAE(StandardSAEConfig(d_in=768, d_sae=24576, metadata=SAEMetadata(hook_name="blocks.0.ln1.hook_normalized")))
     with torch.no_grad():
         sae.W_dec.normal_(0, 768 ** -0.5)
     return model, ZipfSAE(sae.eval()), torch.randint(0, 1000, (1, T), generator=torch.Generator().manual_seed(seed))
 
 
-def time_paths(model, sae, batches: list[torch.Tensor], layer: int, k_active: int, top_m: int = 8) -> dict:
-    """Seconds per path over the same batches, and the pairs each path reports."""
-    from fra_core.accumulate.stats import entry_stats
-    from fra_core.fra import FRAOptions, compute_fra
-    from fra_core.fra.aggregate import PairCodec, reduce_by_key
-    from fra_core.fra.allpairs_batch import Projector, allpairs_batch, batch_marginals
+def id_texts(n: int, T: int, vocab: int = 1000) -> list[str]:
+    """n "texts" of T space-separated token ids (the GPT-2-shaped model's input)."""
+    return [" ".join(str(int(t)) for t in torch.randint(0, vocab, (T,), generator=torch.Generator().manual_seed(s)))
+            for s in range(n)]
 
-    heads = list(range(model.cfg.n_heads))
-    codec = PairCodec(model.cfg.n_heads, 1, sae.cfg.d_sae)
-    opts_t = FRAOptions(k_active=k_active, top_m=top_m, exclude_diagonal=False)
-    opts_a = FRAOptions(k_active=k_active, top_m=None, exclude_diagonal=False)
-    out = {"topm_s": 0.0, "allpairs_s": 0.0, "marginals_s": 0.0, "topm_cpu_s": 0.0, "allpairs_cpu_s": 0.0,
-           "topm_pairs": 0, "allpairs_pairs": 0}
-    clock = time.process_time  # CPU seconds of this process (all its threads): less noisy than wall on a shared machine
-    proj = (Projector(model, layer, sae, "Q", heads), Projector(model, layer, sae, "K", heads))
-    with torch.no_grad():
-        compute_fra(model, batches[0][:1], layer, None, sae, None, opts_t)  # warm-up: caches, allocator
-        allpairs_batch(model, batches[0][:1], layer, None, sae, None, opts_a, proj)
-        for tokens in batches:
-            t0, c0 = time.perf_counter(), clock()
-            e = compute_fra(model, tokens, layer, None, sae, None, opts_t).entries
-            key = codec.encode(e["head"], e["q_source"], e["q_feature"], e["k_source"], e["k_feature"])
-            t = reduce_by_key(key, entry_stats(e["value"], e["query_pos"] == e["key_pos"]))
-            t1, c1 = time.perf_counter(), clock()
-            bs = allpairs_batch(model, tokens, layer, None, sae, None, opts_a, proj)
-            t2, c2 = time.perf_counter(), clock()
-            batch_marginals(model, layer, bs, proj, opts_a)
-            t3 = time.perf_counter()
-            out["topm_cpu_s"] += c1 - c0
-            out["allpairs_cpu_s"] += c2 - c1
-            out["topm_s"] += t1 - t0
-            out["allpairs_s"] += t2 - t1
-            out["marginals_s"] += t3 - t2
-            out["topm_pairs"] += len(t["key"])
-            out["allpairs_pairs"] += sum(len(s["n"]) for s in bs.stats if s is not None)
+
+def time_paths(model, sae, texts: list[str], layer: int, k_active: int, top_m: int = 8, batch_size: int = 16,
+               context_length: int = 64) -> dict:
+    """Seconds (wall and CPU of this process) of each path's shard body over the same texts (one shard),
+    and the pair rows each path wrote."""
+    from fra_core import contracts
+    from fra_core.accumulate import AccumulateFRAConfig
+    from fra_core.accumulate.run import compute_shard, prepare
+
+    items = list(enumerate(texts))
+    out = {}
+    base = dict(model="bench", q_saes=("bench-sae",), layer=layer, n_samples=len(items), batch_size=batch_size,
+                shard_size=len(items), k_active=k_active, context_length=context_length, top_m=top_m,
+                include_diagonal=True, exclude_bos_key=False, exclude_bos_query=False)
+    for name, statistics in (("topm", "top_m"), ("allpairs", "all_pairs")):
+        cfg = AccumulateFRAConfig(**base, statistics=statistics)
+        runner = prepare(cfg, model, [sae])
+        with tempfile.TemporaryDirectory() as tmp:
+            job = Path(tmp)
+            contracts.write_run_info(job, runner.run_info())
+            with torch.no_grad():  # warm-up: caches, allocator, projected rows of the first sample
+                compute_shard(runner, cfg, 1, items[:1], job)
+            t0, c0 = time.perf_counter(), time.process_time()
+            compute_shard(runner, cfg, 0, items, job)
+            out[f"{name}_s"], out[f"{name}_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+            out[f"{name}_pairs"] = contracts.read_shard_table(job, 0, "pairs").num_rows
     return out

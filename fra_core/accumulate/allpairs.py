@@ -1,16 +1,20 @@
 """statistics='all_pairs': exact statistics over every feature pair, for several layers in one run.
 
-Per batch and layer, `fra_core.fra.allpairs_batch` gives every head's exact pair statistics (n, sum,
-abs_sum, max, min, diagonal apart) and each pair's two extreme cells (the examples); `batch_marginals`
-gives per-feature marginals and the named nodes' totals, and the measured completeness
-max |Σ terms − score| / max |score| of each head. The float64 projected decoder rows of each layer
-(`Projector`) live for the whole job and are filled in fixed-size chunks, so a resumed job computes the
-same numbers as an uninterrupted one. Feature activity is counted once per (batch, SAE), even when an
-upstream SAE serves several layers.
+Per batch and layer, `fra_core.fra.allpairs_batch.batch_cotable` gives the batch's co-activation table
+(n, Σx, Σ|x|, max/min x and their cells, diagonal apart; head-independent unless attention-weighted or
+rotary) and `batch_marginals` the per-feature marginals, the named nodes' totals and the measured
+completeness max |Σ terms − score| / max |score| of each head. The shard reduces its batches' tables
+into one (in sample order, so ties keep the earliest cell), and only when the shard is written is each
+head's G_h[f, g] applied, once per pair and head (`head_tables`): per-head work scales with the shard's
+distinct pairs, not with its samples. Examples are each pair's max cell and min cell over the shard.
+The float64 projected decoder rows of each layer (`Projector`) live for the whole job and are filled in
+fixed-size chunks, so a resumed job computes the same numbers as an uninterrupted one. Feature activity
+is counted once per (batch, SAE), even when an upstream SAE serves several layers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,6 @@ import torch
 import fra_core
 from fra_core import contracts
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig
-from fra_core.accumulate.stats import Examples, examples_table, merge, pairs_table
 from fra_core.accumulate.topm import (
     ShardBuffer,
     effective_k,
@@ -68,28 +71,46 @@ class LayerPlan:
 
 class AllPairsShard:
     """A shard of an all-pair run: a base ShardBuffer (samples, feature counts, feature tokens), plus per
-    layer the pair tables and example candidates (a ShardBuffer each), marginals, node totals and
+    layer the co-activation table of the whole shard (head-independent unless attention-weighted or
+    rotary; each head's G is applied once, when the shard is written), marginals, node totals and
     completeness maxima."""
+
+    FOLD = 8  # batch tables reduced together at a time: bounds memory, keeps sample order
 
     def __init__(self, runner: "AllPairsRunner"):
         self.k, self.runner = runner.cfg.examples_per_pair, runner
         self.base = ShardBuffer(len(runner.sources), runner.codec.d_max, self.k,
                                               runner.model.cfg.d_vocab, runner.token_str)
         self.samples = self.base.samples  # the job loop counts and writes these
-        self.layers = {p.layer: ShardBuffer(1, 1, self.k, 1, None) for p in runner.plans}
+        self.co: dict[int, list[dict]] = {p.layer: [] for p in runner.plans}  # layer → tables, in sample order
+        self.template: dict[int, object] = {}  # layer → a BatchStats (heads, spans, offsets; no tensors)
         self.marg: list[tuple[int, str, torch.Tensor, torch.Tensor]] = []  # (layer, side, run key, vals)
         self.nodes: dict[tuple[int, str], tuple[list[str], torch.Tensor]] = {}
         self.err: dict[int, torch.Tensor] = {}  # layer → [head_index, 2]: max |error|, max |score|
         self.share: dict[int, dict] = {p.layer: {} for p in runner.plans}  # layer → head → [Σ|F|, Σ|N|]
 
+    def add_table(self, layer: int, co: dict | None) -> None:
+        from fra_core.fra.allpairs import reduce_tables
+
+        if co is None:
+            return
+        tables = self.co[layer]
+        tables.append(co)
+        if len(tables) >= self.FOLD:
+            self.co[layer] = [reduce_tables(tables, unique_keys=True)]  # each table: distinct keys
+
     def arrow(self, codec: PairCodec, layer: int) -> dict[str, pa.Table]:
+        from fra_core.fra.allpairs import reduce_tables
+
         out = self.base.arrow(codec, layer)  # samples, features, feature_tokens (no pair tables here)
         pairs, examples = [], []
-        for L, lb in self.layers.items():
-            if lb.tables:
-                pairs.append(pairs_table(merge(lb.tables), codec, L))
-            if lb.examples:
-                examples.append(examples_table(Examples.cat(lb.examples).top(self.k), codec, L))
+        for L, tables in self.co.items():
+            co = reduce_tables(tables, unique_keys=True)
+            if co is None:
+                continue
+            self.co[L] = []
+            for p, e in self.runner.head_tables(L, self.template[L], co, self.k):
+                pairs.append(p), examples.append(e)
         out["pairs"] = pa.concat_tables(pairs) if pairs else contracts.PAIRS_SCHEMA.empty_table()
         out["examples"] = pa.concat_tables(examples) if examples else contracts.EXAMPLES_SCHEMA.empty_table()
         out["marginals"], out["node_totals"] = self._marginals(), self._node_totals()
@@ -130,6 +151,12 @@ def _table(cols: dict[str, list], schema: pa.Schema) -> pa.Table:
     return pa.table({f.name: pa.array(np.concatenate(cols[f.name]).astype(f.type.to_pandas_dtype())
                                       if not pa.types.is_string(f.type) else list(np.concatenate(cols[f.name])),
                                       f.type) for f in schema})
+
+
+def _arrow(cols: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
+    """Numeric columns (numpy) → an Arrow table of `schema` (a column already of the right dtype is not copied)."""
+    return pa.table({f.name: pa.array(np.asarray(cols[f.name], dtype=f.type.to_pandas_dtype()), f.type)
+                     for f in schema})
 
 
 class AllPairsRunner:
@@ -195,15 +222,16 @@ class AllPairsRunner:
                                   f"{r:.2e} of max |score| (limit {LIMIT:g}); nothing of this shard counts as exact")
 
     def process(self, items: list[tuple[int, str]], buf: AllPairsShard) -> None:
-        from fra_core.fra.allpairs_batch import allpairs_batch, batch_marginals
+        from fra_core.fra.allpairs_batch import batch_cotable, batch_marginals
 
         cfg, model = self.cfg, self.model
         for ids, tokens in token_groups(model, items, cfg, buf):  # one engine call per token length
             counted: set[int] = set()
             for plan in self.plans:
-                bs = allpairs_batch(model, tokens, plan.layer, plan.heads, plan.qd, plan.kd, self.options,
-                                    plan.projectors)
-                self._add_pairs(buf, plan, bs, ids, tokens.shape[1])
+                bs = batch_cotable(model, tokens, plan.layer, plan.heads, plan.qd, plan.kd, self.options,
+                                   plan.projectors)
+                buf.add_table(plan.layer, self._shard_cells(bs.co, ids, tokens.shape[1]))
+                buf.template.setdefault(plan.layer, dataclasses.replace(bs, sides=(), co=None))
                 add_sums(buf.share[plan.layer], sides_share_sums(plan.heads, *bs.sides[:4], bs.sides[5], self.options,
                                                                  float(model.blocks[plan.layer].attn.attn_scale)))
                 self._add_marginals(buf, plan, bs, batch_marginals(model, plan.layer, bs, plan.projectors, self.options))
@@ -213,34 +241,71 @@ class AllPairsRunner:
                     if new:  # the Feature page's activations, once per source (as the counts)
                         buf.base.acts.add(side, src_map, ids, only=new)
 
+    @property
+    def cell_span(self) -> int:
+        """Positions per sample in the shard's cell codes (sample · P + i) · P + j: the longest context."""
+        return max(int(self.cfg.context_length), 1)
+
+    def _shard_cells(self, co: dict | None, ids: torch.Tensor, T: int) -> dict | None:
+        """The batch's cell codes (b · T + i) · T + j → (sample id · P + i) · P + j (`cell_span`), so
+        tables of every batch of a shard reduce together."""
+        from fra_core.fra.allpairs import decode_cell
+
+        if co is None:
+            return None
+        P, ids = self.cell_span, ids.to(co["key"].device)
+        for c in ("mx_c", "mn_c"):
+            b, i, j = decode_cell(co[c], T)
+            co[c] = (ids[b] * P + i) * P + j
+        return co
+
     def _run_ids(self, gid: torch.Tensor, offsets: list[int], src_map: list[int]):
         offs = torch.tensor(offsets, device=gid.device)
         s = torch.searchsorted(offs, gid, right=True) - 1
         return torch.tensor(src_map, device=gid.device)[s], gid - offs[s]
 
-    def _add_pairs(self, buf: AllPairsShard, plan: LayerPlan, bs, ids: torch.Tensor, T: int) -> None:
-        from fra_core.fra.allpairs import decode_cell
+    def head_tables(self, layer: int, template, co: dict, k: int):
+        """(pairs, examples) Arrow tables of each head of a layer from the shard's co-activation table:
+        G_h applied once per pair and head. Examples: the pair's max cell, and its min cell where that is
+        another cell (k >= 2); k = 1: the one of the two with the larger |value| (ties: the max)."""
+        from fra_core.fra.allpairs_batch import head_of, pair_ids
 
-        tables, exs = [], []
-        for hi, st in enumerate(bs.stats):
-            if st is None:
+        plan, P = self.plan(layer), self.cell_span
+        shared = None if template.per_head else pair_ids(co, template.spans)
+        ids = None  # the pairs' run (source, feature) columns: once for a head-independent table
+        for hi, h in enumerate(plan.heads):
+            st = head_of(template, co, hi, plan.projectors, shared)
+            if st is None or len(st["n"]) == 0:
                 continue
             st = {c: v.cpu() for c, v in st.items()}
-            for c in ("max", "min"):
-                st[c + "_b"], st[c + "_i"], st[c + "_j"] = decode_cell(st.pop(c + "_c"), T)
-            qs, qf = self._run_ids(st["q_gid"], bs.q_offsets, plan.q_map)
-            ks, kf = self._run_ids(st["k_gid"], bs.k_offsets, plan.k_map)
-            key = self.codec.encode(torch.full_like(qs, plan.heads[hi]), qs, qf, ks, kf)
-            tables.append({"key": key, **{c: st[c] for c in ("n", "sum", "abs_sum", "diag_n", "diag_sum",
-                                                             "diag_abs_sum", "max", "min")}})
-            # examples: the pair's max cell, and its min cell where that is another cell
-            other = (st["min_b"] != st["max_b"]) | (st["min_i"] != st["max_i"]) | (st["min_j"] != st["max_j"])
-            for c, rows in (("max", slice(None)), ("min", other)):
-                exs.append(Examples(key[rows], ids[st[c + "_b"][rows]], st[c + "_i"][rows], st[c + "_j"][rows],
-                                    st[c][rows]))
-        if tables:
-            table = {c: torch.cat([t[c] for t in tables]) for c in tables[0]}
-            buf.layers[plan.layer].add(table, Examples.cat(exs))
+            if ids is None or template.per_head:
+                qs, qf = self._run_ids(st["q_gid"], template.q_offsets, plan.q_map)
+                ks, kf = self._run_ids(st["k_gid"], template.k_offsets, plan.k_map)
+                ids = {"q_src": qs.numpy().astype(np.uint16), "q_feat": qf.numpy().astype(np.uint32),
+                       "k_src": ks.numpy().astype(np.uint16), "k_feat": kf.numpy().astype(np.uint32),
+                       "layer": np.full(len(qs), layer, dtype=np.uint16)}
+            keycols = {**ids, "head": np.full(len(st["n"]), h, dtype=np.uint16)}
+            yield (_arrow({**keycols, **{c: st[c].numpy() for c in contracts.PAIRS_SCHEMA.names[6:]}},
+                          contracts.PAIRS_SCHEMA),
+                   _arrow(self._examples(keycols, st, k, P), contracts.EXAMPLES_SCHEMA))
+
+    @staticmethod
+    def _examples(keycols: dict, st: dict, k: int, P: int) -> dict:
+        if k <= 0:
+            return {c: v[:0] for c, v in keycols.items()} | {c: np.zeros(0) for c in ("sample", "q_pos", "k_pos",
+                                                                                        "value")}
+        if k == 1:
+            take_min = st["min"].abs() > st["max"].abs()
+            cells, value = torch.where(take_min, st["min_c"], st["max_c"]), torch.where(take_min, st["min"], st["max"])
+            cols = dict(keycols)
+        else:  # every pair's max cell, then the min cells that are other cells
+            other = (st["min_c"] != st["max_c"]).nonzero().squeeze(1)
+            cells = torch.cat([st["max_c"], st["min_c"][other]])
+            value = torch.cat([st["max"], st["min"][other]])
+            o = other.numpy()
+            cols = {c: np.concatenate([v, v[o]]) for c, v in keycols.items()}
+        return {**cols, "sample": (cells // (P * P)).numpy(), "q_pos": ((cells // P) % P).numpy(),
+                "k_pos": (cells % P).numpy(), "value": value.numpy()}
 
     def _add_marginals(self, buf: AllPairsShard, plan: LayerPlan, bs, mg: dict) -> None:
         D, S = self.codec.d_max, len(self.sources)

@@ -252,7 +252,10 @@ def head_stats(co: dict, G: torch.Tensor) -> dict[str, torch.Tensor]:
     of each row; 1 for per-cell tables): n, sum, abs_sum, max, min (float32 of the float64 product),
     diag_n, diag_sum, diag_abs_sum, and the cells of the max and the min (max_c, min_c: `decode_cell`)."""
     pos = G >= 0
-    hi, lo = torch.where(pos, G * co["mx"], G * co["mn"]), torch.where(pos, G * co["mn"], G * co["mx"])
+    # G ≥ 0: G·mx ≥ G·mn, G < 0: G·mn ≥ G·mx (rounding is monotone), so max/min of the two products is
+    # the head's max/min exactly as the sign test would pick it
+    a, b = G * co["mx"], G * co["mn"]
+    hi, lo = torch.maximum(a, b), torch.minimum(a, b)
     out = {"n": co["n"], "sum": G * co["s"], "abs_sum": G.abs() * co["abs"], "max": hi.float(),
            "min": lo.float(), "diag_n": co["dn"], "diag_sum": G * co["ds"], "diag_abs_sum": G.abs() * co["dabs"]}
     # G < 0 swaps which co-activation extreme gives the head's max

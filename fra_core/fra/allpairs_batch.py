@@ -59,13 +59,20 @@ class Projector:
 
 @dataclasses.dataclass
 class BatchStats:
-    """Per-head exact statistics of a batch: `stats[hi]` = `head_stats` columns + q_gid, k_gid."""
+    """A batch's co-activation table `co` (head-independent unless per head: attention-weighted or
+    rotary) and, once `with_heads` ran, the per-head statistics `stats[hi]` = `head_stats` columns +
+    q_gid, k_gid."""
 
     heads: list[int]
-    stats: list[dict[str, torch.Tensor]]
+    stats: list[dict[str, torch.Tensor] | None] | None
     q_offsets: list[int]
     k_offsets: list[int]
     sides: tuple  # (q_side, k_side, scores, pattern, sel, amask): for marginals and checks
+    co: dict | None = None
+    spans: tuple[int, int] = (0, 0)
+    scale: float = 1.0
+    rotary: bool = False
+    per_head: bool = False
 
 
 def check_supported(model) -> None:
@@ -106,6 +113,14 @@ def allpairs_batch(model, tokens, layer: int, heads, q_dict, k_dict, options: FR
     """Exact statistics of every (q feature, k feature) pair of every head over the selected cells of
     tokens [batch, pos] (options: exclude_diagonal = diagonal out of every statistic; k_active; the
     BOS exclusions; row_centre; attention_weighted; top_m is NOT used: nothing is truncated)."""
+    bs = batch_cotable(model, tokens, layer, heads, q_dict, k_dict, options, projectors)
+    return with_heads(bs, bs.co, projectors)
+
+
+def batch_cotable(model, tokens, layer: int, heads, q_dict, k_dict, options: FRAOptions,
+                  projectors: tuple[Projector, Projector]) -> BatchStats:
+    """The batch's co-activation table only (`BatchStats.co`, stats None): what an accumulation job
+    reduces over a whole shard before it applies each head's G once (`with_heads`)."""
     check_supported(model)
     model, tokens, heads, q_side, k_side, scores, pattern, _ = run_sides(model, tokens, layer, heads, q_dict,
                                                                          k_dict, options.k_active)
@@ -125,7 +140,8 @@ def allpairs_batch(model, tokens, layer: int, heads, q_dict, k_dict, options: FR
     pq, pk = projectors
     pat = pattern.to(F64)
     tables = []
-    if model.cfg.positional_embedding_type == "rotary":
+    rotary = model.cfg.positional_embedding_type == "rotary"
+    if rotary:
         for b in range(B):
             qv = _rotate(model, layer, qa[b, :, :, None, None] * pq.get(q_side.ids[b])) / scale  # [T, K, H, d]
             kv = _rotate(model, layer, ka[b, :, :, None, None] * pk.get(k_side.ids[b]))
@@ -142,12 +158,27 @@ def allpairs_batch(model, tokens, layer: int, heads, q_dict, k_dict, options: FR
                                            options.row_centre,
                                            pat[b0:b1, hi] if options.attention_weighted else None, spans, hi, b0,
                                            layout))
-    co = reduce_tables(tables, unique_keys=model.cfg.positional_embedding_type != "rotary")
-    rotary = model.cfg.positional_embedding_type == "rotary"
-    per_head = options.attention_weighted or rotary
-    shared = None if co is None or per_head else _pair_ids(co, spans)  # found once for all heads
-    stats = [_head(co, hi, pq, pk, spans, scale, per_head, not rotary, shared) for hi in range(len(heads))]
-    return BatchStats(heads, stats, q_side.offsets, k_side.offsets, (q_side, k_side, scores, pattern, sel, amask))
+    co = reduce_tables(tables, unique_keys=not rotary)
+    return BatchStats(list(heads), None, q_side.offsets, k_side.offsets,
+                      (q_side, k_side, scores, pattern, sel, amask), co, spans, scale, rotary,
+                      options.attention_weighted or rotary)
+
+
+def with_heads(bs: BatchStats, co: dict | None, projectors: tuple[Projector, Projector]) -> BatchStats:
+    """bs with `stats` = every head's exact statistics from the co-activation table co (bs.co, or a
+    table reduced over many batches of the same layer and options)."""
+    shared = None if co is None or bs.per_head else pair_ids(co, bs.spans)  # found once for all heads
+    return dataclasses.replace(bs, stats=[head_of(bs, co, hi, projectors, shared) for hi in range(len(bs.heads))],
+                               co=co)
+
+
+def head_of(bs: BatchStats, co: dict | None, hi: int, projectors: tuple[Projector, Projector],
+            shared: tuple | None = None) -> dict | None:
+    """Head index hi's statistics from co (see `with_heads`); shared = `pair_ids(co, bs.spans)` when
+    the table is head-independent (found once for all heads), else None."""
+    if shared is None and co is not None and not bs.per_head:
+        shared = pair_ids(co, bs.spans)
+    return _head(co, hi, *projectors, bs.spans, bs.scale, bs.per_head, not bs.rotary, shared)
 
 
 def _layout(model, options: FRAOptions, sel: torch.Tensor, amask: torch.Tensor) -> tuple | None:
@@ -166,7 +197,7 @@ def _layout(model, options: FRAOptions, sel: torch.Tensor, amask: torch.Tensor) 
     return layout if bool((want == sel).all()) else None
 
 
-def _pair_ids(co: dict, spans) -> tuple:
+def pair_ids(co: dict, spans) -> tuple:
     """(slot, q_gid, k_gid, unique+inverse of q_gid, of k_gid) of a table's rows."""
     slot, qg, kg = split_key(co["key"], *spans)
     return slot, qg, kg, torch.unique(qg, return_inverse=True), torch.unique(kg, return_inverse=True)
@@ -182,7 +213,7 @@ def _head(co, hi: int, pq: Projector, pk: Projector, spans, scale: float, per_he
         slot, _, _ = split_key(co["key"], *spans)
         rows = (slot == hi).nonzero().squeeze(1)
         co = {c: v[rows] for c, v in co.items()}
-        shared = _pair_ids(co, spans)
+        shared = pair_ids(co, spans)
     _, qg, kg, uq, uk = shared
     G = strengths(uq, uk, hi, pq, pk, scale) if factorised else torch.ones(len(qg), dtype=F64, device=qg.device)
     out = head_stats(co, G)

@@ -94,6 +94,53 @@ def test_examples_are_extreme_cells(run):
                                   np.maximum(joined["max"].abs(), joined["min"].abs()).to_numpy(np.float32))
 
 
+def test_example_cells_hold_their_values(run):
+    """Each example's (sample, q_pos, k_pos) is a cell where the engine's FRA of that (head, f, g) equals
+    the example's value (cells are coded per shard: sample id, query, key)."""
+    from fra_core.fra import FRAOptions, compute_fra
+
+    model, saes, cfg, job = run
+    ex = _read(job, "examples")
+    texts = list(open_texts("demo").texts(cfg.n_samples))
+    opts = FRAOptions(k_active=cfg.k_active, top_m=None, exclude_diagonal=False)
+    on = ["head", "q_feat", "k_feat", "sample", "q_pos", "k_pos"]
+    for layer in (0, 1):
+        rows = []
+        for sample, text in enumerate(texts):
+            toks = model.to_tokens(text, prepend_bos=True, truncate=True)[0, : cfg.context_length]
+            e = {k: v.numpy() for k, v in compute_fra(model, toks[None], layer, None, saes[layer], None,
+                                                      opts).entries.items()}
+            rows.append(pd.DataFrame({"head": e["head"], "q_feat": e["q_feature"], "k_feat": e["k_feature"],
+                                      "sample": sample, "q_pos": e["query_pos"], "k_pos": e["key_pos"],
+                                      "fra": e["value"]}))
+        mine = ex[ex["layer"] == layer].astype({c: np.int64 for c in on})
+        joined = mine.merge(pd.concat(rows).astype({c: np.int64 for c in on}), on=on, how="left")
+        assert len(mine) > 0 and len(joined) == len(mine) and joined["fra"].notna().all()
+        np.testing.assert_allclose(joined["value"], joined["fra"], rtol=5e-5, atol=2e-5)
+
+
+def test_shard_table_folded_over_many_batches_is_the_same(run, tmp_path, monkeypatch):
+    """One batch per sample, tables folded every 2 batches, one 5-sample shard, one example per pair:
+    the same totals as the 2-batch, 3-sample shards (counts/max/min exactly, sums to float64
+    rounding), and each pair's one example is its max or min cell, whichever has the larger |value|."""
+    from fra_core.accumulate.allpairs import AllPairsShard
+
+    model, saes, cfg, job = run
+    monkeypatch.setattr(AllPairsShard, "FOLD", 2)
+    other = tmp_path / "folded"
+    other.mkdir()
+    run_accumulate(AccumulateFRAConfig(**{**CFG, "batch_size": 1, "shard_size": 5, "examples_per_pair": 1}),
+                   Progress(other), model=model, q_saes=saes)
+    a, b = shard_totals(job), shard_totals(other)
+    pd.testing.assert_frame_equal(a[["n", "max", "min", "diag_n"]], b[["n", "max", "min", "diag_n"]])
+    pd.testing.assert_frame_equal(a[["sum", "diag_sum"]], b[["sum", "diag_sum"]], check_exact=False, rtol=1e-12)
+    ex = _read(other, "examples").set_index(list(shards.PAIR_KEY))
+    assert ex.index.is_unique and len(ex) == len(b)
+    j = ex.join(b)
+    want = np.where(j["min"].abs() > j["max"].abs(), j["min"], j["max"])
+    np.testing.assert_array_equal(j["value"].to_numpy(np.float32), want.astype(np.float32))
+
+
 def test_features_counted_once_per_sae(run):
     """Each SAE's tokens are counted once per shard (the layer-0 SAE is not counted again for layer 1)."""
     *_, job = run
