@@ -138,14 +138,21 @@ def _report(progress, cfg, n_done: int, n_start: int, t0: float, last_print: flo
     """Status (throttled by Progress; raises JobCancelled on cancel; `extra` goes into status.json) and a
     log line every 5 s."""
     now = time.time()
-    rate = (n_done - n_start) / max(now - t0, 1e-9)
+    rate = (n_done - n_start) / max(now - t0, 1e-9)  # this process's loop only: no model loading
     eta = (cfg.n_samples - n_done) / rate if rate > 0 else float("nan")
-    progress.update(n_done, cfg.n_samples, message=f"{n_done}/{cfg.n_samples} samples, {rate:.1f} samples/s",
-                    samples_per_s=rate, **extra)
+    progress.update(n_done, cfg.n_samples, message=f"{n_done}/{cfg.n_samples} samples, {fmt_rate(rate)}",
+                    samples_per_s=rate, rate=rate, **extra)
     if now - last_print >= 5.0:
-        print(f"{n_done}/{cfg.n_samples} samples  {rate:.1f} samples/s  ETA {eta:.0f} s", flush=True)
+        print(f"{n_done}/{cfg.n_samples} samples  {fmt_rate(rate)}  ETA {eta:.0f} s", flush=True)
         return now
     return last_print
+
+
+def fmt_rate(rate: float) -> str:
+    """'2.35 samples/s', or '12.5 s per sample' below 0.1/s (a fixed '.1f' printed 0.05/s as '0.0')."""
+    if not rate > 0:
+        return "— samples/s"
+    return f"{rate:.3g} samples/s" if rate >= 0.1 else f"{1 / rate:.3g} s per sample"
 
 
 def run_accumulate(cfg: AccumulateFRAConfig, progress, *, model=None, q_saes=None, k_saes=None) -> dict[str, Any]:

@@ -69,10 +69,13 @@ def _architecture(sae) -> str | None:
     return arch() if callable(arch) else arch
 
 
-def effective_k(k_active: int, *sides) -> int:
-    """Features kept per position: `k_active`, capped by what can be active. A TopK SAE has at most k
-    active features per position, so K = Σ k over a side's SAEs loses nothing, and the engine's pair
-    block (T²·K²) shrinks from 64² to e.g. 3² cells' worth for the demo SAE."""
+def effective_k(k_active: int | None, *sides) -> int | None:
+    """The engine's K for a configured `k_active`: None (every active feature, no truncation) for 0 or
+    None; for a cap n, n capped by what can be active. A TopK SAE has at most k active features per
+    position, so K = Σ k over a side's SAEs loses nothing, and the engine's pair block (T²·K²) shrinks
+    from 64² to e.g. 3² cells' worth for the demo SAE."""
+    if not k_active:
+        return None  # the engine keeps the batch's largest L0 per side: exact, and never more than needed
     bound = 0
     for saes in sides:
         ks = [getattr(s.cfg, "k", None) if _architecture(s) == "topk" else None for s in saes]
