@@ -21,7 +21,7 @@ class FRAOptions:
     k_active: None (default) keeps every active feature: K per side = the largest L0 of the batch (all
         the side's sources together), so nothing is truncated. An int caps K at that many features per
         position and side (largest |activation|); the dropped features form the named node "truncation"
-        (its share is reported), so the sum of all terms stays exact.
+        (its share is reported), so the sum of all terms stays exact. 0 means None (as in job configs).
     top_m: keep the m largest |value| feature pairs per (query_pos, key_pos) cell; None keeps all.
     top_n: instead of top_m, keep the N largest |value| pairs per (sample, head) over all cells.
     exclude_diagonal / exclude_bos_key / exclude_bos_query: cells left out of the sparse pair table
@@ -48,6 +48,8 @@ class FRAOptions:
     chunk_elements: int = 1 << 22
 
     def __post_init__(self):
+        if self.k_active == 0 and not isinstance(self.k_active, bool):  # the job configs' "0 = all active"
+            object.__setattr__(self, "k_active", None)
         if self.k_active is not None and (isinstance(self.k_active, bool) or self.k_active < 1):
             raise FRAInputError(f"k_active must be ≥ 1 or None (every active feature), got {self.k_active!r}")
         if self.top_m is not None and self.top_m < 1:
