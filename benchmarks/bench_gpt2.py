@@ -19,8 +19,8 @@ output stays one non-feature node.
 Timed: `run_accumulate` end to end (tokenise, forward, encode, FRA of every head, aggregate, write Parquet
 shards), in-process with the model and SAEs passed in (model/SAE load time excluded), after a 1-sample warm-up
 job; samples_per_s = samples / that wall time, which includes the job's per-job setup (SAE-vs-model checks, run
-info); the job's own rate (its loop only) and its CPU seconds per sample are printed too. Shares: `error_budget` over the first 2 samples with
-the job's options: feature share = the feature×feature terms' share of mean |score|, truncation share = the
+info); the job's own rate (its loop only) and its CPU seconds per sample are printed too. Shares: `error_budget`
+over the first 2 samples with the job's options: feature share = the feature×feature terms' share of mean |score|, truncation share = the
 truncation node's (the features beyond K).
 The last line is: samples_per_s=<x> feature_share=<x> truncation_share=<x>
 """
