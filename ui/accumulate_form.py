@@ -25,6 +25,9 @@ def work_fields() -> dict:
 def run_notes(job_dir: Path) -> None:
     """Caption of the job's feature cap and pruned pairs (run.json / config), when there is one."""
     info = contracts.read_run_info(job_dir)
+    for layer, share in (info.get("truncation_share") or {}).items():
+        st.caption(f"k_active capped at {info.get('k_active')}: on layer {layer} the truncation node carries "
+                   f"{share:.1%} of mean |score| (first batch; 0 = all active keeps every feature).")
     dropped = info.get("dropped_pairs") or {}
     if dropped:
         rows = [(layer, head, d) for layer, hs in dropped.items() for head, d in hs.items()]

@@ -184,6 +184,11 @@ def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_sae
                 completeness.update(check(res, f"accumulation job (layer {cfg.layer})"))
             except CompletenessError as exc:
                 raise AccumulateError(str(exc)) from exc
+            if options.k_active is not None:  # a user cap: what the truncation node carries (first batch)
+                from fra_core.fra.validate import error_budget
+
+                budget = error_budget(res)
+                completeness["_truncation_share"] = budget["truncation_share"] if res.truncated else 0.0
         e = {k: v.cpu() for k, v in res.entries.items()}
         key = codec.encode(e["head"], torch.tensor(q_map)[e["q_source"]], e["q_feature"],
                            torch.tensor(k_map)[e["k_source"]], e["k_feature"])
@@ -243,4 +248,11 @@ class TopMRunner:
     def shard_computed(self, buf, job_dir: Path) -> None:
         """Merge what this process measured into run.json (worst value per head: every resume and every
         Ray worker adds its own first batch)."""
-        record_completeness(job_dir, self.completeness)
+        measured = dict(self.completeness)
+        share = measured.pop("_truncation_share", None)
+        record_completeness(job_dir, measured)
+        if share is not None:  # k_active capped K: the truncation node's share of mean |score|, per layer
+            info = contracts.read_run_info(job_dir)
+            shares = {**info.get("truncation_share", {}), str(self.cfg.layer): max(
+                share, info.get("truncation_share", {}).get(str(self.cfg.layer), 0.0))}
+            contracts.write_run_info(job_dir, {**info, "k_active": self.cfg.k_active, "truncation_share": shares})

@@ -130,11 +130,6 @@ class Encoded:
     error: torch.Tensor  # [batch, pos, d_in] x − recon − b_dec
     l0: torch.Tensor  # [batch, pos] number of active features
 
-    @property
-    def max_l0(self) -> int:
-        """The largest number of active features at any position of the batch."""
-        return int(self.l0.max()) if self.l0.numel() else 0
-
 
 def encode(sae, x: torch.Tensor, k: int | None) -> Encoded:
     """Encode x [batch, pos, d_in] with the SAE's own `encode` (any architecture) and keep top-k.

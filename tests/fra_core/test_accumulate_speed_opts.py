@@ -102,3 +102,13 @@ def test_rate_is_readable_and_excludes_loading(parts, tmp_path):
     assert result["samples_per_s"] > 0 and status["rate"] == pytest.approx(result["samples_per_s"])
     assert result["cpu_s_per_sample"] > 0
     assert "0.0 samples/s" not in status["message"]
+
+
+def test_a_k_cap_records_its_truncation_share(parts, tmp_path):
+    model, sae = parts
+    capped, _ = _run(parts, tmp_path, "capped", statistics="top_m", k_active=1)
+    info = contracts.read_run_info(capped)
+    assert info["k_active"] == 1 and 0 < info["truncation_share"]["1"] < 1
+    assert "1" in info["completeness"] and "_truncation_share" not in info["completeness"]
+    full, _ = _run(parts, tmp_path, "all", statistics="top_m")
+    assert "truncation_share" not in contracts.read_run_info(full)  # every active feature: nothing to report
