@@ -1,19 +1,31 @@
 """Shared-server load test on loopback: concurrent users on the Pair tables page while a job's shards are
 ingested and another user runs a runaway SQL query.
 
-    python benchmarks/bench_server.py [--users 8] [--requests 10] [--sql-timeout 5] [--budget-s 300]
+    python benchmarks/bench_server.py [--mode apptest|browser|both] [--users 8] [--requests 10]
+                                      [--sql-timeout 5] [--budget-s 300]
 
-Starts `streamlit run app.py` on a free loopback port with a temporary workspace (one finished synthetic
-run, and a "live" job that writes a new shard every second while the test runs: the pages ingest them),
-then drives headless Chromium (Debian's, through Playwright): `--users` browser sessions each open the
-Pair tables page and make `--requests` filter changes (min count, rows), one after another, each timed from
-the key press to the end of that script run; meanwhile one more session runs
+A temporary workspace holds one finished synthetic run and a "live" job that writes a new shard every
+second while the test runs (the pages ingest them). `--users` sessions each open the Pair tables page and
+change filters (min count, rows; "Rows" differs between users, so every request misses the shared query
+cache), one after another; meanwhile one more session runs
 `SELECT count(*) FROM range(1e9) a, range(1e9) b` in the SQL box, which must stop at its limit
-(`FRA_SQL_TIMEOUT_S`). Everything is bounded: a fixed number of requests per user, a per-request timeout
-and a wall-clock budget. Afterwards the database must hold every shard the live job wrote.
+(`FRA_SQL_TIMEOUT_S`). Two ways to be the users:
+
+* `apptest` (default): Streamlit sessions (`AppTest`) on threads of this process, which is the server
+  (`benchmarks/server_sessions.py`): only the server's work is on the 2 cores. Each user makes at least
+  `--requests` changes and goes on until the runaway query has been stopped, so they overlap it. It also
+  reports the script-run time per request (the server's time) and, as the reference in the same run, one
+  user alone (no live job, no runaway query).
+* `browser`: `streamlit run app.py` on a free loopback port, driven by headless Chromium (Debian's, through
+  Playwright), each request timed from the key press to the end of that script run: the 8 browsers share
+  the 2 cores with the server, so this measures the browsers' rendering too.
+
+Everything is bounded: requests per user, a per-request timeout and a wall-clock budget. Afterwards the
+database must hold every shard the live job wrote.
 
 Goals (issue 17): errors 0, p95 <= 2 s on 2 cores, the runaway query stopped at its limit. The last line is
-`served=<n> errors=<n> p95_s=<s> runaway_stopped_s=<s> live_shards=<ingested>/<written>`.
+`served=<n> errors=<n> p95_s=<s> runaway_stopped_s=<s> live_shards=<ingested>/<written>` (with `both`,
+prefixed by the mode, after the other mode's line).
 """
 
 from __future__ import annotations
@@ -61,8 +73,12 @@ class LiveJob(threading.Thread):
     """Writes one more shard of the live job every `every_s` seconds (status 'running', this pid)."""
 
     def __init__(self, job_dir: Path, every_s: float = 1.0):
+        from fra_core import contracts
+
         super().__init__(daemon=True)
-        self.job_dir, self.every_s, self.written, self.stop = job_dir, every_s, 1, threading.Event()
+        # on from the shards already there (a second run in one workspace must not rewrite ingested shards)
+        self.written = len(contracts.complete_shards(job_dir))
+        self.job_dir, self.every_s, self.stop = job_dir, every_s, threading.Event()
 
     def run(self) -> None:
         import numpy as np
@@ -130,7 +146,7 @@ async def wait_run(page, before: int, timeout_s: float) -> None:
     await page.wait_for_function(IDLE_JS, arg=[before], timeout=timeout_s * 1000)
 
 
-async def user(browser, url: str, n_requests: int, timeout_s: float, deadline: float, out: dict) -> None:
+async def user(browser, url: str, n: int, n_requests: int, timeout_s: float, deadline: float, out: dict) -> None:
     from playwright.async_api import expect
 
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -140,14 +156,16 @@ async def user(browser, url: str, n_requests: int, timeout_s: float, deadline: f
     try:
         await page.goto(f"{url}/pair_tables", wait_until="domcontentloaded")
         await page.wait_for_selector(f'{APP}[data-test-script-state="notRunning"]', timeout=120_000)
-        await page.get_by_label("Min count").wait_for(timeout=120_000)
+        # by role: each widget's help button is labelled "Help for <label>" too
+        await page.get_by_role("spinbutton", name="Min count").wait_for(timeout=120_000)
         await page.wait_for_function("() => (window.__stDone || 0) >= 1", timeout=120_000)
         await asyncio.sleep(2.0)  # let the first render settle: a key press before hydration is lost
         for i in range(n_requests):
             if time.monotonic() > deadline:
                 break
-            field = page.get_by_label("Min count") if i % 2 == 0 else page.get_by_label("Rows")
-            value = str(2 + (i // 2) % 4) if i % 2 == 0 else str(50 + 10 * i)  # always a new value: a rerun
+            field = page.get_by_role("spinbutton", name="Min count" if i % 2 == 0 else "Rows")
+            # always a new value (a rerun), and "Rows" differs between users: every request misses the query cache
+            value = str(2 + (i // 2) % 4) if i % 2 == 0 else str(50 + 10 * i + n)
             t0 = time.monotonic()
             try:
                 await field.fill(value)
@@ -205,7 +223,7 @@ async def drive(url: str, args, out: dict) -> None:
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         deadline = time.monotonic() + args.budget_s
-        tasks = [user(browser, url, args.requests, args.request_timeout_s, deadline, out) for _ in range(args.users)]
+        tasks = [user(browser, url, n, args.requests, args.request_timeout_s, deadline, out) for n in range(args.users)]
 
         async def delayed_runaway():
             await asyncio.sleep(3.0)  # start while the users are mid-way
@@ -216,24 +234,56 @@ async def drive(url: str, args, out: dict) -> None:
         await browser.close()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=10)
-    parser.add_argument("--sql-timeout", type=float, default=5.0)
-    parser.add_argument("--request-timeout-s", type=float, default=60.0)
-    parser.add_argument("--budget-s", type=float, default=300.0)
-    parser.add_argument("--quiet", action="store_true",
-                        help="baseline: no live job and no runaway query (the same users alone)")
-    args = parser.parse_args()
-    os.environ["FRA_SQL_TIMEOUT_S"] = str(args.sql_timeout)
+def p95(values: list[float]) -> float:
+    lat = sorted(values)
+    return lat[max(0, int(round(0.95 * len(lat))) - 1)] if lat else float("nan")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ingested_shards(workspace: Path) -> int:
+    from store import Store
+
+    store = Store(workspace / "fra.duckdb")
+    try:
+        with store.read() as cur:
+            return cur.execute("SELECT count(*) FROM ingested_shards s JOIN runs r ON r.id = s.run"
+                               " WHERE r.name = 'accumulate-live'").fetchone()[0]
+    finally:
+        store.close()
+
+
+def report(mode: str, args, out: dict, wall: float, load: tuple[float, float], ingested: int, written: int) -> str:
+    lat = out["latencies"]
+    print(f"[{mode}] users={args.users} requests/user={args.requests} wall_s={wall:.1f} "
+          f"load_1min start={load[0]:.2f} end={load[1]:.2f}")
+    print(f"[{mode}] latency_s median={median(lat):.3f} p95={p95(lat):.3f} max={max(lat) if lat else float('nan'):.3f}")
+    if out.get("script_s"):
+        print(f"[{mode}] server time per request (script run) median={median(out['script_s']):.3f} "
+              f"p95={p95(out['script_s']):.3f}")
+    if out.get("baseline"):
+        base = out["baseline"]
+        print(f"[{mode}] reference, one user alone in the same run: median={median(base):.3f} p95={p95(base):.3f}; "
+              f"loaded p95 / alone median = {p95(lat) / median(base):.1f}x")
+    for message in out["errors"][:5]:
+        print(f"[{mode}] error: {message}")
+    print(f"[{mode}] runaway: {out.get('runaway_message') or out.get('runaway_error')}")
+    print(f"[{mode}] live job: {written} shards written, {ingested} ingested while the users worked (the last few "
+          "may land after the test stops)")
+    return (f"served={len(lat)} errors={len(out['errors'])} p95_s={p95(lat):.3f} "
+            f"runaway_stopped_s={out.get('runaway_s', float('nan')):.1f} live_shards={ingested}/{written}")
+
+
+def run_browsers(args) -> tuple[dict, str, bool]:
     from tests.e2e.conftest import running_app
 
     root = Path(tempfile.mkdtemp(prefix="bench-server-"))
     workspace = build_workspace(root)
     live = LiveJob(workspace / "jobs" / "accumulate-live")
     out: dict = {"latencies": [], "errors": []}
-    t0 = time.monotonic()
+    t0, load0 = time.monotonic(), os.getloadavg()[0]
     with running_app(workspace, root / "streamlit.log") as server:
         if not args.quiet:
             live.start()
@@ -241,27 +291,87 @@ def main() -> int:
         live.stop.set()
         if live.is_alive():
             live.join()
-    wall = time.monotonic() - t0
-    from store import Store
+    wall, load1 = time.monotonic() - t0, os.getloadavg()[0]
+    line = report("browser", args, out, wall, (load0, load1), ingested_shards(workspace), live.written)
+    return out, line, not out["errors"] and ("runaway_s" in out or args.quiet)
 
-    store = Store(workspace / "fra.duckdb")
-    with store.read() as cur:
-        ingested = cur.execute("SELECT count(*) FROM ingested_shards s JOIN runs r ON r.id = s.run"
-                               " WHERE r.name = 'accumulate-live'").fetchone()[0]
-    store.close()
-    lat = sorted(out["latencies"])
-    p95 = lat[max(0, int(round(0.95 * len(lat))) - 1)] if lat else float("nan")
-    print(f"users={args.users} requests/user={args.requests} wall_s={wall:.1f} load={os.getloadavg()[0]:.2f}")
-    print(f"latency_s median={statistics.median(lat) if lat else float('nan'):.3f} p95={p95:.3f} "
-          f"max={max(lat) if lat else float('nan'):.3f}")
-    for message in out["errors"][:5]:
-        print(f"error: {message}")
-    print(f"runaway: {out.get('runaway_message') or out.get('runaway_error')}")
-    print(f"live job: {live.written} shards written, {ingested} ingested while the users worked (the last few "
-          "may land after the test stops)")
-    print(f"served={len(lat)} errors={len(out['errors'])} p95_s={p95:.3f} "
-          f"runaway_stopped_s={out.get('runaway_s', float('nan')):.1f} live_shards={ingested}/{live.written}")
-    return 0 if not out["errors"] and ("runaway_s" in out or args.quiet) else 1
+
+def run_apptest(args) -> tuple[dict, str, bool]:
+    import json
+
+    from benchmarks.server_sessions import run_sessions
+
+    root = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    workspace = build_workspace(root)
+    from streamlit import config
+
+    load0 = os.getloadavg()[0]
+    # the reference in the same run: one session alone, no live job, no runaway query
+    alone = argparse.Namespace(**{**vars(args), "users": 1})
+    base = run_sessions(workspace, alone, RUNAWAY, live=False, runaway=False)
+    gc_setting = config.get_option("runner.postScriptGC")  # this repo's .streamlit/config.toml: off
+    if args.gc_reference:  # the same load with Streamlit's default (a full gc.collect(2) after every script run)
+        config.set_option("runner.postScriptGC", True)
+        ref = run_sessions(workspace, args, RUNAWAY, live=not args.quiet, runaway=not args.quiet)
+        config.set_option("runner.postScriptGC", gc_setting)
+        print(f"[apptest] reference with runner.postScriptGC = true: served={len(ref['latencies'])} "
+              f"errors={len(ref['errors'])} p95_s={p95(ref['latencies']):.3f} median_s={median(ref['latencies']):.3f} "
+              f"server median={median(ref['script_s']):.3f} p95={p95(ref['script_s']):.3f}")
+    out = run_sessions(workspace, args, RUNAWAY, live=not args.quiet, runaway=not args.quiet)
+    if args.gc_reference:
+        print(f"[apptest] runner.postScriptGC = {str(gc_setting).lower()}: p95 {p95(out['latencies']):.3f} s vs "
+              f"{p95(ref['latencies']):.3f} s with it on ({p95(out['latencies']) / p95(ref['latencies']):.2f}x)")
+    out["baseline"] = base["latencies"]
+    out["errors"] = base["errors"] + out["errors"]
+    status = json.loads((workspace / "jobs" / "accumulate-live" / "status.json").read_text())
+    written = int(status.get("done", 8)) // 8
+    line = report("apptest", args, out, out["wall_s"], (load0, os.getloadavg()[0]), ingested_shards(workspace), written)
+    return out, line, not out["errors"] and ("runaway_s" in out or args.quiet)
+
+
+def live_writer(job_dir: Path, every_s: float) -> int:
+    """--live-writer: the live job's shard writer on its own (the AppTest mode's child process)."""
+    live = LiveJob(job_dir, every_s)
+    live.start()
+    try:
+        live.join()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["apptest", "browser", "both"], default="apptest",
+                        help="apptest: the users are Streamlit sessions in this process (the server alone on the "
+                             "cores); browser: headless Chromium against `streamlit run` (the browsers share the "
+                             "cores); both: one after the other")
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--sql-timeout", type=float, default=5.0)
+    parser.add_argument("--request-timeout-s", type=float, default=60.0)
+    parser.add_argument("--budget-s", type=float, default=300.0)
+    parser.add_argument("--quiet", action="store_true",
+                        help="baseline: no live job and no runaway query (the same users alone)")
+    parser.add_argument("--gc-reference", action="store_true",
+                        help="apptest: first the same load with Streamlit's default runner.postScriptGC = true")
+    parser.add_argument("--live-writer", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--live-every-s", type=float, default=1.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.live_writer:
+        return live_writer(args.live_writer, args.live_every_s)
+    os.environ["FRA_SQL_TIMEOUT_S"] = str(args.sql_timeout)
+    lines, ok = [], True
+    for mode, run in (("apptest", run_apptest), ("browser", run_browsers)):
+        if args.mode in (mode, "both"):
+            _, line, passed = run(args)
+            lines.append((mode, line))
+            ok &= passed
+    if len(lines) > 1:
+        for mode, line in lines[:-1]:
+            print(f"{mode}: {line}")
+    print(f"{lines[-1][0]}: {lines[-1][1]}" if len(lines) > 1 else lines[-1][1])
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def upload_max_bytes() -> int:
 def check_upload_size(data: bytes, name: str = "upload") -> bytes:
     limit = upload_max_bytes()
     if len(data) > limit:
-        raise PathError(f"upload {name!r} is {len(data) / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB")
+        raise PathError(f"upload {name!r} is {len(data) / 2**20:.3g} MB ({len(data):,} bytes); the limit is "
+                        f"{limit / 2**20:.3g} MB (FRA_UPLOAD_MAX_MB): nothing was stored")
     return data
 
 

@@ -24,7 +24,8 @@ from ui import launch as ui_launch
 from ui import pickers as ui_pickers
 from ui import store as ui_store
 from ui.help_texts import ACCUMULATE as H
-from ui.tables import fmt_eta, fmt_rate, fmt_seconds
+from ui.jobs_table import job_table
+from ui.tables import fmt_seconds
 
 ui_auth.page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
 
@@ -155,27 +156,6 @@ with st.expander("New accumulation run", expanded=True):
 
 
 # ----------------------------------------------------------------------------- jobs and runs
-def job_table(job_list: list[jobs.JobInfo], runs: pd.DataFrame) -> pd.DataFrame:
-    by_name = {r["name"]: r for _, r in runs.iterrows()}
-    rows = []
-    for job in job_list:
-        s, run = job.status, by_name.get(job.job_id)
-        rows.append({"job": job.job_id, "state": job.state, "done": s.get("done"), "total": s.get("total"),
-                     "rate": fmt_rate(s.get("rate")),
-                     "ETA": fmt_eta(s.get("eta_s"), s.get("done"), s.get("total"), s.get("elapsed_s"))
-                     if job.state == "running" else "—",
-                     "started": s.get("started"), "wall time": fmt_seconds(s.get("wall_s")),
-                     "run": None if run is None else int(run["id"]),
-                     "ingested samples": None if run is None else int(run["n_samples"]),
-                     "pairs": None if run is None else int(run["n_pairs"]), "message": s.get("message")})
-    for name, run in by_name.items():  # runs whose job folder is gone (or came from another machine)
-        if name not in {j.job_id for j in job_list}:
-            rows.append({"job": name, "state": run["status"], "run": int(run["id"]),
-                         "ingested samples": int(run["n_samples"]), "pairs": int(run["n_pairs"]),
-                         "wall time": fmt_seconds(run["wall_s"]), "message": "no job folder"})
-    return pd.DataFrame(rows)
-
-
 def job_detail(job: jobs.JobInfo | None, run: pd.Series | None) -> None:
     if job is not None:
         status = ui.job_progress(job.path)

@@ -12,6 +12,7 @@ import streamlit as st
 
 from store import METRICS, StoreBusy, StoreError, compare_summary
 from ui import common as ui
+from ui import pair_feature as ui_feature_view
 from ui import pair_maps as ui_maps
 from ui import persist
 from ui import store as ui_store
@@ -63,7 +64,6 @@ try:
 except StoreError as exc:
     ui.show_error(exc)
     st.stop()
-sources = {int(s["src"]): s["name"] for s in info["sources"]}
 sae_of_src = {int(s["src"]): s["sae_id"] for s in info["sources"]}
 st.caption(f"model **{info['model_id']}** · SAEs {info['q_sae_id']} × {info['k_sae_id']} · layer {info['layer']} · "
            f"status {info['status']} · created {info['created']} · wall time "
@@ -126,43 +126,8 @@ def show_top() -> None:
 
 
 def show_feature() -> None:
-    top = q("top_pairs", run_id, metric=metric, n=1, order=order, diagonal=diagonal, **where)
-    default = feature if feature is not None else (int(top["q_feat"].iloc[0]) if len(top) else 0)
-    c = st.columns([1, 2])
-    fid = int(c[0].number_input("Feature", min_value=0, value=default, step=1, key="pt_feature_view", help=H["pt_feature_view"]))
-    src = None
-    if len(sources) > 1:
-        src = c[1].selectbox("Dictionary", list(sources), format_func=sources.get, key="pt_src", help=H["pt_src"])
-    src_id = src if src is not None else next(iter(sources))
-    ui_store.feature_label_editor(version, run_id, fid, src_id)
-    ui_tables.feature_page_link(fid, sae_of_src[src_id], info["model_id"], run_id)
-    common = dict(metric=metric, n=20, src=src, layer=layer, head=head, self_pairs=self_pairs, min_count=min_count,
-                  diagonal=diagonal)
-    left, right = st.columns(2)
-    for col, side_, title in ((left, "query", "As query: its top key partners"),
-                              (right, "key", "As key: its top query partners")):
-        df = q("feature_partners", run_id, fid, side=side_, **common)
-        col.subheader(title)
-        if df.empty:
-            col.info(f"Feature {fid} has no pairs as {side_} with these filters.")
-        else:
-            shown = ["partner", "layer", "head", "value", "n", "mean", "max_abs", "self_pair"]
-            shown += [x for x in ("k_label", "q_label") if not df[x].isna().all()]
-            other = "k" if side_ == "query" else "q"
-            df["page"] = [ui_tables.feature_url(f, sae_of_src.get(int(s)), info["model_id"], run_id)
-                          for s, f in zip(df[f"{other}_src"], df["partner"])]
-            col.dataframe(df[["page"] + shown], hide_index=True, width="stretch", column_config={
-                "page": st.column_config.LinkColumn("partner page", display_text=r"feature=(\d+)")})
-    st.subheader("Top contexts")
-    ex = q("pair_examples", run_id, n=20, feature=fid, side="either", src=src, layer=layer, head=head,
-           self_pairs=self_pairs)
-    if ex.empty:
-        st.info(f"No stored example contexts for feature {fid} with these filters.")
-    else:
-        st.caption("Key token in [[ ]], query token in << >>; sorted by |FRA|.")
-        shown = ["value", "head", "q_feat", "k_feat", "q_token", "k_token", "context", "sample", "q_pos", "k_pos"]
-        st.dataframe(ex[shown], hide_index=True, width="stretch")
-        ui_store.open_example_controls(version, run_id, info, ex)
+    ui_feature_view.feature_view(q, version, run_id, info, feature=feature, metric=metric, order=order,
+                                 diagonal=diagonal, where=where)
 
 
 def show_charts() -> None:

@@ -96,6 +96,7 @@ class Store:
         self._writers = 0
         self._reading = threading.local()  # read-session depth of the current thread
         self._sandboxed = False  # a `sandboxed()` session owns the file: other sessions wait
+        self._draining = False  # `drop_write_lock()` waits for open sessions to end: new ones wait for it
         self.linger_s = linger_s
         # a lingering connection is closed anyway once it has been open this long (at the end of a
         # session), so a busy app still leaves gaps in which other processes get the file
@@ -107,6 +108,9 @@ class Store:
         self._reopen_after = 0.0  # after a max_hold_s close, the file is left alone for YIELD_S
         self._last_use = 0.0
         self._timer: threading.Timer | None = None
+        # write sessions of this process finished so far: with the file's stamp (`change_stamp`) it tells
+        # a cache whether the database may have changed since a result was read
+        self.generation = 0
 
     def _open(self, read_only: bool, timeout_s: float | None = None) -> None:
         gap = self._reopen_after - time.monotonic()
@@ -159,8 +163,9 @@ class Store:
     @contextlib.contextmanager
     def read(self, strict: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor for reading. `strict=True` insists on a read-only connection (waits for writers)."""
+        nested = getattr(self._reading, "depth", 0) > 0  # this thread is inside a read session already
         with self._cond:
-            self._cond.wait_for(lambda: not self._sandboxed)
+            self._cond.wait_for(lambda: not self._sandboxed and (nested or not self._draining))
             if strict and self.path != ":memory:":  # an in-memory database cannot be reopened read-only
                 self._cond.wait_for(lambda: self._writers == 0)
                 if self._con is not None and not self._read_only:
@@ -186,7 +191,7 @@ class Store:
         """A cursor on a read-write connection; the caller manages transactions on it. `timeout_s`
         (default: the Store's) bounds the wait for another process's lock (StoreBusy after it)."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._sandboxed)
+            self._cond.wait_for(lambda: not self._sandboxed and not self._draining)
             if self._con is not None and self._read_only:
                 if getattr(self._reading, "depth", 0):
                     raise RuntimeError("Store.write() inside a Store.read() of the same thread would wait for "
@@ -205,7 +210,44 @@ class Store:
             cur.close()
             with self._cond:
                 self._writers -= 1
+                self.generation += 1
                 self._release_if_idle()
+
+    def drop_write_lock(self, timeout_s: float = 5.0) -> bool:
+        """Close a read-write connection of this process, so that another process can open the file read-only
+        right now (DuckDB lets no other process in while one holds it read-write); later reads reopen it
+        read-only, which other readers share. New sessions wait while the open ones end (sessions are short);
+        after `timeout_s` it gives up. Returns whether no read-write connection is left open."""
+        if getattr(self._reading, "depth", 0):
+            raise RuntimeError("Store.drop_write_lock() inside a Store.read() of the same thread would wait for itself")
+        with self._cond:
+            if self._con is None or self._read_only:
+                return True
+            self._draining = True
+            try:
+                if self._cond.wait_for(lambda: self._readers == 0 and self._writers == 0, timeout=timeout_s) \
+                        and self._con is not None and not self._read_only:
+                    self._con.close()
+                    self._con = None
+                return self._con is None or self._read_only
+            finally:
+                self._draining = False
+                self._cond.notify_all()
+
+    def change_stamp(self) -> tuple:
+        """Changes whenever the database may have changed: after each write session of this process
+        (`generation`), and when another process commits (DuckDB appends each commit to the `.wal` file
+        and a checkpoint rewrites the database file, so their size and mtime move). Costs two stat calls,
+        no lock: what a cache keys on so that it never serves a result from before a change."""
+        stamp: list = [self.generation]
+        if self.path != ":memory:":
+            for path in (Path(self.path), Path(f"{self.path}.wal")):
+                try:
+                    st = path.stat()
+                    stamp.append((st.st_mtime_ns, st.st_size, st.st_ino))
+                except FileNotFoundError:
+                    stamp.append(None)
+        return tuple(stamp)
 
     @contextlib.contextmanager
     def sandboxed(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from store.errors import StoreError
 from store.sqlparts import resolve_run
 
 
@@ -59,3 +60,26 @@ def human_labels(con, sae_ids: list[str]) -> dict[tuple[str, int], str]:
     rows = con.execute("SELECT sae_id, feature, label FROM features WHERE label IS NOT NULL AND list_contains(?, sae_id)",
                        [list(sae_ids)]).fetchall()
     return {(s, int(f)): label for s, f, label in rows}
+
+
+def top_source_feature(con, run: int | str, src: int, *, metric: str = "sum", order: str = "desc",
+                       diagonal: bool = True, **filters) -> int | None:
+    """The feature of source `src` (a dictionary of the run) in the best pair by `metric` (`order` as in
+    `top_pairs`) among the pairs that pass `filters` and have `src` on either side: the query feature when
+    `src` is that pair's query source, else its key feature. None when `src` has no such pair. One scan."""
+    from store.queries import pair_filter
+    from store.sqlparts import KEY, metric_sql
+
+    run_id = resolve_run(con, run)
+    if order not in ("desc", "asc", "abs"):
+        raise StoreError(f"order must be 'desc', 'asc' or 'abs', got {order!r}")
+    filters = {k: v for k, v in filters.items() if k not in ("feature", "side", "src")}
+    where, params = pair_filter(run_id, diagonal=diagonal, **filters)
+    m = metric_sql(metric, diagonal)
+    value = f"abs({m})" if order == "abs" else m
+    row = con.execute(f"""
+        SELECT CASE WHEN q_src = ? THEN q_feat ELSE k_feat END FROM pair_stats
+        WHERE {where} AND (q_src = ? OR k_src = ?)
+        ORDER BY {value} {'ASC' if order == 'asc' else 'DESC'} NULLS LAST, {KEY} LIMIT 1""",
+                      [int(src)] + params + [int(src), int(src)]).fetchone()
+    return None if row is None else int(row[0])

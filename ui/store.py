@@ -54,10 +54,18 @@ from store.feature_queries import (
     token_pairs,
 )
 from store.marginals import feature_marginals, node_totals, run_statistics, score_shares
-from store.page_queries import feature_labels, head_summary, human_labels, run_heads, sample_tokens
+from store.page_queries import (
+    feature_labels,
+    head_summary,
+    human_labels,
+    run_heads,
+    sample_tokens,
+    top_source_feature,
+)
 from store.sql_worker import run_sql_bounded
 from store.watchdog import memory_limit, query_timeout_s, time_limit
 from ui import common as ui
+from ui.exports import with_neuronpedia, with_sources  # noqa: F401 - with_neuronpedia: part of this module's API
 from ui.help_texts import PAIR_TABLES as HELP
 
 SYNC_EVERY_S = 2.0
@@ -76,7 +84,7 @@ _QUERIES: dict[str, Callable[..., Any]] = {
     "sample_tokens": sample_tokens, "feature_marginals": feature_marginals, "node_totals": node_totals,
     "score_shares": score_shares, "run_statistics": run_statistics, "feature_overview": feature_overview,
     "feature_histogram": feature_histogram, "feature_contexts": feature_contexts, "partners_by_head": partners_by_head,
-    "token_pairs": token_pairs, "feature_marginal": feature_marginal,
+    "token_pairs": token_pairs, "feature_marginal": feature_marginal, "top_source_feature": top_source_feature,
 }
 
 
@@ -86,6 +94,9 @@ class StoreHandle:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     last_sync: float = 0.0
     sql_running: int = 0  # SQL-box processes of this app running now
+    # what the last complete ingest pass saw: (database change stamp, each job's (state, complete shards));
+    # while both are unchanged a pass would find nothing to do, so none is made (no write session)
+    synced: tuple | None = None
 
 
 @st.cache_resource(show_spinner=False, max_entries=8, on_release=lambda h: h.store.close())
@@ -129,20 +140,42 @@ def sync_jobs(force: bool = False) -> tuple[list[dict], list[str]]:
             return [], []
         handle.last_sync = time.monotonic()
         jobs_root = ui.workspace().jobs
+        seen = (handle.store.change_stamp(), _job_folders(jobs_root))
+        if not force and seen == handle.synced:
+            return [], []
         try:
             with handle.store.write(timeout_s=SYNC_LOCK_WAIT_S) as con:
                 try:
-                    return ingest_all_jobs(con, jobs_root), []
+                    done, errors = ingest_all_jobs(con, jobs_root), []
                 except (StoreError, OSError, ValueError):
-                    return _ingest_each(con, jobs_root)
+                    done, errors = _ingest_each(con, jobs_root)
         except StoreBusy as exc:
             return [], [f"database busy, runs not refreshed: {exc}"]
+        # the stamp after this pass's own writes; a job that wrote meanwhile differs from it next time
+        handle.synced = None if errors else (handle.store.change_stamp(), seen[1])
+        return done, errors
+
+
+def _job_folders(jobs_root: Path) -> tuple:
+    """Each accumulation job folder's (name, state, complete shards): what `ingest_all_jobs` compares with
+    the database to find work, read from the folders alone (the state includes "died", from the pid)."""
+    from fra_core import contracts
+    from fra_core.jobs import list_jobs
+
+    return tuple((job.job_id, job.status.get("state"), len(contracts.complete_shards(job.path)))
+                 for job in list_jobs(jobs_root, "accumulate"))
 
 
 # ----------------------------------------------------------------------------- queries
 def runs() -> pd.DataFrame:
-    """The `runs` table (small; never cached: it is how the pages notice a deleted or grown run)."""
-    with get_store().read() as cur, time_limit(cur, query_timeout_s(), "the list of runs"):
+    """The `runs` table: how the pages notice a deleted or grown run, so cached only until the database
+    may have changed (`Store.change_stamp`: any write session of this process, any commit of another)."""
+    return _runs(db_path(), get_store().change_stamp())
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _runs(db: str, stamp: tuple) -> pd.DataFrame:
+    with _handle(db).store.read() as cur, time_limit(cur, query_timeout_s(), "the list of runs"):
         return list_runs(cur)
 
 
@@ -169,6 +202,9 @@ def run_sql(sql: str) -> pd.DataFrame:
     with handle.lock:
         handle.sql_running += 1
     try:
+        # after an ingest this process may hold the file read-write, which keeps the child out until its limit:
+        # reopen read-only (shared with the child); ingest stays paused until the child is done
+        handle.store.drop_write_lock()
         return run_sql_bounded(db_path(), sql)
     finally:
         with handle.lock:
@@ -266,8 +302,9 @@ def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable
         def make() -> bytes:
             with store.read() as cur, time_limit(cur, limit_s, "export"):
                 data = export_pairs_bytes(cur, run_id, fmt, **filters)
-                sources = get_run(cur, run_id)["sources"]
-            return with_neuronpedia(data, fmt, {int(s["src"]): s["sae_id"] for s in sources})
+                run = get_run(cur, run_id)
+            data = with_sources(data, fmt, run["sources"], run.get("model_id"))
+            return with_neuronpedia(data, fmt, {int(s["src"]): s["sae_id"] for s in run["sources"]})
         return make
 
     def report() -> bytes:
@@ -322,30 +359,3 @@ def failed_run_banner(row) -> None:
         st.session_state.pop("pt_last_run", None)  # deleted on purpose: no "deleted meanwhile" notice
         st.toast(f"Deleted run #{run_id} (its job folder stays; it is not ingested again).")
         st.rerun()
-
-
-def with_neuronpedia(data: bytes, fmt: str, sae_of_src: dict[int, str | None]) -> bytes:
-    """An exported pair file with q_neuronpedia / k_neuronpedia URL columns, when a source of the run is a
-    Neuronpedia-hosted registry SAE (`fra_core.neuronpedia`); the file unchanged otherwise."""
-    from fra_core.neuronpedia import URL, neuronpedia_id
-
-    ids = {src: neuronpedia_id(sae) for src, sae in sae_of_src.items()}
-    if not any(ids.values()):
-        return data
-    import io
-
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(io.BytesIO(data)) if fmt == "parquet" else pacsv.read_csv(io.BytesIO(data))
-    for s in ("q", "k"):
-        srcs, feats = table[f"{s}_src"].to_pylist(), table[f"{s}_feat"].to_pylist()
-        urls = [URL.format(np_id=ids[int(a)], feature=int(f)) if ids.get(int(a)) else None for a, f in zip(srcs, feats)]
-        table = table.append_column(f"{s}_neuronpedia", pa.array(urls, pa.string()))
-    out = io.BytesIO()
-    if fmt == "parquet":
-        pq.write_table(table, out, compression="zstd")
-    else:
-        pacsv.write_csv(table, out)
-    return out.getvalue()

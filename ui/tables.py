@@ -3,7 +3,7 @@ columns hidden, feature ids that link to the Feature page, numbers with units.
 
 * `feature_url` the Feature page's deep link (query parameters model, sae, feature, run)
 * `pair_view`   a pair table (top pairs, partners) ready for `st.dataframe`: labels, value and share
-                first, q_src/k_src hidden where constant, each feature id beside a link to its Feature
+                first, q_src/k_src by short name ("kk L3") and hidden where constant, each feature id beside a link to its Feature
                 page, Neuronpedia links
                 where the SAE is a Neuronpedia-hosted registry SAE
 * `fmt_seconds`, `fmt_rate`, `fmt_eta` durations, rates and ETAs with units ("—" when unknown)
@@ -17,6 +17,8 @@ from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
+
+from ui.sources import short_names
 
 FEATURE_PAGE = "feature"  # the url path of pages/feature.py
 LEAD = ["q_label", "k_label", "value", "share", "q_feat", "q_feature", "k_feat", "k_feature", "layer", "head", "n",
@@ -51,7 +53,7 @@ def drop_constant(df: pd.DataFrame, columns: tuple[str, ...] = ("q_src", "k_src"
 
 
 def pair_view(df: pd.DataFrame, sae_of_src: dict[int, str | None], model: str | None, run: int | None,
-              value_label: str = "value") -> tuple[pd.DataFrame, dict[str, Any]]:
+              value_label: str = "value", src_names: dict[int, str] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """(table, column_config) of pair rows (q_src/q_feat/k_src/k_feat…): see the module docstring."""
     from fra_core.neuronpedia import feature_url as np_url
 
@@ -70,11 +72,18 @@ def pair_view(df: pd.DataFrame, sae_of_src: dict[int, str | None], model: str | 
         links[f"{s}_feature"] = st.column_config.LinkColumn(
             f"{s} page", display_text="open ↗", width="small",
             help=f"opens the {'query' if s == 'q' else 'key'} feature's Feature page")
+    names = src_names or short_names([{"src": k, "sae_id": v} for k, v in sae_of_src.items()], model)
+    for s in ("q", "k"):  # sources by short name ("kk L3"), not index; exports keep the full ref
+        if f"{s}_src" in out:
+            out[f"{s}_src"] = [names.get(int(x), str(x)) for x in out[f"{s}_src"]]
     out = lead(drop_constant(out))
     config = {**links,
               "q_label": st.column_config.TextColumn("q meaning", width="medium", help="the query feature's label (yours, "
                                                      "else its most frequent tokens in this run)"),
               "k_label": st.column_config.TextColumn("k meaning", width="medium", help="the key feature's label"),
+              "q_src": st.column_config.TextColumn("q source", help="the query feature's dictionary (the export "
+                                                   "keeps its full ref)"),
+              "k_src": st.column_config.TextColumn("k source", help="the key feature's dictionary"),
               "share": st.column_config.NumberColumn("share", format="percent",
                                                      help="value / the head's total |FRA|")}
     if "value" in out:

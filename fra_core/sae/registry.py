@@ -90,8 +90,27 @@ def _entry(lookup, sae_id: str, snap: Path) -> CachedSAE | None:
     return CachedSAE(lookup.release, sae_id, lookup.repo_id, lookup.model, hook, int(d_in), int(d_sae))
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names name one TransformerLens model: equal, or the same official name through
+    TransformerLens's aliases (case-insensitive), e.g. "gpt2", "gpt2-small" and "GPT2-Small" all name
+    "gpt2". A name TransformerLens does not know matches only itself."""
+    if a == b:
+        return True
+    from transformer_lens.supported_models import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
+
+    if not _ALIASES:  # as transformer_lens.loading_from_pretrained.make_model_alias_map builds it
+        for official in OFFICIAL_MODEL_NAMES:
+            for name in (*MODEL_ALIASES.get(official, []), official):
+                _ALIASES[name.lower()] = official
+    return _ALIASES.get(a.lower(), a) == _ALIASES.get(b.lower(), b)
+
+
+_ALIASES: dict[str, str] = {}  # lower-cased name or alias -> official TransformerLens model name
+
+
 def cached_registry_saes(model: str | None = None, cache: Path | None = None) -> list[CachedSAE]:
-    """Registry SAEs (of `model`, e.g. ``gpt2-small``, when given) whose files are all in the local cache."""
+    """Registry SAEs (of `model` when given: its TransformerLens name or any alias, e.g. ``gpt2`` or
+    ``gpt2-small``) whose files are all in the local cache."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     cache = cache or hub_cache_dir()
@@ -100,7 +119,7 @@ def cached_registry_saes(model: str | None = None, cache: Path | None = None) ->
     cached_repos = {p.name for p in cache.iterdir() if p.name.startswith("models--")}
     out = []
     for lookup in get_pretrained_saes_directory().values():
-        if model is not None and lookup.model != model:
+        if model is not None and not same_model(lookup.model, model):
             continue
         if f"models--{lookup.repo_id.replace('/', '--')}" not in cached_repos:
             continue
