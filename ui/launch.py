@@ -64,6 +64,11 @@ def estimate(cfg, ws) -> str | None:
                          + (", before min_pair_count pruning)" if cfg.min_pair_count > 1 else ")"))
     elif cfg.statistics == "top_m":
         parts.append(topm_bound(cfg))
+    else:  # every pair: no bound worth quoting without a measured job
+        parts.append("memory and disk grow with heads × distinct pairs, unknown before a first job (measured: "
+                     "GPT-2-sized L5 with ≈ 200 active features per position wrote ≈ 110 MB of shards per sample "
+                     "and head, and 12 heads of one 4-sample shard needed > 23 GB): start with a few samples, a "
+                     "small shard size, or top-m statistics")
     return " · ".join(parts) or None
 
 
