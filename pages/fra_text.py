@@ -47,7 +47,7 @@ str_tokens = [str(s) for s in model.to_str_tokens(tokens[0])]
 T = len(str_tokens)
 hi = result.heads.index(head)
 st.caption(f"{T} tokens · L{layer}H{head} · {result.n_entries:,} kept pairs · "
-           f"max relative error of Σ terms: {result.completeness_error():.1e}"
+           f"max relative error of Σ terms: {result.completeness_error():.1e} · {fu.share_text(result, head)}"
            + fu.k_note(result) + (f" · {result.assumptions()}" if result.assumptions() else ""))
 
 if every:
@@ -130,7 +130,8 @@ except ValueError as exc:
 
 st.markdown(f"**query {qpos} ‘{str_tokens[qpos]}’ → key {kpos} ‘{str_tokens[kpos]}’** · attention "
             f"{float(result.pattern[0, hi, qpos, kpos]):.3f}")
-m = st.columns(4)
+m = st.columns(5)
+m[4].metric("Feature share", fu.cell_share(result, hi, qpos, kpos), help=fu.SHARE_HELP)
 m[0].metric("Real score", f"{check['actual']:.4f}")
 m[1].metric("Σ terms", f"{check['sum_of_terms']:.4f}")
 m[2].metric("Abs. error", f"{check['abs_error']:.1e}")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from store import METRICS, StoreBusy, StoreError, compare_summary
+from store import StoreBusy, StoreError, compare_summary
 from ui import common as ui
+from ui import export as ui_export
 from ui import pair_feature as ui_feature_view
 from ui import pair_maps as ui_maps
 from ui import persist
@@ -19,7 +20,7 @@ from ui import store as ui_store
 from ui import tables as ui_tables
 from ui.auth import page_gate
 from ui.help_texts import PAIR_TABLES as H
-from ui.pair_filters import FIELDS, ORDERS, SELF_MODES, VIEWS
+from ui.pair_filters import FIELDS, ORDERS, VIEWS, filter_widgets
 from ui.store import METRIC_LABELS
 
 page_gate(__file__)  # sign-in and role, on every run (see ui.auth)
@@ -70,7 +71,7 @@ st.caption(f"model **{info['model_id']}** · SAEs {info['q_sae_id']} × {info['k
            f"{ui_tables.fmt_seconds(info['wall_s'])} · completeness "
            + (f"**{info['completeness']:.1e}** (worst head: max |Σ terms − scores| / max |scores|, first batch)"
               if info.get("completeness") is not None else "not measured (run from before the check)"))
-st.caption(f"Pair statistics: **{q('run_statistics', run_id)['label']}**.")
+st.caption(f"Pair statistics: **{q('run_statistics', run_id)['label']}** · {ui_store.feature_share_text(info)}.")
 cols = st.columns(4)
 cols[0].metric("Samples", f"{int(info['n_samples']):,}")
 cols[1].metric("Unique pairs", f"{int(per_head['unique_pairs'].sum()):,}")
@@ -83,25 +84,9 @@ if not heads:
 
 # ----------------------------------------------------------------------------- filters
 head_options = {"all heads": (None, None), **{f"L{layer}H{head}": (layer, head) for layer, head in heads}}
-if st.session_state.get("pt_head") not in head_options:
-    st.session_state.pop("pt_head", None)
-c = st.columns([1.3, 1.2, 1, 1, 1, 1])
-metric = c[0].selectbox("Rank by", METRICS, format_func=METRIC_LABELS.get, key="pt_metric", help=H["pt_metric"])
-order = c[1].selectbox("Order", list(ORDERS), format_func=ORDERS.get, key="pt_order", help=H["pt_order"])
-layer, head = head_options[c[2].selectbox("Head", list(head_options), key="pt_head", help=H["pt_head"])]
-feature_text = c[3].text_input("Feature id", key="pt_feature", help=H["pt_feature"], placeholder="any")
-side = c[4].selectbox("Feature side", ["either", "query", "key"], key="pt_side", help=H["pt_side"])
-min_count = int(c[5].number_input("Min count", min_value=1, value=1, step=1, key="pt_min_count", help=H["pt_min_count"]))
-c = st.columns([2, 2, 1])
-self_pairs = SELF_MODES[c[0].radio("Self-pairs", list(SELF_MODES), horizontal=True, key="pt_self", help=H["pt_self"])]
-diagonal = c[1].checkbox("Include the diagonal (query = key position)", value=True, key="pt_diag", help=H["pt_diag"])
-n_rows = int(c[2].number_input("Rows", min_value=1, max_value=10_000, value=100, step=50, key="pt_rows", help=H["pt_rows"]))
-feature = None
-if feature_text.strip():
-    if not feature_text.strip().isdigit():
-        st.error(f"Feature id must be a whole number ≥ 0, got {feature_text.strip()!r}.")
-        st.stop()
-    feature = int(feature_text)
+f = filter_widgets(head_options, H)
+metric, order, layer, head, feature, side = f["metric"], f["order"], f["layer"], f["head"], f["feature"], f["side"]
+min_count, self_pairs, diagonal, n_rows = f["min_count"], f["self_pairs"], f["diagonal"], f["n_rows"]
 where = dict(layer=layer, head=head, feature=feature, side=side, self_pairs=self_pairs, min_count=min_count)
 view = st.radio("View", VIEWS, horizontal=True, key="pt_view", help=H["pt_view"], label_visibility="collapsed")
 persist.save("pair_tables", FIELDS)
@@ -188,20 +173,7 @@ def show_compare() -> None:
 
 
 def show_export() -> None:
-    limit = int(st.number_input("Rows in the Parquet / CSV export (0 = every matching pair)", 0, None, 100_000,
-                                step=10_000, key="pt_export_limit", help=H["pt_export_limit"]))
-    st.caption(f"Pairs matching the filters above, best first by {METRIC_LABELS[metric]}. Files are "
-               "built when you click.")
-    make = ui_store.export_callables(run_id, dict(metric=metric, diagonal=diagonal, limit=limit or None, **where))
-    c = st.columns(4)
-    stem = f"fra-run-{run_id}"
-    for col, (key, label, name, mime) in zip(c, [
-            ("parquet", "Pairs (Parquet)", f"{stem}-pairs.parquet", "application/octet-stream"),
-            ("csv", "Pairs (CSV)", f"{stem}-pairs.csv", "text/csv"),
-            ("html", "HTML report", f"{stem}-report.html", "text/html"),
-            ("package", "Results package (.tar.gz)", f"{stem}.tar.gz", "application/gzip")]):
-        col.download_button(label, make[key], file_name=name, mime=mime, on_click="ignore", key=f"pt_dl_{key}",
-                            help=H[f"pt_dl_{key}"])
+    ui_export.export_view(run_id, dict(metric=metric, diagonal=diagonal, **where), METRIC_LABELS[metric], H)
 
 
 try:

@@ -2,7 +2,7 @@
 
     python scripts/build_demo_saes.py [--check] [--only NAME ...]
 
-Trains `demo-l1-ln1` and `demo-l0-hook-z` (or only the named ones) with
+Trains `demo-l1-ln1`, `demo-l0-hook-z` and `demo-l0-ln1` (or only the named ones) with
 `fra_core.sae.demo.DEMO_SAE_CONFIGS` through `run_train_sae` (the job code the UI uses) on the demo
 model, in a temporary workspace, then replaces the asset folders. Prints each SAE's L0, explained
 variance, dead features, size, and on fresh demo texts:

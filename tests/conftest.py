@@ -74,10 +74,28 @@ def hub_cache(tmp_path_factory):
     return build_hub_cache(tmp_path_factory.mktemp("hf_home"))
 
 
+@pytest.fixture(scope="session")
+def dict_hub_cache(tmp_path_factory):
+    """`hub_cache` plus every other GPT-2 Small dictionary release and a transcoder release."""
+    from tests.fixtures.hf_cache import build_hub_cache
+
+    return build_hub_cache(tmp_path_factory.mktemp("hf_home_dicts"), dictionaries=True)
+
+
+@pytest.fixture
+def offline_dict_hub(dict_hub_cache, monkeypatch):
+    """`dict_hub_cache` offline, as `offline_hub` does it."""
+    return _offline(dict_hub_cache, monkeypatch)
+
+
 @pytest.fixture
 def offline_hub(hub_cache, monkeypatch):
     """`hub_cache` as this test's HF_HOME / HF_HUB_CACHE, with HF_HUB_OFFLINE=1 (the HF clients read these at
     import time, so their constants are patched too)."""
+    return _offline(hub_cache, monkeypatch)
+
+
+def _offline(hub_cache, monkeypatch):
     import huggingface_hub.constants as hf_constants
 
     for name, value in (("HF_HOME", hub_cache.root), ("HF_HUB_CACHE", hub_cache.hub), ("HF_HUB_OFFLINE", "1")):

@@ -69,8 +69,8 @@ def show_error(exc: BaseException, what: str = "") -> None:
     st.error(f"{prefix}{exc}", icon=":material/error:")
 
 
-def job_progress(job_dir: Path) -> dict[str, Any]:
-    """Render one job's status (state, progress bar, rate, ETA, message); returns the status dict."""
+def job_progress(job_dir: Path, unit: str = "samples") -> dict[str, Any]:
+    """Render one job's status (state, progress bar, rate in `unit`/s, ETA, message); returns the status dict."""
     from fra_core.jobs import job_status
 
     status = job_status(job_dir)
@@ -84,7 +84,7 @@ def job_progress(job_dir: Path) -> dict[str, Any]:
 
     bits = []
     if status.get("rate"):
-        bits.append(fmt_rate(status["rate"]))
+        bits.append(fmt_rate(status["rate"], unit))
     if state == "running":  # "—" until the rate is stable (a first ETA from one batch is noise)
         bits.append(f"ETA {fmt_eta(status.get('eta_s'), done, total, status.get('elapsed_s'))}")
     if status.get("message") and state not in ("failed", "died"):  # a failure's message: once, as the error

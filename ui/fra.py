@@ -50,8 +50,8 @@ def ensure_demo_saes() -> None:
     """Copy the shipped demo SAEs into the workspace; offer to train them when they are not shipped."""
     root = str(ui.workspace().root)
     have = _demo_saes(root, False)
-    if len(have) < 2:
-        st.info("The demo SAEs (demo-l1-ln1, demo-l0-hook-z) are not in this workspace yet.")
+    if len(have) < len(pickers.DEMO_SAE_NAMES):
+        st.info(f"The demo SAEs ({', '.join(pickers.DEMO_SAE_NAMES)}) are not all in this workspace yet.")
         if st.button("Train the demo SAEs (a few minutes on CPU)", key="fra_train_demo_saes"):
             _demo_saes.clear()
             _demo_saes(root, True)
@@ -68,6 +68,10 @@ def select_sides(prefix: str, model, layer: int) -> tuple[tuple[str, ...], tuple
         st.error(f"No SAE for layer {layer} of this model in this workspace or the Hugging Face cache: train one on "
                  f"blocks.{layer}.ln1.hook_normalized (SAEs page), or give SAE refs below.", icon=":material/error:")
     labels = list(opts) + [CUSTOM]
+    forced = f"{prefix}_qsae_forced"  # the side is on CUSTOM only because the last layer offered nothing else
+    if opts and st.session_state.get(forced) and st.session_state.get(f"{prefix}_qsae") == CUSTOM:
+        del st.session_state[f"{prefix}_qsae"]  # this layer has SAEs: offer them instead of the text field
+    st.session_state[forced] = not opts
     cols = st.columns(2)
     q_label = cols[0].selectbox("Query-side SAE", labels, key=f"{prefix}_qsae",
                                 help="An SAE on this layer's head input (ln1.hook_normalized / hook_resid_pre), "
@@ -246,3 +250,30 @@ def _acts(model_ref: str, device: str, refs: tuple, text: str, stamp: tuple):
 def get_activations(model_ref: str, refs, text: str):
     """Non-zero SAE activations of a side on one text (cached): batch, pos, source, feature, activation."""
     return _acts(model_ref, ui.device_choice(), tuple(refs), text, version(tuple(refs)))
+
+
+SHARE_HELP = ("|feature×feature part| / (|feature×feature part| + |the rest|) of this cell's score: how much of "
+              "it the dictionaries' feature pairs explain (the rest: SAE errors, b_dec, biases, opaque outputs)")
+
+
+def feature_share(result) -> dict:
+    """The feature×feature share of |score| of the first text: per cell, per head and for the whole text
+    (`fra_core.fra.share`), computed once per result."""
+    from fra_core.fra.share import feature_share as share
+
+    if not hasattr(result, "_ui_feature_share"):
+        result._ui_feature_share = share(result, 0)
+    return result._ui_feature_share
+
+
+def share_text(result, head: int) -> str:
+    """Caption piece: the head's and the text's feature share."""
+    sh = feature_share(result)
+    return (f"features explain {sh['per_head'][head]:.1%} of |score| (feature×feature pairs vs. errors, biases "
+            f"and opaque nodes; all heads shown: {sh['text']:.1%})")
+
+
+def cell_share(result, hi: int, qpos: int, kpos: int) -> str:
+    """The cell's feature share as a metric value ("–" off the mask)."""
+    v = float(feature_share(result)["cells"][hi, qpos, kpos])
+    return "–" if v != v else f"{v:.1%}"

@@ -71,13 +71,14 @@ ACCUMULATE = {
 
 PAIR_TABLES = {
     "pt_run": "The accumulation run to read (finished runs first; failed ones last).",
-    "pt_metric": "How pairs are ranked. mean |FRA| (with a min count) surfaces specific pairs; the sums favour "
-                 "dense, always-on features.",
+    "pt_metric": "How pairs are ranked. The default, mean |FRA| per cell (with a min count), surfaces specific "
+                 "pairs; the sums favour dense, always-on features.",
     "pt_order": "Largest first, smallest (most negative) first, or by magnitude.",
     "pt_head": "One head of the run, or all of them.",
     "pt_feature": "Only pairs with this feature id (on the side chosen next).",
     "pt_side": "Where the feature must sit: query, key or either.",
-    "pt_min_count": "Leave out pairs seen fewer times (a mean over 1–2 occurrences is noise).",
+    "pt_min_count": "Leave out pairs seen in fewer cells (default 5: a mean over 1–4 occurrences is mostly noise; "
+                    "1 keeps every pair).",
     "pt_self": "A self-pair is the same feature on both sides: keep them, show only them, or leave them out.",
     "pt_diag": "Count query = key occurrences (a feature paired with itself on one token) in n, sum and means.",
     "pt_rows": "Rows shown (at most 10 000).",
@@ -96,10 +97,15 @@ PAIR_TABLES = {
     "pt_cmp_b": "The second head.",
     "pt_cmp_run": "The other run (same head filter as above).",
     "pt_export_limit": "Rows in the Parquet / CSV files; 0 exports every matching pair (can be large).",
-    "pt_dl_parquet": "The filtered pairs as Parquet (built when clicked).",
-    "pt_dl_csv": "The filtered pairs as CSV (built when clicked).",
-    "pt_dl_html": "A self-contained HTML report of the run.",
-    "pt_dl_package": "Every table of the run as Parquet plus its config, in one .tar.gz.",
+    "pt_dl_parquet": "Save the built Parquet file of the filtered pairs.",
+    "pt_dl_csv": "Save the built CSV file of the filtered pairs.",
+    "pt_dl_html": "Save the built HTML report.",
+    "pt_dl_package": "Save the built results package.",
+    "pt_build_parquet": "Build the filtered pairs as Parquet (with progress); a Download button follows.",
+    "pt_build_csv": "Build the filtered pairs as CSV (with progress); a Download button follows.",
+    "pt_build_html": "Build a self-contained HTML report of the run; a Download button follows.",
+    "pt_build_package": "Build every table of the run (a DuckDB extract, Parquet, report, config) as one .tar.gz, "
+                        "with progress per table and per MB compressed; a Download button follows.",
     "pt_sql": "One SELECT over the tables listed above; read-only, at most 10 000 rows.",
     "pt_sql_run": "Run the query.",
     "label": "Your label for the feature: shown in every table of this SAE instead of the automatic one.",

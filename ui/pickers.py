@@ -15,12 +15,18 @@ import streamlit as st
 
 from ui import common as ui
 
-DEMO_SAE_NAMES = ("demo-l1-ln1", "demo-l0-hook-z")  # shipped with the demo model
+DEMO_SAE_NAMES = ("demo-l1-ln1", "demo-l0-hook-z", "demo-l0-ln1")  # shipped with the demo model
 
 CUSTOM = "custom refs…"  # the side choice that shows a text field for typed SAE refs
 HEAD_INPUT = ("ln1.hook_normalized", "hook_resid_pre")
 D_MODEL_HOOKS = (*HEAD_INPUT, "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
 KEEP_ON_MODEL_CHANGE = ("_model", "_model_seen", "_goto", "_pending")
+# upstream dictionaries (fra_core.fra.upstream): hook ending → the kind shown in the picker
+UPSTREAM_HOOKS = {"attn.hook_z": "hook_z", "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out"}
+
+
+def upstream_kind(hook: str) -> str | None:
+    return next((k for suffix, k in UPSTREAM_HOOKS.items() if hook.endswith(suffix)), None)
 
 
 @dataclass(frozen=True)
@@ -70,23 +76,29 @@ def _layers_label(layers: list[int]) -> str:
 def side_options(model, layer: int, model_ref: str) -> dict[str, tuple[str, ...]]:
     """Choices for one side of `layer`: head-input SAEs of that layer (ln1.hook_normalized, hook_resid_pre or
     the previous block's hook_resid_post, the same stream), then per source (the workspace, each
-    registry release) all its upstream hook_z SAEs of layers < `layer` as one combined choice."""
+    registry release) and kind (hook_z, attn_out, mlp_out) all its upstream SAEs of layers < `layer` as one
+    combined choice, and each attention group with each MLP group (the whole residual stream in features)."""
     from fra_core.sae.profiles import hook_layer
 
     opts: dict[str, tuple[str, ...]] = {}
-    upstream: dict[str, dict[int, Candidate]] = {}
+    upstream: dict[tuple[str, str], dict[int, Candidate]] = {}
     for c in candidates(model, model_ref):
+        kind = upstream_kind(c.hook)
         if c.hook in (*(f"blocks.{layer}.{h}" for h in HEAD_INPUT), f"blocks.{layer - 1}.hook_resid_post"):
             opts[f"{c.name}  ({c.hook})"] = (c.ref,)
-        elif c.hook.endswith("attn.hook_z") and (hook_layer(c.hook) or 0) < layer:
-            upstream.setdefault(c.group, {}).setdefault(hook_layer(c.hook), c)
-    for group, by_layer in upstream.items():
+        elif kind is not None and (hook_layer(c.hook) or 0) < layer:
+            upstream.setdefault((c.group, kind), {}).setdefault(hook_layer(c.hook), c)
+    groups = {}
+    for (group, kind), by_layer in upstream.items():
         layers = sorted(by_layer)
-        refs = tuple(by_layer[l].ref for l in layers)
-        if group == "workspace":
-            opts[f"upstream hook_z: {', '.join(by_layer[l].name for l in layers)}"] = refs
-        else:
-            opts[f"upstream hook_z: {group} {_layers_label(layers)}"] = refs
+        names = ", ".join(by_layer[l].name for l in layers) if group == "workspace" else \
+            f"{group} {_layers_label(layers)}"
+        groups[(group, kind)] = (names, tuple(by_layer[l].ref for l in layers))
+        opts[f"upstream {kind}: {names}"] = groups[(group, kind)][1]
+    for (_, ka), (na, ra) in groups.items():
+        for (_, km), (nm, rm) in groups.items():
+            if ka != "mlp_out" and km == "mlp_out":
+                opts[f"upstream {ka} + mlp_out: {na} + {nm}"] = ra + rm
     return opts
 
 
@@ -116,10 +128,10 @@ def accumulation_saes(model_ref: str) -> tuple[list[str], dict[str, tuple[str, .
     groups: dict[str, list] = {}
     for e in _registry(model_ref, str(hub_cache_dir())):
         singles.append(e.ref)
-        if e.hook_name.endswith("attn.hook_z"):
-            groups.setdefault(e.release, []).append(e)
-    return singles, {f"{rel}: hook_z of every layer < the run's layer": tuple(e.ref for e in es)
-                     for rel, es in groups.items()}
+        if upstream_kind(e.hook_name) is not None:
+            groups.setdefault((e.release, upstream_kind(e.hook_name)), []).append(e)
+    return singles, {f"{rel}: {kind} of every layer < the run's layer": tuple(e.ref for e in es)
+                     for (rel, kind), es in groups.items()}
 
 
 def expand_groups(chosen: list[str], groups: dict[str, tuple[str, ...]], layer: int) -> list[str]:

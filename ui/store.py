@@ -211,6 +211,18 @@ def run_sql(sql: str) -> pd.DataFrame:
             handle.sql_running -= 1
 
 
+def feature_share_text(info: dict) -> str:
+    """The run's feature×feature share of |score| per (layer, head), from its run.json (`fra_core.fra.share`)."""
+    from fra_core import contracts
+
+    share = contracts.read_run_info(info["job_dir"]).get("feature_share") if info.get("job_dir") else None
+    if not share:
+        return "feature share: not recorded (run from before it was measured)"
+    parts = [f"L{layer}H{head} {v:.1%}" for layer, heads in sorted(share.items(), key=lambda kv: int(kv[0]))
+             for head, v in sorted(heads.items(), key=lambda kv: int(kv[0]))]
+    return "feature share of |score| (feature×feature pairs vs. errors, biases, opaque nodes): " + ", ".join(parts)
+
+
 def run_label(row) -> str:
     return (f"#{row['id']} {row['name']} · {row['status']} · {int(row['n_samples']):,} samples · "
             f"{int(row['n_pairs']):,} pairs")
@@ -292,28 +304,30 @@ def open_example_controls(version: tuple, run_id: int, info: dict, examples: pd.
 
 
 # ----------------------------------------------------------------------------- downloads (deferred)
-def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
-    """Byte producers for the download buttons; they run only when the user clicks (on another
-    thread), each in its own read session, so a large run costs nothing until asked for."""
+def export_callables(run_id: int, filters: dict[str, Any]) -> dict[str, Callable[..., bytes]]:
+    """Byte producers of the Export view, each in its own read session: `make(progress=None)`, where
+    progress(fraction, text) follows the export (`store.export`); nothing is built until asked for."""
     store = get_store()
     limit_s = 4 * query_timeout_s()  # a whole-run export streams every row: a longer limit
 
-    def pairs(fmt: str) -> Callable[[], bytes]:
-        def make() -> bytes:
+    def pairs(fmt: str) -> Callable[..., bytes]:
+        def make(progress=None) -> bytes:
             with store.read() as cur, time_limit(cur, limit_s, "export"):
-                data = export_pairs_bytes(cur, run_id, fmt, **filters)
+                data = export_pairs_bytes(cur, run_id, fmt, progress=progress, **filters)
                 run = get_run(cur, run_id)
             data = with_sources(data, fmt, run["sources"], run.get("model_id"))
             return with_neuronpedia(data, fmt, {int(s["src"]): s["sae_id"] for s in run["sources"]})
         return make
 
-    def report() -> bytes:
+    def report(progress=None) -> bytes:
         with store.read() as cur, time_limit(cur, limit_s, "report"):
+            if progress:
+                progress(0.1, "summarising the run")
             return html_report(cur, run_id, metric=filters.get("metric", "sum")).encode("utf-8")
 
-    def package() -> bytes:
+    def package(progress=None) -> bytes:
         with store.read() as cur, time_limit(cur, limit_s, "results package"):
-            return results_package_bytes(cur, run_id)
+            return results_package_bytes(cur, run_id, progress)
 
     return {"parquet": pairs("parquet"), "csv": pairs("csv"), "html": report, "package": package}
 

@@ -21,8 +21,16 @@ import fra_core
 from fra_core import contracts
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig
 from fra_core.accumulate.stats import Examples, examples_table, merge, pairs_table
-from fra_core.accumulate.topm import ShardBuffer, effective_k, load_model_and_saes, run_sources, token_groups
+from fra_core.accumulate.topm import (
+    ShardBuffer,
+    effective_k,
+    load_model_and_saes,
+    record_feature_share,
+    run_sources,
+    token_groups,
+)
 from fra_core.fra.aggregate import PairCodec
+from fra_core.fra.share import add_sums, sides_share_sums
 
 
 def layer_dictionaries(refs: list[str], saes: list, layer: int) -> list[int]:
@@ -72,6 +80,7 @@ class AllPairsShard:
         self.marg: list[tuple[int, str, torch.Tensor, torch.Tensor]] = []  # (layer, side, run key, vals)
         self.nodes: dict[tuple[int, str], tuple[list[str], torch.Tensor]] = {}
         self.err: dict[int, torch.Tensor] = {}  # layer → [head_index, 2]: max |error|, max |score|
+        self.share: dict[int, dict] = {p.layer: {} for p in runner.plans}  # layer → head → [Σ|F|, Σ|N|]
 
     def arrow(self, codec: PairCodec, layer: int) -> dict[str, pa.Table]:
         out = self.base.arrow(codec, layer)  # samples, features, feature_tokens (no pair tables here)
@@ -177,6 +186,8 @@ class AllPairsRunner:
         info = contracts.read_run_info(job_dir)
         detail = _max_detail(info.get("completeness_detail", {}), self.detail)
         contracts.write_run_info(job_dir, {**info, "completeness": _ratios(detail), "completeness_detail": detail})
+        if buf.samples:
+            record_feature_share(job_dir, buf.samples[0][0] // self.cfg.shard_size, buf.share)
         bad = {(L, h): r for L, hs in self.completeness.items() for h, r in hs.items() if not r <= LIMIT}
         if bad:
             (L, h), r = max(bad.items(), key=lambda kv: kv[1])
@@ -193,6 +204,8 @@ class AllPairsRunner:
                 bs = allpairs_batch(model, tokens, plan.layer, plan.heads, plan.qd, plan.kd, self.options,
                                     plan.projectors)
                 self._add_pairs(buf, plan, bs, ids, tokens.shape[1])
+                add_sums(buf.share[plan.layer], sides_share_sums(plan.heads, *bs.sides[:4], bs.sides[5], self.options,
+                                                                 float(model.blocks[plan.layer].attn.attn_scale)))
                 self._add_marginals(buf, plan, bs, batch_marginals(model, plan.layer, bs, plan.projectors, self.options))
                 for side, src_map in ((bs.sides[0], plan.q_map), (bs.sides[1], plan.k_map)):
                     new = set(src_map) - counted

@@ -130,7 +130,8 @@ def prepare(cfg: AccumulateFRAConfig, model=None, q_saes=None, k_saes=None):
 def start_run_info(job_dir: Path, info: dict) -> None:
     """run.json for a (re)started run: the runner's `run_info()`, keeping what earlier processes measured."""
     previous = contracts.read_run_info(job_dir)
-    kept = {k: previous[k] for k in ("completeness", "completeness_detail") if k in previous}
+    kept = {k: previous[k] for k in ("completeness", "completeness_detail", "feature_share", "feature_share_parts")
+            if k in previous}
     contracts.write_run_info(job_dir, {**info, **kept})
 
 

@@ -131,6 +131,7 @@ class ShardBuffer:
         self.feature_tokens, self.token_str = FeatureTokenCounter(d_max, d_vocab), token_str
         self.k = examples_per_pair
         self.acts = FeatureActCollector(d_max)
+        self.share: dict[int, list[float]] = {}  # head → [Σ|F|, Σ|N|] (fra_core.fra.share)
 
     def add(self, table, ex: Examples | None, inverse=None) -> None:
         self.tables.append(table)
@@ -199,6 +200,9 @@ def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_sae
     kd = k_saes[0] if len(k_saes) == 1 else k_saes
     for ids, tokens in token_groups(model, items, cfg, buf):
         res = compute_fra(model, tokens, cfg.layer, heads, qd, kd, options)
+        from fra_core.fra.share import add_sums, share_sums
+
+        add_sums(buf.share, share_sums(res))  # the feature×feature share of |score|, summed per head
         if completeness is not None and not completeness:
             from fra_core.fra.completeness import CompletenessError, check
 
@@ -233,6 +237,20 @@ def record_completeness(job_dir: Path, measured: dict) -> None:
     info = contracts.read_run_info(job_dir)
     if measured and merge(info.get("completeness"), measured) != info.get("completeness"):
         contracts.write_run_info(job_dir, {**info, "completeness": merge(info.get("completeness"), measured)})
+
+
+def record_feature_share(job_dir: Path, part: int, sums: dict) -> None:
+    """Store one shard's {layer: {head: [Σ|F|, Σ|N|]}} under run.json's "feature_share_parts" (keyed by shard,
+    so a recomputed shard replaces its own part) and the run's "feature_share" {"<layer>": {"<head>": share}}
+    (`fra_core.fra.share`: |feature×feature| / (|feature×feature| + |the rest|) of the scores)."""
+    from fra_core.fra.share import merge_parts
+
+    if not any(sums.values()):
+        return
+    info = contracts.read_run_info(job_dir)
+    parts = {**info.get("feature_share_parts", {}),
+             str(part): {str(L): {str(h): list(v) for h, v in per.items()} for L, per in sums.items()}}
+    contracts.write_run_info(job_dir, {**info, "feature_share_parts": parts, "feature_share": merge_parts(parts)})
 
 
 class TopMRunner:
@@ -273,6 +291,8 @@ class TopMRunner:
         measured = dict(self.completeness)
         share = measured.pop("_truncation_share", None)
         record_completeness(job_dir, measured)
+        if buf.samples:
+            record_feature_share(job_dir, buf.samples[0][0] // self.cfg.shard_size, {self.cfg.layer: buf.share})
         if share is not None:  # k_active capped K: the truncation node's share of mean |score|, per layer
             info = contracts.read_run_info(job_dir)
             shares = {**info.get("truncation_share", {}), str(self.cfg.layer): max(

@@ -216,4 +216,10 @@ def frozen_scales(model, layer: int, dicts) -> list[str]:
     for d in dicts:
         if d.kind == "hook_z":
             out += [h for h in post_norm_hooks(model, d.layers) if h not in out]
+        for sae, hook in zip(d.saes, d.hook_names):  # an SAE's own per-token input normalisation (upstream.py)
+            norm = getattr(sae.cfg, "normalize_activations", "none")
+            label = f"the {norm} scale of {hook}'s SAE input"
+            if norm in ("layer_norm", "constant_norm_rescale") and "transcoder" not in str(sae.cfg.architecture()) \
+                    and label not in out:
+                out.append(label)
     return out

@@ -20,13 +20,14 @@ from collections.abc import Sequence
 
 import torch
 
-from fra_core.fra import arch
+from fra_core.fra import arch, upstream
 from fra_core.fra.blocks import block_values, merge_top_n, top_m_cells, top_n_block
 from fra_core.fra.guard import check_model_supported
 from fra_core.fra.options import FRAInputError, FRAOptions, check_layer_heads, check_tokens
 from fra_core.fra.precision import float32_model, is_half
 from fra_core.fra.result import FRAResult, transform
-from fra_core.fra.sides import HOOK_Z, build_side, cache_hooks, encode, parse_dictionary
+from fra_core.fra.sides import _encoded as encoded_source  # the one per-kind encoder dispatch
+from fra_core.fra.sides import build_side, cache_hooks, parse_dictionary
 
 ENTRY_FIELDS = ("batch", "head", "query_pos", "key_pos", "q_source", "q_feature", "k_source", "k_feature", "value")
 # int32 columns (half the memory of int64: 12.5 M entries at T = 512): cast with .long() before
@@ -59,7 +60,8 @@ def run_sides(model, tokens, layer: int, heads, q_dict, k_dict, k_active: int | 
             raise FRAInputError(f"the model's own forward pass failed (TransformerLens): {exc}") from exc
         arch.check_clip(model, cache, layer)
         enc_cache: dict = {}
-        kq, kk = (k_active, k_active) if k_active is not None else (all_active_k(cache, d, enc_cache) for d in (qd, kd))
+        kq, kk = ((k_active, k_active) if k_active is not None
+                  else (all_active_k(model, cache, d, enc_cache) for d in (qd, kd)))
         q_side = build_side(model, cache, layer, qd, "Q", heads, kq, enc_cache)
         k_side = build_side(model, cache, layer, kd, "K", heads, kk, enc_cache)
     scores = cache[f"blocks.{layer}.attn.hook_attn_scores"][:, heads]
@@ -67,20 +69,27 @@ def run_sides(model, tokens, layer: int, heads, q_dict, k_dict, k_active: int | 
     return model, tokens, heads, q_side, k_side, scores, pattern, [qd, kd]
 
 
-def all_active_k(cache, dic, enc_cache: dict) -> int:
+def all_active_k(model, cache, dic, enc_cache: dict) -> int:
     """K that keeps every active feature of a side: max over [batch, pos] of Σ_sources L0.
 
-    Encodes each source once with k = None (all its active features) into `enc_cache`, the cache that
-    `build_side` reads, so the side's top-K selection over the sources' candidates keeps them all.
+    Encodes each source once into `enc_cache`, the cache that `build_side` reads, keeping all its active
+    features (plain SAEs: k = None; dictionaries encoded by `upstream.encode_source` — transcoders,
+    normalised inputs — keep their hard bound k of a TopK, else every column), so the side's top-K over
+    the sources' candidates keeps them all.
     """
     l0 = 0
-    for sae, hook in zip(dic.saes, dic.hook_names):
-        key = (id(sae), hook)
-        if key not in enc_cache:
-            x = cache[hook].flatten(-2) if dic.kind == HOOK_Z else cache[hook]
-            enc_cache[key] = encode(sae, x, None)
-        l0 = l0 + enc_cache[key].l0
+    for s, sae in enumerate(dic.saes):
+        kind = dic.kinds[s] if getattr(dic, "kinds", None) else None
+        plain = kind != upstream.TRANSCODER and getattr(sae.cfg, "normalize_activations", "none") == "none"
+        bound = getattr(sae.cfg, "k", None) if _is_topk(sae) else None
+        k = None if plain else (bound if isinstance(bound, int) and bound > 0 else int(sae.cfg.d_sae))
+        l0 = l0 + encoded_source(model, cache, dic, s, k, enc_cache).l0
     return max(1, int(l0.max()))
+
+
+def _is_topk(sae) -> bool:
+    arch_name = getattr(sae.cfg, "architecture", None)
+    return (arch_name() if callable(arch_name) else arch_name) == "topk"
 
 
 def attention_mask(model, T: int, device=None, *, layer: int) -> torch.Tensor:

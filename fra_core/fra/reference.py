@@ -17,8 +17,8 @@ import torch
 
 from fra_core.fra import arch
 from fra_core.fra.engine import attention_mask, selection_mask
-from fra_core.fra.options import FRAOptions, check_layer_heads, check_tokens
-from fra_core.fra.sides import HOOK_Z, NORMALIZED, cache_hooks, parse_dictionary, sae_decoder
+from fra_core.fra.options import FRAInputError, FRAOptions, check_layer_heads, check_tokens
+from fra_core.fra.sides import HOOK_Z, NORMALIZED, RESID, cache_hooks, parse_dictionary, sae_decoder
 
 F64 = torch.float64
 
@@ -156,6 +156,11 @@ def reference_fra(model, tokens, layer, heads=None, q_dict=None, k_dict=None, op
     tokens, heads = check_tokens(tokens), check_layer_heads(model, layer, heads)
     k_dict = q_dict if k_dict is None else k_dict
     qd, kd = parse_dictionary(model, layer, q_dict), parse_dictionary(model, layer, k_dict)
+    for d in (qd, kd):  # the reference models plain SAEs and hook_z lists; the rest is checked by completeness
+        norms = [getattr(s.cfg, "normalize_activations", "none") for s in d.saes]
+        if d.kind not in (HOOK_Z, NORMALIZED, RESID) or any(n != "none" for n in norms):
+            raise FRAInputError(f"reference_fra does not model dictionary kind {d.kind!r} (normalize_activations="
+                                f"{norms}): attn_out / mlp_out / transcoder sources are checked by completeness")
     names = cache_hooks(model, layer, [qd, kd])
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)

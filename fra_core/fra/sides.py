@@ -14,9 +14,13 @@ the constant pieces b W_Q[h] ("ln1.b") and b_Q[h] ("bias") are nodes too. Their 
 Dictionary kinds (by `sae.cfg.metadata.hook_name`):
 - `blocks.L.ln1.hook_normalized`: x = P x_resid / σ already (TL hooks it before ⊙ w + b): no 1/σ, no P.
 - `blocks.L.hook_resid_pre`: P and 1/σ applied (σ frozen at its actual value).
-- a list of `blocks.l.attn.hook_z` SAEs (l < L): resid_pre = embed + pos_embed + Σ_l attn_out_l
-  + Σ_l mlp_out_l, and attn_out_l = (Σ_f a_f W_dec[f] + b_dec + err) · W_O[l] + b_O[l] for a layer
-  with a dictionary; feature f of layer l writes W_dec[f].view(n_heads, d_head) · W_O[l].
+- a list of upstream dictionaries of layers l < L (`upstream.py`): `blocks.l.attn.hook_z` SAEs (kind
+  "hook_z" when all are), `blocks.l.hook_attn_out` / `blocks.l.hook_mlp_out` SAEs and transcoders writing
+  `blocks.l.hook_mlp_out` (kind "upstream"): resid_pre = embed + pos_embed + Σ_l attn_out_l + Σ_l mlp_out_l
+  with each output that has a dictionary opened into features and named nodes; feature f of a hook_z SAE of
+  layer l writes W_dec[f].view(n_heads, d_head) · W_O[l], any other feature writes its W_dec[f] (d_model).
+A single SAE whose input is normalised per token (`layer_norm`, `constant_norm_rescale`) has its frozen
+scale c_i in its coefficients and b_dec node, and its mean as an "ln_mean" node (`upstream.token_scale`).
 """
 
 from __future__ import annotations
@@ -26,21 +30,24 @@ from collections.abc import Callable
 
 import torch
 
-from fra_core.fra import arch
+from fra_core.fra import arch, upstream
 from fra_core.fra.options import FRAInputError
 from fra_core.fra.rowcache import projected_rows
 
-NORMALIZED, RESID, HOOK_Z = "normalized", "resid_pre", "hook_z"
+NORMALIZED, RESID, HOOK_Z, UPSTREAM = "normalized", "resid_pre", "hook_z", "upstream"
+LISTS = (HOOK_Z, UPSTREAM)  # kinds made of upstream dictionaries
 
 
 @dataclasses.dataclass
 class Dictionary:
-    """A parsed dictionary side: kind, the SAEs, their source layers and hook names."""
+    """A parsed dictionary side: kind, the SAEs, their source layers and (input) hook names; `kinds` the
+    source kind of each SAE of an upstream list (`upstream.HOOK_Z`, ATTN_OUT, MLP_OUT, TRANSCODER)."""
 
     kind: str
     saes: list
     layers: list[int]
     hook_names: list[str]
+    kinds: list[str] | None = None
 
 
 def sae_decoder(sae) -> torch.Tensor:
@@ -52,17 +59,16 @@ def sae_decoder(sae) -> torch.Tensor:
 
 
 def _check_sae(sae, hook: str, d_expected: int) -> None:
-    norm = getattr(sae.cfg, "normalize_activations", "none")
-    if norm != "none":
-        raise FRAInputError(
-            f"SAE on {hook} uses normalize_activations={norm!r}; fold the normalisation first "
-            "(sae.fold_activation_norm_scaling_factor) so that x = acts @ W_dec + b_dec + error")
+    if upstream.is_transcoder(sae):
+        raise FRAInputError(f"a transcoder (input {hook}) is an upstream dictionary of the layers after "
+                            f"its MLP: pass it in a list of upstream dictionaries")
+    upstream.check_norm(sae, hook, per_token_ok=True)
     if sae.cfg.d_in != d_expected:
         raise FRAInputError(f"SAE on {hook} has d_in={sae.cfg.d_in} but the hook has {d_expected} dims")
 
 
 def parse_dictionary(model, layer: int, dictionary) -> Dictionary:
-    """Classify an SAE (or a list of upstream hook_z SAEs) as a side of layer `layer`."""
+    """Classify an SAE (or a list of upstream dictionaries, `upstream.parse_sources`) as a side of layer `layer`."""
     cfg = model.cfg
     saes = list(dictionary) if isinstance(dictionary, (list, tuple)) else [dictionary]
     if not saes:
@@ -78,23 +84,12 @@ def parse_dictionary(model, layer: int, dictionary) -> Dictionary:
                 f"original_architecture={cfg.original_architecture!r}): use a hook_resid_pre SAE")
         _check_sae(saes[0], hooks[0], cfg.d_model)
         return Dictionary(kind, saes, [layer], hooks)
-    layers = []
-    for sae, hook in zip(saes, hooks):
-        parts = (hook or "").split(".")
-        if len(parts) != 4 or parts[0] != "blocks" or parts[2:] != ["attn", "hook_z"] or not parts[1].isdigit():
-            raise FRAInputError(
-                f"SAE hook {hook!r} cannot sit on layer {layer}'s head input: use blocks.{layer}.ln1.hook_normalized, "
-                f"blocks.{layer}.hook_resid_pre (= blocks.{layer - 1}.hook_resid_post), or a list of "
-                f"blocks.l.attn.hook_z SAEs with l < {layer}")
-        if int(parts[1]) >= layer:
-            raise FRAInputError(f"hook_z SAE {hook} is not upstream of layer {layer} (needs l < {layer})")
-        _check_sae(sae, hook, cfg.n_heads * cfg.d_head)
-        if getattr(sae, "hook_z_reshaping_mode", False) and getattr(sae, "d_head", None) is None:
+    kinds, layers, hooks = upstream.parse_sources(model, layer, saes)
+    for sae, kind in zip(saes, kinds):
+        if kind == upstream.HOOK_Z and getattr(sae, "hook_z_reshaping_mode", False) and getattr(sae, "d_head", None) is None:
             sae.d_head = cfg.d_head  # SAELens only learns d_head from its first 4-D input
-        layers.append(int(parts[1]))
-    if len(set(layers)) != len(layers):
-        raise FRAInputError(f"two hook_z SAEs for the same layer: {hooks}")
-    return Dictionary(HOOK_Z, saes, layers, hooks)
+    kind = HOOK_Z if all(k == upstream.HOOK_Z for k in kinds) else UPSTREAM
+    return Dictionary(kind, saes, layers, hooks, kinds)
 
 
 def cache_hooks(model, layer: int, dicts: list[Dictionary]) -> set[str]:
@@ -107,16 +102,11 @@ def cache_hooks(model, layer: int, dicts: list[Dictionary]) -> set[str]:
     if model.cfg.positional_embedding_type == "shortformer":
         names.add("hook_pos_embed")  # added to the q/k input only (not to the residual stream)
     for d in dicts:
-        names.update(d.hook_names)
-        if d.kind == HOOK_Z:
-            names.update(arch.post_norm_hooks(model, d.layers))
-            names.add("hook_embed")
-            if model.cfg.positional_embedding_type == "standard":
-                names.add("hook_pos_embed")
-            for l in range(layer):
-                names.add(f"blocks.{l}.hook_attn_out")
-                if not model.cfg.attn_only:
-                    names.add(f"blocks.{l}.hook_mlp_out")
+        if d.kind in LISTS:
+            names.update(arch.post_norm_hooks(model, d.layers) if d.kind == HOOK_Z else [])
+            names.update(upstream.cache_names(model, layer, d.hook_names))
+        else:
+            names.update(d.hook_names)
     return names
 
 
@@ -236,12 +226,14 @@ def side_maps(model, layer: int, dic: Dictionary, which: str, heads: list[int]):
     W, b_term, bias = head_weights(model, layer, which, heads)
     # P v · W = v · (P W): mean-centring the residual input = centring W over d_model.
     M_res = W - W.mean(0, keepdim=True) if arch.input_norm(model) in ("LN", "LNPre") else W
-    if dic.kind == HOOK_Z:
+    if dic.kind in LISTS:
         W_O = model.W_O.detach()  # [layer, head_index, d_head, d_model]: z (head-major) → residual
         # a post-attention RMS norm of layer l multiplies the raw output by its gain (σ applied per position)
         posts = [arch.post_norm_weight(model, l) for l in dic.layers]
+        # hook_z: W_O[l] then M_res; attn_out / mlp_out SAEs and transcoders write d_model rows: M_res
+        kinds = dic.kinds or [upstream.HOOK_Z] * len(dic.saes)
         maps = [torch.einsum("hem,mkf->hekf", W_O[l] * (1 if w is None else w), M_res).flatten(0, 1)
-                for l, w in zip(dic.layers, posts)]
+                if kind == upstream.HOOK_Z else M_res for l, w, kind in zip(dic.layers, posts, kinds)]
     else:
         maps = [W if dic.kind == NORMALIZED else M_res]
     return maps, M_res, b_term, bias
@@ -258,13 +250,7 @@ def build_side(model, cache, layer: int, dic: Dictionary, which: str, heads: lis
         inv_sigma = 1.0 / cache[f"blocks.{layer}.ln1.hook_scale"]  # [batch, pos, 1]
     else:
         inv_sigma = torch.ones(batch, pos, 1, dtype=scores.dtype, device=scores.device)
-    encs = []
-    for sae, hook in zip(dic.saes, dic.hook_names):
-        key = (id(sae), hook)
-        if key not in enc_cache:
-            x = cache[hook].flatten(-2) if dic.kind == HOOK_Z else cache[hook]
-            enc_cache[key] = encode(sae, x, k)
-        encs.append(enc_cache[key])
+    encs = [_encoded(model, cache, dic, s, k, enc_cache) for s in range(len(dic.saes))]
     offsets = [0]
     for sae in dic.saes:
         offsets.append(offsets[-1] + sae.cfg.d_sae)
@@ -296,6 +282,26 @@ def build_side(model, cache, layer: int, dic: Dictionary, which: str, heads: lis
     max_l0 = int(sum(e.l0 for e in encs).max())  # active features per position, all sources together
     return Side(dic.kind, dic.hook_names, offsets, ids, acts * inv_sigma, rows, row_of, names, nodes,
                 max_l0, k, rotate, head_scale)
+
+
+def _encoded(model, cache, dic: Dictionary, s: int, k: int, enc_cache: dict):
+    """Source s's activations (cached per engine call): `encode` for plain SAEs, `upstream.encode_source` for
+    transcoders (input ≠ output hook) and SAEs with a per-token input normalisation."""
+    sae, hook = dic.saes[s], dic.hook_names[s]
+    key = (id(sae), hook)
+    if key not in enc_cache:
+        kind = dic.kinds[s] if dic.kinds else None
+        if kind == upstream.HOOK_Z:
+            enc_cache[key] = encode(sae, cache[hook].flatten(-2), k)
+        elif kind == upstream.TRANSCODER:
+            x_out = cache[upstream.transcoder_out_hook(sae)]
+            enc_cache[key] = upstream.encode_source(sae, upstream.source_input(model, cache, hook), x_out, k,
+                                                    sae_decoder)
+        elif getattr(sae.cfg, "normalize_activations", "none") != "none":
+            enc_cache[key] = upstream.encode_source(sae, cache[hook], cache[hook], k, sae_decoder)
+        else:
+            enc_cache[key] = encode(sae, cache[hook], k)
+    return enc_cache[key]
 
 
 def _post_scales(model, cache, dic, batch: int, pos: int, like) -> torch.Tensor | None:
@@ -345,32 +351,14 @@ def _nodes(model, cache, layer, dic, encs, maps, M_res, ids, acts, offsets, post
         kept = torch.einsum("bpk,bpkd->bpd", acts * mine, sae_decoder(sae).to(acts.dtype)[local])
         scale = 1.0 if post is None else post[s]
         trunc = trunc + _project(enc.recon * scale - kept, M)  # acts (hence kept) already carry the scale
-    if dic.kind != HOOK_Z:
+    if dic.kind not in LISTS:
         enc, M = encs[0], maps[0]
-        b_dec = dic.saes[0].b_dec.detach().to(M.dtype)
-        return ["sae_error", "b_dec", "truncation"], [
-            _project(enc.error, M), _project(b_dec, M).expand_as(trunc), trunc]
-    names, vecs = ["embed"], [_project(cache["hook_embed"], M_res)]
-    if model.cfg.positional_embedding_type == "standard":
-        names.append("pos_embed")
-        vecs.append(_project(cache["hook_pos_embed"], M_res).expand_as(vecs[0]))
-    by_layer = dict(zip(dic.layers, range(len(dic.layers))))
-    for l in range(layer):
-        if l in by_layer:
-            s = by_layer[l]
-            b_dec = dic.saes[s].b_dec.detach().to(M_res.dtype)
-            w = arch.post_norm_weight(model, l)
-            b_O = model.blocks[l].attn.b_O.detach() * (1 if w is None else w)
-            inv = 1.0 if post is None else post[s][..., None]  # [batch, pos, 1, 1]
-            names += [f"sae_error.l{l}", f"b_dec.l{l}", f"b_O.l{l}"]
-            vecs += [_project(encs[s].error, maps[s]) * inv, (_project(b_dec, maps[s]) * inv).expand_as(vecs[0]),
-                     (_project(b_O, M_res) * inv).expand_as(vecs[0])]
-        else:
-            names.append(f"attn_out.l{l}")
-            vecs.append(_project(cache[f"blocks.{l}.hook_attn_out"], M_res))
-        if not model.cfg.attn_only:
-            names.append(f"mlp_out.l{l}")
-            vecs.append(_project(cache[f"blocks.{l}.hook_mlp_out"], M_res))
+        b_dec = _project(dic.saes[0].b_dec.detach().to(M.dtype), M)
+        scale, mean = getattr(enc, "b_dec_scale", None), getattr(enc, "mean", None)
+        names = ["sae_error", "b_dec"] + (["ln_mean"] if mean is not None else []) + ["truncation"]
+        vecs = [_project(enc.error, M), b_dec.expand_as(trunc) if scale is None else b_dec * scale[..., None]]
+        return names, vecs + ([_project(mean, M)] if mean is not None else []) + [trunc]
+    names, vecs = upstream.nodes(model, cache, layer, dic, encs, maps, M_res, _project, post)
     return names + ["truncation"], vecs + [trunc]
 
 

@@ -210,12 +210,23 @@ def train_model(cfg: TrainRestorationConfig, train_rows: Sequence[dict], val_row
         val = validation(model, val_rows, device, cfg.batch_size)
         progress.log_metrics(step, **val)
         best = _keep_best(cfg, model, val, step, best)
-    summary = {"steps": step, "train_s": time.time() - t0, "budget_clock_s": clock() - c0,
+    budget_hit = step < cfg.max_steps  # the loop ends at max_steps or when the budget's clock runs out
+    summary = {"steps": step, "max_steps": cfg.max_steps, "stopped_by": "time_budget" if budget_hit else "max_steps",
+               "stop_reason": stop_reason(cfg, step), "train_s": time.time() - t0, "budget_clock_s": clock() - c0,
                "final_loss": history[-1]["loss"] if history else None, "history": history[-200:], **val}
     if best is not None and best[1] != step:
         model.load_state_dict(best[2])
         summary.update(best[3], best_step=best[1])
     return model.eval(), summary
+
+
+def stop_reason(cfg: TrainRestorationConfig, steps: int) -> str:
+    """Why training ended after `steps`, in words (the time budget, or all `max_steps` done)."""
+    if steps < cfg.max_steps:
+        clock = "CPU" if cfg.budget_clock == "cpu" else "wall-clock"
+        return (f"stopped by the time budget ({cfg.time_budget_s:g} s {clock}) after {steps:,} of "
+                f"{cfg.max_steps:,} steps")
+    return f"all {cfg.max_steps:,} steps done"
 
 
 def _keep_best(cfg: TrainRestorationConfig, model, val: dict, step: int, best):
@@ -271,11 +282,14 @@ def _train_evaluate_save(cfg: TrainRestorationConfig, progress, workspace: Works
     progress.update(0, cfg.max_steps, message=f"training on {len(train_rows)} examples", force=True)
     model, summary = train_model(cfg, train_rows, val_rows, vocab.size, dcfg["max_len"], mask_settings,
                                  progress, device)
-    progress.update(summary["steps"], cfg.max_steps, message="evaluating on the test split", force=True)
+    # under a time budget the steps that ran are the whole job: the bar ends full and says why it stopped
+    total = summary["steps"] if summary["stopped_by"] == "time_budget" else cfg.max_steps
+    progress.update(summary["steps"], total, message=f"{summary['stop_reason']}; evaluating on the test split",
+                    force=True, stop_reason=summary["stop_reason"])
     if cfg.ngram_order:
         ngram = fit_ngram(train_rows, cfg.ngram_order, vocab.size)
     else:
-        progress.update(summary["steps"], cfg.max_steps, message="choosing the n-gram order", force=True)
+        progress.update(summary["steps"], total, message="choosing the n-gram order", force=True)
         ngram = select_ngram(train_rows, list(dsd["validation"]), vocab.size)
     report = evaluate(model, test_rows, ngram, device, cfg.batch_size)
     result = {"name": cfg.name, "config": cfg.to_dict(), "config_hash": cfg.config_hash(), "dataset": cfg.dataset,
@@ -284,7 +298,7 @@ def _train_evaluate_save(cfg: TrainRestorationConfig, progress, workspace: Works
     _write_outputs(out_dir, model, vocab, result, cfg.overwrite)
     result["checkpoint"] = str(out_dir / CHECKPOINT_FILE)
     if cfg.convert:
-        progress.update(summary["steps"], cfg.max_steps, message="converting to TransformerLens", force=True)
+        progress.update(summary["steps"], total, message="converting to TransformerLens", force=True)
         result.update(_convert(model, vocab, test_rows, model_dir, result, cfg.overwrite))
     result["wall_s"] = time.time() - t0
     return {k: v for k, v in result.items() if k != "config"}

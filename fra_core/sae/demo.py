@@ -10,9 +10,15 @@
 - ``demo-l0-hook-z`` on ``blocks.0.attn.hook_z`` (head-major flattened, d_in = 4 x 16): the upstream
   features side (what layer 0's heads write); mostly "previous token was A" features of the
   previous-token heads (1.2 M tokens as well: at 77 k tokens it had almost none and EV 0.67).
+- ``demo-l0-ln1`` on ``blocks.0.ln1.hook_normalized``: layer 0's head input, LN(token embedding +
+  position), so the previous-token head (L0H3) can be explored: its features are "current token = A" and
+  position features, and the head's top pair in each query row sits at key = query − 1 (a position ×
+  position pair) on ~80 % of rows. d_sae = 256 (EV 0.93, 21 % dead on held-out tokens); 384 gave EV 0.97
+  but 34 % dead and 768 gave 0.99 but 58 % dead (more features than token × position structure needs),
+  above the SAE page's 30 % dead warning.
 
-Both are trained by `fra_core.sae.train.run_train_sae` (the code the UI's jobs run), deterministically.
-`scripts/build_demo_saes.py` writes them to ``fra_core/assets/demo_saes/`` (shipped, < 2 MB each);
+All are trained by `fra_core.sae.train.run_train_sae` (the code the UI's jobs run), deterministically.
+`scripts/build_demo_saes.py` writes them to ``fra_core/assets/demo_saes/`` (shipped, < 1 MB each);
 `ensure_demo_saes` copies the shipped folders into the workspace, or trains them there if missing.
 """
 
@@ -36,6 +42,10 @@ DEMO_SAE_CONFIGS: dict[str, TrainSAEConfig] = {
         model="demo", hook_name="blocks.0.attn.hook_z", architecture="topk", k=3, d_sae=512,
         training_tokens=1_228_800, lr=3e-3, train_batch_size_tokens=512, context_size=64, n_batches_in_buffer=16,
         dataset="demo", n_texts=4000, output_name="demo-l0-hook-z", device="cpu", seed=0, log_every=20),
+    "demo-l0-ln1": TrainSAEConfig(
+        model="demo", hook_name="blocks.0.ln1.hook_normalized", architecture="topk", k=3, d_sae=256,
+        training_tokens=1_228_800, lr=3e-3, train_batch_size_tokens=512, context_size=64, n_batches_in_buffer=16,
+        dataset="demo", n_texts=4000, output_name="demo-l0-ln1", device="cpu", seed=0, log_every=20),
 }
 
 

@@ -64,17 +64,35 @@ def hook_width(model, hook_name: str) -> int:
     return math.prod(hook_input_shape(model, hook_name))
 
 
+def _mlp_input_alias(model, hook: str) -> str:
+    """``blocks.l.mlp.hook_in`` (TransformerBridge naming, e.g. mwhanna transcoders) is the MLP's input; on a
+    HookedTransformer the hook of the same width is ``blocks.l.ln2.hook_normalized`` (or ``hook_resid_mid``)."""
+    parts = hook.split(".")
+    if hook in model.hook_dict or len(parts) != 4 or parts[0] != "blocks" or parts[2:] != ["mlp", "hook_in"]:
+        return hook
+    for alias in (f"blocks.{parts[1]}.ln2.hook_normalized", f"blocks.{parts[1]}.hook_resid_mid"):
+        if alias in model.hook_dict:
+            return alias
+    return hook
+
+
 def check_sae_fits_model(sae, model) -> str:
-    """Check the SAE's hook exists on `model` and that d_in equals the hook's width; returns the hook."""
+    """Check the SAE's hook exists on `model` and that d_in equals the hook's width (a transcoder's output
+    hook and d_out too); returns the (input) hook."""
     hook = sae.cfg.metadata.hook_name
     if not hook:
         raise SAECompatibilityError("the SAE does not record its hook name (cfg.metadata.hook_name)")
-    shape = hook_input_shape(model, hook)
-    width = math.prod(shape)
-    if sae.cfg.d_in != width:
-        raise SAECompatibilityError(
-            f"SAE d_in={sae.cfg.d_in} does not match hook {hook!r} on this model: its activations are "
-            f"{list(shape)} (width {width})")
+    checks = [(hook, _mlp_input_alias(model, hook), "d_in", sae.cfg.d_in)]
+    if hasattr(sae.cfg, "d_out") and getattr(sae.cfg.metadata, "hook_name_out", None):
+        out = sae.cfg.metadata.hook_name_out
+        checks.append((out, out, "d_out", sae.cfg.d_out))
+    for name, actual, what, dim in checks:
+        shape = hook_input_shape(model, actual)
+        width = math.prod(shape)
+        if dim != width:
+            raise SAECompatibilityError(
+                f"SAE {what}={dim} does not match hook {name!r} on this model: its activations are "
+                f"{list(shape)} (width {width})")
     return hook
 
 

@@ -176,6 +176,7 @@ def test_06_pair_table_filters(app_server, page):
         pytest.skip("needs the accumulation run of step 5")
     go_to(page, "pair_tables", "Pair tables")
     assert_no_errors(page, "the Pair tables page")
+    fill_input(page, "Min count", 1)  # an 8-sample run: count every pair (the default leaves out pairs in < 5 cells)
     fill_input(page, "Rows", 10_000)
     everything = caption_number(page, PAIRS_SHOWN)
     assert everything > 0
@@ -203,8 +204,11 @@ def test_07_download_filtered_pairs_csv(app_server, page, tmp_path):
     with rerun(page):
         page.get_by_text("Export", exact=True).click()
     assert_no_errors(page, "the Pair tables export view")
+    with rerun(page):  # built on a click, with a progress bar; then offered for download
+        page.get_by_role("button", name="Build Pairs (CSV)", exact=True).click()
+    expect(page.get_by_text("Pairs (CSV) ready:", exact=False).first).to_be_visible()
     with page.expect_download(timeout=120_000) as info:
-        page.get_by_role("button", name="Pairs (CSV)").click()
+        page.get_by_role("button", name=re.compile(r"^Download Pairs \(CSV\)")).click()
     download = info.value
     assert download.failure() is None, download.failure()
     assert download.suggested_filename.endswith("-pairs.csv"), download.suggested_filename

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_SAES = ("demo-l1-ln1", "demo-l0-hook-z")
+DEMO_SAES = ("demo-l1-ln1", "demo-l0-hook-z", "demo-l0-ln1")
 
 
 @functools.lru_cache(maxsize=1)

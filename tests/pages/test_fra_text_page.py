@@ -135,11 +135,44 @@ def test_bad_input_is_a_message(fra_ws):
     assert not at.exception and any("no SAE 'no-such-sae'" in e for e in errors(at)), errors(at)
 
 
-def test_layer_without_an_sae_is_a_message(fra_ws):
+def test_layer_0_and_back_on_the_demo(fra_ws):
+    """The demo ships a layer-0 head-input SAE: layer 0 offers and computes it; back at layer 1 the
+    picker offers the layer-1 SAEs (never stays on "custom refs…") and computes."""
     at = open_page(PAGE)
+    at.selectbox(key="fra_text_layer").set_value(0).run()
+    assert not at.exception and not errors(at), errors(at)
+    assert at.selectbox(key="fra_text_qsae").value == "demo-l0-ln1  (blocks.0.ln1.hook_normalized)"
+    assert float({m.label: m.value for m in at.metric}["Rel. error"]) < 1e-4
+    at.selectbox(key="fra_text_layer").set_value(1).run()
+    assert not at.exception and not errors(at), errors(at)
+    assert at.selectbox(key="fra_text_qsae").value.startswith("demo-l1-ln1")
+    assert float({m.label: m.value for m in at.metric}["Rel. error"]) < 1e-4
+
+
+def test_layer_without_an_sae_is_a_message_and_back(workspace):
+    """A model with an SAE on layer 1 only: layer 0 says so (the side falls to "custom refs…"); back at
+    layer 1 the side is the layer-1 SAE again, not the text field."""
+    from fra_core.models import save_local_model
+    from fra_core.models.tiny import make_tiny_model
+    from fra_core.models.tokenizers import build_tokenizer
+    from tests.fra_core.fra.helpers_fra import make_sae
+
+    vocab = [f"w{i}" for i in range(40)]
+    save_local_model(make_tiny_model(n_ctx=64, d_vocab=len(vocab) + 4), workspace.models / "one-sae",
+                     tokenizer=build_tokenizer(vocab, "word"))
+    make_sae(32, "blocks.1.ln1.hook_normalized", 48, kind="topk", k=4).save_model(str(workspace.saes / "l1-sae"))
+    at = open_page(PAGE)
+    at.selectbox(key="fra_text_model").set_value("one-sae").run()
     at.selectbox(key="fra_text_layer").set_value(0).run()
     assert not at.exception
     assert any("No SAE for layer 0" in e for e in errors(at)), errors(at)
+    assert at.selectbox(key="fra_text_qsae").value == "custom refs…"
+    at.selectbox(key="fra_text_layer").set_value(1).run()
+    assert not at.exception and not errors(at), errors(at)
+    assert at.selectbox(key="fra_text_qsae").value == "l1-sae  (blocks.1.ln1.hook_normalized)"
+    at.selectbox(key="fra_text_qsae").set_value("custom refs…").run()   # chosen on purpose: kept
+    at.selectbox(key="fra_text_layer").set_value(1).run()
+    assert at.selectbox(key="fra_text_qsae").value == "custom refs…"
 
 
 def test_long_text_on_a_workspace_model(workspace):

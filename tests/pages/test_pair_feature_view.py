@@ -55,6 +55,9 @@ def two_sae_ws(workspace):
 def _open() -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
     at.switch_page("pages/pair_tables.py")
+    # the job is built around the best pair by sum over every pair (the page's default is mean |FRA| with a
+    # min count of 5): rank as the job was built, through the URL as a shared link would
+    at.query_params.update({"pt_metric": "sum", "pt_min_count": "1"})
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -72,7 +75,7 @@ def test_top_pairs_show_short_source_names(two_sae_ws):
 
 def test_feature_view_opens_on_a_feature_with_pairs_in_the_picked_dictionary(two_sae_ws):
     at = _open()
-    top = at.dataframe[0].value.iloc[0]  # the best pair (Top pairs, default ranking)
+    top = at.dataframe[0].value.iloc[0]  # the best pair (Top pairs, by sum)
     at.radio(key="pt_view").set_value("Feature").run()
     assert not at.exception, [e.value for e in at.exception]
     picker = at.selectbox(key="pt_src")

@@ -29,10 +29,17 @@ def runs_ws(workspace):
     return workspace
 
 
-def _open(page: str = PAGE) -> AppTest:
+# the synthetic runs have few cells per pair: most tests count every pair (min count 1, set through the URL
+# as a shared link would); the default filters are tested on their own
+ALL_PAIRS = {"pt_min_count": "1"}
+
+
+def _open(page: str = PAGE, params: dict | None = None) -> AppTest:
     # switch before the first run: the router's default page (Models) would load the demo model
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
     at.switch_page(page)
+    for key, value in (ALL_PAIRS if params is None and page == PAGE else params or {}).items():
+        at.query_params[key] = value
     at.run()
     return at
 
@@ -47,12 +54,17 @@ def _top(at: AppTest):
 
 
 def test_select_run_filters_and_sort(runs_ws):
-    at = _open()
+    at = _open(params={})
     _ok(at)
     assert at.title[0].value == "Pair tables"
     assert {m.label for m in at.metric} >= {"Samples", "Unique pairs", "Self-pairs", "Occurrences"}
     runs = at.selectbox(key="pt_run")
     assert len(runs.options) == 2
+    # the default ranking: mean |FRA| per cell over pairs seen in >= 5 cells
+    assert (at.selectbox(key="pt_metric").value, at.number_input(key="pt_min_count").value) == ("mean_abs", 5)
+    df = _top(at)
+    assert len(df) >= 1 and (df["n"] >= 5).all() and df["value"].is_monotonic_decreasing
+    at.number_input(key="pt_min_count").set_value(1).run()
     df = _top(at)
     assert len(df) == 100 and df["value"].is_monotonic_decreasing
     for metric in ("mean", "max_abs", "count", "abs_sum", "mean_abs", "sum"):
@@ -117,10 +129,33 @@ def test_every_view_renders(runs_ws):
 
     at.radio(key="pt_view").set_value("Export").run()
     _ok(at)
-    buttons = at.get("download_button")
-    assert len(buttons) == 4, buttons
-    assert [b.proto.label for b in buttons] == ["Pairs (Parquet)", "Pairs (CSV)", "HTML report",
-                                                "Results package (.tar.gz)"]
+    assert [b.label for b in at.button if b.key.startswith("pt_build_")] == [
+        "Build Pairs (Parquet)", "Build Pairs (CSV)", "Build HTML report", "Build Results package (.tar.gz)"]
+    assert not at.get("download_button")  # nothing is built before a click
+
+
+def test_export_builds_with_progress_then_offers_the_file(runs_ws):
+    """A click builds the file inside a status with a progress bar ending full, then a Download button
+    holds exactly those bytes; other filters drop the built file (never a stale download)."""
+    at = _open()
+    at.radio(key="pt_view").set_value("Export").run()
+    at.button(key="pt_build_package").click().run()
+    _ok(at)
+    [status] = [e for e in at.get("status") if "Results package" in e.label]
+    assert "ready:" in status.label and (" MB in " in status.label or " kB in " in status.label), status.label
+    bars = [b.proto for b in at.get("progress")]
+    assert bars and bars[-1].value == 100 and bars[-1].text.startswith("done:")
+    [dl] = at.get("download_button")
+    assert dl.proto.label.startswith("Download Results package (.tar.gz)")
+    data = at.session_state["pt_export_package"][1]
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        assert "report.html" in {Path(n).name for n in tar.getnames()}
+    at.button(key="pt_build_csv").click().run()
+    _ok(at)
+    assert len(at.get("download_button")) == 2
+    at.number_input(key="pt_min_count").set_value(2).run()   # other filters: the built files are dropped
+    _ok(at)
+    assert not at.get("download_button")
 
 
 def test_export_bytes_are_valid(runs_ws):

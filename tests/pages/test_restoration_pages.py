@@ -143,3 +143,53 @@ def test_convert_page_bad_checkpoint(workspace, tmp_path):
     at.run()
     assert not at.exception and any("not a readable torch checkpoint" in e.value for e in at.error)
     assert [p for p in workspace.models.iterdir()] == []
+
+
+def test_time_budget_stop_is_explained_and_evaluate_follows_the_new_model(trained_ws):
+    """A run stopped by its time budget says so (bar full, "stopped by the time budget … after N of M
+    steps"), and the Evaluate tab switches from the old model to the newly trained one."""
+    import json
+
+    from fra_core import jobs
+
+    at = _page("restoration_train.py")
+    at.run()
+    assert at.selectbox(key="restoration_eval_pick").value == "tiny"
+    _set(at, "text_input", "Save as", "budgeted")
+    _set(at, "number_input", "Layers", 1)
+    _set(at, "number_input", "d_model", 16)
+    _set(at, "number_input", "Heads", 2)
+    _set(at, "number_input", "Max steps", 1_000_000)
+    _set(at, "number_input", "Time budget (s, 0 = none)", 2)
+    _set(at, "number_input", "n-gram baseline order", 3)
+    next(b for b in at.button if b.label == "Train").click()
+    at.run()
+    [job] = [j for j in jobs.list_jobs(trained_ws.jobs, "train-restoration")]
+    deadline = time.time() + 300
+    while jobs.job_status(job.path).get("state") not in ("done", "cancelled", "failed", "died"):
+        assert time.time() < deadline, jobs.job_status(job.path)
+        time.sleep(1)
+    status = jobs.job_status(job.path)
+    assert status["state"] == "done", status
+    steps = status["result"]["train"]["steps"]
+    assert 0 < steps < 1_000_000 and status["done"] == status["total"] == steps   # the bar ends full
+    at.run()
+    _ok(at)
+    wanted = f"stopped by the time budget (2 s wall-clock) after {steps:,} of 1,000,000 steps"
+    assert any(wanted in s.value for s in at.success), [s.value for s in at.success]
+    bars = at.get("progress")
+    assert bars and bars[0].proto.value == 100 and f"{steps:g} / {steps:g}" in bars[0].proto.text
+    assert at.selectbox(key="restoration_eval_pick").value == "budgeted"
+    new_eval = json.loads((trained_ws.root / "restoration" / "budgeted" / "result.json").read_text())["eval"]
+    top1 = next(m for m in at.metric if m.label == "top-1 (model)")
+    assert top1.value == f"{new_eval['model']['top1']:.3f}"
+    assert any(wanted in c.value for c in at.caption)
+
+
+def test_train_page_widgets_all_have_help(trained_ws):
+    from tests.pages.test_help_texts import _missing, _open, _widgets
+
+    at = _open("pages/restoration_train.py")
+    seen = _widgets(at)
+    assert len(seen) >= 15, sorted(seen)
+    assert not _missing(seen), _missing(seen)

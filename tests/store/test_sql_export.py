@@ -93,3 +93,30 @@ def test_results_package(filled):
     assert extract.execute("SELECT count(*) FROM pair_stats").fetchone()[0] == n_pairs
     assert extract.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
     assert "job: AccumulateFRAConfig" in (folder / "config.yaml").read_text()
+
+
+def test_exports_report_progress(filled):
+    """Each export calls progress(fraction, text): fractions in 0…1, never decreasing, ending at 1.0; the
+    package names every table it extracts and counts the bytes it compresses (up to all of them)."""
+    store, run, tmp = filled
+    for kind in ("package", "parquet", "csv"):
+        seen: list[tuple[float, str]] = []
+        record = seen.append
+        with store.read() as cur:
+            if kind == "package":
+                out = results_package(cur, run, tmp / "p.tar.gz", progress=lambda f, t, r=record: r((f, t)))
+                plain = results_package(cur, run, tmp / "plain.tar.gz")
+            else:
+                out = export_pairs(cur, run, tmp / f"p.{kind}", kind, progress=lambda f, t, r=record: r((f, t)))
+        fractions = [f for f, _ in seen]
+        assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] == 1.0, (kind, seen)
+        assert f"{out.stat().st_size / 1e6:,.1f} MB" in seen[-1][1]
+    with store.read() as cur:
+        seen = []
+        results_package(cur, run, tmp / "q.tar.gz", progress=lambda f, t: seen.append((f, t)))
+    texts = [t for _, t in seen]
+    assert any("extracting table pair_stats" in t for t in texts) and any("extracting table features" in t for t in texts)
+    compress = [t for t in texts if t.startswith("compressing:")]
+    assert len(compress) >= 7 and compress[-1].split(": ")[1].split(" of ")[0] == compress[-1].split(" of ")[1]
+    with tarfile.open(tmp / "q.tar.gz") as a, tarfile.open(plain) as b:  # same members as without progress
+        assert sorted(a.getnames()) == sorted(b.getnames())

@@ -178,7 +178,8 @@ def test_ensure_demo_saes_trains_copies_and_keeps(tiny_ws, tmp_path):
     from fra_core.workspace import Workspace
 
     ws, ref, data = tiny_ws
-    assert set(DEMO_SAE_CONFIGS) == {"demo-l1-ln1", "demo-l0-hook-z"}
+    assert set(DEMO_SAE_CONFIGS) == {"demo-l1-ln1", "demo-l0-hook-z", "demo-l0-ln1"}
+    assert DEMO_SAE_CONFIGS["demo-l0-ln1"].hook_name == "blocks.0.ln1.hook_normalized"
     assert DEMO_SAE_CONFIGS["demo-l1-ln1"].hook_name == "blocks.1.ln1.hook_normalized"
     assert DEMO_SAE_CONFIGS["demo-l0-hook-z"].hook_name == "blocks.0.attn.hook_z"
     configs = {"demo-a": small_cfg(data, output_name="demo-a", training_tokens=1024),
