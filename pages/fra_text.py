@@ -48,7 +48,7 @@ T = len(str_tokens)
 hi = result.heads.index(head)
 st.caption(f"{T} tokens · L{layer}H{head} · {result.n_entries:,} kept pairs · "
            f"max relative error of Σ terms: {result.completeness_error():.1e} · {fu.share_text(result, head)}"
-           + (f" · {result.assumptions()}" if result.assumptions() else ""))
+           + fu.k_note(result) + (f" · {result.assumptions()}" if result.assumptions() else ""))
 
 if every:
     st.subheader("All heads")

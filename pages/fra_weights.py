@@ -43,7 +43,7 @@ else:
         st.caption("Demo-language texts are made for the demo model; use 'my text' for other models.")
 fu.computed_on(texts)
 opts = {"exclude_diagonal": st.toggle("Exclude diagonal from the data ranking", True, key=f"{P}_diag"),
-        "k_active": 64, "top_m": None}
+        "k_active": None, "top_m": None}  # every active feature: nothing truncated
 
 
 @st.cache_resource(show_spinner="Ranking pairs by weights and by data…", max_entries=8)

@@ -152,11 +152,24 @@ def fra_options(prefix: str, validation: bool = False) -> dict:
     else:
         out["exclude_diagonal"] = False
     with st.expander("Advanced"):
-        out["k_active"] = int(st.number_input("Features kept per position (K)", 1, 4096, 64, key=f"{prefix}_k",
-                                              help="K ≥ the SAE's L0 is exact; smaller K moves the rest into "
-                                                   "the 'truncation' node."))
+        out["k_active"] = int(st.number_input("Features kept per position (K, 0 = all)", 0, 4096, 0, key=f"{prefix}_k",
+                                              help="0 (default) keeps every active feature: K = the largest L0 "
+                                                   "of the text, nothing truncated. A smaller K moves the rest "
+                                                   "into the 'truncation' node (its share is shown).")) or None
         out["top_m"] = int(st.number_input("Pairs kept per cell (top-m)", 1, 10_000, 16, key=f"{prefix}_m"))
     return out
+
+
+def k_note(result) -> str:
+    """' · K = 37 / 41 (every active feature)', or the cap and the truncation node's share of |score|."""
+    kq, kk = result.q_side.ids.shape[-1], result.k_side.ids.shape[-1]
+    if not result.truncated:
+        return f" · K = {kq} / {kk} per position (query / key; every active feature)"
+    from fra_core.fra.validate import error_budget
+
+    share = error_budget(result)["truncation_share"]
+    return (f" · K capped at {result.options.k_active} (the text has up to {max(result.q_side.max_l0, result.k_side.max_l0)} "
+            f"active): the truncation node carries {share:.1%} of |score|")
 
 
 def version(refs: tuple) -> tuple:

@@ -27,7 +27,7 @@ def request(info: dict[str, Any], example: Any, tokens: list[str]) -> None:
         "run": f"#{info['id']} {info['name']}",
         "options": {"_diag": not cfg.get("include_diagonal", False), "_bos": bool(cfg.get("exclude_bos_key")),
                     "_centre": bool(cfg.get("row_centre")), "_weight": bool(cfg.get("attention_weighted")),
-                    "_k": int(cfg.get("k_active", 64))}}
+                    "_k": int(cfg.get("k_active", 64))}}  # a run from before "0 = all" had 64
     st.switch_page(TARGET)
 
 

@@ -34,7 +34,16 @@ ACCUMULATE = {
     "acc_layers": "Several layers in one run (all their heads), e.g. 1, 2. Blank: the Layer above.",
     "acc_top_m": "(top-m statistics only) Per (query, key) cell, the m largest |FRA| feature pairs kept: the rest of the score is "
                  "counted in the cell's remainder, not as pairs.",
-    "acc_k_active": "At most this many active features per position and side (the largest activations).",
+    "acc_k_active": "0 (default) keeps every active feature: K per side = the largest number of active features "
+                    "at any position of the batch, so nothing is truncated. A number n caps K at the n largest "
+                    "activations per position and side; what it drops is the 'truncation' node, whose share of "
+                    "the score the run records.",
+    "acc_threads": "CPU threads of the job process (set before torch loads). 0 = auto: min(CPU cores, 4). On a "
+                   "busy machine fewer threads are often faster (1 thread ran a GPT-2 job ≈ 2.3× faster than 2 "
+                   "on a loaded 2-core box).",
+    "acc_min_pair_count": "Pairs seen fewer times than this within a shard are not stored (1 = store every pair). "
+                          "Their count, Σ FRA and Σ |FRA| are recorded per head in the run, so sums stay "
+                          "accountable; GPT-2 runs store millions of pairs seen once.",
     "acc_examples": "Example contexts kept per pair (the largest |FRA| occurrences), shown on the Pair tables "
                     "and openable in Single text FRA.",
     "acc_seed": "Seed of the text order (shuffled datasets) and of the sampled activations.",

@@ -83,6 +83,8 @@ def cli_main(argv: list[str]) -> int:
     if job_dir is None:
         job_dir = jobs.new_job_dir(Workspace.from_env().jobs, KIND, cfg)
     print(f"job folder: {job_dir}", flush=True)
+    for var, n in jobs.thread_env(job_dir).items():  # before torch loads; an explicit environment wins
+        os.environ.setdefault(var, n)
     # the traceback of a failure goes to the job's log; the terminal gets one line
     with open(job_dir / "log.txt", "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
         code = jobs.run_job_dir(job_dir)
@@ -91,6 +93,8 @@ def cli_main(argv: list[str]) -> int:
         print(f"error: {status.get('message', 'failed')} (details: {job_dir / 'log.txt'})", file=sys.stderr)
         return code
     result = status.get("result", {})
+    from fra_core.accumulate.run import fmt_rate
+
     print(f"done: {result.get('samples')} samples in {result.get('shards')} shards, "
-          f"{status.get('wall_s', 0):.1f} s", flush=True)
+          f"{status.get('wall_s', 0):.1f} s ({fmt_rate(result.get('samples_per_s') or 0.0)} after loading)", flush=True)
     return _ingest(job_dir) if args.ingest else 0

@@ -48,7 +48,14 @@ class AccumulateFRAConfig(JobConfig):
     dataset: see `fra_core.datasets` ('demo', a .txt/.jsonl path, 'disk:<folder>', 'hf:<name>').
     include_diagonal: record the query = key cells too (kept apart in the store's diag_* columns, so the
         pages show every statistic with and without them).
-    top_m: feature pairs kept per (query, key) cell; k_active: features kept per position and side.
+    top_m: feature pairs kept per (query, key) cell.
+    k_active: 0 (default) = every active feature (K per side = the batch's largest L0: no truncation);
+        n > 0 caps the features kept per position and side at n (largest |activation|); what it drops is
+        the named "truncation" node, whose share the run records (`truncation_share` in run.json).
+    min_pair_count: pairs seen fewer times than this within a shard are not written to the shard's pair
+        table (1 = keep every pair); their count, Σ sum and Σ abs_sum are recorded per (layer, head) in
+        run.json ("dropped_pairs"), so stored + dropped = the exact totals.
+    threads: CPU threads of the job process (OMP/MKL/torch); 0 = auto, min(CPU cores, 4).
     shard_size: samples per shard, the unit of resume (and of ingest while the job runs); shard i holds
         samples [i·shard_size, (i+1)·shard_size) of the dataset order, whichever executor computes it.
     executor: "local" (this process) or "ray" (shard tasks on Ray workers, `fra_core.accumulate.ray_executor`;
@@ -82,7 +89,9 @@ class AccumulateFRAConfig(JobConfig):
     attention_weighted: bool = False
     statistics: str = "all_pairs"
     top_m: int = 8
-    k_active: int = 64
+    k_active: int = 0
+    min_pair_count: int = 1
+    threads: int = 0
     examples_per_pair: int = 3
     device: str = "auto"
     seed: int = 0
@@ -109,7 +118,9 @@ class AccumulateFRAConfig(JobConfig):
                   (self.shard_size < 1, f"shard_size must be >= 1, got {self.shard_size}"),
                   (self.context_length < 2, f"context_length must be >= 2, got {self.context_length}"),
                   (self.top_m < 1, f"top_m must be >= 1, got {self.top_m}"),
-                  (self.k_active < 1, f"k_active must be >= 1, got {self.k_active}"),
+                  (self.k_active < 0, f"k_active must be >= 0 (0 = every active feature), got {self.k_active}"),
+                  (self.min_pair_count < 1, f"min_pair_count must be >= 1 (1 = keep every pair), got {self.min_pair_count}"),
+                  (self.threads < 0, f"threads must be >= 0 (0 = auto), got {self.threads}"),
                   (self.examples_per_pair < 0, f"examples_per_pair must be >= 0, got {self.examples_per_pair}"),
                   (self.layer < 0, f"layer must be >= 0, got {self.layer}"),
                   (any(l < 0 for l in self.layers) or len(set(self.layers)) != len(self.layers),
@@ -130,6 +141,13 @@ class AccumulateFRAConfig(JobConfig):
         for bad, message in checks:
             if bad:
                 raise ConfigError(f"AccumulateFRAConfig: {message}")
+
+    @property
+    def job_threads(self) -> int:
+        """The job's CPU thread count: `threads`, or min(CPU cores, 4) for 0 (auto)."""
+        from fra_core.jobs import auto_threads
+
+        return self.threads or auto_threads()
 
     @property
     def run_layers(self) -> tuple[int, ...]:

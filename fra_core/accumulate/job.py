@@ -17,7 +17,9 @@ def run_accumulate(cfg: AccumulateFRAConfig, progress, *, model=None, q_saes=Non
     """Accumulate into `progress.job_dir`/shards with the configured executor; resumable.
 
     `model` / `q_saes` / `k_saes` may be passed in-process (tests, notebooks) to the local executor; Ray
-    workers load them by name."""
+    workers load them by name. The local executor runs with `cfg.job_threads` torch threads (restored
+    afterwards: in-process callers keep their own setting); the job process also had OMP_NUM_THREADS
+    set to it before torch loaded (`fra_core.jobs.start_process`)."""
     if cfg.executor == "ray":
         if model is not None or q_saes is not None or k_saes is not None:
             raise AccumulateError("executor 'ray' loads the model and SAEs by name on every worker: "
@@ -25,6 +27,13 @@ def run_accumulate(cfg: AccumulateFRAConfig, progress, *, model=None, q_saes=Non
         from fra_core.accumulate.ray_executor import accumulate_ray
 
         return accumulate_ray(cfg, progress)
+    import torch
+
     from fra_core.accumulate.run import accumulate
 
-    return accumulate(cfg, progress, model=model, q_saes=q_saes, k_saes=k_saes)
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.job_threads)
+    try:
+        return accumulate(cfg, progress, model=model, q_saes=q_saes, k_saes=k_saes)
+    finally:
+        torch.set_num_threads(before)

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from fra_core import contracts
@@ -29,11 +31,57 @@ from fra_core.datasets import open_texts
 __all__ = ["accumulate", "compute_shard", "prepare", "run_accumulate", "shard_items", "start_run_info"]
 
 
+def prune_pairs(tables: dict, min_count: int) -> tuple[dict, list[dict]]:
+    """Drop the pairs seen fewer than `min_count` times in this shard (and their examples).
+
+    Returns the tables and the dropped mass per (layer, head): n_pairs (rows dropped), n (their
+    occurrences), sum, abs_sum — so stored + dropped = the shard's exact totals."""
+    pairs = tables["pairs"]
+    if min_count <= 1 or pairs.num_rows == 0:
+        return tables, []
+    low = pc.less(pairs["n"], pa.scalar(min_count, pa.uint64()))
+    gone = pairs.filter(low)
+    if gone.num_rows == 0:
+        return tables, []
+    kept = pairs.filter(pc.invert(low))
+    agg = gone.group_by(["layer", "head"]).aggregate([("n", "count"), ("n", "sum"), ("sum", "sum"),
+                                                      ("abs_sum", "sum")]).to_pylist()
+    dropped = [{"layer": int(r["layer"]), "head": int(r["head"]), "n_pairs": int(r["n_count"]), "n": int(r["n_sum"]),
+                "sum": float(r["sum_sum"]), "abs_sum": float(r["abs_sum_sum"])} for r in agg]
+    ex = tables["examples"]
+    if ex.num_rows:  # examples of kept pairs only (a left semi join on the pair key)
+        ex = ex.join(kept.select(list(contracts.PAIR_KEY)), keys=list(contracts.PAIR_KEY), join_type="left semi")
+        ex = ex.select(contracts.EXAMPLES_SCHEMA.names).cast(contracts.EXAMPLES_SCHEMA)
+    return {**tables, "pairs": kept, "examples": ex}, sorted(dropped, key=lambda d: (d["layer"], d["head"]))
+
+
+def dropped_totals(job_dir: Path) -> dict[str, dict[str, dict]]:
+    """{"<layer>": {"<head>": {n_pairs, n, sum, abs_sum}}} summed over the complete shards' manifests."""
+    out: dict[str, dict[str, dict]] = {}
+    for m in contracts.complete_shards(job_dir):
+        for d in m.get("dropped_pairs", []):
+            t = out.setdefault(str(d["layer"]), {}).setdefault(str(d["head"]), dict.fromkeys(DROPPED, 0))
+            for c in DROPPED:
+                t[c] += d[c]
+    return out
+
+
+DROPPED = ("n_pairs", "n", "sum", "abs_sum")
+
+
 def _write(job_dir: Path, shard: int, buf, codec, cfg, n_done: int) -> None:
-    """Write a runner's shard buffer (its `arrow()` tables, manifest last); a full disk is one clear error."""
+    """Write a runner's shard buffer (its `arrow()` tables, manifest last); a full disk is one clear error.
+    With min_pair_count > 1 the shard's rare pairs are dropped and their mass goes into its manifest
+    (written with the shard, so a redone shard replaces it) and, summed over shards, into run.json."""
     samples = [s for s, _ in buf.samples]
+    tables, dropped = prune_pairs(buf.arrow(codec, cfg.layer), cfg.min_pair_count)
     try:
-        contracts.write_shard(job_dir, shard, buf.arrow(codec, cfg.layer), samples)
+        contracts.write_shard(job_dir, shard, tables, samples,
+                              {"dropped_pairs": dropped, "min_pair_count": cfg.min_pair_count})
+        if cfg.min_pair_count > 1:
+            info = contracts.read_run_info(job_dir)
+            contracts.write_run_info(job_dir, {**info, "min_pair_count": cfg.min_pair_count,
+                                               "dropped_pairs": dropped_totals(job_dir)})
     except OSError as exc:
         why = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise ShardWriteError(f"could not write shard {shard} ({len(samples)} samples) in "
@@ -114,6 +162,7 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
     clear_temp_files(job_dir)
     n_done = n_start = sum(done.values())
     t0, seen, n_shards, clock = time.time(), 0, 0, [0.0]  # clock: time of the last log line
+    cpu0 = time.process_time()
 
     def report(n: int) -> None:
         clock[0] = _report(progress, cfg, n, n_start, t0, clock[0])
@@ -130,23 +179,43 @@ def accumulate(cfg: AccumulateFRAConfig, progress, model=None, q_saes=None, k_sa
     clock[0] = 0.0
     report(n_done)
     note = "" if seen >= cfg.n_samples else f" (the dataset has only {seen} texts)"
-    progress.update(n_done, cfg.n_samples, message=f"finished: {n_done} samples{note}", force=True)
-    return {"samples": n_done, "shards": n_shards, "new_samples": n_done - n_start,
-            "samples_per_s": (n_done - n_start) / max(time.time() - t0, 1e-9), "dataset_texts": seen}
+    wall, cpu = max(time.time() - t0, 1e-9), time.process_time() - cpu0
+    rate = (n_done - n_start) / wall
+    progress.update(n_done, cfg.n_samples, message=f"finished: {n_done} samples{note}", force=True, rate=rate)
+    new = max(n_done - n_start, 1)
+    return {"samples": n_done, "shards": n_shards, "new_samples": n_done - n_start, "samples_per_s": rate,
+            "cpu_s_per_sample": cpu / new, "peak_rss_mb": peak_rss_mb(), "dataset_texts": seen}
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MiB (what the launch estimate scales from), None if unknown."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    except (ImportError, OSError):
+        return None
 
 
 def _report(progress, cfg, n_done: int, n_start: int, t0: float, last_print: float, **extra) -> float:
     """Status (throttled by Progress; raises JobCancelled on cancel; `extra` goes into status.json) and a
     log line every 5 s."""
     now = time.time()
-    rate = (n_done - n_start) / max(now - t0, 1e-9)
+    rate = (n_done - n_start) / max(now - t0, 1e-9)  # this process's loop only: no model loading
     eta = (cfg.n_samples - n_done) / rate if rate > 0 else float("nan")
-    progress.update(n_done, cfg.n_samples, message=f"{n_done}/{cfg.n_samples} samples, {rate:.1f} samples/s",
-                    samples_per_s=rate, **extra)
+    progress.update(n_done, cfg.n_samples, message=f"{n_done}/{cfg.n_samples} samples, {fmt_rate(rate)}",
+                    samples_per_s=rate, rate=rate, **extra)
     if now - last_print >= 5.0:
-        print(f"{n_done}/{cfg.n_samples} samples  {rate:.1f} samples/s  ETA {eta:.0f} s", flush=True)
+        print(f"{n_done}/{cfg.n_samples} samples  {fmt_rate(rate)}  ETA {eta:.0f} s", flush=True)
         return now
     return last_print
+
+
+def fmt_rate(rate: float) -> str:
+    """'2.35 samples/s', or '12.5 s per sample' below 0.1/s (a fixed '.1f' printed 0.05/s as '0.0')."""
+    if not rate > 0:
+        return "— samples/s"
+    return f"{rate:.3g} samples/s" if rate >= 0.1 else f"{1 / rate:.3g} s per sample"
 
 
 def run_accumulate(cfg: AccumulateFRAConfig, progress, *, model=None, q_saes=None, k_saes=None) -> dict[str, Any]:

@@ -53,8 +53,12 @@ def load_model_and_saes(cfg: AccumulateFRAConfig, model=None, q_saes=None, k_sae
     q_saes = list(q_saes) if q_saes is not None else [load_sae(r, device) for r in cfg.q_saes]
     if k_saes is None:
         k_saes = [load_sae(r, device) for r in cfg.k_saes] if cfg.k_saes else q_saes
-    for ref, sae in zip(list(cfg.q_saes) + list(cfg.k_saes or cfg.q_saes), q_saes + list(k_saes)):
-        try:
+    pairs = list(zip(list(cfg.q_saes) + list(cfg.k_saes or cfg.q_saes), q_saes + list(k_saes)))
+    fits = hook_widths(model, [sae for _, sae in pairs])
+    for ref, sae in pairs:
+        if fits.get(getattr(sae.cfg.metadata, "hook_name", None)) == sae.cfg.d_in:
+            continue  # fits: no second forward pass
+        try:  # the library check, for its one-line reason
             check_sae_fits_model(sae, model)
         except ValueError as exc:
             raise AccumulateError(f"SAE {ref!r} does not fit model {cfg.model!r}: {exc}") from exc
@@ -64,15 +68,36 @@ def load_model_and_saes(cfg: AccumulateFRAConfig, model=None, q_saes=None, k_sae
     return model, q_saes, list(k_saes)
 
 
+def hook_widths(model, saes) -> dict[str, int]:
+    """{hook: width} of the SAEs' hooks that exist on the model, from ONE forward pass of one token that
+    stops after the last of them (the per-SAE check ran a full forward pass per SAE and side: ≈ 0.5 s
+    each for GPT-2 Small, 5 s per job with five upstream SAEs on both sides). A hook's width is the
+    product of its trailing dims (head axes flattened head-major), as `fra_core.sae.check_sae_fits_model`."""
+    import math
+
+    hooks = {getattr(s.cfg.metadata, "hook_name", None) for s in saes} & set(model.hook_dict)
+    if not hooks:
+        return {}
+    layers = [int(h.split(".")[1]) for h in hooks if h.startswith("blocks.") and h.split(".")[1].isdigit()]
+    stop = max(layers) + 1 if layers and len(layers) == len(hooks) else None
+    tokens = torch.zeros((1, 1), dtype=torch.long, device=model.cfg.device)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in hooks, stop_at_layer=stop)
+    return {h: math.prod(cache[h].shape[2:]) for h in hooks if h in cache}
+
+
 def _architecture(sae) -> str | None:
     arch = getattr(sae.cfg, "architecture", None)
     return arch() if callable(arch) else arch
 
 
-def effective_k(k_active: int, *sides) -> int:
-    """Features kept per position: `k_active`, capped by what can be active. A TopK SAE has at most k
-    active features per position, so K = Σ k over a side's SAEs loses nothing, and the engine's pair
-    block (T²·K²) shrinks from 64² to e.g. 3² cells' worth for the demo SAE."""
+def effective_k(k_active: int | None, *sides) -> int | None:
+    """The engine's K for a configured `k_active`: None (every active feature, no truncation) for 0 or
+    None; for a cap n, n capped by what can be active. A TopK SAE has at most k active features per
+    position, so K = Σ k over a side's SAEs loses nothing, and the engine's pair block (T²·K²) shrinks
+    from 64² to e.g. 3² cells' worth for the demo SAE."""
+    if not k_active:
+        return None  # the engine keeps the batch's largest L0 per side: exact, and never more than needed
     bound = 0
     for saes in sides:
         ks = [getattr(s.cfg, "k", None) if _architecture(s) == "topk" else None for s in saes]
@@ -185,6 +210,11 @@ def process_batch(model, items: list[tuple[int, str]], cfg, heads, q_saes, k_sae
                 completeness.update(check(res, f"accumulation job (layer {cfg.layer})"))
             except CompletenessError as exc:
                 raise AccumulateError(str(exc)) from exc
+            if options.k_active is not None:  # a user cap: what the truncation node carries (first batch)
+                from fra_core.fra.validate import error_budget
+
+                budget = error_budget(res)
+                completeness["_truncation_share"] = budget["truncation_share"] if res.truncated else 0.0
         e = {k: v.cpu() for k, v in res.entries.items()}
         key = codec.encode(e["head"], torch.tensor(q_map)[e["q_source"]], e["q_feature"],
                            torch.tensor(k_map)[e["k_source"]], e["k_feature"])
@@ -258,6 +288,13 @@ class TopMRunner:
     def shard_computed(self, buf, job_dir: Path) -> None:
         """Merge what this process measured into run.json (worst value per head: every resume and every
         Ray worker adds its own first batch)."""
-        record_completeness(job_dir, self.completeness)
+        measured = dict(self.completeness)
+        share = measured.pop("_truncation_share", None)
+        record_completeness(job_dir, measured)
         if buf.samples:
             record_feature_share(job_dir, buf.samples[0][0] // self.cfg.shard_size, {self.cfg.layer: buf.share})
+        if share is not None:  # k_active capped K: the truncation node's share of mean |score|, per layer
+            info = contracts.read_run_info(job_dir)
+            shares = {**info.get("truncation_share", {}), str(self.cfg.layer): max(
+                share, info.get("truncation_share", {}).get(str(self.cfg.layer), 0.0))}
+            contracts.write_run_info(job_dir, {**info, "k_active": self.cfg.k_active, "truncation_share": shares})

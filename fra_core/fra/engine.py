@@ -20,12 +20,13 @@ from collections.abc import Sequence
 
 import torch
 
-from fra_core.fra import arch
+from fra_core.fra import arch, upstream
 from fra_core.fra.blocks import block_values, merge_top_n, top_m_cells, top_n_block
 from fra_core.fra.guard import check_model_supported
 from fra_core.fra.options import FRAInputError, FRAOptions, check_layer_heads, check_tokens
 from fra_core.fra.precision import float32_model, is_half
 from fra_core.fra.result import FRAResult, transform
+from fra_core.fra.sides import _encoded as encoded_source  # the one per-kind encoder dispatch
 from fra_core.fra.sides import build_side, cache_hooks, parse_dictionary
 
 ENTRY_FIELDS = ("batch", "head", "query_pos", "key_pos", "q_source", "q_feature", "k_source", "k_feature", "value")
@@ -34,8 +35,10 @@ ENTRY_FIELDS = ("batch", "head", "query_pos", "key_pos", "q_source", "q_feature"
 ENTRY_INT = torch.int32
 
 
-def run_sides(model, tokens, layer: int, heads, q_dict, k_dict, k_active: int):
+def run_sides(model, tokens, layer: int, heads, q_dict, k_dict, k_active: int | None):
     """Forward pass + both sides: (model, tokens, heads, q_side, k_side, scores, pattern, dicts).
+
+    k_active None: every active feature is kept (K per side = `all_active_k`), so no truncation.
 
     Half-precision models are decomposed on a float32 copy (the returned model; see `precision.py`).
     """
@@ -57,11 +60,36 @@ def run_sides(model, tokens, layer: int, heads, q_dict, k_dict, k_active: int):
             raise FRAInputError(f"the model's own forward pass failed (TransformerLens): {exc}") from exc
         arch.check_clip(model, cache, layer)
         enc_cache: dict = {}
-        q_side = build_side(model, cache, layer, qd, "Q", heads, k_active, enc_cache)
-        k_side = build_side(model, cache, layer, kd, "K", heads, k_active, enc_cache)
+        kq, kk = ((k_active, k_active) if k_active is not None
+                  else (all_active_k(model, cache, d, enc_cache) for d in (qd, kd)))
+        q_side = build_side(model, cache, layer, qd, "Q", heads, kq, enc_cache)
+        k_side = build_side(model, cache, layer, kd, "K", heads, kk, enc_cache)
     scores = cache[f"blocks.{layer}.attn.hook_attn_scores"][:, heads]
     pattern = cache[f"blocks.{layer}.attn.hook_pattern"][:, heads]
     return model, tokens, heads, q_side, k_side, scores, pattern, [qd, kd]
+
+
+def all_active_k(model, cache, dic, enc_cache: dict) -> int:
+    """K that keeps every active feature of a side: max over [batch, pos] of Σ_sources L0.
+
+    Encodes each source once into `enc_cache`, the cache that `build_side` reads, keeping all its active
+    features (plain SAEs: k = None; dictionaries encoded by `upstream.encode_source` — transcoders,
+    normalised inputs — keep their hard bound k of a TopK, else every column), so the side's top-K over
+    the sources' candidates keeps them all.
+    """
+    l0 = 0
+    for s, sae in enumerate(dic.saes):
+        kind = dic.kinds[s] if getattr(dic, "kinds", None) else None
+        plain = kind != upstream.TRANSCODER and getattr(sae.cfg, "normalize_activations", "none") == "none"
+        bound = getattr(sae.cfg, "k", None) if _is_topk(sae) else None
+        k = None if plain else (bound if isinstance(bound, int) and bound > 0 else int(sae.cfg.d_sae))
+        l0 = l0 + encoded_source(model, cache, dic, s, k, enc_cache).l0
+    return max(1, int(l0.max()))
+
+
+def _is_topk(sae) -> bool:
+    arch_name = getattr(sae.cfg, "architecture", None)
+    return (arch_name() if callable(arch_name) else arch_name) == "topk"
 
 
 def attention_mask(model, T: int, device=None, *, layer: int) -> torch.Tensor:
@@ -126,7 +154,9 @@ def plan_blocks(opts: FRAOptions, n_items: int, T: int, K: int, L: int, causal: 
     """(items per block, [(i0, i1)] query-row ranges) so that a block holds ≤ chunk_elements values.
 
     A causal block of rows [i0, i1) only needs keys [0, i1): r rows starting at i0 hold r·(i0 + r)·K·L
-    values, so r = ⌊(√(i0² + 4c) − i0) / 2⌋ with c = chunk_elements / (K·L) rows·keys.
+    values, so r = ⌊(√(i0² + 4c) − i0) / 2⌋ with c = chunk_elements / (K·L) rows·keys. When K·L is
+    large (every active feature kept: K of several hundred) one row can exceed the budget: `key_ranges`
+    then splits its keys too.
     """
     c = max(1, opts.chunk_elements // (K * L))
     if opts.chunk_rows is not None or T * T <= c:
@@ -140,18 +170,32 @@ def plan_blocks(opts: FRAOptions, n_items: int, T: int, K: int, L: int, causal: 
     return 1, ranges
 
 
+def key_ranges(opts: FRAOptions, rows: int, J: int, K: int, L: int) -> list[tuple[int, int]]:
+    """[(j0, j1)] key ranges of a block of `rows` query rows and keys [0, J): each holds ≤ chunk_elements
+    values (rows · keys · K · L), at least one key. Row-centred values need every key of a row at once
+    (the mean over the row's keys), so they are never split."""
+    per = max(1, opts.chunk_elements // max(1, rows * K * L))
+    if opts.row_centre or opts.chunk_rows is not None or per >= J:
+        return [(0, J)]
+    return [(j, min(J, j + per)) for j in range(0, J, per)]
+
+
 def pair_table(q_side, k_side, heads, amask, sel, pattern, scale, opts, causal, kept_sum) -> dict:
     """The sparse pair table (columns ENTRY_FIELDS) of every (sample, head); fills kept_sum in place."""
     B, T, K = q_side.ids.shape
     L, H, dev = k_side.ids.shape[2], len(heads), q_side.ids.device
     per_block, ranges = plan_blocks(opts, B * H, T, K, L, causal)
-    cells = [tuple(t.to(dev) for t in sel[i0:i1, :i1 if causal else T].cpu().nonzero(as_tuple=True))
-             for i0, i1 in ranges]  # selected cells of each row range, found once (no device syncs later)
+    blocks = []  # (i0, i1, j0, j1, selected cells (block row, block key)), found once: no device syncs later
+    for i0, i1 in ranges:
+        for j0, j1 in key_ranges(opts, i1 - i0, i1 if causal else T, K, L):
+            ic, jc = sel[i0:i1, j0:j1].cpu().nonzero(as_tuple=True)
+            blocks.append((i0, i1, j0, j1, ic.to(dev), jc.to(dev)))
+    split = len(blocks) > len(ranges)  # some row's keys span several blocks: restore (row, key) order
     buckets = torch.unique(k_side.ids, return_inverse=True) if opts.row_centre else None
     # one reusable GEMM buffer for the largest block: fresh allocations per block cost page faults
-    n_buf = max(min(per_block, B * H) * (i1 - i0) * K * (i1 if causal else T) * L for i0, i1 in ranges)
+    n_buf = max(min(per_block, B * H) * (i1 - i0) * K * (j1 - j0) * L for i0, i1, j0, j1, _, _ in blocks)
     buf = q_side.coef.new_empty(n_buf)
-    n_cells = sum(len(ic) for ic, _ in cells)
+    n_cells = sum(len(b[4]) for b in blocks)
     if opts.top_n is not None:
         capacity = B * H * min(opts.top_n, n_cells * K * L)
     else:  # a loose bound when every pair is kept (then many products are zero): grow piece by piece
@@ -165,17 +209,16 @@ def pair_table(q_side, k_side, heads, amask, sel, pattern, scale, opts, causal, 
         pat = pattern[b_idx, h_idx]
         kb = buckets[1][b_idx] if buckets is not None else None
         parts = []
-        for (i0, i1), (ic, jc) in zip(ranges, cells):
-            J = i1 if causal else T  # keys beyond J are masked for every row of the block
-            v = block_values(qf[:, i0:i1], kf[:, :J], amask[i0:i1, :J], pat[:, i0:i1, :J],
-                             kb[:, :J] if kb is not None else None, len(buckets[0]) if buckets is not None else 0,
+        for i0, i1, j0, j1, ic, jc in blocks:
+            v = block_values(qf[:, i0:i1], kf[:, j0:j1], amask[i0:i1, j0:j1], pat[:, i0:i1, j0:j1],
+                             kb[:, j0:j1] if kb is not None else None, len(buckets[0]) if buckets is not None else 0,
                              opts, buf)
             if opts.top_n is not None:
-                parts = [merge_top_n(parts + [_shift_rows(top_n_block(v, sel[i0:i1, :J], opts.top_n), i0)],
+                parts = [merge_top_n(parts + [_shift(top_n_block(v, sel[i0:i1, j0:j1], opts.top_n), i0, j0)],
                                      opts.top_n)]
             elif len(ic):
-                parts.append(_cells(v, ic, jc, i0, T, opts.top_m or K * L, g, kept_sum.view(B * H, T * T)))
-        block = _top_n_entries(parts[0], g, T, kept_sum) if opts.top_n is not None else _cat_by_item(parts)
+                parts.append(_cells(v, ic, jc, i0, j0, T, opts.top_m or K * L, g, kept_sum.view(B * H, T * T)))
+        block = _top_n_entries(parts[0], g, T, kept_sum) if opts.top_n is not None else _cat_by_item(parts, T, split)
         if block is not None:
             sink.add(_columns(block, q_side, k_side, heads, H))
     return sink.table()
@@ -217,29 +260,33 @@ def _empty_column(field: str, n: int, device) -> torch.Tensor:
     return torch.empty(n, dtype=torch.float32 if field == "value" else ENTRY_INT, device=device)
 
 
-def _cells(v, ic, jc, i0: int, T: int, m: int, g, kept_flat) -> dict[str, torch.Tensor]:
-    """Top-m pairs of the selected cells (ic + i0, jc) of a block → entries (g, i, j, k, l, value)."""
+def _cells(v, ic, jc, i0: int, j0: int, T: int, m: int, g, kept_flat) -> dict[str, torch.Tensor]:
+    """Top-m pairs of the selected cells (ic + i0, jc + j0) of a block → entries (g, i, j, k, l, value)."""
     value, k, l, keep = top_m_cells(v, ic, jc, m)
-    kept_flat[g[:, None], ((ic + i0) * T + jc)[None, :]] = (value * keep).sum(-1)  # Σ kept pairs per cell
+    kept_flat[g[:, None], ((ic + i0) * T + jc + j0)[None, :]] = (value * keep).sum(-1)  # Σ kept pairs per cell
     gi, ci, si = keep.nonzero(as_tuple=True)
-    return {"g": g[gi], "i": ic[ci] + i0, "j": jc[ci], "k": k[gi, ci, si], "l": l[gi, ci, si],
+    return {"g": g[gi], "i": ic[ci] + i0, "j": jc[ci] + j0, "k": k[gi, ci, si], "l": l[gi, ci, si],
             "value": value[gi, ci, si]}
 
 
-def _cat_by_item(parts: list[dict]) -> dict | None:
-    """Concatenate the row blocks of a group of items in (item, query row, key) order."""
+def _cat_by_item(parts: list[dict], T: int, split: bool) -> dict | None:
+    """Concatenate the blocks of a group of items in (item, query row, key) order; `split`: a row's keys
+    came in several blocks, so the order is restored by cell (stable: a cell's pairs keep their order)."""
     if not parts:
         return None
     cat = {c: torch.cat([p[c] for p in parts]) for c in parts[0]}
-    if len(parts) > 1 and bool((cat["g"][1:] < cat["g"][:-1]).any()):
+    if split:
+        order = torch.argsort((cat["g"] * T + cat["i"]) * T + cat["j"], stable=True)
+        cat = {c: t[order] for c, t in cat.items()}
+    elif len(parts) > 1 and bool((cat["g"][1:] < cat["g"][:-1]).any()):
         order = torch.argsort(cat["g"], stable=True)  # blocks are g-major inside: interleave them per g
         cat = {c: t[order] for c, t in cat.items()}
     return cat
 
 
-def _shift_rows(top: tuple, i0: int) -> tuple:
+def _shift(top: tuple, i0: int, j0: int) -> tuple:
     value, i, k, j, l = top
-    return value, i + i0, k, j, l
+    return value, i + i0, k, j + j0, l
 
 
 def _top_n_entries(top: tuple, g, T: int, kept_sum) -> dict[str, torch.Tensor]:
@@ -268,4 +315,5 @@ def _columns(e: dict, q_side, k_side, heads: list[int], H: int) -> dict[str, tor
     return out
 
 
-__all__ = ["compute_fra", "attention_mask", "selection_mask", "block_values", "transform", "run_sides", "plan_blocks"]
+__all__ = ["compute_fra", "attention_mask", "selection_mask", "block_values", "transform", "run_sides", "plan_blocks",
+           "key_ranges", "all_active_k"]

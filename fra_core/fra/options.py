@@ -18,9 +18,10 @@ class FRAInputError(FRAStudioError):
 class FRAOptions:
     """What the engine keeps and how values are transformed.
 
-    k_active: features kept per position and side (largest |activation|). K ≥ the SAE's max L0 makes
-        the feature set exact; otherwise the dropped features form the named node "truncation", so the
-        sum of all terms stays exact.
+    k_active: None (default) keeps every active feature: K per side = the largest L0 of the batch (all
+        the side's sources together), so nothing is truncated. An int caps K at that many features per
+        position and side (largest |activation|); the dropped features form the named node "truncation"
+        (its share is reported), so the sum of all terms stays exact. 0 means None (as in job configs).
     top_m: keep the m largest |value| feature pairs per (query_pos, key_pos) cell; None keeps all.
     top_n: instead of top_m, keep the N largest |value| pairs per (sample, head) over all cells.
     exclude_diagonal / exclude_bos_key / exclude_bos_query: cells left out of the sparse pair table
@@ -35,7 +36,7 @@ class FRAOptions:
         problems put several (sample, head) items into one block. Results do not depend on it.
     """
 
-    k_active: int = 64
+    k_active: int | None = None
     top_m: int | None = 8
     top_n: int | None = None
     exclude_diagonal: bool = True
@@ -47,8 +48,10 @@ class FRAOptions:
     chunk_elements: int = 1 << 22
 
     def __post_init__(self):
-        if self.k_active < 1:
-            raise FRAInputError(f"k_active must be ≥ 1, got {self.k_active}")
+        if self.k_active == 0 and not isinstance(self.k_active, bool):  # the job configs' "0 = all active"
+            object.__setattr__(self, "k_active", None)
+        if self.k_active is not None and (isinstance(self.k_active, bool) or self.k_active < 1):
+            raise FRAInputError(f"k_active must be ≥ 1 or None (every active feature), got {self.k_active!r}")
         if self.top_m is not None and self.top_m < 1:
             raise FRAInputError(f"top_m must be ≥ 1 or None, got {self.top_m}")
         if self.top_n is not None and self.top_n < 1:

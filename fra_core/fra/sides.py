@@ -121,19 +121,25 @@ class Encoded:
     l0: torch.Tensor  # [batch, pos] number of active features
 
 
-def encode(sae, x: torch.Tensor, k: int) -> Encoded:
-    """Encode x [batch, pos, d_in] with the SAE's own `encode` (any architecture) and keep top-k."""
+def encode(sae, x: torch.Tensor, k: int | None) -> Encoded:
+    """Encode x [batch, pos, d_in] with the SAE's own `encode` (any architecture) and keep top-k.
+
+    k None keeps every active feature: K = the batch's largest L0 (≥ 1), so `acts` holds all of them.
+    """
     with torch.no_grad():
         d_head = getattr(sae, "d_head", None) if getattr(sae, "hook_z_reshaping_mode", False) else None
         sae_in = x.unflatten(-1, (-1, d_head)) if d_head else x
         acts = sae.encode(sae_in.to(sae.W_dec.dtype)).to(x.dtype)
-        D = sae_decoder(sae).to(x.dtype)
-        l0 = (acts != 0).sum(-1)
+        flat = acts.reshape(-1, acts.shape[-1])
+        nz = flat.to_sparse()  # the active features only: everything below costs ∝ nnz, not d_sae
+        l0 = torch.bincount(nz.indices()[0], minlength=flat.shape[0]).view(acts.shape[:-1])
+        if k is None:
+            k = max(1, int(l0.max()) if l0.numel() else 1)
         top = acts.abs().topk(min(k, acts.shape[-1]), dim=-1)
         kept = acts.gather(-1, top.indices)
-        flat = acts.reshape(-1, acts.shape[-1])
         # Σ_f a_f d_f with a sparse matmul: cost ∝ nnz · d_in, not d_sae · d_in
-        recon = torch.sparse.mm(flat.to_sparse(), D).reshape(*x.shape[:-1], D.shape[1])
+        D = sae_decoder(sae).to(x.dtype)
+        recon = torch.sparse.mm(nz, D).reshape(*x.shape[:-1], D.shape[1])
         error = x - recon - sae.b_dec.detach().to(x.dtype)
     return Encoded(top.indices, kept, recon, error, l0)
 

@@ -56,3 +56,18 @@ def test_effective_k_uses_topk_bound_only():
     assert effective_k(2, [topk], [topk]) == 2
     assert effective_k(64, [topk, topk], [topk]) == 6
     assert effective_k(64, [topk], [relu]) == 64
+
+
+@pytest.mark.parametrize("k", [1, 3, 9, 40])
+def test_top_per_key_ties_small_groups_and_both_paths(k):
+    """The scatter rounds (k ≤ 8) and the sort (k > 8) pick the same rows as a plain sort, ties going to
+    the earlier row; groups with ≤ k rows keep every row."""
+    g = torch.Generator().manual_seed(k)
+    key = torch.cat([torch.randint(0, 30, (1500,), generator=g), torch.arange(100, 160)])  # 60 groups of one
+    score = torch.randint(0, 5, (len(key),), generator=g).float()  # many ties
+    got = sorted(top_per_key(key, score, k).tolist())
+    expected = []
+    for v in key.unique().tolist():
+        rows = (key == v).nonzero().squeeze(1).tolist()
+        expected += sorted(rows, key=lambda r: (-float(score[r]), r))[:k]
+    assert got == sorted(expected)

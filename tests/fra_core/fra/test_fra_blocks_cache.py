@@ -65,3 +65,32 @@ def test_row_cache_follows_weight_changes():
     fresh = compute_fra(model, tok, 1, [0, 2], d, None, OPTS)
     assert _table(changed).keys() == _table(fresh).keys()
     assert all(abs(v - _table(fresh)[k]) <= 1e-6 for k, v in _table(changed).items())
+
+
+def test_key_ranges_bound_a_block_when_k_is_large():
+    from fra_core.fra.engine import key_ranges
+
+    opts = FRAOptions(chunk_elements=1 << 20)
+    K = L = 400  # every active feature of five upstream SAEs kept: one row of 128 keys alone is 20 M values
+    per, ranges = plan_blocks(opts, 12, 128, K, L, causal=True)
+    for i0, i1 in ranges:
+        keys = key_ranges(opts, i1 - i0, i1, K, L)
+        assert keys[0][0] == 0 and keys[-1][1] == i1 and all(a[1] == b[0] for a, b in zip(keys, keys[1:]))
+        assert all((i1 - i0) * (j1 - j0) * K * L <= opts.chunk_elements or j1 - j0 == 1 for j0, j1 in keys)
+    assert key_ranges(dataclasses.replace(opts, row_centre=True), 1, 128, K, L) == [(0, 128)]  # needs whole rows
+
+
+def test_split_keys_give_the_same_table_for_every_option():
+    model = tiny("LN")
+    d, tok = side_saes(model, 1, "resid_pre"), tokens(model, 2, 12)
+    for opts in (FRAOptions(top_m=3), FRAOptions(top_m=None, attention_weighted=True), FRAOptions(top_n=20)):
+        base = compute_fra(model, tok, 1, None, d, None, opts)
+        small = compute_fra(model, tok, 1, None, d, None, dataclasses.replace(opts, chunk_elements=40))
+        assert base.n_entries and small.n_entries == base.n_entries
+        assert torch.allclose(small.kept_sum, base.kept_sum, atol=1e-6)
+        if opts.top_n is not None:  # top-N rows come in no fixed order: compare as sets
+            assert _table(small).keys() == _table(base).keys()
+            continue
+        for f in ENTRY_FIELDS[:-1]:
+            assert torch.equal(small.entries[f], base.entries[f]), f  # same rows in the same order
+        assert torch.allclose(small.entries["value"], base.entries["value"], atol=1e-6)

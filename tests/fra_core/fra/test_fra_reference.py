@@ -67,3 +67,27 @@ def test_aggregates_match_reference():
         for col, want in (("sum", s), ("abs_sum", a), ("max", mx), ("min", mn)):
             assert abs(float(agg[col][r]) - want) <= TOL
         assert abs(abs(float(agg["best_value"][r])) - max(abs(mx), abs(mn))) <= TOL
+
+
+@pytest.mark.parametrize("side", ["resid_pre", "hook_z"])
+def test_default_keeps_every_active_feature(side):
+    """k_active=None (the default): K per side = the batch's largest Σ L0, nothing truncated, and the
+    engine still equals the reference (which keeps every candidate when k is None)."""
+    from fra_core.fra.validate import error_budget
+
+    model = tiny("LN")
+    d = side_saes(model, 1, side)  # standard (ReLU) SAEs: L0 varies per position
+    assert FRAOptions().k_active is None
+    result, _ = compare(model, d, FRAOptions(top_m=3), heads=(0, 1))
+    saes = d if isinstance(d, list) else [d]
+    tok = tokens(model, 2, 7)
+    _, cache = model.run_with_cache(tok, stop_at_layer=2)
+    from fra_core.sae.loaders import sae_input
+
+    l0 = sum((s.encode(sae_input(s, cache[s.cfg.metadata.hook_name])) != 0).sum(-1) for s in saes)
+    assert result.q_side.ids.shape[-1] == int(l0.max()) > 4  # more than the capped runs keep
+    assert not result.truncated and float(result.node_terms(0, 0)[..., result.q_node_names.index("truncation"), :]
+                                           .abs().max()) == 0.0
+    assert error_budget(result)["truncation_share"] == 0.0
+    capped = compute_fra(model, tok, 1, [0, 1], d, None, FRAOptions(k_active=2, top_m=3))
+    assert capped.truncated and error_budget(capped)["truncation_share"] > 0  # a cap shows its share

@@ -289,3 +289,19 @@ def test_error_budget_classifies_the_new_nodes():
     assert kinds["b_dec.mlp_out.l0"] == "b_dec" and kinds["skip.mlp_out.l0"] == kinds["ln_mean.attn_out.l1"] == "other"
     budget = error_budget(result)
     assert budget["sae_error"] > 0 and budget["numerical"] < 1e-6 * budget["mean_abs_score"]
+
+
+def test_default_k_keeps_every_feature_of_the_mix():
+    """k_active None (the default) over transcoders, layer-norm SAEs and plain SAEs: K = the largest
+    Σ L0, nothing truncated, and the same kept pairs and sums as a K far above every L0."""
+    import torch
+
+    model = tiny("LN", n_layers=3)
+    q = _mix(model)
+    k = [transcoder(model.cfg.d_model, 0, 7, skip=True), dict_sae(model.cfg.d_model, "blocks.1.hook_mlp_out", 8)]
+    wide = _exact(model, q, k, 2)  # k_active 256
+    default = _exact(model, q, k, 2, k_active=None)
+    assert default.q_side.ids.shape[-1] == default.q_side.max_l0 < wide.q_side.ids.shape[-1]
+    assert default.k_side.ids.shape[-1] == default.k_side.max_l0
+    assert default.n_entries == wide.n_entries
+    assert torch.allclose(default.kept_sum, wide.kept_sum, atol=1e-9)
