@@ -240,6 +240,17 @@ class AllPairsRunner:
                     count_new_features(buf.base, side, src_map, tokens, counted)
                     if new:  # the Feature page's activations, once per source (as the counts)
                         buf.base.acts.add(side, src_map, ids, only=new)
+            self._check_memory(buf)
+
+    def _check_memory(self, buf: AllPairsShard) -> None:
+        """Fail now, naming shard_size, if this shard's projected peak exceeds the free memory."""
+        from fra_core.accumulate.memory import check_shard_memory, free_memory_bytes, tables_bytes
+
+        rows = sum(len(t["key"]) * (1 if buf.template[L].per_head else len(self.plan(L).heads))
+                   for L, tables in buf.co.items() if L in buf.template for t in tables)
+        held = sum(tables_bytes(tables) for tables in buf.co.values())
+        shard = min(self.cfg.shard_size, self.cfg.n_samples)
+        check_shard_memory(held, rows, len(buf.samples), shard, self.cfg.shard_size, free_memory_bytes())
 
     @property
     def cell_span(self) -> int:
