@@ -15,19 +15,11 @@ from tests.fra_core.accumulate_helpers import (
     assert_totals_equal,
     direct_totals,
     shard_totals,
-    tiny_demo_model,
     tiny_sae,
 )
 
 CFG = dict(model="tiny", q_saes=("tiny-sae",), n_samples=7, batch_size=2, shard_size=3, top_m=3, k_active=6,
            context_length=24, examples_per_pair=2)
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("parts")
-    model = tiny_demo_model(root)
-    return model, tiny_sae(model)
 
 
 def _job(tmp_path, name):

@@ -8,7 +8,6 @@ from fra_core.accumulate import AccumulateFRAConfig, memory
 from fra_core.accumulate.config import AccumulateError
 from fra_core.accumulate.run import run_accumulate
 from fra_core.jobs import Progress
-from tests.fra_core.accumulate_helpers import tiny_demo_model, tiny_sae
 
 CFG = dict(model="tiny", q_saes=("sae-l1",), layers=(1,), n_samples=8, batch_size=2, shard_size=8,
            k_active=6, context_length=16)
@@ -31,15 +30,9 @@ def test_free_memory_is_known_here():
     assert (memory.free_memory_bytes() or 0) > 0
 
 
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mem")
-    model = tiny_demo_model(root)
-    return root, model, [tiny_sae(model, layer=1)]
-
-
 def test_a_shard_that_cannot_fit_fails_after_its_first_batch_and_writes_nothing(parts, tmp_path, monkeypatch):
-    _, model, saes = parts
+    model, sae = parts
+    saes = [sae]
     batches = []
     from fra_core.accumulate.allpairs import AllPairsRunner
 
@@ -54,7 +47,8 @@ def test_a_shard_that_cannot_fit_fails_after_its_first_batch_and_writes_nothing(
 
 
 def test_a_shard_that_fits_runs(parts, tmp_path):
-    _, model, saes = parts
+    model, sae = parts
+    saes = [sae]
     job = tmp_path / "job"
     job.mkdir()
     run_accumulate(AccumulateFRAConfig(**CFG), Progress(job), model=model, q_saes=saes)

@@ -11,17 +11,9 @@ from fra_core.accumulate import AccumulateFRAConfig
 from fra_core.accumulate.run import dropped_totals, fmt_rate, run_accumulate
 from fra_core.config import ConfigError
 from fra_core.jobs import Progress
-from tests.fra_core.accumulate_helpers import tiny_demo_model, tiny_sae
 
 CFG = dict(model="tiny", q_saes=("tiny-sae",), n_samples=6, batch_size=2, shard_size=3, top_m=3,
            context_length=20, examples_per_pair=2)
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("parts")
-    model = tiny_demo_model(root)
-    return model, tiny_sae(model)
 
 
 def _run(parts, tmp_path, name, **kw):

@@ -152,15 +152,7 @@ def test_layer_0_and_back_on_the_demo(fra_ws):
 def test_layer_without_an_sae_is_a_message_and_back(workspace):
     """A model with an SAE on layer 1 only: layer 0 says so (the side falls to "custom refs…"); back at
     layer 1 the side is the layer-1 SAE again, not the text field."""
-    from fra_core.models import save_local_model
-    from fra_core.models.tiny import make_tiny_model
-    from fra_core.models.tokenizers import build_tokenizer
-    from tests.fra_core.fra.helpers_fra import make_sae
-
-    vocab = [f"w{i}" for i in range(40)]
-    save_local_model(make_tiny_model(n_ctx=64, d_vocab=len(vocab) + 4), workspace.models / "one-sae",
-                     tokenizer=build_tokenizer(vocab, "word"))
-    make_sae(32, "blocks.1.ln1.hook_normalized", 48, kind="topk", k=4).save_model(str(workspace.saes / "l1-sae"))
+    _word_model(workspace, "one-sae", "l1-sae", n_ctx=64)
     at = open_page(PAGE)
     at.selectbox(key="fra_text_model").set_value("one-sae").run()
     at.selectbox(key="fra_text_layer").set_value(0).run()
@@ -177,20 +169,12 @@ def test_layer_without_an_sae_is_a_message_and_back(workspace):
 
 def test_long_text_on_a_workspace_model(workspace):
     """Texts longer than 128 tokens (up to the model's n_ctx) work; the heatmap shows a 128-position window."""
-    from fra_core.models import save_local_model
-    from fra_core.models.tiny import make_tiny_model
-    from fra_core.models.tokenizers import build_tokenizer
-    from tests.fra_core.fra.helpers_fra import make_sae
-
-    vocab = [f"w{i}" for i in range(40)]
-    save_local_model(make_tiny_model(n_ctx=200, d_vocab=len(vocab) + 4), workspace.models / "long",
-                     tokenizer=build_tokenizer(vocab, "word"))
-    make_sae(32, "blocks.1.ln1.hook_normalized", 48, kind="topk", k=4).save_model(str(workspace.saes / "long-sae"))
+    _word_model(workspace, "long", "long-sae", n_ctx=200)
     at = open_page(PAGE)
     at.selectbox(key="fra_text_model").set_value("long").run()
     at.selectbox(key="fra_text_qsae").set_value("long-sae  (blocks.1.ln1.hook_normalized)").run()
     assert not at.exception and not errors(at), ([e.value for e in at.exception], errors(at))
-    at.text_area(key="fra_text_text_0").set_value(" ".join(vocab[i % 40] for i in range(180))).run()
+    at.text_area(key="fra_text_text_0").set_value(" ".join(f"w{i % 40}" for i in range(180))).run()
     assert not at.exception and not errors(at), errors(at)
     assert any("181 tokens" in c.value for c in at.caption)
     at.number_input(key="fra_text_qpos").set_value(170).run()
@@ -201,3 +185,16 @@ def test_long_text_on_a_workspace_model(workspace):
     assert not at.exception and not errors(at)
     at.text_area(key="fra_text_text_0").set_value(" ".join(["w1"] * 250)).run()
     assert not at.exception and any("context is 200 tokens" in e for e in errors(at)), errors(at)
+
+
+def _word_model(workspace, name: str, sae_name: str, n_ctx: int) -> None:
+    """A tiny word-level model `name` in the workspace and a TopK SAE `sae_name` on its layer-1 head input."""
+    from fra_core.models import save_local_model
+    from fra_core.models.tiny import make_tiny_model
+    from fra_core.models.tokenizers import build_tokenizer
+    from tests.fra_core.fra.helpers_fra import make_sae
+
+    vocab = [f"w{i}" for i in range(40)]
+    save_local_model(make_tiny_model(n_ctx=n_ctx, d_vocab=len(vocab) + 4), workspace.models / name,
+                     tokenizer=build_tokenizer(vocab, "word"))
+    make_sae(32, "blocks.1.ln1.hook_normalized", 48, kind="topk", k=4).save_model(str(workspace.saes / sae_name))

@@ -96,13 +96,7 @@ def test_train_page_launches_and_cancels_a_job(trained_ws):
 
     at = _page("restoration_train.py")
     at.run()
-    _set(at, "text_input", "Save as", "from-page")
-    _set(at, "number_input", "Layers", 1)
-    _set(at, "number_input", "d_model", 16)
-    _set(at, "number_input", "Heads", 2)
-    _set(at, "number_input", "Max steps", 2)
-    next(b for b in at.button if b.label == "Train").click()
-    at.run()
+    _train(at, "from-page", 2)
     assert not at.exception
     assert any("Started training job" in s.value for s in at.success), [e.value for e in at.error]
     [job] = jobs.list_jobs(trained_ws.jobs, "train-restoration")
@@ -155,15 +149,7 @@ def test_time_budget_stop_is_explained_and_evaluate_follows_the_new_model(traine
     at = _page("restoration_train.py")
     at.run()
     assert at.selectbox(key="restoration_eval_pick").value == "tiny"
-    _set(at, "text_input", "Save as", "budgeted")
-    _set(at, "number_input", "Layers", 1)
-    _set(at, "number_input", "d_model", 16)
-    _set(at, "number_input", "Heads", 2)
-    _set(at, "number_input", "Max steps", 1_000_000)
-    _set(at, "number_input", "Time budget (s, 0 = none)", 2)
-    _set(at, "number_input", "n-gram baseline order", 3)
-    next(b for b in at.button if b.label == "Train").click()
-    at.run()
+    _train(at, "budgeted", 1_000_000, **{"Time budget (s, 0 = none)": 2, "n-gram baseline order": 3})
     [job] = [j for j in jobs.list_jobs(trained_ws.jobs, "train-restoration")]
     deadline = time.time() + 300
     while jobs.job_status(job.path).get("state") not in ("done", "cancelled", "failed", "died"):
@@ -193,3 +179,13 @@ def test_train_page_widgets_all_have_help(trained_ws):
     seen = _widgets(at)
     assert len(seen) >= 15, sorted(seen)
     assert not _missing(seen), _missing(seen)
+
+
+def _train(at, name: str, max_steps: int, **numbers) -> None:
+    """Fill the training form (1 layer, d_model 16, 2 heads, `max_steps`, any other number inputs by label)
+    and press Train."""
+    _set(at, "text_input", "Save as", name)
+    for label, value in {"Layers": 1, "d_model": 16, "Heads": 2, "Max steps": max_steps, **numbers}.items():
+        _set(at, "number_input", label, value)
+    next(b for b in at.button if b.label == "Train").click()
+    at.run()
