@@ -3,6 +3,7 @@ kk-shaped upstream attention SAEs for layers 0–4, T = 128, 20 samples, today's
 
     python benchmarks/bench_gpt2.py [--samples 20] [--T 128] [--heads all|0,3] [--k 0] [--threads 1]
                                     [--statistics all_pairs|top_m] [--min-count 1] [--device cpu|cuda] [--active 40]
+                                    [--prune-check]
 
 --k 0 (the job default) keeps every active feature (K per side = the batch's largest L0, ≈ 200 here), so the
 truncation share is 0; --k 64 is the old default. --threads sets OMP_NUM_THREADS before torch loads (as a
@@ -22,6 +23,11 @@ job; samples_per_s = samples / that wall time, which includes the job's per-job 
 info); the job's own rate (its loop only) and its CPU seconds per sample are printed too. Shares: `error_budget`
 over the first 2 samples with the job's options: feature share = the feature×feature terms' share of mean |score|, truncation share = the
 truncation node's (the features beyond K).
+--prune-check also measures whether exact Cauchy–Schwarz pruning of the top-m selection could pay here: per
+cell (i, j) of sample 0 and the first head, the pairs of the leading a query and a key features by ‖q̃‖, ‖k̃‖
+are computed, τ = the cell's m-th largest |value| among them, and the cell is certified when every skipped
+pair's bound max(‖q̃‖_(a+1)·‖k̃‖_(1), ‖q̃‖_(1)·‖k̃‖_(a+1)) < τ; it prints the certified share of cells for
+a = K/5 and K/2 (pruning saves GEMM work only on certified cells; the others need the full computation).
 The last line is: samples_per_s=<x> feature_share=<x> truncation_share=<x>
 """
 
@@ -140,6 +146,34 @@ def shares(model, saes, sample_texts: list[str], T: int, heads: tuple, k: int):
     return mean("features_share"), mean("truncation_share"), max(b["numerical"] for b in budgets)
 
 
+def prune_check(model, saes, text: str, T: int, head: int, m: int = 8) -> dict[float, float]:
+    """Certified share of cells of exact Cauchy–Schwarz top-m pruning for a = K·frac (module docstring)."""
+    import torch
+
+    from fra_core.fra.engine import run_sides
+
+    tokens = model.to_tokens(text, truncate=True)[:, :T]
+    with torch.no_grad():
+        model, _, _, q_side, k_side, _, _, _ = run_sides(model, tokens, LAYER, [head], saes, saes, None)
+        g = torch.zeros(1, dtype=torch.long)
+        qf = q_side.feature_block(g, g)[0] / float(model.blocks[LAYER].attn.attn_scale)  # [pos, K, d_head]
+        kf = k_side.feature_block(g, g)[0]
+        nq, nk = qf.norm(dim=-1), kf.norm(dim=-1)  # [pos, K]
+        sq, sk = nq.sort(-1, descending=True).values, nk.sort(-1, descending=True).values
+        out = {}
+        for frac in (0.2, 0.5):
+            a = max(1, int(qf.shape[1] * frac))
+            ok = total = 0
+            for i in range(1, qf.shape[0]):  # causal cells (i, j < i): the diagonal is excluded by default
+                A, B = nq[i].topk(a).indices, nk[:i].topk(a, dim=-1).indices  # [a], [i, a]
+                v = torch.einsum("kd,jld->jkl", qf[i, A], kf[torch.arange(i)[:, None], B])
+                tau = v.abs().flatten(1).topk(min(m, a * a)).values[:, -1]
+                skipped = torch.maximum(sq[i, a] * sk[:i, 0], sq[i, 0] * sk[:i, a]) if a < qf.shape[1] else 0 * tau
+                ok, total = ok + int((skipped < tau).sum()), total + i
+            out[frac] = ok / max(total, 1)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=20)
@@ -151,6 +185,7 @@ def main() -> None:
     p.add_argument("--active", type=int, default=40, help="target active features per token and SAE")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--prune-check", action="store_true", help="measure exact Cauchy–Schwarz top-m pruning")
     a = p.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before torch loads, as a job process does
         os.environ[var] = str(a.threads)
@@ -182,6 +217,10 @@ def main() -> None:
           f"(job's own rate {result['samples_per_s']:.3f} samples/s); {cpu / result['samples']:.2f} CPU s per sample; "
           f"{result['disk_mb']:.1f} MB of shards; peak RSS {result['peak_rss_mb']:.0f} MB; statistics "
           f"{a.statistics}, min_pair_count {a.min_count}; numerical error {numerical:.1e}")
+    if a.prune_check:
+        shares_cert = prune_check(model, saes, corpus[0], a.T, heads[0] if heads else 0)
+        print("Cauchy-Schwarz pruning, certified share of cells: "
+              + ", ".join(f"a = {f:.0%} of K: {v:.3f}" for f, v in shares_cert.items()))
     print(f"load after: {os.getloadavg()[0]:.2f}")
     print(f"samples_per_s={result['samples'] / wall:.4f} feature_share={feat:.4f} truncation_share={trunc:.4f}")
 

@@ -80,14 +80,28 @@ class FeatureActCollector:
     @staticmethod
     def _windows(ids, coef, offs, b, p, gid) -> torch.Tensor:
         """[n, 2·WINDOW+1]: the activation of feature `gid` at positions p−WINDOW … p+WINDOW of row b (NaN
-        outside the sample)."""
-        n_pos = ids.shape[1]
+        outside the sample; 0 where the feature is not active there).
+
+        A lookup, not a comparison of every window slot with every one of the K features there ([n, 2W+1, K]:
+        ≈ 0.4 s per batch at K = 200): the active (row, position, feature) triples of the batch are keyed
+        key = (b·n_pos + p)·n_ids + gid, sorted once, and each window slot's key is found by binary search.
+        A position lists a feature at most once, so the value found is that slot's coefficient itself.
+        """
+        n_rows, n_pos, _ = ids.shape
+        n_ids = int(offs[-1]) + 1
         pos = p[:, None] + torch.arange(-WINDOW, WINDOW + 1)[None]
         inside = (pos >= 0) & (pos < n_pos)
         posc = pos.clamp(0, n_pos - 1)
-        hit = ids[b[:, None], posc] == gid[:, None, None]          # [n, 2W+1, K]
-        vals = (coef[b[:, None], posc] * hit).sum(-1)
-        return torch.where(inside, vals, torch.full_like(vals, float("nan")))
+        ab, ap, ak = (coef != 0).nonzero(as_tuple=True)
+        keys = (ab * n_pos + ap) * n_ids + ids[ab, ap, ak]
+        keys, order = keys.sort()
+        vals = coef[ab, ap, ak][order]
+        want = (b[:, None] * n_pos + posc) * n_ids + gid[:, None]  # [n, 2W+1]
+        out = torch.zeros(want.shape, dtype=coef.dtype)
+        if len(keys):
+            at = torch.searchsorted(keys, want).clamp(max=len(keys) - 1)
+            out = torch.where(keys[at] == want, vals[at], out)
+        return torch.where(inside, out, torch.full_like(out, float("nan")))
 
     def _fold(self) -> None:
         """Keep the best PER_KIND rows per (kind, feature) of everything added so far."""
@@ -117,9 +131,8 @@ class FeatureActCollector:
                 "pos": pa.array(r["pos"].numpy().astype(np.uint16)),
                 "value": pa.array(r["value"].numpy().astype(np.float32)),
                 # outside the sample: null (not NaN, which never equals itself)
-                "ctx_acts": pa.array([[None if np.isnan(v) else float(v) for v in w]
-                                      for w in r["window"].numpy().astype(np.float32)],
-                                     pa.list_(pa.float32()))}, schema=contracts.FEATURE_ACTS_SCHEMA)
+                "ctx_acts": _ctx_lists(r["window"].numpy().astype(np.float32))},
+                schema=contracts.FEATURE_ACTS_SCHEMA)
         if self.hist:
             keys = np.array(sorted(self.hist), dtype=np.int64)
             nb = HIST_HI - HIST_LO + 1
@@ -131,3 +144,11 @@ class FeatureActCollector:
                 "n": pa.array(np.array([self.hist[int(k)] for k in keys], dtype=np.uint64))},
                 schema=contracts.FEATURE_HIST_SCHEMA)
         return out
+
+
+def _ctx_lists(window: np.ndarray) -> pa.ListArray:
+    """[n, 2·WINDOW+1] float32 → one list per row, null where NaN (outside the sample: null, not NaN,
+    which never equals itself); built from the flat values and a null mask, no Python loop per value."""
+    n, w = window.shape
+    flat = pa.array(window.reshape(-1), type=pa.float32(), mask=np.isnan(window.reshape(-1)))
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, n * w + 1, w, dtype=np.int32)), flat)

@@ -27,6 +27,7 @@ from fra_core import contracts
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig, ShardWriteError
 from fra_core.accumulate.topm import TopMRunner
 from fra_core.datasets import open_texts
+from fra_core.fra.rowcache import fixed_weights
 
 __all__ = ["accumulate", "compute_shard", "prepare", "run_accumulate", "shard_items", "start_run_info"]
 
@@ -142,7 +143,7 @@ def compute_shard(runner, cfg: AccumulateFRAConfig, shard: int, items: list[tupl
     do not depend on who computes it. on_batch(n): called with the samples processed so far (progress
     and cancel checks). Returns the number of samples written."""
     buf = runner.new_buffer()
-    with torch.no_grad():
+    with torch.no_grad(), fixed_weights():  # the job holds its weights: decoder checksums once per version
         for start in range(0, len(items), cfg.batch_size):
             runner.process(items[start:start + cfg.batch_size], buf)
             if on_batch is not None and start + cfg.batch_size < len(items):

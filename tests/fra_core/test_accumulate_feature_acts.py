@@ -118,3 +118,31 @@ def test_partners_by_head_match_top_pairs(db):
                                    layer=int(layer), head=int(head))
             assert list(part["partner"]) == list(ref["partner"])
             assert part["value"].tolist() == pytest.approx(ref["value"].tolist())
+
+
+def test_windows_lookup_equals_the_definition():
+    """The keyed lookup of context activations equals the definition: Σ_k coef[b, p', k]·[ids[b, p', k] = gid]
+    at each window position p' (NaN outside the sample), with padding ids and inactive slots present."""
+    import torch
+
+    from fra_core.accumulate.feature_acts import FeatureActCollector, _ctx_lists
+
+    g = torch.Generator().manual_seed(0)
+    for T in (1, 5, 23):
+        n_feat, K = 50, 12
+        ids = torch.stack([torch.stack([torch.randperm(n_feat, generator=g)[:K] for _ in range(T)]) for _ in range(3)])
+        coef = torch.randn(3, T, K, generator=g) * (torch.rand(3, T, K, generator=g) > 0.3)
+        ids[(coef == 0) & (torch.rand(3, T, K, generator=g) > 0.5)] = n_feat  # the padding id
+        ab, ap, ak = (coef != 0).nonzero(as_tuple=True)
+        sel = torch.randint(0, len(ab), (40,), generator=g)
+        b, p, gid = ab[sel], ap[sel], ids[ab[sel], ap[sel], ak[sel]]
+        got = FeatureActCollector._windows(ids, coef, torch.tensor([0, 20, n_feat]), b, p, gid)
+        for r in range(len(b)):
+            for w, q in enumerate(range(int(p[r]) - WINDOW, int(p[r]) + WINDOW + 1)):
+                if 0 <= q < T:
+                    want = float((coef[b[r], q] * (ids[b[r], q] == gid[r])).sum())
+                    assert float(got[r, w]) == want
+                else:
+                    assert math.isnan(float(got[r, w]))
+        assert _ctx_lists(got.numpy()).to_pylist() == [[None if math.isnan(v) else v for v in row]
+                                                       for row in got.tolist()]
