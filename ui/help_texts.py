@@ -28,7 +28,9 @@ ACCUMULATE = {
     "acc_context": "Texts are truncated to this many tokens (at most the model's context).",
     "acc_batch": "Texts per forward pass: larger is faster until memory runs out.",
     "acc_shard": "Texts per shard: a shard is written (and appears on the Pair tables page) when complete; "
-                 "a resumed job restarts at the last complete shard.",
+                 "a resumed job restarts at the last complete shard. All-pair statistics hold a whole shard's "
+                 "pairs in memory (GPT-2 Small scale: ≈ 1 GB per text and head); the job stops after its first "
+                 "batch, naming a size that fits, when a shard would not fit.",
     "acc_statistics": "exact: every feature pair of every cell is counted (sums and means are exact; marginals "
                       "stored). top-m: only the m largest pairs per cell (older runs; faster on huge SAEs).",
     "acc_layers": "Several layers in one run (all their heads), e.g. 1, 2. Blank: the Layer above.",
