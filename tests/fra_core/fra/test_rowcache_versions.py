@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fra_core.fra import FRAOptions, compute_fra, rowcache
@@ -49,38 +50,32 @@ def test_checksum_once_per_version_inside_the_scope(monkeypatch):
     assert len(calls) == 2 + 1
 
 
-def test_in_place_edit_inside_the_scope_drops_the_table():
+def _scale_in_place(d):
+    version = d.W_dec._version
+    with torch.no_grad():
+        d.W_dec[:7].mul_(1.9)  # only the decoder changes: the maps' checksum stays the same
+    assert d.W_dec._version != version
+
+
+def _replace_tensor(d):
+    d.W_dec = torch.nn.Parameter(d.W_dec.detach() * 0.5 + 0.01)  # a new tensor, version 0 again
+
+
+@pytest.mark.parametrize("edit", [_scale_in_place, _replace_tensor], ids=["in-place edit", "new tensor"])
+def test_a_decoder_change_inside_the_scope_drops_the_table(edit):
     clear_cache()
     model = build_model("Mistral")
     d = family_sides(model, 2)["resid_pre"]
     tok = _tokens(model, 1)
     with fixed_weights():
         before = compute_fra(model, tok, 2, None, d, None, OPTS)
-        version = d.W_dec._version
-        with torch.no_grad():
-            d.W_dec[:7].mul_(1.9)  # only the decoder changes: the maps' checksum stays the same
-        assert d.W_dec._version != version
+        edit(d)
         after = compute_fra(model, tok, 2, None, d, None, OPTS)
     fresh = _fresh(model, tok, 2, d)
     assert not torch.equal(before.entries["value"], after.entries["value"])
     for f in fresh.entries:
         assert torch.equal(after.entries[f], fresh.entries[f]), f
     assert after.completeness_error() <= 1e-5
-
-
-def test_new_decoder_tensor_inside_the_scope_drops_the_table():
-    clear_cache()
-    model = build_model("Mistral")
-    d = family_sides(model, 2)["resid_pre"]
-    tok = _tokens(model, 2)
-    with fixed_weights():
-        before = compute_fra(model, tok, 2, None, d, None, OPTS)
-        d.W_dec = torch.nn.Parameter(d.W_dec.detach() * 0.5 + 0.01)  # a new tensor, version 0 again
-        after = compute_fra(model, tok, 2, None, d, None, OPTS)
-    fresh = _fresh(model, tok, 2, d)
-    assert not torch.equal(before.entries["value"], after.entries["value"])
-    for f in fresh.entries:
-        assert torch.equal(after.entries[f], fresh.entries[f]), f
 
 
 def test_scope_gives_the_same_bits_as_no_scope():
