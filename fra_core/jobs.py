@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -51,8 +52,20 @@ JOB_KINDS: dict[str, tuple[str, str]] = {
 
 
 __all__ = ["JOB_KINDS", "TERMINAL_STATES", "ConsoleProgress", "JobCancelled", "JobInfo", "NullProgress", "Progress",
-           "cancel_job", "config_class", "job_status", "launch_job", "list_jobs", "new_job_dir", "pid_alive",
+           "cancel_job", "config_class", "fmt_rate", "job_status", "launch_job", "list_jobs", "new_job_dir", "pid_alive",
            "read_json", "read_metrics", "register_job_kind", "run_job_dir", "start_process", "write_json_atomic"]
+
+
+def fmt_rate(rate: Any, unit: str = "samples", unknown: str = "—") -> str:
+    """A job's rate for people: '2.35 samples/s', or '20 s per sample' below 0.1/s (a fixed '.1f' printed
+    0.05/s as '0.0'); `unknown` when the rate is None, 0 or not a finite number."""
+    try:
+        r = float(rate)
+    except (TypeError, ValueError):
+        return unknown
+    if not (math.isfinite(r) and r > 0):
+        return unknown
+    return f"{r:.3g} {unit}/s" if r >= 0.1 else f"{1 / r:.3g} s per {unit.rstrip('s')}"
 
 
 class JobCancelled(Exception):

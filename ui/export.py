@@ -14,17 +14,13 @@ import streamlit as st
 
 from ui import common as ui
 from ui import store as ui_store
-from ui.tables import fmt_seconds
+from ui.tables import fmt_bytes, fmt_seconds
 
 # key → (button label, file suffix, mime type)
 KINDS = {"parquet": ("Pairs (Parquet)", "pairs.parquet", "application/octet-stream"),
          "csv": ("Pairs (CSV)", "pairs.csv", "text/csv"),
          "html": ("HTML report", "report.html", "text/html"),
          "package": ("Results package (.tar.gz)", "tar.gz", "application/gzip")}
-
-
-def fmt_bytes(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB" if n >= 100_000 else f"{n / 1e3:,.1f} kB"
 
 
 def build(key: str, make, label: str) -> bytes | None:

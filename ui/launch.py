@@ -12,6 +12,7 @@ from fra_core import jobs
 from fra_core.errors import FRAStudioError
 from ui import common as ui
 from ui import tables
+from ui.tables import fmt_bytes
 
 
 class LaunchRefused(FRAStudioError):
@@ -81,14 +82,6 @@ def topm_bound(cfg) -> str:
     disk = cfg.n_samples * heads * cells * cfg.top_m * 60
     return (f"memory ≲ {fmt_bytes(per_batch)} of pair entries per batch + the model and SAEs · disk ≲ "
             f"{fmt_bytes(disk)} (upper bound: every kept pair distinct; estimates, no earlier job to scale from)")
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} TB"
 
 
 def _reference_job(cfg, ws):

@@ -65,7 +65,7 @@ from store.page_queries import (
 from store.sql_worker import run_sql_bounded
 from store.watchdog import memory_limit, query_timeout_s, time_limit
 from ui import common as ui
-from ui.exports import with_neuronpedia, with_sources  # noqa: F401 - with_neuronpedia: part of this module's API
+from ui.export_columns import with_neuronpedia, with_sources  # noqa: F401 - with_neuronpedia: part of this module's API
 from ui.help_texts import PAIR_TABLES as HELP
 
 SYNC_EVERY_S = 2.0

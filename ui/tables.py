@@ -7,6 +7,7 @@ columns hidden, feature ids that link to the Feature page, numbers with units.
                 page, Neuronpedia links
                 where the SAE is a Neuronpedia-hosted registry SAE
 * `fmt_seconds`, `fmt_rate`, `fmt_eta` durations, rates and ETAs with units ("—" when unknown)
+* `fmt_bytes`   sizes ("840 B", "12.3 kB", "1.25 GB")
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib.parse import urlencode
 import pandas as pd
 import streamlit as st
 
+from fra_core.jobs import fmt_rate  # noqa: F401 - part of this module's API (one rate format)
 from ui.sources import short_names
 
 FEATURE_PAGE = "feature"  # the url path of pages/feature.py
@@ -111,11 +113,6 @@ def fmt_seconds(s: Any) -> str:
     return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
 
 
-def fmt_rate(rate: Any, unit: str = "samples") -> str:
-    r = _finite(rate)
-    if r is None or r == 0:
-        return "—"
-    return f"{r:.3g} {unit}/s" if r >= 0.1 else f"{1 / r:.3g} s per {unit.rstrip('s')}"
 
 
 def fmt_eta(eta_s: Any, done: Any, total: Any, elapsed_s: Any = None) -> str:
@@ -127,3 +124,12 @@ def fmt_eta(eta_s: Any, done: Any, total: Any, elapsed_s: Any = None) -> str:
     if d / t < ETA_MIN_DONE_FRACTION and (el is None or el < ETA_MIN_ELAPSED_S):
         return "—"
     return fmt_seconds(math.ceil(eta))
+
+
+def fmt_bytes(n: float) -> str:
+    """Three significant digits in B, kB, MB, GB or TB (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 999.5:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"

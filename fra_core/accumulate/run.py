@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from fra_core import contracts
+from fra_core import contracts, jobs
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig, ShardWriteError
 from fra_core.accumulate.topm import TopMRunner
 from fra_core.datasets import open_texts
@@ -213,10 +213,8 @@ def _report(progress, cfg, n_done: int, n_start: int, t0: float, last_print: flo
 
 
 def fmt_rate(rate: float) -> str:
-    """'2.35 samples/s', or '12.5 s per sample' below 0.1/s (a fixed '.1f' printed 0.05/s as '0.0')."""
-    if not rate > 0:
-        return "— samples/s"
-    return f"{rate:.3g} samples/s" if rate >= 0.1 else f"{1 / rate:.3g} s per sample"
+    """The job's rate in its log and status lines (`fra_core.jobs.fmt_rate`; "— samples/s" while unknown)."""
+    return jobs.fmt_rate(rate, unknown="— samples/s")
 
 
 def run_accumulate(cfg: AccumulateFRAConfig, progress, *, model=None, q_saes=None, k_saes=None) -> dict[str, Any]:

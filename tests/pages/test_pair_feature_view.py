@@ -118,7 +118,7 @@ def test_exports_name_each_source(two_sae_ws):
 
 
 def test_csv_source_columns_keep_every_cell_as_written():
-    from ui.exports import with_sources
+    from ui.export_columns import with_sources
 
     original = ('layer,head,q_src,q_feat,k_src,k_feat,q_label\n'
                 '1,0,0,3,1,4,"a, b"\n'
