@@ -19,6 +19,8 @@ An accumulation job folder's `shards/` holds, per shard `i` (a batch of samples)
                                    node totals (MARGINALS_SCHEMA, NODE_TOTALS_SCHEMA; absent otherwise)
     shard-000042.feature_acts.parquet / .feature_hist.parquet  top and sampled activations per feature
                                    with their context windows, and activation histograms (absent in older shards)
+    shard-000042.coact.parquet / .proj.parquet  all-pair runs, head-independent layers: the layer's
+                                   co-activation table and the heads' projected rows (COACT_SCHEMA, PROJ_SCHEMA)
     shard-000042.json              manifest: written last, so its presence marks a complete shard
 
 Every file is written to a temp name and moved into place with `os.replace`, and the manifest comes
@@ -80,11 +82,33 @@ FEATURE_ACTS_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()),
 FEATURE_HIST_SCHEMA = pa.schema([("src", pa.uint16()), ("feature", pa.uint32()), ("bin", pa.int16()),
                                  ("n", pa.uint64())])
 
+# all-pair runs, layers whose co-activation table is head-independent (no attention weighting, no rotary):
+# the shard stores that table ONCE for all heads of the layer (COACT_SCHEMA) and each head's projected
+# decoder rows of the features in it (PROJ_SCHEMA); it writes no per-head `pairs`/`examples` rows for
+# such layers. Head h's statistics of pair (f, g) follow exactly (fra_core.fra.allpairs.head_stats), with
+# G = Σ_d q.vec[d] · k.vec[d] (q: side 'q', head h, feature f; k: side 'k', head h, feature g):
+#   n = n, sum = G·s, abs_sum = |G|·abs, max = max(G·mx, G·mn), min = min(G·mx, G·mn),
+#   diag_n = diag_n, diag_sum = G·diag_s, diag_abs_sum = |G|·diag_abs,
+#   examples: the max cell (mx_sample, mx_q, mx_k) with value G·mx and the min cell with G·mn.
+# vec (float64, d_head): side 'q' = U_f[h] = d_f W_Q^h (LN-folded, the engine's query row),
+# side 'k' = V_g[h] / attn_scale. The store applies G (store.schema `pair_rows`).
+COACT_SCHEMA = pa.schema([
+    ("layer", pa.uint16()), ("q_src", pa.uint16()), ("q_feat", pa.uint32()), ("k_src", pa.uint16()),
+    ("k_feat", pa.uint32()), ("n", pa.uint64()), ("s", pa.float64()), ("abs", pa.float64()),
+    ("mx", pa.float64()), ("mn", pa.float64()),
+    ("diag_n", pa.uint64()), ("diag_s", pa.float64()), ("diag_abs", pa.float64()),
+    ("mx_sample", pa.uint64()), ("mx_q", pa.uint16()), ("mx_k", pa.uint16()),
+    ("mn_sample", pa.uint64()), ("mn_q", pa.uint16()), ("mn_k", pa.uint16()),
+])
+PROJ_SCHEMA = pa.schema([("layer", pa.uint16()), ("head", pa.uint16()), ("side", pa.string()),
+                         ("src", pa.uint16()), ("feature", pa.uint32()), ("vec", pa.list_(pa.float64()))])
+
 KINDS = {"pairs": PAIRS_SCHEMA, "examples": EXAMPLES_SCHEMA, "samples": SAMPLES_SCHEMA,
          "features": FEATURES_SCHEMA, "feature_tokens": FEATURE_TOKENS_SCHEMA, "marginals": MARGINALS_SCHEMA,
-         "node_totals": NODE_TOTALS_SCHEMA, "feature_acts": FEATURE_ACTS_SCHEMA, "feature_hist": FEATURE_HIST_SCHEMA}
+         "node_totals": NODE_TOTALS_SCHEMA, "feature_acts": FEATURE_ACTS_SCHEMA, "feature_hist": FEATURE_HIST_SCHEMA,
+         "coact": COACT_SCHEMA, "proj": PROJ_SCHEMA}
 # shards written before a kind existed (or by top-m runs) are read as if it were empty
-OPTIONAL_KINDS = ("feature_tokens", "marginals", "node_totals", "feature_acts", "feature_hist")
+OPTIONAL_KINDS = ("feature_tokens", "marginals", "node_totals", "feature_acts", "feature_hist", "coact", "proj")
 _MANIFEST_RE = re.compile(r"^shard-(\d{6})\.json$")
 
 
@@ -109,8 +133,6 @@ def _replace_atomic(path: Path, write) -> None:
 def write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write a Parquet file to a temp name, then move it into place (readers never see half a file)."""
     _replace_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-
-
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
