@@ -1,11 +1,17 @@
 """Compaction: a run's staged shard rows merged into its pair tables, summaries, top-K lists, feature
-densities and automatic labels, in one transaction (queries always see a consistent run)."""
+densities and automatic labels, in one transaction (queries always see a consistent run).
+
+Co-activation rows (all-pair runs, head-independent layers: `pair_coact`) merge like pair rows do, before
+any head's G is applied: for a pair (f, g) the shards' co-activation statistics add (n, s = Σ ã_if ã_jg,
+abs, diag_*) or combine (mx = the largest product, mn = the smallest, each with its cell). Because
+head h's sum is G_h[f, g] · s and G does not depend on the data, G·(Σ over shards of s) is head h's sum
+over all shards, so the merged table serves every head (the view `pair_rows` applies G)."""
 
 from __future__ import annotations
 
 from store.labels import refresh_auto_labels
 from store.sqlparts import KEY
-from store.topk import refresh_top
+from store.topk import refresh_top, run_pair_source
 
 DEFAULT_EXAMPLES = 3  # example contexts kept per pair
 
@@ -18,7 +24,7 @@ def compact_run(con, run: int, examples_per_pair: int = DEFAULT_EXAMPLES) -> int
     when a page filters by head, and a top-N by sum stops after the first row groups. The per-head
     counts in pair_summary are rebuilt. Returns the number of staged rows merged.
     """
-    staged = con.execute("SELECT count(*) FROM pair_stats_staged WHERE run = ?", [run]).fetchone()[0]
+    staged = staged_rows(con, run)
     if not staged:
         return 0
     con.execute("BEGIN TRANSACTION")
@@ -45,6 +51,7 @@ def compact_run(con, run: int, examples_per_pair: int = DEFAULT_EXAMPLES) -> int
         con.execute("INSERT INTO pair_examples SELECT * FROM _merged")
         con.execute("DELETE FROM pair_examples_staged WHERE run = ?", [run])
         con.execute("DROP TABLE _merged")
+        _merge_coact(con, run)
         refresh_summary(con, run)
         _update_feature_density(con, run)
         refresh_auto_labels(con, run)
@@ -55,16 +62,54 @@ def compact_run(con, run: int, examples_per_pair: int = DEFAULT_EXAMPLES) -> int
     return int(staged)
 
 
+def staged_rows(con, run: int) -> int:
+    """Rows of the run waiting for compaction (pair rows and co-activation rows)."""
+    return int(con.execute("""SELECT (SELECT count(*) FROM pair_stats_staged WHERE run = $1)
+                                     + (SELECT count(*) FROM pair_coact_staged WHERE run = $1)""", [run]).fetchone()[0])
+
+
+def _merge_coact(con, run: int) -> None:
+    """pair_coact of the run ∪ its staged co-activation rows, merged per (layer, pair); call inside a
+    transaction. mx keeps the largest product with the earliest (sample, q, k) cell among ties, mn the
+    smallest likewise (deterministic whatever the order the shards came in): the minimum of the struct
+    (−mx, cell) is the largest mx and, among equal ones, the smallest cell; −x is exact in floating point."""
+    if not con.execute("SELECT count(*) FROM pair_coact_staged WHERE run = ?", [run]).fetchone()[0]:
+        return
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _merged AS
+        WITH g AS (
+            SELECT run, layer, q_src, q_feat, k_src, k_feat, sum(n)::UBIGINT AS n, sum(s) AS s, sum("abs") AS "abs",
+                   min({'v': -mx, 's': mx_sample, 'q': mx_q, 'k': mx_k}) AS top,
+                   min({'v': mn, 's': mn_sample, 'q': mn_q, 'k': mn_k}) AS bottom,
+                   sum(diag_n)::UBIGINT AS diag_n, sum(diag_s) AS diag_s, sum(diag_abs) AS diag_abs
+            FROM (SELECT * FROM pair_coact WHERE run = $1 UNION ALL SELECT * FROM pair_coact_staged WHERE run = $1)
+            GROUP BY run, layer, q_src, q_feat, k_src, k_feat)
+        SELECT run, layer, q_src, q_feat, k_src, k_feat, n, s, "abs", -top.v AS mx, bottom.v AS mn,
+               diag_n, diag_s, diag_abs, top.s AS mx_sample, top.q AS mx_q, top.k AS mx_k,
+               bottom.s AS mn_sample, bottom.q AS mn_q, bottom.k AS mn_k
+        FROM g ORDER BY layer, q_src, q_feat, k_src, k_feat""", [run])
+    con.execute("DELETE FROM pair_coact WHERE run = ?", [run])
+    con.execute("INSERT INTO pair_coact SELECT * FROM _merged")
+    con.execute("DELETE FROM pair_coact_staged WHERE run = ?", [run])
+    con.execute("DROP TABLE _merged")
+
+
 def refresh_summary(con, run: int) -> None:
-    """Rebuild the run's per-head counts (pair_summary), runs.n_pairs and its pre-ranked top-K lists
-    (`store.topk`); call inside a transaction."""
+    """Rebuild the run's per-head counts and |FRA| totals (pair_summary), runs.n_pairs and its pre-ranked
+    top-K lists (`store.topk`), all over `pair_rows` (stored rows and co-activation rows with G applied,
+    materialised once for a run that has co-activation rows); call inside a transaction."""
+    source = run_pair_source(con, run)
     con.execute("DELETE FROM pair_summary WHERE run = ?", [run])
-    con.execute("""INSERT INTO pair_summary SELECT run, layer, head, count(*),
-                       count_if(q_src = k_src AND q_feat = k_feat), sum(n), sum(diag_n)
-                   FROM pair_stats WHERE run = ? GROUP BY run, layer, head""", [run])
+    con.execute(f"""INSERT INTO pair_summary (run, layer, head, unique_pairs, self_pairs, occurrences,
+                                              diagonal_occurrences, sum, abs_sum, max_abs)
+                    SELECT run, layer, head, count(*), count_if(q_src = k_src AND q_feat = k_feat), sum(n),
+                           sum(diag_n), sum(sum), sum(abs_sum), max(greatest(abs(max), abs(min)))
+                    FROM {source} WHERE run = ? GROUP BY run, layer, head""", [run])
     con.execute("UPDATE runs SET n_pairs = (SELECT coalesce(sum(unique_pairs), 0) FROM pair_summary WHERE run = $1)"
                 " WHERE id = $1", [run])
-    refresh_top(con, run)
+    refresh_top(con, run, source=source)
+    if source != "pair_stats":  # a failed transaction rolls the temp table back with everything else
+        con.execute(f"DROP TABLE {source}")
 
 
 def _update_feature_density(con, run: int) -> None:

@@ -200,6 +200,73 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             PRIMARY KEY (run, src, feature, bin)
         );
     """),
+    ("0013_pair_coact", """
+        -- all-pair runs, head-independent layers: the layer's co-activation table ONCE for all heads
+        -- (fra_core.contracts.COACT_SCHEMA, merged over shards by compaction) and each head's projected
+        -- decoder rows; head h's statistics of pair (f, g) are G·(co-activation statistics) with
+        -- G = q.vec · k.vec (side 'q': U_f[h], side 'k': V_g[h] / attn_scale), applied by the views below
+        CREATE TABLE pair_coact (
+            run UINTEGER NOT NULL, layer USMALLINT NOT NULL,
+            q_src USMALLINT NOT NULL, q_feat UINTEGER NOT NULL,
+            k_src USMALLINT NOT NULL, k_feat UINTEGER NOT NULL,
+            n UBIGINT NOT NULL, s DOUBLE NOT NULL, abs DOUBLE NOT NULL,   -- Σ ã_if ã_jg, Σ |ã_if ã_jg|
+            mx DOUBLE NOT NULL, mn DOUBLE NOT NULL,                       -- largest / smallest product
+            diag_n UBIGINT NOT NULL, diag_s DOUBLE NOT NULL, diag_abs DOUBLE NOT NULL,
+            mx_sample UBIGINT NOT NULL, mx_q USMALLINT NOT NULL, mx_k USMALLINT NOT NULL,  -- cell of mx
+            mn_sample UBIGINT NOT NULL, mn_q USMALLINT NOT NULL, mn_k USMALLINT NOT NULL   -- cell of mn
+        );
+        CREATE TABLE pair_coact_staged AS SELECT * FROM pair_coact LIMIT 0;
+        CREATE TABLE pair_proj (
+            run UINTEGER NOT NULL, layer USMALLINT NOT NULL, head USMALLINT NOT NULL,
+            side VARCHAR NOT NULL, src USMALLINT NOT NULL, feature UINTEGER NOT NULL,
+            vec DOUBLE[] NOT NULL,
+            PRIMARY KEY (run, layer, head, side, src, feature)
+        );
+        -- per head, kept by compaction: Σ FRA, Σ|FRA| and the largest |FRA| (head_summary and
+        -- score_shares without a scan; NULL for runs compacted before this migration)
+        ALTER TABLE pair_summary ADD COLUMN sum DOUBLE;
+        ALTER TABLE pair_summary ADD COLUMN abs_sum DOUBLE;
+        ALTER TABLE pair_summary ADD COLUMN max_abs DOUBLE;
+        -- every pair row of every run, in pair_stats' columns: stored rows (top-m runs, per-head all-pair
+        -- layers) and the co-activation rows expanded per head: sum = G·s, abs_sum = |G|·abs,
+        -- max/min = the larger/smaller of G·mx and G·mn (G < 0 swaps them), nd_sum = G·(s − diag_s)
+        CREATE VIEW pair_rows AS
+            SELECT * FROM pair_stats
+            UNION ALL
+            SELECT run, layer, head, q_src, q_feat, k_src, k_feat, n, g * s AS sum, abs(g) * "abs" AS abs_sum,
+                   greatest(g * mx, g * mn)::FLOAT AS max, least(g * mx, g * mn)::FLOAT AS min,
+                   diag_n, g * diag_s AS diag_sum, abs(g) * diag_abs AS diag_abs_sum, g * (s - diag_s) AS nd_sum
+            FROM (SELECT c.*, q.head, list_dot_product(q.vec, k.vec) AS g
+                  FROM pair_coact c
+                  JOIN pair_proj q ON q.run = c.run AND q.layer = c.layer AND q.side = 'q' AND q.src = c.q_src
+                                      AND q.feature = c.q_feat
+                  JOIN pair_proj k ON k.run = c.run AND k.layer = c.layer AND k.head = q.head AND k.side = 'k'
+                                      AND k.src = c.k_src AND k.feature = c.k_feat);
+        -- every example row, in pair_examples' columns: stored ones and, per co-activation row and head,
+        -- the max cell (value G·mx) and the min cell (G·mn) where it is another cell; with the run's
+        -- examples_per_pair = 1 only the one with the larger |value| (ties: the max cell), with 0 none
+        CREATE VIEW pair_example_rows AS
+            SELECT * FROM pair_examples
+            UNION ALL
+            SELECT run, layer, head, q_src, q_feat, k_src, k_feat, sample, q_pos, k_pos, value
+            FROM (SELECT c.run, c.layer, q.head, c.q_src, c.q_feat, c.k_src, c.k_feat,
+                         (list_dot_product(q.vec, k.vec) * c.mx)::FLOAT AS v_mx,
+                         (list_dot_product(q.vec, k.vec) * c.mn)::FLOAT AS v_mn,
+                         (c.mn_sample, c.mn_q, c.mn_k) <> (c.mx_sample, c.mx_q, c.mx_k) AS two,
+                         coalesce(TRY_CAST(r.config->>'$.examples_per_pair' AS INTEGER), 3) AS epp,
+                         c.mx_sample, c.mx_q, c.mx_k, c.mn_sample, c.mn_q, c.mn_k
+                  FROM pair_coact c
+                  JOIN runs r ON r.id = c.run
+                  JOIN pair_proj q ON q.run = c.run AND q.layer = c.layer AND q.side = 'q' AND q.src = c.q_src
+                                      AND q.feature = c.q_feat
+                  JOIN pair_proj k ON k.run = c.run AND k.layer = c.layer AND k.head = q.head AND k.side = 'k'
+                                      AND k.src = c.k_src AND k.feature = c.k_feat) e,
+                 LATERAL (SELECT mx_sample AS sample, mx_q AS q_pos, mx_k AS k_pos, v_mx AS value
+                          WHERE epp >= 2 OR (epp = 1 AND (NOT two OR abs(v_mx) >= abs(v_mn)))
+                          UNION ALL
+                          SELECT mn_sample, mn_q, mn_k, v_mn
+                          WHERE two AND (epp >= 2 OR (epp = 1 AND abs(v_mn) > abs(v_mx))));
+    """),
 )
 
 # tables that hold per-run rows (delete_run and the results package walk these)
@@ -207,7 +274,7 @@ RUN_TABLES: tuple[str, ...] = ("pair_stats", "pair_stats_staged", "pair_summary"
                                "pair_examples_staged", "pair_top", "pair_top_lists",
                                "samples_done", "ingested_shards", "sources", "feature_counts", "feature_tokens",
                                "feature_auto_labels", "run_completeness", "feature_marginals", "node_totals",
-                               "feature_acts", "feature_hist")
+                               "feature_acts", "feature_hist", "pair_coact", "pair_coact_staged", "pair_proj")
 
 
 def applied_migrations(con) -> list[str]:
