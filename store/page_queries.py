@@ -16,7 +16,7 @@ def head_summary(con, run: int | str) -> pd.DataFrame:
     run_id = resolve_run(con, run)
     stale = con.execute("SELECT count_if(abs_sum IS NULL OR max_abs IS NULL) FROM pair_summary WHERE run = ?",
                         [run_id]).fetchone()[0]
-    agg = ("""(SELECT layer, head, sum(abs_sum) AS abs_sum, max(greatest(abs(max), abs(min))) AS max_abs
+    agg = ("""(SELECT layer, head, sum(abs_sum) AS abs_sum, max(greatest(abs(max), abs(min)))::DOUBLE AS max_abs
                FROM pair_rows WHERE run = $run GROUP BY layer, head)""" if stale else
            "(SELECT layer, head, abs_sum, max_abs FROM pair_summary WHERE run = $run)")
     return con.execute(f"""
