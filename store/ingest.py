@@ -183,6 +183,21 @@ def _insert_proj(con, run: int, shard: int, job: str) -> None:
                          "weights changed between shards, so its statistics would mix two models: refusing")
     con.execute("""INSERT INTO pair_proj SELECT ?, layer, head, side, src, feature, vec FROM _shard_proj
                    ON CONFLICT DO NOTHING""", [run])
+    # every co-activation row needs both features' vectors for every head of its layer (its G per head)
+    missing = con.execute("""
+        WITH heads AS (SELECT layer, count(DISTINCT head) AS n_heads FROM pair_proj WHERE run = $1 GROUP BY layer),
+             have AS (SELECT layer, side, src, feature, count(*) AS n FROM pair_proj WHERE run = $1 GROUP BY ALL)
+        SELECT c.layer, c.q_src, c.q_feat, c.k_src, c.k_feat, coalesce(h.n_heads, 0), coalesce(q.n, 0), coalesce(k.n, 0)
+        FROM _shard_coact c LEFT JOIN heads h ON h.layer = c.layer
+        LEFT JOIN have q ON q.layer = c.layer AND q.side = 'q' AND q.src = c.q_src AND q.feature = c.q_feat
+        LEFT JOIN have k ON k.layer = c.layer AND k.side = 'k' AND k.src = c.k_src AND k.feature = c.k_feat
+        WHERE h.n_heads IS NULL OR coalesce(q.n, 0) <> h.n_heads OR coalesce(k.n, 0) <> h.n_heads
+        LIMIT 1""", [run]).fetchone()
+    if missing is not None:
+        *key, n_heads, n_q, n_k = missing
+        raise StoreError(f"shard {shard} of {job}: co-activation row (layer, q_src, q_feat, k_src, k_feat) = "
+                         f"{tuple(key)} has {n_q} 'q' and {n_k} 'k' proj vectors stored, but its layer has "
+                         f"{n_heads} heads: its per-head statistics cannot be computed; refusing the shard")
 
 
 def _const_column(value: int, n: int):

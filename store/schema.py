@@ -213,14 +213,23 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             mx DOUBLE NOT NULL, mn DOUBLE NOT NULL,                       -- largest / smallest product
             diag_n UBIGINT NOT NULL, diag_s DOUBLE NOT NULL, diag_abs DOUBLE NOT NULL,
             mx_sample UBIGINT NOT NULL, mx_q USMALLINT NOT NULL, mx_k USMALLINT NOT NULL,  -- cell of mx
-            mn_sample UBIGINT NOT NULL, mn_q USMALLINT NOT NULL, mn_k USMALLINT NOT NULL   -- cell of mn
+            mn_sample UBIGINT NOT NULL, mn_q USMALLINT NOT NULL, mn_k USMALLINT NOT NULL,  -- cell of mn
+            -- G of each head of the layer, in pair_coact_heads.idx order: list_dot_product(q.vec, k.vec)
+            -- of the pair's pair_proj rows, computed once by compaction (the views read it, so a page
+            -- never recomputes 64-d dot products per row and head)
+            g DOUBLE[] NOT NULL
         );
-        CREATE TABLE pair_coact_staged AS SELECT * FROM pair_coact LIMIT 0;
+        CREATE TABLE pair_coact_staged AS SELECT * EXCLUDE (g) FROM pair_coact LIMIT 0;
         CREATE TABLE pair_proj (
             run UINTEGER NOT NULL, layer USMALLINT NOT NULL, head USMALLINT NOT NULL,
             side VARCHAR NOT NULL, src USMALLINT NOT NULL, feature UINTEGER NOT NULL,
             vec DOUBLE[] NOT NULL,
             PRIMARY KEY (run, layer, head, side, src, feature)
+        );
+        -- the heads of each co-activation layer of a run and their position in pair_coact.g (1-based)
+        CREATE TABLE pair_coact_heads (
+            run UINTEGER NOT NULL, layer USMALLINT NOT NULL, head USMALLINT NOT NULL, idx INTEGER NOT NULL,
+            PRIMARY KEY (run, layer, head)
         );
         -- per head, kept by compaction: Σ FRA, Σ|FRA| and the largest |FRA| (head_summary and
         -- score_shares without a scan; NULL for runs compacted before this migration)
@@ -236,12 +245,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             SELECT run, layer, head, q_src, q_feat, k_src, k_feat, n, g * s AS sum, abs(g) * "abs" AS abs_sum,
                    greatest(g * mx, g * mn)::FLOAT AS max, least(g * mx, g * mn)::FLOAT AS min,
                    diag_n, g * diag_s AS diag_sum, abs(g) * diag_abs AS diag_abs_sum, g * (s - diag_s) AS nd_sum
-            FROM (SELECT c.*, q.head, list_dot_product(q.vec, k.vec) AS g
-                  FROM pair_coact c
-                  JOIN pair_proj q ON q.run = c.run AND q.layer = c.layer AND q.side = 'q' AND q.src = c.q_src
-                                      AND q.feature = c.q_feat
-                  JOIN pair_proj k ON k.run = c.run AND k.layer = c.layer AND k.head = q.head AND k.side = 'k'
-                                      AND k.src = c.k_src AND k.feature = c.k_feat);
+            FROM (SELECT c.* EXCLUDE (g), h.head, c.g[h.idx] AS g
+                  FROM pair_coact c JOIN pair_coact_heads h ON h.run = c.run AND h.layer = c.layer);
         -- every example row, in pair_examples' columns: stored ones and, per co-activation row and head,
         -- the max cell (value G·mx) and the min cell (G·mn) where it is another cell; with the run's
         -- examples_per_pair = 1 only the one with the larger |value| (ties: the max cell), with 0 none
@@ -249,18 +254,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             SELECT * FROM pair_examples
             UNION ALL
             SELECT run, layer, head, q_src, q_feat, k_src, k_feat, sample, q_pos, k_pos, value
-            FROM (SELECT c.run, c.layer, q.head, c.q_src, c.q_feat, c.k_src, c.k_feat,
-                         (list_dot_product(q.vec, k.vec) * c.mx)::FLOAT AS v_mx,
-                         (list_dot_product(q.vec, k.vec) * c.mn)::FLOAT AS v_mn,
+            FROM (SELECT c.run, c.layer, h.head, c.q_src, c.q_feat, c.k_src, c.k_feat,
+                         (c.g[h.idx] * c.mx)::FLOAT AS v_mx, (c.g[h.idx] * c.mn)::FLOAT AS v_mn,
                          (c.mn_sample, c.mn_q, c.mn_k) <> (c.mx_sample, c.mx_q, c.mx_k) AS two,
                          coalesce(TRY_CAST(r.config->>'$.examples_per_pair' AS INTEGER), 3) AS epp,
                          c.mx_sample, c.mx_q, c.mx_k, c.mn_sample, c.mn_q, c.mn_k
                   FROM pair_coact c
-                  JOIN runs r ON r.id = c.run
-                  JOIN pair_proj q ON q.run = c.run AND q.layer = c.layer AND q.side = 'q' AND q.src = c.q_src
-                                      AND q.feature = c.q_feat
-                  JOIN pair_proj k ON k.run = c.run AND k.layer = c.layer AND k.head = q.head AND k.side = 'k'
-                                      AND k.src = c.k_src AND k.feature = c.k_feat) e,
+                  JOIN pair_coact_heads h ON h.run = c.run AND h.layer = c.layer
+                  JOIN runs r ON r.id = c.run) e,
                  LATERAL (SELECT mx_sample AS sample, mx_q AS q_pos, mx_k AS k_pos, v_mx AS value
                           WHERE epp >= 2 OR (epp = 1 AND (NOT two OR abs(v_mx) >= abs(v_mn)))
                           UNION ALL
@@ -274,7 +275,8 @@ RUN_TABLES: tuple[str, ...] = ("pair_stats", "pair_stats_staged", "pair_summary"
                                "pair_examples_staged", "pair_top", "pair_top_lists",
                                "samples_done", "ingested_shards", "sources", "feature_counts", "feature_tokens",
                                "feature_auto_labels", "run_completeness", "feature_marginals", "node_totals",
-                               "feature_acts", "feature_hist", "pair_coact", "pair_coact_staged", "pair_proj")
+                               "feature_acts", "feature_hist", "pair_coact", "pair_coact_staged", "pair_proj",
+                               "pair_coact_heads")
 
 
 def applied_migrations(con) -> list[str]:

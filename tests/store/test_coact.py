@@ -88,9 +88,10 @@ def test_pair_rows_equal_cell_enumeration(coact_run):
     assert staged == 0
     exp = expected_rows(cells, extra["vecs"])
     assert_rows_equal(got, exp)
-    # stored once per layer, served once per head
-    assert coact * 1 < len(got) == sum(len(exp[exp["layer"] == la]) for la in LAYERS)
-    assert (cells.groupby(["sample", "q", "k"]).size() > 0).all() and cells["p"].duplicated().any()  # ties exist
+    # stored once per layer, served once per head of it
+    per_layer = cells.drop_duplicates(["layer", "q_src", "q_feat", "k_src", "k_feat"]).groupby("layer").size()
+    assert coact == per_layer.sum() and len(got) == sum(per_layer[la] * len(hs) for la, hs in LAYERS.items())
+    assert cells["p"].duplicated().any()  # equal products in different cells: the tie rule is exercised
 
 
 def test_pair_example_rows_are_the_max_and_min_cells(coact_run):
@@ -248,3 +249,20 @@ def test_results_package_database_holds_the_coact_run(coact_run, tmp_path):
         pd.testing.assert_frame_equal(_rows(con, run, coact_only=False), want)
     finally:
         con.close()
+
+
+def test_coact_row_without_a_heads_vector_is_refused(tmp_path, store):
+    job, *_ = make_coact_job(tmp_path / "jobs", "coact-missing", n_shards=1, seed=6)
+    path = contracts.shard_path(job, 0, "proj")
+    table = pq.read_table(path)
+    df = table.to_pandas()
+    drop = (df["side"] == "k") & (df["head"] == 3)  # head 3 of layer 2 loses one feature's key vector
+    drop &= drop.cumsum() == 1
+    contracts.write_table_atomic(pa.Table.from_pandas(df[~drop], schema=contracts.PROJ_SCHEMA, preserve_index=False),
+                                 path)
+    with store.write() as con, pytest.raises(StoreError, match=r"co-activation row .* has \d+ 'q' and 1 'k' proj "
+                                                               r"vectors stored, but its layer has 2 heads"):
+        ingest_job_shards(con, job)
+    with store.read() as cur:
+        for table in ("pair_coact_staged", "pair_proj", "ingested_shards"):
+            assert cur.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
