@@ -29,7 +29,8 @@ processes:
 Goals (issue 6): cold load <= 1.5 s, any filter change <= 300 ms; (issue 16) Feature page cold <= 1.5 s;
 the same page goals on the co-activation run (issue 14). The last line is `cold_load_s=<median cold load>
 filter_ms=<slowest end-to-end filter change> feature_page_cold_s=<median Feature page cold load>
-coact_cold_load_s=<…> coact_filter_ms=<…>`.
+coact_cold_load_s=<…> coact_filter_ms=<…> coact_feature_page_cold_s=<…>` (the Feature page also runs on
+feature 123 of the co-activation run).
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ def query_only(db_path: Path, run: int) -> list[tuple[str, tuple[float, float]]]
     return out
 
 
-def feature_page(workspace: Path, repeat: int) -> float:
+def feature_page(workspace: Path, repeat: int, label: str = "materialised") -> float:
     """Cold loads of the Feature page's stored parts (density, histogram, contexts, partners per head,
     labels) for feature 123 of the 10 M-pair run; each in a fresh process that must not import torch."""
     params = {"model": "bench", "sae": "bench-sae", "feature": "123", "run": "1"}
@@ -262,7 +263,7 @@ def feature_page(workspace: Path, repeat: int) -> float:
         if res["torch"]:
             raise SystemExit("the Feature page imported torch while rendering its stored parts")
         times.append(res["cold_s"])
-        print(f"feature page cold load #{i + 1}: {res['cold_s']:.2f} s, process CPU {res['cold_cpu_s']:.2f} s "
+        print(f"[{label}] feature page cold load #{i + 1}: {res['cold_s']:.2f} s, process CPU {res['cold_cpu_s']:.2f} s "
               f"(no torch imported; uptime load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs)",
               flush=True)
     return statistics.median(times)
@@ -331,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         coact = time_pages(coact_ws, 1, args.repeat, f"co-activation {args.coact_rows:,} x {N_HEADS}") \
             if args.coact_rows else None
         feature_cold = feature_page(workspace, args.repeat)
-        tail = f" coact_cold_load_s={coact[0]:.2f} coact_filter_ms={coact[1]:.0f}" if coact else ""
+        coact_feature = feature_page(coact_ws, args.repeat, "co-activation") if args.coact_rows else None
+        tail = (f" coact_cold_load_s={coact[0]:.2f} coact_filter_ms={coact[1]:.0f} "
+                f"coact_feature_page_cold_s={coact_feature:.2f}") if coact else ""
         print(f"cold_load_s={cold:.2f} filter_ms={filter_ms:.0f} feature_page_cold_s={feature_cold:.2f}{tail}")
     return 0
 

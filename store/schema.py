@@ -16,6 +16,11 @@ diagonal from one run: the diagonal trivially creates feature-f x feature-f pair
 Compaction writes each run's pair rows ordered by (layer, head, sum DESC): DuckDB's zone maps then let
 "top N by sum" (the default view) read one row group per head instead of the whole run. Rankings by
 other metrics come from `pair_top` (per-run top-K lists, `store.topk`), also rebuilt by compaction.
+
+All-pair runs store head-independent layers as ONE co-activation table per layer (`pair_coact`, 0013)
+plus each head's projected decoder rows (`pair_proj`): head h's statistics are G_h[f, g] times the
+table's (G = q.vec · k.vec). Readers never touch pair_stats / pair_examples directly: the views
+`pair_rows` / `pair_example_rows` hold both kinds of rows in pair_stats' / pair_examples' columns.
 """
 
 from __future__ import annotations

@@ -266,3 +266,16 @@ def test_coact_row_without_a_heads_vector_is_refused(tmp_path, store):
     with store.read() as cur:
         for table in ("pair_coact_staged", "pair_proj", "ingested_shards"):
             assert cur.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
+
+
+def test_sql_box_reads_the_views(coact_run):
+    from store import run_sql_readonly
+
+    store, run, cells, extra, _ = coact_run
+    df = run_sql_readonly(store, f"SELECT layer, head, count(*) AS pairs FROM pair_rows WHERE run = {run} "
+                                 "GROUP BY ALL ORDER BY layer, head")
+    exp = expected_rows(cells, extra["vecs"]).groupby(["layer", "head"]).size()
+    got = df[df["layer"] != PAIR_LAYER].set_index(["layer", "head"])["pairs"]
+    assert got.to_dict() == exp.to_dict()
+    ex = run_sql_readonly(store, f"SELECT count(*) AS n FROM pair_example_rows WHERE run = {run}")
+    assert int(ex["n"].iloc[0]) > 0
