@@ -254,13 +254,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
                   FROM pair_coact c JOIN pair_coact_heads h ON h.run = c.run AND h.layer = c.layer);
         -- every example row, in pair_examples' columns: stored ones and, per co-activation row and head,
         -- the max cell (value G·mx) and the min cell (G·mn) where it is another cell; with the run's
-        -- examples_per_pair = 1 only the one with the larger |value| (ties: the max cell), with 0 none
+        -- examples_per_pair = 1 only the one with the larger |value| (ties: the cell of the head's max
+        -- value, i.e. the max cell if G >= 0, else the min cell), with 0 none
         CREATE VIEW pair_example_rows AS
             SELECT * FROM pair_examples
             UNION ALL
             SELECT run, layer, head, q_src, q_feat, k_src, k_feat, sample, q_pos, k_pos, value
             FROM (SELECT c.run, c.layer, h.head, c.q_src, c.q_feat, c.k_src, c.k_feat,
-                         (c.g[h.idx] * c.mx)::FLOAT AS v_mx, (c.g[h.idx] * c.mn)::FLOAT AS v_mn,
+                         (c.g[h.idx] * c.mx)::FLOAT AS v_mx, (c.g[h.idx] * c.mn)::FLOAT AS v_mn, c.g[h.idx] >= 0 AS pos,
                          (c.mn_sample, c.mn_q, c.mn_k) <> (c.mx_sample, c.mx_q, c.mx_k) AS two,
                          coalesce(TRY_CAST(r.config->>'$.examples_per_pair' AS INTEGER), 3) AS epp,
                          c.mx_sample, c.mx_q, c.mx_k, c.mn_sample, c.mn_q, c.mn_k
@@ -268,10 +269,12 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
                   JOIN pair_coact_heads h ON h.run = c.run AND h.layer = c.layer
                   JOIN runs r ON r.id = c.run) e,
                  LATERAL (SELECT mx_sample AS sample, mx_q AS q_pos, mx_k AS k_pos, v_mx AS value
-                          WHERE epp >= 2 OR (epp = 1 AND (NOT two OR abs(v_mx) >= abs(v_mn)))
+                          WHERE epp >= 2 OR (epp = 1 AND (NOT two OR abs(v_mx) > abs(v_mn)
+                                                          OR (abs(v_mx) = abs(v_mn) AND pos)))
                           UNION ALL
                           SELECT mn_sample, mn_q, mn_k, v_mn
-                          WHERE two AND (epp >= 2 OR (epp = 1 AND abs(v_mn) > abs(v_mx))));
+                          WHERE two AND (epp >= 2 OR (epp = 1 AND (abs(v_mn) > abs(v_mx)
+                                                                   OR (abs(v_mn) = abs(v_mx) AND NOT pos)))));
     """),
 )
 

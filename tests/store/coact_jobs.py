@@ -164,7 +164,7 @@ def expected_rows(c: pd.DataFrame, vecs: dict) -> pd.DataFrame:
 def expected_examples(c: pd.DataFrame, vecs: dict, examples_per_pair: int) -> pd.DataFrame:
     """Per pair and head: the cell of the largest product (value G·mx) and, if another cell, that of the
     smallest (G·mn), over all the run's cells (earliest cell among ties); with examples_per_pair = 1 the
-    one of larger |value| (ties: the max cell); 0: none."""
+    one of larger |value| (ties: the cell of the head's max value: the max cell if G >= 0); 0: none."""
     hi, lo = _cell_of(c, ascending=False).reset_index(), _cell_of(c, ascending=True).reset_index()
     rows = []
     for h, l in zip(hi.itertuples(), lo.itertuples()):
@@ -176,7 +176,8 @@ def expected_examples(c: pd.DataFrame, vecs: dict, examples_per_pair: int) -> pd
             if (l.sample, l.q, l.k) != (h.sample, h.q, h.k):
                 cand.append((*key, l.sample, l.q, l.k, v_lo))
             if examples_per_pair == 1 and len(cand) == 2:
-                cand = cand[:1] if abs(v_hi) >= abs(v_lo) else cand[1:]
+                hi_wins = abs(v_hi) > abs(v_lo) or (abs(v_hi) == abs(v_lo) and g >= 0)
+                cand = cand[:1] if hi_wins else cand[1:]
             rows += cand[:max(examples_per_pair, 0)]
     cols = ["layer", "head", "q_src", "q_feat", "k_src", "k_feat", "sample", "q_pos", "k_pos", "value"]
     return pd.DataFrame(rows, columns=cols).sort_values(cols[:9], ignore_index=True)
