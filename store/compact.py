@@ -69,6 +69,12 @@ def staged_rows(con, run: int) -> int:
                                      + (SELECT count(*) FROM pair_coact_staged WHERE run = $1)""", [run]).fetchone()[0])
 
 
+COACT_KEY = "layer, q_src, q_feat, k_src, k_feat"
+# staged rows `s` of pairs the run has no compacted row of yet
+_NOT_COMPACTED = ("AND NOT EXISTS (SELECT 1 FROM pair_coact o WHERE o.run = $1 AND o.layer = s.layer AND o.q_src = s.q_src"
+                  " AND o.q_feat = s.q_feat AND o.k_src = s.k_src AND o.k_feat = s.k_feat)")
+
+
 def _merge_coact(con, run: int) -> None:
     """pair_coact of the run ∪ its staged co-activation rows, merged per (layer, pair), with each head's G;
     call inside a transaction.
@@ -79,37 +85,50 @@ def _merge_coact(con, run: int) -> None:
     G[h] = list_dot_product(q.vec, k.vec) of head h's proj rows, stored per row as a list over the layer's
     heads (pair_coact_heads.idx): the views then expand a row to its heads by a list lookup instead of two
     joins and a d_head-long dot product per row and head (10x faster scans, benchmarks/bench_pages.py).
+    A pair already compacted keeps its G (its vectors cannot change: ingest refuses a differing one), so
+    only pairs new since the last compaction are computed — unless the layer's heads changed.
     """
     if not con.execute("SELECT count(*) FROM pair_coact_staged WHERE run = ?", [run]).fetchone()[0]:
         return
+    before = con.execute("SELECT layer, head, idx FROM pair_coact_heads WHERE run = ? ORDER BY ALL", [run]).fetchall()
     con.execute("DELETE FROM pair_coact_heads WHERE run = ?", [run])
     con.execute("""INSERT INTO pair_coact_heads
                    SELECT run, layer, head, row_number() OVER (PARTITION BY layer ORDER BY head)::INTEGER
                    FROM (SELECT DISTINCT run, layer, head FROM pair_proj WHERE run = ?)""", [run])
-    # each feature's vectors stacked in head order (NULL where a head has none: ingest refuses that)
-    con.execute("""
+    after = con.execute("SELECT layer, head, idx FROM pair_coact_heads WHERE run = ? ORDER BY ALL", [run]).fetchall()
+    keep_g = "o.g" if before == after else "NULL::DOUBLE[]"
+    # the new pairs' features' vectors stacked in head order; a feature whose heads are not all its
+    # layer's gets NULL (ingest refuses that; the check below names any such row)
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _stack AS
-        SELECT f.layer, f.side, f.src, f.feature, list(p.vec ORDER BY h.idx) AS vecs
-        FROM (SELECT DISTINCT layer, side, src, feature FROM pair_proj WHERE run = $1) f
-        JOIN pair_coact_heads h ON h.run = $1 AND h.layer = f.layer
-        LEFT JOIN pair_proj p ON p.run = $1 AND p.layer = f.layer AND p.head = h.head AND p.side = f.side
-                              AND p.src = f.src AND p.feature = f.feature
-        GROUP BY ALL""", [run])
-    con.execute("""
+        WITH new AS (SELECT {COACT_KEY} FROM pair_coact_staged s WHERE run = $1
+                     {_NOT_COMPACTED if keep_g == 'o.g' else ''}),
+             need AS (SELECT DISTINCT layer, 'q' AS side, q_src AS src, q_feat AS feature FROM new
+                      UNION SELECT DISTINCT layer, 'k', k_src, k_feat FROM new),
+             heads AS (SELECT layer, list(head ORDER BY idx) AS heads FROM pair_coact_heads WHERE run = $1 GROUP BY layer)
+        SELECT p.layer, p.side, p.src, p.feature,
+               CASE WHEN list(p.head ORDER BY p.head) = any_value(h.heads) THEN list(p.vec ORDER BY p.head) END AS vecs
+        FROM pair_proj p SEMI JOIN need n ON n.layer = p.layer AND n.side = p.side AND n.src = p.src
+                                             AND n.feature = p.feature
+        JOIN heads h ON h.layer = p.layer
+        WHERE p.run = $1 GROUP BY ALL""", [run])
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _merged AS
-        WITH g AS (
-            SELECT run, layer, q_src, q_feat, k_src, k_feat, sum(n)::UBIGINT AS n, sum(s) AS s, sum("abs") AS "abs",
-                   min({'v': -mx, 's': mx_sample, 'q': mx_q, 'k': mx_k}) AS top,
-                   min({'v': mn, 's': mn_sample, 'q': mn_q, 'k': mn_k}) AS bottom,
+        WITH m AS (
+            SELECT run, {COACT_KEY}, sum(n)::UBIGINT AS n, sum(s) AS s, sum("abs") AS "abs",
+                   min({{'v': -mx, 's': mx_sample, 'q': mx_q, 'k': mx_k}}) AS top,
+                   min({{'v': mn, 's': mn_sample, 'q': mn_q, 'k': mn_k}}) AS bottom,
                    sum(diag_n)::UBIGINT AS diag_n, sum(diag_s) AS diag_s, sum(diag_abs) AS diag_abs
             FROM (SELECT * EXCLUDE (g) FROM pair_coact WHERE run = $1
                   UNION ALL SELECT * FROM pair_coact_staged WHERE run = $1)
-            GROUP BY run, layer, q_src, q_feat, k_src, k_feat)
+            GROUP BY run, {COACT_KEY})
         SELECT m.run, m.layer, m.q_src, m.q_feat, m.k_src, m.k_feat, m.n, m.s, m."abs", -m.top.v AS mx,
                m.bottom.v AS mn, m.diag_n, m.diag_s, m.diag_abs, m.top.s AS mx_sample, m.top.q AS mx_q,
                m.top.k AS mx_k, m.bottom.s AS mn_sample, m.bottom.q AS mn_q, m.bottom.k AS mn_k,
-               list_transform(q.vecs, lambda v, i: list_dot_product(v, k.vecs[i])) AS g
-        FROM g m
+               coalesce({keep_g}, list_transform(q.vecs, lambda v, i: list_dot_product(v, k.vecs[i]))) AS g
+        FROM m
+        LEFT JOIN pair_coact o ON o.run = $1 AND o.layer = m.layer AND o.q_src = m.q_src AND o.q_feat = m.q_feat
+                               AND o.k_src = m.k_src AND o.k_feat = m.k_feat
         LEFT JOIN _stack q ON q.layer = m.layer AND q.side = 'q' AND q.src = m.q_src AND q.feature = m.q_feat
         LEFT JOIN _stack k ON k.layer = m.layer AND k.side = 'k' AND k.src = m.k_src AND k.feature = m.k_feat
         ORDER BY m.layer, m.q_src, m.q_feat, m.k_src, m.k_feat""", [run])

@@ -279,3 +279,25 @@ def test_sql_box_reads_the_views(coact_run):
     assert got.to_dict() == exp.to_dict()
     ex = run_sql_readonly(store, f"SELECT count(*) AS n FROM pair_example_rows WHERE run = {run}")
     assert int(ex["n"].iloc[0]) > 0
+
+
+def test_later_compaction_adds_new_pairs_with_their_g(tmp_path, store):
+    """Pairs first seen after a compaction get their G then; compacted pairs keep theirs (the second
+    compaction computes G only for pairs new since the first)."""
+    job, cells, extra = make_coact_job(tmp_path / "jobs", "coact-grow", n_shards=2, seed=8, samples_per_shard=3)
+    path = contracts.shard_path(job, 0, "coact")
+    first = pq.read_table(path).to_pandas()
+    contracts.write_table_atomic(pa.Table.from_pandas(first[first["q_feat"] < 2], schema=contracts.COACT_SCHEMA,
+                                                      preserve_index=False), path)
+    cells = cells[~((cells["sample"] < 3) & (cells["q_feat"] >= 2))]
+    hidden = contracts.shard_path(job, 1, "manifest")
+    hidden.rename(hidden.with_suffix(".hidden"))
+    with store.write() as con:
+        run = ingest_job_shards(con, job)["run"]
+        n_first = con.execute("SELECT count(*) FROM pair_coact WHERE run = ?", [run]).fetchone()[0]
+    hidden.with_suffix(".hidden").rename(hidden)
+    with store.write() as con:
+        assert ingest_job_shards(con, job)["shards"] == 1
+        got = _rows(con, run)
+        assert con.execute("SELECT count(*) FROM pair_coact WHERE run = ?", [run]).fetchone()[0] > n_first
+    assert_rows_equal(got, expected_rows(cells, extra["vecs"]))
