@@ -32,7 +32,7 @@ import torch
 
 import fra_core
 from fra_core import contracts
-from fra_core.accumulate.coact import layer_tables, run_ids
+from fra_core.accumulate.coact import compact_ids, layer_tables, run_ids
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig
 from fra_core.accumulate.topm import (
     ShardBuffer,
@@ -139,7 +139,7 @@ class AllPairsShard:
         cols = {f.name: [] for f in contracts.MARGINALS_SCHEMA}
         D, S = self.runner.codec.d_max, len(self.runner.sources)
         for (L, side), items in sorted(parts.items()):
-            uniq, inv = torch.unique(torch.cat([k for k, _ in items]), return_inverse=True)
+            uniq, inv = compact_ids(torch.cat([k for k, _ in items]), self.runner.model.cfg.n_heads * S * D)
             v = torch.zeros(len(uniq), 3, dtype=torch.float64).index_add_(0, inv, torch.cat([x for _, x in items]))
             feat, rest = uniq % D, uniq // D
             cols["layer"].append(np.full(len(uniq), L)), cols["side"].append(np.full(len(uniq), side, dtype=object))

@@ -226,25 +226,41 @@ def run_ids(gid, offsets: list[int], src_map: list[int]):
     return torch.tensor(src_map, device=gid.device)[s], gid - offs[s]
 
 
+def compact_ids(gid, span: int):
+    """torch.unique(gid, return_inverse=True) for ids in [0, span), in O(n + span) without a sort (the same
+    sorted ids and inverse); a plain torch.unique when span is much larger than gid."""
+    import torch
+
+    if span > max(1 << 22, 4 * len(gid)):
+        return torch.unique(gid, return_inverse=True)
+
+    present = torch.zeros(span, dtype=torch.bool, device=gid.device)
+    present[gid] = True
+    uniq = present.nonzero().squeeze(1)
+    at = torch.empty(span, dtype=torch.long, device=gid.device)
+    at[uniq] = torch.arange(len(uniq), device=gid.device)
+    return uniq, at[gid]
+
+
 def layer_tables(layer: int, heads: list[int], template, co: dict, projectors, q_map: list[int],
                  k_map: list[int], P: int) -> tuple[pa.Table, pa.Table]:
     """(coact, proj) of one head-independent layer from the shard's reduced co-activation table co
     (`fra_core.fra.allpairs`, keyed (0 · Gq + q_gid) · Gk + k_gid, cells in the shard's span P); template: the
     layer's `BatchStats` (spans, offsets, scale). proj holds, per head, exactly the features co uses, with
     the vectors `fra_core.fra.allpairs_batch.strengths` multiplies: q = U_f[h], k = V_g[h] / attn_scale."""
-    import torch
 
     from fra_core.fra.allpairs import split_key
 
     _, qg, kg = split_key(co["key"], *template.spans)
-    (uq, qi), (uk, ki) = torch.unique(qg, return_inverse=True), torch.unique(kg, return_inverse=True)
+    (uq, qi), (uk, ki) = compact_ids(qg, template.spans[0]), compact_ids(kg, template.spans[1])
     (qs, qf), (ks, kf) = run_ids(uq, template.q_offsets, q_map), run_ids(uk, template.k_offsets, k_map)
     pq, pk = projectors
-    H = range(len(heads))
-    qv = torch.stack([pq.get(uq, hi) for hi in H]) if len(uq) else torch.zeros(len(heads), 0, 0)
-    kv = torch.stack([pk.get(uk, hi) / template.scale for hi in H]) if len(uk) else torch.zeros(len(heads), 0, 0)
+    # [head_index, n, d_head]: every head's rows in one gather (the values `Projector.get(ids, hi)` gives)
+    qv = pq.get(uq).permute(1, 0, 2)
+    kv = pk.get(uk).permute(1, 0, 2) / template.scale
     qs, qf, ks, kf, qi, ki = (t.cpu().numpy() for t in (qs, qf, ks, kf, qi, ki))
     ids = {"q_src": qs[qi], "q_feat": qf[qi], "k_src": ks[ki], "k_feat": kf[ki]}
     coact = coact_table(layer, ids, {c: v.cpu().numpy() for c, v in co.items() if c != "key"}, P)
-    proj = proj_table(layer, heads, {"q": (qs, qf, qv.cpu().numpy()), "k": (ks, kf, kv.cpu().numpy())})
+    proj = proj_table(layer, heads, {"q": (qs, qf, qv.contiguous().cpu().numpy()),
+                                     "k": (ks, kf, kv.contiguous().cpu().numpy())})
     return coact, proj
