@@ -217,7 +217,7 @@ def test_cli_executor_flags_run_on_ray_and_ingest(cluster, saved, local_referenc
     assert_same_shards(job, local_reference)
     store = Store(saved.db_path)
     with store.read() as cur:
-        n_db, n_samples = cur.execute("SELECT (SELECT sum(n) FROM pair_stats), (SELECT count(*) FROM samples_done)"
+        n_db, n_samples = cur.execute("SELECT (SELECT sum(n) FROM pair_rows), (SELECT count(*) FROM samples_done)"
                                       ).fetchone()
     store.close()
     from fra_core.accumulate.coact import shard_pairs
