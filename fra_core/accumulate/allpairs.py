@@ -43,7 +43,7 @@ from fra_core.accumulate.topm import (
     token_groups,
 )
 from fra_core.fra.aggregate import PairCodec
-from fra_core.fra.share import add_sums, sides_share_sums
+from fra_core.fra.share import add_sums
 
 
 def layer_dictionaries(refs: list[str], saes: list, layer: int) -> list[int]:
@@ -248,9 +248,9 @@ class AllPairsRunner:
                                    plan.projectors)
                 buf.add_table(plan.layer, self._shard_cells(bs.co, ids, tokens.shape[1]))
                 buf.template.setdefault(plan.layer, dataclasses.replace(bs, sides=(), co=None))
-                add_sums(buf.share[plan.layer], sides_share_sums(plan.heads, *bs.sides[:4], bs.sides[5], self.options,
-                                                                 float(model.blocks[plan.layer].attn.attn_scale)))
-                self._add_marginals(buf, plan, bs, batch_marginals(model, plan.layer, bs, plan.projectors, self.options))
+                mg = batch_marginals(model, plan.layer, bs, plan.projectors, self.options)
+                add_sums(buf.share[plan.layer], mg["share"])  # from the marginals' float64 side sums
+                self._add_marginals(buf, plan, bs, mg)
                 for side, src_map in ((bs.sides[0], plan.q_map), (bs.sides[1], plan.k_map)):
                     new = set(src_map) - counted
                     count_new_features(buf.base, side, src_map, tokens, counted)

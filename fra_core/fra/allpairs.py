@@ -131,24 +131,38 @@ def key_aggregates_scan(Ak: torch.Tensor, causal: bool, diag: bool, bos_key: boo
 def _extreme(a_e: torch.Tensor, i_e: torch.Tensor, f_e: torch.Tensor, nq: int, kx: torch.Tensor,
              jx: torch.Tensor, how: str):
     """max (how='amax') or min over the query entries e = (i_e, f_e, a_e > 0) of a_e · kx[i_e, g]:
-    the max-times product, [n_q, n_k], with the (i, j) of the first entry that attains it."""
+    the max-times product, [n_q, n_k], with the (i, j) of the first entry that attains it.
+
+    A feature with a single entry (most features of a heavy-tailed sample) needs no reduction: its
+    products are its extremes and its entry the first to attain them, so only multi-entry features are
+    scattered and searched for the first attaining entry."""
     nk = kx.shape[1]
-    fill = -torch.inf if how == "amax" else torch.inf
-    best = torch.full((nq, nk), fill, dtype=F64, device=kx.device)
+    E = len(a_e)
+    best = torch.full((nq, nk), -torch.inf if how == "amax" else torch.inf, dtype=F64, device=kx.device)
+    if E == 0:
+        zero = torch.zeros(nq, nk, dtype=torch.long, device=kx.device)
+        return best, zero, zero
     step = max(1, BUDGET // max(1, nk))
-    for e0 in range(0, len(a_e), step):
-        sl = slice(e0, e0 + step)
-        P = a_e[sl, None] * kx[i_e[sl]]  # a > 0: ±inf (no selected active key) stays ±inf
-        best.scatter_reduce_(0, f_e[sl, None].expand_as(P), P, how, include_self=True)
-    first = torch.full((nq * nk,), len(a_e), dtype=torch.long, device=kx.device)
-    for e0 in range(0, len(a_e), step):
-        sl = slice(e0, e0 + step)
-        P = a_e[sl, None] * kx[i_e[sl]]
-        e, g = ((P == best[f_e[sl]]) & torch.isfinite(P)).nonzero(as_tuple=True)
-        first.scatter_reduce_(0, f_e[sl][e] * nk + g, e + e0, "amin")
-    e = first.clamp(max=max(len(a_e) - 1, 0)).view(nq, nk)
-    i = i_e[e] if len(a_e) else torch.zeros_like(e)
-    return best, i, jx.gather(0, i) if len(a_e) else torch.zeros_like(e)
+    single = torch.bincount(f_e, minlength=nq)[f_e] == 1
+    one, many = single.nonzero().squeeze(1), (~single).nonzero().squeeze(1)
+    for e0 in range(0, len(one), step):  # distinct features: a plain row copy
+        e = one[e0:e0 + step]
+        best[f_e[e]] = a_e[e, None] * kx[i_e[e]]  # a > 0: ±inf (no selected active key) stays ±inf
+    for e0 in range(0, len(many), step):
+        e = many[e0:e0 + step]
+        P = a_e[e, None] * kx[i_e[e]]
+        best.scatter_reduce_(0, f_e[e, None].expand_as(P), P, how, include_self=True)
+    first = torch.full((nq, nk), E, dtype=torch.long, device=kx.device)
+    first[f_e[one]] = one[:, None]
+    # the first multi-entry product equal to a finite extreme (±inf extremes become NaN: never equal)
+    target = torch.where(torch.isfinite(best), best, torch.nan)
+    flat = first.view(-1)
+    for e0 in range(0, len(many), step):
+        e = many[e0:e0 + step]
+        r, g = (a_e[e, None] * kx[i_e[e]] == target[f_e[e]]).nonzero(as_tuple=True)
+        flat.scatter_reduce_(0, f_e[e][r] * nk + g, e[r], "amin")
+    i = i_e[first.clamp(max=E - 1)]
+    return best, i, jx.gather(0, i)
 
 
 def pair_key(slot, q_gid: torch.Tensor, k_gid: torch.Tensor, Gq: int, Gk: int) -> torch.Tensor:

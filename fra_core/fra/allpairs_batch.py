@@ -251,9 +251,11 @@ def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Project
     Returns {"features": {"q"/"k": (key = head index · G + gid, [n_rows, 3] n/sum/abs_sum)},
     "nodes": {"q"/"k": (node names, [head_index, n_nodes, 4] n/sum/abs_sum/sum_vs_features)},
     "completeness": [head_index, 2]: max |Σ of every term − hook_attn_scores| and max |score| over the
-    attention mask (every term = the float64 features + the engine's float32 nodes)}.
+    attention mask (every term = the float64 features + the engine's float32 nodes),
+    "share": {head: (Σ |F|, Σ |N|)}: `share.sides_share_sums` of the batch from the same float64 side sums}.
     """
     from fra_core.fra.marginals import sample_marginals
+    from fra_core.fra.share import side_share_sums
 
     q_side, k_side, scores, pattern, sel, amask = bs.sides
     B, T = q_side.ids.shape[:2]
@@ -263,6 +265,7 @@ def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Project
     keys, vals = {"q": [], "k": []}, {"q": [], "k": []}
     nodes = {"q": 0.0, "k": 0.0}
     err = torch.zeros(H, 2, dtype=F64, device=scores.device)  # max |Σ all terms − score|, max |score|
+    share = torch.zeros(H, 2, dtype=F64, device=scores.device)  # Σ |F|, Σ |N| (`share.side_share_sums`)
     heads_ar = torch.arange(H, device=scores.device)[:, None]
     for b in range(B):
         vecs = []
@@ -277,8 +280,10 @@ def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Project
             on = side.coef[b] != 0
             keys[s].append((heads_ar * (side.offsets[-1] + 1) + side.ids[b][on][None]).flatten())
             vals[s].append(m[f"{s}_val"][:, on].reshape(-1, 3))
-        qt, kt = vecs[0].sum(2) + qn.sum(2), vecs[1].sum(2) + kn.sum(2)  # [H, T, d]
+        qt, kt = m["q_all"], m["k_all"]  # [H, T, d]: the whole query / key, as the marginals summed them
         d = torch.where(amask, torch.einsum("hid,hjd->hij", qt, kt) / scale - scores[b].to(F64), 0.0).abs()
+        share = share + side_share_sums(m["q_feat"], m["k_feat"], scores[b], amask, options.row_centre,
+                                        pattern[b] if options.attention_weighted else None, scale)
         top = torch.where(amask, scores[b], 0.0).abs().amax((1, 2)).to(F64)
         err = torch.maximum(err, torch.stack([d.amax((1, 2)), top], -1))
         nodes["q"] = nodes["q"] + m["q_nodes"]
@@ -290,4 +295,4 @@ def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Project
         v = torch.cat(vals[s])
         feats[s] = (uniq, torch.zeros(len(uniq), 3, dtype=F64, device=v.device).index_add_(0, inv, v))
     return {"features": feats, "nodes": {"q": (q_side.node_names, nodes["q"]), "k": (k_side.node_names, nodes["k"])},
-            "completeness": err}
+            "completeness": err, "share": {h: (float(f), float(n)) for h, (f, n) in zip(bs.heads, share.tolist())}}

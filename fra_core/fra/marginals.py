@@ -40,7 +40,9 @@ def sample_marginals(qf, qon, kf, kon, kid, qn, kn, sel, amask, centre: bool, we
     buckets); qn [head_index, T, Nq, d] / kn [head_index, T, Nk, d]: node vectors (rotated, ÷σ applied);
     weight [head_index, T, T] or None. Returns per-slot feature rows q_val [head_index, T, K, 3] and
     k_val [head_index, T, L, 3] (n, sum, abs_sum) and node totals q_nodes [head_index, Nq, 4] /
-    k_nodes [head_index, Nk, 4] (n, sum, abs_sum, sum_vs_features)."""
+    k_nodes [head_index, Nk, 4] (n, sum, abs_sum, sum_vs_features), and the side sums the caller reuses
+    (completeness, feature share): q_feat / k_feat [head_index, T, d] (Σ of the side's features) and
+    q_all / k_all [head_index, T, d] (the whole query / key)."""
     H, T, K, _ = qf.shape
     L = kf.shape[2]
     qF, kF = qf.sum(2), kf.sum(2)  # [head_index, T, d]: all features of a position
@@ -77,7 +79,8 @@ def sample_marginals(qf, qon, kf, kon, kid, qn, kn, sel, amask, centre: bool, we
     kNF = _transform(torch.einsum("hid,hjcd->hcij", qF, kn) / scale, amask, centre, w)
     q_nodes = torch.cat([stats(qN), (qNF * s).sum((-1, -2))[..., None]], -1)
     k_nodes = torch.cat([stats(kN), (kNF * s).sum((-1, -2))[..., None]], -1)
-    return {"q_val": q_val, "k_val": k_val, "q_nodes": q_nodes, "k_nodes": k_nodes}
+    return {"q_val": q_val, "k_val": k_val, "q_nodes": q_nodes, "k_nodes": k_nodes, "q_feat": qF, "k_feat": kF,
+            "q_all": qt, "k_all": kt}
 
 
 def _key_means(mean: torch.Tensor, bk: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,24 @@ def sides_share_sums(heads, q_side, k_side, scores, pattern, amask, options, sca
     return out
 
 
+def side_share_sums(q_feat: torch.Tensor, k_feat: torch.Tensor, scores: torch.Tensor, amask: torch.Tensor,
+                    centre: bool, weight: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """[head_index, 2] (Σ |F_ij|, Σ |N_ij|) over the masked-in cells of one sample, from the side sums the
+    all-pair marginals already hold: q_feat [head_index, query_pos, d_head] / k_feat [head_index, key_pos,
+    d_head] = Σ of each side's feature vectors (float64, rotated), scores [head_index, query_pos, key_pos]
+    (hook_attn_scores), weight [head_index, query_pos, key_pos] (the pattern, attention-weighted) or None.
+
+    F_ij = q_feat_i · k_feat_j / attn_scale and the target score are transformed as `split` does (centred
+    over the amask row, weighted), N = target − F; one batched [T, d_head]×[d_head, T] product per head,
+    in float64 (`split` works in the engine's float32: the two agree to float32 rounding)."""
+    from fra_core.fra.marginals import _transform
+
+    F = _transform(torch.einsum("hid,hjd->hij", q_feat, k_feat) / scale, amask, centre, weight)
+    target = _transform(torch.where(amask, scores.to(F.dtype), 0.0), amask, centre, weight)
+    m = amask.to(F.dtype)
+    return torch.stack([(F.abs() * m).sum((1, 2)), ((target - F).abs() * m).sum((1, 2))], -1)
+
+
 def share_sums(result) -> dict[int, tuple[float, float]]:
     """`sides_share_sums` of an `FRAResult`."""
     return sides_share_sums(result.heads, result.q_side, result.k_side, result.scores, result.pattern,

@@ -254,3 +254,23 @@ def _whole(model, side, proj, b, hi):
     if model.cfg.positional_embedding_type == "rotary":
         kf = torch.stack([torch.stack([_rotate(model, 1, kf[j, l], j) for l in range(kf.shape[1])]) for j in range(T)])
     return kf.sum(1) + side.nodes[b, :, hi].double().sum(1)
+
+
+@pytest.mark.parametrize("case", ["causal", "centred_weighted", "bidir_centred", "rotary_centred_weighted"])
+def test_batch_share_equals_the_engine_share(case):
+    """batch_marginals' "share" (float64, from the marginals' side sums) == `share.sides_share_sums` of the
+    same batch (the engine's float32 feature vectors) to float32 rounding, head by head."""
+    from fra_core.fra.allpairs_batch import batch_marginals
+    from fra_core.fra.share import sides_share_sums
+
+    model_kw, opt_kw = CASES[case]
+    model, sae, opts, toks, proj = _setup(model_kw, opt_kw)
+    bs = allpairs_batch(model, toks, 1, None, sae, None, opts, proj)
+    got = batch_marginals(model, 1, bs, proj, opts)["share"]
+    q_side, k_side, scores, pattern, _, amask = bs.sides
+    want = sides_share_sums(bs.heads, q_side, k_side, scores, pattern, amask, opts,
+                            float(model.blocks[1].attn.attn_scale))
+    assert set(got) == set(want) == set(bs.heads)
+    for h in bs.heads:
+        assert want[h][0] > 0 and want[h][1] > 0
+        np.testing.assert_allclose(got[h], want[h], rtol=1e-5)
