@@ -198,12 +198,16 @@ def sample_table(qa, qid, ka, kid, sel, amask, centre: bool, weight, spans: tupl
     else:
         per = [key_aggregates(Ak[b * T:(b + 1) * T], sel, amask, centre, None if weight is None else weight[b])
                for b in range(B)]
-    agg = {c: torch.cat([p[c] for p in per]) for c in per[0]}  # rows (b, i), like Aq
+    raw = all(p["abs"] is p["s"] for p in per)  # raw values (the scan): κ = ã ≥ 0, no -0.0 (`_dense`)
+    agg = per[0] if B == 1 else {c: torch.cat([p[c] for p in per]) for c in per[0] if not (raw and c == "abs")}
     del per
     Bq = (Aq != 0).to(F64)
     n = Bq.T @ agg["cnt"]  # counts < 2^53: exact in float64
-    t = {"n": n, "s": Aq.T @ agg["s"], "abs": Aq.T @ agg["abs"], "dn": Bq.T @ agg["dz"],
-         "ds": Aq.T @ agg["dv"], "dabs": Aq.T @ agg["dv"].abs()}
+    t = {"n": n, "s": Aq.T @ agg["s"], "dn": Bq.T @ agg["dz"], "ds": Aq.T @ agg["dv"]}
+    if raw:  # |κ| is κ bit for bit: Σ|x| = Σx
+        t["abs"], t["dabs"] = t["s"], t["ds"]
+    else:
+        t["abs"], t["dabs"] = Aq.T @ agg["abs"], Aq.T @ agg["dv"].abs()
     r_e, f_e = (Aq != 0).nonzero(as_tuple=True)
     a_e = Aq[r_e, f_e]
     for c, how in (("mx", "amax"), ("mn", "amin")):
