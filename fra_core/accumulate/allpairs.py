@@ -285,8 +285,12 @@ class AllPairsRunner:
             return None
         P, ids = self.cell_span, ids.to(co["key"].device)
         for c in ("mx_c", "mn_c"):
-            b, i, j = decode_cell(co[c], T)
-            co[c] = (ids[b] * P + i) * P + j
+            if P == T:  # (ids[b] · P + i) · P + j = code + (ids[b] − b) · P²: one add (one division for b)
+                shift = (ids - torch.arange(len(ids), device=ids.device)) * (P * P)
+                co[c] = co[c] + (shift[0] if len(ids) == 1 else shift[co[c] // (T * T)])
+            else:
+                b, i, j = decode_cell(co[c], T)
+                co[c] = (ids[b] * P + i) * P + j
         return co
 
     def head_tables(self, layer: int, template, co: dict, k: int):

@@ -250,6 +250,11 @@ def reduce_tables(tables: list[dict | None], unique_keys: bool = False) -> dict 
         return None
     if unique_keys and len(tables) == 1:
         return tables[0]
+    if unique_keys and all(_ascending(t["key"]) for t in tables):  # every table is sorted: merge in order
+        out = tables[0]
+        for t in tables[1:]:
+            out = merge_sorted(out, t)
+        return out
     cat = {c: torch.cat([t[c] for t in tables]) for c in CO_COLUMNS}
     uniq, inv = torch.unique(cat["key"], return_inverse=True)
     U, dev = len(uniq), uniq.device
@@ -262,6 +267,39 @@ def reduce_tables(tables: list[dict | None], unique_keys: bool = False) -> dict 
         hit = cat[c] == out[c][inv]
         first = torch.full((U,), len(inv), device=dev).scatter_reduce_(0, inv[hit], rows[hit], "amin")
         out[c + "_c"] = cat[c + "_c"][first]
+    return out
+
+
+def _ascending(key: torch.Tensor) -> bool:
+    return bool((key[1:] > key[:-1]).all())
+
+
+def merge_sorted(a: dict, b: dict) -> dict:
+    """`reduce_tables([a, b])` of two tables whose keys are strictly ascending (a `sample_table` or a
+    reduction), in O(rows): b's keys are located in a by binary search, a's rows and b's new rows are
+    placed at their ranks in the union, and the shared rows combine as the reduction does: sums a + b
+    (what scatter_add gives, 0 + a + b), extremes max/min with a's cell on ties (a is the earlier)."""
+    ka, kb = a["key"], b["key"]
+    dev = ka.device
+    pos = torch.searchsorted(ka, kb)  # a's keys below each b key
+    found = ka[pos.clamp(max=len(ka) - 1)] == kb if len(ka) else torch.zeros_like(kb, dtype=torch.bool)
+    new = (~found).nonzero().squeeze(1)
+    # final rows: a's row i after the new b keys below it; the r-th new b key after the a keys below it
+    ia = torch.arange(len(ka), device=dev) + torch.searchsorted(kb[new], ka)
+    ib = pos[new] + torch.arange(len(new), device=dev)
+    U = len(ka) + len(new)
+    out = {}
+    fa, fb = pos[found], found.nonzero().squeeze(1)  # the shared keys' rows in a and in b
+    at = ia[fa]
+    for c in CO_COLUMNS:  # index_copy_: distinct indices (a plain copy, much faster than index_put)
+        out[c] = torch.empty(U, dtype=a[c].dtype, device=dev).index_copy_(0, ia, a[c]).index_copy_(0, ib, b[c][new])
+    for c in ADD_CO:
+        out[c].index_copy_(0, at, a[c][fa] + b[c][fb])
+    for c, better in (("mx", torch.gt), ("mn", torch.lt)):
+        va, vb = a[c][fa], b[c][fb]
+        take = better(vb, va)  # strictly better: ties keep a's cell
+        out[c].index_copy_(0, at, torch.where(take, vb, va))
+        out[c + "_c"].index_copy_(0, at, torch.where(take, b[c + "_c"][fb], a[c + "_c"][fa]))
     return out
 
 

@@ -215,3 +215,20 @@ def test_density_counts_every_token_whatever_the_shard_size(run, tmp_path):
         store.close()
     pd.testing.assert_frame_equal(dens[0], dens[1])
     assert (dens[0]["density"] > 0).all() and (dens[0]["density"] <= 1).all()
+
+
+def test_shard_cells_recode_batch_cells_to_sample_ids():
+    """AllPairsRunner._shard_cells: (b · T + i) · T + j → (sample id · P + i) · P + j, for full-length
+    batches (P = T, the shortcut) and shorter ones (P > T), one sample and several."""
+    from types import SimpleNamespace
+
+    from fra_core.accumulate.allpairs import AllPairsRunner
+
+    g = torch.Generator().manual_seed(0)
+    for B, T, P in ((1, 5, 5), (3, 5, 5), (1, 4, 7), (3, 4, 7)):
+        b, i, j = (torch.randint(0, n, (50,), generator=g) for n in (B, T, T))
+        ids = torch.randint(0, 1000, (B,), generator=g)
+        co = {"key": torch.arange(50), "mx_c": (b * T + i) * T + j, "mn_c": (b * T + j) * T + i}
+        out = AllPairsRunner._shard_cells(SimpleNamespace(cell_span=P), dict(co), ids, T)
+        assert torch.equal(out["mx_c"], (ids[b] * P + i) * P + j)
+        assert torch.equal(out["mn_c"], (ids[b] * P + j) * P + i)
