@@ -47,19 +47,21 @@ def sample_marginals(qf, qon, kf, kon, kid, qn, kn, sel, amask, centre: bool, we
     L = kf.shape[2]
     qF, kF = qf.sum(2), kf.sum(2)  # [head_index, T, d]: all features of a position
     qt, kt = qF + qn.sum(2), kF + kn.sum(2)  # the whole query / key
+    # 1/attn_scale on the [head_index, T, d] sums, not on the [head_index, X, T, T] values
+    qts, kts, qFs, kFs = qt / scale, kt / scale, qF / scale, kF / scale
     s = sel.to(F64)
     w = weight[:, None] if weight is not None else None  # broadcasts over the component axis
 
     def stats(V):  # V [head_index, X, T, T] transformed → [head_index, X, 3]: n, sum, abs over selected cells
         Vs = V * s
-        return torch.stack([s.sum().expand(V.shape[:2]), Vs.sum((-1, -2)), Vs.abs().sum((-1, -2))], -1)
+        return torch.stack([s.sum().expand(V.shape[:2]), Vs.sum((-1, -2)), _abs_sum(Vs, (-1, -2))], -1)
 
     # query features: value(i, j) = q_i^f · k_j, one row i per slot
-    Vq = _transform(torch.einsum("hikd,hjd->hkij", qf, kt) / scale, amask, centre, w) * s  # [H, K, T, T]
+    Vq = _transform(torch.einsum("hikd,hjd->hkij", qf, kts), amask, centre, w).mul_(s)  # [H, K, T, T] (own)
     q_val = torch.stack([s.sum(1)[None, :, None].expand(H, T, K), Vq.sum(-1).transpose(1, 2),
-                         Vq.abs().sum(-1).transpose(1, 2)], -1) * qon[None, :, :, None]
+                         _abs_sum(Vq, -1).transpose(1, 2)], -1) * qon[None, :, :, None]
     # key features: value(i, j) = q_i · k_j^g − (centred) the mean of q_i · k_j'^g over amask row i
-    Vk = torch.einsum("hid,hjld->hlij", qt, kf) / scale  # [H, L, T_i, T_j]
+    Vk = torch.einsum("hid,hjld->hlij", qts, kf)  # [H, L, T_i, T_j]
     if centre:
         buckets, bk = torch.unique(kid, return_inverse=True)  # key feature of each slot (j, l)
         src = (Vk * amask.to(F64)).permute(0, 2, 3, 1).reshape(H, T, T * L)  # [h, i, (j, l)]
@@ -69,18 +71,23 @@ def sample_marginals(qf, qon, kf, kon, kid, qn, kn, sel, amask, centre: bool, we
     if w is not None:
         Vk = Vk * w.to(F64)
     on_k = kon.T.to(F64)[None, :, None, :] * s  # [1, L, T_i, T_j]: cells where the key slot is active
-    Vk = Vk * on_k
+    Vk = Vk.mul_(on_k)  # Vk is this function's own tensor
     k_val = torch.stack([on_k.sum(2).transpose(1, 2).expand(H, T, L), Vk.sum(2).transpose(1, 2),
-                         Vk.abs().sum(2).transpose(1, 2)], -1)
+                         _abs_sum(Vk, 2).transpose(1, 2)], -1)
     # nodes: against the whole other side, and against its features only
-    qN = _transform(torch.einsum("hicd,hjd->hcij", qn, kt) / scale, amask, centre, w)
-    qNF = _transform(torch.einsum("hicd,hjd->hcij", qn, kF) / scale, amask, centre, w)
-    kN = _transform(torch.einsum("hid,hjcd->hcij", qt, kn) / scale, amask, centre, w)
-    kNF = _transform(torch.einsum("hid,hjcd->hcij", qF, kn) / scale, amask, centre, w)
+    qN = _transform(torch.einsum("hicd,hjd->hcij", qn, kts), amask, centre, w)
+    qNF = _transform(torch.einsum("hicd,hjd->hcij", qn, kFs), amask, centre, w)
+    kN = _transform(torch.einsum("hid,hjcd->hcij", qts, kn), amask, centre, w)
+    kNF = _transform(torch.einsum("hid,hjcd->hcij", qFs, kn), amask, centre, w)
     q_nodes = torch.cat([stats(qN), (qNF * s).sum((-1, -2))[..., None]], -1)
     k_nodes = torch.cat([stats(kN), (kNF * s).sum((-1, -2))[..., None]], -1)
     return {"q_val": q_val, "k_val": k_val, "q_nodes": q_nodes, "k_nodes": k_nodes, "q_feat": qF, "k_feat": kF,
             "q_all": qt, "k_all": kt}
+
+
+def _abs_sum(V: torch.Tensor, dim) -> torch.Tensor:
+    """Σ |V| over dim in one pass (the 1-norm: no |V| temporary)."""
+    return torch.linalg.vector_norm(V, ord=1, dim=dim)
 
 
 def _key_means(mean: torch.Tensor, bk: torch.Tensor) -> torch.Tensor:
