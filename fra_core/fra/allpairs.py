@@ -165,6 +165,30 @@ def _extreme(a_e: torch.Tensor, i_e: torch.Tensor, f_e: torch.Tensor, nq: int, k
     return best, i, jx.gather(0, i)
 
 
+def _diagonal(r_e: torch.Tensor, f_e: torch.Tensor, a_e: torch.Tensor, dz: torch.Tensor, dv: torch.Tensor,
+              nq: int, raw: bool) -> dict[str, torch.Tensor]:
+    """The diagonal columns dn = Bqᵀ·dz, ds = Aqᵀ·dv, dabs = Aqᵀ·|dv| ([n_q, n_k]) without a GEMM.
+
+    dz, dv [query_pos, n_k] are non-zero only where key feature g is active at j = i (dv ⊆ dz), so each
+    row i contributes the outer product of its query entries (r_e = i, f_e, a_e) with its few diagonal
+    key entries: T·K·L terms instead of T·n_q·n_k. raw: dv = ã ≥ 0, so dabs is ds."""
+    R, nk = dz.shape
+    dev = dz.device
+    rk, gk = (dz != 0).nonzero(as_tuple=True)  # the diagonal key entries, by row
+    per_row = torch.bincount(rk, minlength=R)
+    rep = per_row[r_e]  # combinations of each query entry
+    qe = torch.repeat_interleave(torch.arange(len(r_e), device=dev), rep)
+    within = torch.arange(len(qe), device=dev) - torch.repeat_interleave(torch.cumsum(rep, 0) - rep, rep)
+    ke = (torch.cumsum(per_row, 0) - per_row)[r_e[qe]] + within  # the combination's key entry
+    idx = f_e[qe] * nk + gk[ke]
+    zero = torch.zeros(nq * nk, dtype=F64, device=dev)
+    v = dv[rk, gk][ke]
+    out = {"dn": zero.clone().index_add_(0, idx, dz[rk, gk][ke]).view(nq, nk),
+           "ds": zero.clone().index_add_(0, idx, a_e[qe] * v).view(nq, nk)}
+    out["dabs"] = out["ds"] if raw else zero.index_add_(0, idx, a_e[qe] * v.abs()).view(nq, nk)
+    return out
+
+
 def pair_key(slot, q_gid: torch.Tensor, k_gid: torch.Tensor, Gq: int, Gk: int) -> torch.Tensor:
     """int64 key of (head slot, query global id, key global id); Gq, Gk = ids per side + 1."""
     return (slot * Gq + q_gid.long()) * Gk + k_gid.long()
@@ -202,19 +226,20 @@ def sample_table(qa, qid, ka, kid, sel, amask, centre: bool, weight, spans: tupl
     agg = per[0] if B == 1 else {c: torch.cat([p[c] for p in per]) for c in per[0] if not (raw and c == "abs")}
     del per
     Bq = (Aq != 0).to(F64)
-    n = Bq.T @ agg["cnt"]  # counts < 2^53: exact in float64
-    t = {"n": n, "s": Aq.T @ agg["s"], "dn": Bq.T @ agg["dz"], "ds": Aq.T @ agg["dv"]}
-    if raw:  # |κ| is κ bit for bit: Σ|x| = Σx
-        t["abs"], t["dabs"] = t["s"], t["ds"]
-    else:
-        t["abs"], t["dabs"] = Aq.T @ agg["abs"], Aq.T @ agg["dv"].abs()
     r_e, f_e = (Aq != 0).nonzero(as_tuple=True)
     a_e = Aq[r_e, f_e]
+    n = Bq.T @ agg["cnt"]  # counts < 2^53: exact in float64
+    t = {"n": n, "s": Aq.T @ agg["s"], **_diagonal(r_e, f_e, a_e, agg["dz"], agg["dv"], len(fq), raw)}
+    t["abs"] = t["s"] if raw else Aq.T @ agg["abs"]  # raw: |κ| is κ bit for bit, Σ|x| = Σx
     for c, how in (("mx", "amax"), ("mn", "amin")):
         t[c], row, j = _extreme(a_e, r_e, f_e, len(fq), agg[c], agg["j" + c], how)
         t[c + "_c"] = (row + b0 * T) * T + j  # row = b_local · T + i
-    fl, gl = (n > 0).nonzero(as_tuple=True)
-    out = {c: v[fl, gl] for c, v in t.items()}
+    flat = (n > 0).view(-1).nonzero().squeeze(1)  # row-major, as 2-D nonzero
+    fl, gl = flat // n.shape[1], flat % n.shape[1]
+    out, done = {}, {}
+    for c, v in t.items():  # one 1-D gather per distinct tensor (raw values share Σx and Σ|x|)
+        out[c] = done[id(v)].clone() if id(v) in done else v.reshape(-1).index_select(0, flat)
+        done.setdefault(id(v), out[c])
     out["n"] = out["n"].round().long()
     out["dn"] = out["dn"].round().long()
     out["key"] = pair_key(slot, fq[fl], fk[gl], *spans)
