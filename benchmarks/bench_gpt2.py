@@ -203,6 +203,37 @@ def prune_check(model, saes, text: str, T: int, head: int, m: int = 8) -> dict[f
     return out
 
 
+def compare_paths(model, saes, sample_texts: list[str], T: int, heads: tuple, rounds: int = 2) -> dict[str, float]:
+    """The engine's pair table by the block path (every C·K·L value) and by the Gram path (`fra_core.fra.gram`)
+    on the same batch, alternately (`rounds` times each, best kept): wall and CPU seconds per sample of
+    `compute_fra`, and the check that both give the same entries (values to float32 rounding)."""
+    import torch
+
+    from fra_core.fra import FRAOptions, compute_fra, gram
+    from fra_core.fra.engine import ENTRY_FIELDS
+
+    tokens = torch.cat([model.to_tokens(t, truncate=True)[:, :T] for t in sample_texts])
+    real, best, tables = gram.cheaper, {}, {}
+    try:
+        for _ in range(rounds):
+            for path, use in (("block", False), ("gram", True)):
+                gram.cheaper = (lambda *a: False) if not use else real
+                t0, c0 = time.perf_counter(), time.process_time()
+                with torch.no_grad():
+                    r = compute_fra(model, tokens, LAYER, list(heads) or None, saes, saes, FRAOptions(top_m=8))
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                prev = best.get(path, (float("inf"), 0.0))
+                best[path] = min(prev, (wall / len(sample_texts), cpu / len(sample_texts)))
+                tables[path] = r.entries
+    finally:
+        gram.cheaper = real
+    a, b = tables["block"], tables["gram"]
+    same = all(torch.equal(a[f], b[f]) for f in ENTRY_FIELDS[:-1])
+    diff = float((a["value"] - b["value"]).abs().max()) if same else float("nan")
+    return {"block_wall": best["block"][0], "block_cpu": best["block"][1], "gram_wall": best["gram"][0],
+            "gram_cpu": best["gram"][1], "same_entries": same, "max_value_diff": diff}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=20)
@@ -216,6 +247,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--mlp", default="none", choices=["none", "transcoder"], help="MLP dictionaries of layers 0-4")
     p.add_argument("--prune-check", action="store_true", help="measure exact Cauchy–Schwarz top-m pruning")
+    p.add_argument("--compare-paths", type=int, default=0, metavar="N",
+                   help="also time compute_fra on N samples by the block path and the Gram path, alternately")
     a = p.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before torch loads, as a job process does
         os.environ[var] = str(a.threads)
@@ -253,6 +286,13 @@ def main() -> None:
         shares_cert = prune_check(model, saes, corpus[0], a.T, heads[0] if heads else 0)
         print("Cauchy-Schwarz pruning, certified share of cells: "
               + ", ".join(f"a = {f:.0%} of K: {v:.3f}" for f, v in shares_cert.items()))
+    if a.compare_paths:
+        c = compare_paths(model, saes, corpus[:a.compare_paths], a.T, heads)
+        print(f"pair paths, compute_fra per sample ({a.compare_paths} samples, best of 2, load "
+              f"{os.getloadavg()[0]:.2f}): block {c['block_wall']:.2f} s wall / {c['block_cpu']:.2f} s CPU, gram "
+              f"{c['gram_wall']:.2f} s / {c['gram_cpu']:.2f} s CPU; ratio (block/gram) wall "
+              f"{c['block_wall'] / c['gram_wall']:.2f}, CPU {c['block_cpu'] / c['gram_cpu']:.2f}; same entries "
+              f"{c['same_entries']}, max |value difference| {c['max_value_diff']:.1e}")
     print(f"load after: {os.getloadavg()[0]:.2f}")
     print(f"samples_per_s={result['samples'] / wall:.4f} feature_share={feat:.4f} truncation_share={trunc:.4f}")
 
