@@ -240,7 +240,9 @@ def _gram_table(q_side, k_side, heads, sel, pattern, scale, opts, distinct: list
     sink = _TableSink(B * H * len(ic) * opts.top_m, dev)
     for g in range(B * H):
         b, hi = divmod(g, H)
-        top = gram.top_m_item(q_side, k_side, b, hi, *distinct[b], ic, jc, opts.top_m, scale,
+        if hi == 0:  # the sample's head-independent part, once
+            plan = gram.plan_sample(*distinct[b], ic, jc)
+        top = gram.top_m_item(q_side, k_side, b, hi, plan, ic, jc, opts.top_m, scale,
                               pattern[b, hi] if opts.attention_weighted else None)
         e = _cell_entries(*(t[None] for t in top), ic, jc, 0, 0, T, torch.tensor([g], device=dev),
                           kept_sum.view(B * H, T * T))

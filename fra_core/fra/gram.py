@@ -27,10 +27,12 @@ layers 0–4): C·K·L·d_head ≈ 2·10¹¹ FLOPs per head and sample; Uq ≈ U
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-TILE = 256  # query features per column tile of Gᵀ: [Uk, TILE] float32 ≈ 8 MB at Uk = 8 400
-KEY_ROWS = 8  # key positions per gathered chunk [KEY_ROWS·L, TILE]
+TILE = 256  # target features per column tile of |Gᵀ|: [Uo, TILE] float32 ≈ 8 MB at Uo = 8 400
+KEY_ROWS = 8  # positions per gathered chunk [KEY_ROWS·L, TILE] (≈ 3.7 MB at L = 447)
 
 
 def distinct(side, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,49 +57,147 @@ def coefficients(side, b: int, hi: int, scale: float = 1.0) -> torch.Tensor:
     return a / scale if scale != 1.0 else a
 
 
-def key_group_max(U: torch.Tensor, V: torch.Tensor, ak: torch.Tensor, k_inv: torch.Tensor) -> torch.Tensor:
-    """M [key_pos, Uq] = max_l |ak[j, l]| · |U_f · V_{k_inv[j, l]}|.
+@dataclasses.dataclass
+class Direction:
+    """The plan of one maximum table M [pos, U] = max_l |a_pl| · |U_f · V_{o_pl}| of a sample, for any head.
 
-    U [Uq, d_head], V [Uk, d_head] distinct rows; ak [key_pos, L] key coefficients; k_inv [key_pos, L]
-    each key slot's row of V. Column tiles of |Gᵀ| = |V U_tileᵀ| [Uk, TILE] are gathered by key slot, scaled
-    and max-reduced over each position's L slots.
+    Target features (U) sorted by reach (the last position their cells need), other-side features (V) by
+    first occurrence, so that tile t of TILE target features needs positions [0, P_t] and the first n_t
+    V rows only (`max_tiles`)."""
+
+    target: torch.Tensor  # [U] target row ids (into the side's rows table), sorted by reach
+    order: torch.Tensor  # [U] target feature (distinct index) of each sorted column
+    rank: torch.Tensor  # [U] sorted column of each target feature (distinct index)
+    other: torch.Tensor  # [Uo] other-side row ids, sorted by first occurrence
+    idx: torch.Tensor  # [pos·L] each other-side slot's index into `other`
+    tiles: list  # [(first column, P, n)]
+    n_pos: int
+
+
+def direction(t_rows: torch.Tensor, reach: torch.Tensor, o_rows: torch.Tensor, o_inv: torch.Tensor) -> Direction:
+    """t_rows [U] distinct target rows and their reach [U] (−1: no cell); o_rows [Uo] the other side's
+    distinct rows, o_inv [pos, L] each of its slots' index into them (positions in this direction's order)."""
+    J, L = o_inv.shape
+    dev = o_inv.device
+    pos = torch.arange(J, device=dev)[:, None].expand(J, L).reshape(-1)
+    first = torch.full((len(o_rows),), J, dtype=torch.long, device=dev).scatter_reduce_(
+        0, o_inv.reshape(-1), pos, "amin")  # first position of each other-side feature (J: never)
+    first_s, order_v = first.sort(stable=True)
+    rank_v = torch.empty_like(order_v)
+    rank_v[order_v] = torch.arange(len(order_v), device=dev)
+    reach_s, order_u = reach.sort(stable=True)
+    rank_u = torch.empty_like(order_u)
+    rank_u[order_u] = torch.arange(len(order_u), device=dev)
+    starts = list(range(0, len(t_rows), TILE))
+    last = reach_s[[min(c0 + TILE, len(t_rows)) - 1 for c0 in starts]]  # each tile's largest reach
+    n_rows = torch.searchsorted(first_s, last, right=True).tolist()  # other rows occurring up to it
+    return Direction(t_rows[order_u], order_u, rank_u, o_rows[order_v], rank_v[o_inv].reshape(-1),
+                     list(zip(starts, last.tolist(), n_rows)), J)
+
+
+def max_tiles(d: Direction, t_table: torch.Tensor, o_table: torch.Tensor, hi: int, w: torch.Tensor) -> torch.Tensor:
+    """[n_tiles, pos, TILE]: M of direction d for head index hi, tile-major (column c of tile t is sorted
+    target column t·TILE + c); t_table / o_table [n_rows, head_index, d_head] the sides' projected rows,
+    w [pos·L] the other side's |coefficients|. Entries beyond a tile's P are 0 (never read)."""
+    U, V = t_table[d.target, hi], o_table[d.other, hi]  # sorted rows [U, d_head], [Uo, d_head]
+    L = len(d.idx) // max(1, d.n_pos)
+    out = U.new_zeros(len(d.tiles), d.n_pos, TILE)
+    gt_buf = U.new_empty(max((n for _, _, n in d.tiles), default=0) * TILE)  # reused: no page faults per tile
+    rows_buf = U.new_empty(KEY_ROWS * L * TILE)
+    for t, (c0, P, n) in enumerate(d.tiles):
+        if P < 0:
+            continue
+        width = min(TILE, len(U) - c0)
+        gt = torch.mm(V[:n], U[c0:c0 + width].T, out=gt_buf[:n * width].view(n, width)).abs_()  # |Gᵀ| tile
+        for j0 in range(0, P + 1, KEY_ROWS):
+            j1 = min(P + 1, j0 + KEY_ROWS)
+            s = slice(j0 * L, j1 * L)
+            rows = torch.index_select(gt, 0, d.idx[s], out=rows_buf[:(j1 - j0) * L * width].view(-1, width))
+            torch.amax(rows.mul_(w[s, None]).view(j1 - j0, L, width), 1, out=out[t, j0:j1, :width])
+    return out
+
+
+def take_index(d: Direction, pos: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """[C, K] flat index into `max_tiles` of (each cell's position pos [C], each slot's target feature inv [C, K])."""
+    r = d.rank[inv]
+    return (r // TILE) * (d.n_pos * TILE) + pos[:, None] * TILE + r % TILE
+
+
+def key_group_max(U: torch.Tensor, V: torch.Tensor, ak: torch.Tensor, k_inv: torch.Tensor,
+                  reach: torch.Tensor | None = None) -> torch.Tensor:
+    """M [key_pos, Uq] = max_l |ak[j, l]| · |U_f · V_{k_inv[j, l]}| for j ≤ reach[f] (None: every position).
+
+    U [Uq, d_head], V [Uk, d_head] distinct rows; ak [key_pos, L]; k_inv [key_pos, L] each key slot's row of V.
+    Entries beyond a feature's reach are never read (0 or filled). One head's `max_tiles`, in column order.
     """
-    J, L = ak.shape
-    M = U.new_empty(J, len(U))
-    idx, w = k_inv.reshape(-1), ak.abs().reshape(-1, 1)
-    for c0 in range(0, len(U), TILE):
-        gt = (V @ U[c0:c0 + TILE].T).abs_()  # [Uk, tile]
-        for j0 in range(0, J, KEY_ROWS):
-            s = slice(j0 * L, min(J, j0 + KEY_ROWS) * L)
-            rows = gt.index_select(0, idx[s]).mul_(w[s])  # [rows·L, tile]
-            M[j0:j0 + KEY_ROWS, c0:c0 + TILE] = rows.view(-1, L, rows.shape[1]).amax(1)
-    return M
+    J = ak.shape[0]
+    reach = torch.full((len(U),), J - 1, dtype=torch.long, device=U.device) if reach is None else reach
+    d = direction(torch.arange(len(U), device=U.device), reach, torch.arange(len(V), device=U.device), k_inv)
+    tiles = max_tiles(d, U[:, None], V[:, None], 0, ak.abs().reshape(-1))
+    return tiles.permute(1, 0, 2).reshape(J, -1)[:, d.rank]
 
 
-def top_m_item(q_side, k_side, b: int, hi: int, q_u, k_u, ic: torch.Tensor, jc: torch.Tensor, m: int,
+@dataclasses.dataclass
+class SamplePlan:
+    """One sample's head-independent part: distinct features, both directions, the score gathers' indices."""
+
+    q_rows: torch.Tensor
+    q_inv: torch.Tensor
+    k_rows: torch.Tensor
+    k_inv: torch.Tensor
+    fwd: Direction  # M [key_pos, Uq] for query features
+    bwd: Direction  # M' [reversed query_pos, Uk] for key features
+    take_rows: torch.Tensor  # [C, K]
+    take_cols: torch.Tensor  # [C, L]
+
+
+def plan_sample(q_u, k_u, ic: torch.Tensor, jc: torch.Tensor) -> SamplePlan:
+    """q_u, k_u: `distinct(side, b)`; ic, jc [C] the selected cells."""
+    (rq, q_inv), (rk, k_inv) = q_u, k_u
+    T = q_inv.shape[0]
+    # the positions each feature's cells need: query feature f the keys up to the last selected key of its
+    # rows; key feature g the queries from the first selected query of its keys on (counted from the end)
+    last_key = torch.full((T,), -1, dtype=torch.long, device=ic.device).scatter_reduce_(0, ic, jc, "amax")
+    from_end = torch.full((T,), -1, dtype=torch.long, device=ic.device).scatter_reduce_(0, jc, T - 1 - ic, "amax")
+    fwd = direction(rq, _feature_reach(q_inv, last_key, len(rq)), rk, k_inv)
+    # M' [query_pos, Uk]: the same with the sides swapped, positions reversed so that needs are prefixes
+    bwd = direction(rk, _feature_reach(k_inv, from_end, len(rk)), rq, q_inv.flip(0))
+    return SamplePlan(rq, q_inv, rk, k_inv, fwd, bwd, take_index(fwd, jc, q_inv.index_select(0, ic)),
+                      take_index(bwd, T - 1 - ic, k_inv.index_select(0, jc)))
+
+
+def top_m_item(q_side, k_side, b: int, hi: int, plan: SamplePlan, ic: torch.Tensor, jc: torch.Tensor, m: int,
                scale: float, pattern: torch.Tensor | None):
     """The m largest-|value| pairs of the cells (ic, jc) [C] of item (b, hi), as `blocks.top_m_cells`.
 
-    q_u, k_u: `distinct(side, b)`; pattern [query_pos, key_pos] multiplies the values (attention_weighted:
+    plan: `plan_sample` of sample b; pattern [query_pos, key_pos] multiplies the values (attention_weighted:
     A_ij ≥ 0 is constant over a cell, so the ranking is that of the raw values) or None. Requires m < K.
     Returns value, k, l, keep [C, m], each cell's pairs in descending |value|.
     """
-    (rq, q_inv), (rk, k_inv) = q_u, k_u
-    U, V = q_side.rows[rq, hi], k_side.rows[rk, hi]  # [Uq, d_head], [Uk, d_head]
     aq, ak = coefficients(q_side, b, hi, scale), coefficients(k_side, b, hi)  # [pos, K], [pos, L]
     L = ak.shape[1]
+    aq_abs, ak_abs = aq.abs(), ak.abs()
     # row (query slot k) and column (key slot l) maxima of each cell's K × L values:
-    # |a_ik|·M[j, f_ik] and |a_jl|·M'[i, g_jl], M' the same maximum with the sides' roles swapped
-    rows = aq.abs()[ic] * key_group_max(U, V, ak, k_inv)[jc[:, None], q_inv[ic]]  # [C, K]
-    cols = ak.abs()[jc] * key_group_max(V, U, aq, q_inv)[ic[:, None], k_inv[jc]]  # [C, L]
+    # |a_ik|·M[j, f_ik] and |a_jl|·M'[i, g_jl]
+    m_q = max_tiles(plan.fwd, q_side.rows, k_side.rows, hi, ak_abs.reshape(-1))
+    m_k = max_tiles(plan.bwd, k_side.rows, q_side.rows, hi, aq_abs.flip(0).reshape(-1))
+    rows = m_q.take(plan.take_rows).mul_(aq_abs.index_select(0, ic))  # [C, K]
+    cols = m_k.take(plan.take_cols).mul_(ak_abs.index_select(0, jc))  # [C, L]
     ksel = rows.topk(m, dim=-1, sorted=False).indices  # [C, m]
     lsel = cols.topk(min(m, L), dim=-1, sorted=False).indices  # [C, m_c]
     # the block path's vectors: q̃ = coef · row (× head factor) ÷ attn_scale, k̃ = coef · row (× head factor)
-    qv = aq[ic[:, None], ksel, None] * U[q_inv[ic[:, None], ksel]]  # [C, m, d_head]
-    kv = ak[jc[:, None], lsel, None] * V[k_inv[jc[:, None], lsel]]  # [C, m_c, d_head]
+    U, V = q_side.rows[plan.q_rows, hi], k_side.rows[plan.k_rows, hi]  # [Uq, d_head], [Uk, d_head]
+    qv = aq[ic[:, None], ksel, None] * U[plan.q_inv[ic[:, None], ksel]]  # [C, m, d_head]
+    kv = ak[jc[:, None], lsel, None] * V[plan.k_inv[jc[:, None], lsel]]  # [C, m_c, d_head]
     cand = torch.bmm(qv, kv.transpose(1, 2)).flatten(1)  # [C, m·m_c]
     t = cand.abs().topk(m, dim=-1, sorted=True).indices
     value = cand.gather(-1, t)
     if pattern is not None:
         value = value * pattern[ic, jc][:, None]
     return value, ksel.gather(-1, t // lsel.shape[1]), lsel.gather(-1, t % lsel.shape[1]), value != 0
+
+
+def _feature_reach(inv: torch.Tensor, per_pos: torch.Tensor, n: int) -> torch.Tensor:
+    """[n] max of per_pos [pos] over the positions where each distinct feature occurs (inv [pos, K]); −1: none."""
+    vals = per_pos[:, None].expand_as(inv).reshape(-1)
+    return torch.full((n,), -1, dtype=torch.long, device=inv.device).scatter_reduce_(0, inv.reshape(-1), vals, "amax")

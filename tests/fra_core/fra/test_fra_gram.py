@@ -72,6 +72,11 @@ def test_key_group_max_is_the_max_over_each_positions_key_slots():
     M = gram.key_group_max(U, V, ak, k_inv)
     direct = (ak[..., None] * (U @ V[k_inv].reshape(-1, 8).T).T.view(11, 5, 600)).abs().amax(1)
     assert M.shape == (11, 600) and torch.allclose(M, direct, rtol=1e-6)
+    # with each feature's reach (the last key position its cells need): exact up to it
+    reach = torch.randint(-1, 11, (600,), generator=gen)
+    M = gram.key_group_max(U, V, ak, k_inv, reach)
+    inside = torch.arange(11)[:, None] <= reach[None, :]
+    assert torch.allclose(M[inside], direct[inside], rtol=1e-6)
 
 
 @pytest.mark.parametrize("kw", [dict(row_centre=True), dict(top_n=5, top_m=None), dict(top_m=None),
