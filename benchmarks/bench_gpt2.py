@@ -3,7 +3,7 @@ kk-shaped upstream attention SAEs for layers 0–4, T = 128, 20 samples, today's
 
     python benchmarks/bench_gpt2.py [--samples 20] [--T 128] [--heads all|0,3] [--k 0] [--threads 1]
                                     [--statistics all_pairs|top_m] [--min-count 1] [--device cpu|cuda] [--active 40]
-                                    [--prune-check]
+                                    [--prune-check] [--mlp none|transcoder] [--compare-paths N]
 
 --k 0 (the job default) keeps every active feature (K per side = the batch's largest L0, ≈ 200 here), so the
 truncation share is 0; --k 64 is the old default. --threads sets OMP_NUM_THREADS before torch loads (as a
@@ -30,6 +30,11 @@ cell (i, j) of sample 0 and the first head, the pairs of the leading a query and
 are computed, τ = the cell's m-th largest |value| among them, and the cell is certified when every skipped
 pair's bound max(‖q̃‖_(a+1)·‖k̃‖_(1), ‖q̃‖_(1)·‖k̃‖_(a+1)) < τ; it prints the certified share of cells for
 a = K/5 and K/2 (pruning saves GEMM work only on certified cells; the others need the full computation).
+--compare-paths N times `compute_fra` on N samples by the engine's two exact top-m paths in the same process,
+alternately (best of 2 each): the block path (`fra_core/fra/blocks.py`: all K·L values of every cell) and the
+Gram path (`fra_core/fra/gram.py`: row/column maxima from the sample's distinct features, m² values per cell);
+it prints both times, their ratio, and whether the pair tables agree (cells whose top-m sets differ, and how
+close the differing pairs are to the cell's m-th |value|: ~1e-7 means a float32 rounding tie).
 The last line is: samples_per_s=<x> feature_share=<x> truncation_share=<x>
 """
 
@@ -231,7 +236,30 @@ def compare_paths(model, saes, sample_texts: list[str], T: int, heads: tuple, ro
     same = all(torch.equal(a[f], b[f]) for f in ENTRY_FIELDS[:-1])
     diff = float((a["value"] - b["value"]).abs().max()) if same else float("nan")
     return {"block_wall": best["block"][0], "block_cpu": best["block"][1], "gram_wall": best["gram"][0],
-            "gram_cpu": best["gram"][1], "same_entries": same, "max_value_diff": diff}
+            "gram_cpu": best["gram"][1], "same_entries": same, "max_value_diff": diff, **_set_diff(a, b)}
+
+
+def _set_diff(a: dict, b: dict) -> dict:
+    """Cells whose top-m sets differ between two pair tables, and the largest gap (relative to the cell's
+    m-th |value|) between a pair kept by only one table and the other table's m-th |value|: near 1e-7 means
+    the sets differ only where float32 rounding ties the m-th and (m+1)-th pairs."""
+    import numpy as np
+
+    def rows(e):
+        cols = ("batch", "head", "query_pos", "key_pos", "q_source", "q_feature", "k_source", "k_feature")
+        return {tuple(r): float(v) for r, v in zip(np.stack([e[c].numpy() for c in cols], 1).tolist(),
+                                                  e["value"].numpy().tolist())}
+
+    ra, rb = rows(a), rows(b)
+    only = [(k, v) for k, v in ra.items() if k not in rb] + [(k, v) for k, v in rb.items() if k not in ra]
+    mth: dict = {}
+    for table in (ra, rb):
+        for k, v in table.items():
+            cell = k[:4]
+            mth[cell] = min(mth.get(cell, float("inf")), abs(v))
+    gap = max((abs(abs(v) - mth[k[:4]]) / max(mth[k[:4]], 1e-30) for k, v in only), default=0.0)
+    common = max((abs(v - rb[k]) for k, v in ra.items() if k in rb), default=0.0)
+    return {"cells_differing": len({k[:4] for k, _ in only}), "max_tie_gap": gap, "max_common_diff": common}
 
 
 def main() -> None:
@@ -292,7 +320,9 @@ def main() -> None:
               f"{os.getloadavg()[0]:.2f}): block {c['block_wall']:.2f} s wall / {c['block_cpu']:.2f} s CPU, gram "
               f"{c['gram_wall']:.2f} s / {c['gram_cpu']:.2f} s CPU; ratio (block/gram) wall "
               f"{c['block_wall'] / c['gram_wall']:.2f}, CPU {c['block_cpu'] / c['gram_cpu']:.2f}; same entries "
-              f"{c['same_entries']}, max |value difference| {c['max_value_diff']:.1e}")
+              f"{c['same_entries']} (same order too), max |value difference| of the pairs both keep "
+              f"{c['max_common_diff']:.1e}; cells whose sets differ "
+              f"{c['cells_differing']} (largest gap to the m-th |value|, relative: {c['max_tie_gap']:.1e})")
     print(f"load after: {os.getloadavg()[0]:.2f}")
     print(f"samples_per_s={result['samples'] / wall:.4f} feature_share={feat:.4f} truncation_share={trunc:.4f}")
 

@@ -33,6 +33,11 @@ import torch
 
 TILE = 256  # target features per column tile of |Gᵀ|: [Uo, TILE] float32 ≈ 8 MB at Uo = 8 400
 KEY_ROWS = 8  # positions per gathered chunk [KEY_ROWS·L, TILE] (≈ 3.7 MB at L = 447)
+GPU_SCALE = 8  # on a GPU: 8× wider tiles and 8× more positions per chunk (fewer, larger kernels)
+
+
+def _sizes(device) -> tuple[int, int]:
+    return (TILE * GPU_SCALE, KEY_ROWS * GPU_SCALE) if torch.device(device).type == "cuda" else (TILE, KEY_ROWS)
 
 
 def distinct(side, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +77,8 @@ class Direction:
     idx: torch.Tensor  # [pos·L] each other-side slot's index into `other`
     tiles: list  # [(first column, P, n)]
     n_pos: int
+    tile: int  # target columns per tile
+    key_rows: int  # positions per gathered chunk
 
 
 def direction(t_rows: torch.Tensor, reach: torch.Tensor, o_rows: torch.Tensor, o_inv: torch.Tensor) -> Direction:
@@ -79,6 +86,7 @@ def direction(t_rows: torch.Tensor, reach: torch.Tensor, o_rows: torch.Tensor, o
     distinct rows, o_inv [pos, L] each of its slots' index into them (positions in this direction's order)."""
     J, L = o_inv.shape
     dev = o_inv.device
+    tile, key_rows = _sizes(dev)
     pos = torch.arange(J, device=dev)[:, None].expand(J, L).reshape(-1)
     first = torch.full((len(o_rows),), J, dtype=torch.long, device=dev).scatter_reduce_(
         0, o_inv.reshape(-1), pos, "amin")  # first position of each other-side feature (J: never)
@@ -88,29 +96,29 @@ def direction(t_rows: torch.Tensor, reach: torch.Tensor, o_rows: torch.Tensor, o
     reach_s, order_u = reach.sort(stable=True)
     rank_u = torch.empty_like(order_u)
     rank_u[order_u] = torch.arange(len(order_u), device=dev)
-    starts = list(range(0, len(t_rows), TILE))
-    last = reach_s[[min(c0 + TILE, len(t_rows)) - 1 for c0 in starts]]  # each tile's largest reach
+    starts = list(range(0, len(t_rows), tile))
+    last = reach_s[[min(c0 + tile, len(t_rows)) - 1 for c0 in starts]]  # each tile's largest reach
     n_rows = torch.searchsorted(first_s, last, right=True).tolist()  # other rows occurring up to it
     return Direction(t_rows[order_u], order_u, rank_u, o_rows[order_v], rank_v[o_inv].reshape(-1),
-                     list(zip(starts, last.tolist(), n_rows)), J)
+                     list(zip(starts, last.tolist(), n_rows)), J, tile, key_rows)
 
 
 def max_tiles(d: Direction, t_table: torch.Tensor, o_table: torch.Tensor, hi: int, w: torch.Tensor) -> torch.Tensor:
-    """[n_tiles, pos, TILE]: M of direction d for head index hi, tile-major (column c of tile t is sorted
-    target column t·TILE + c); t_table / o_table [n_rows, head_index, d_head] the sides' projected rows,
+    """[n_tiles, pos, tile]: M of direction d for head index hi, tile-major (column c of tile t is sorted
+    target column t·tile + c); t_table / o_table [n_rows, head_index, d_head] the sides' projected rows,
     w [pos·L] the other side's |coefficients|. Entries beyond a tile's P are 0 (never read)."""
     U, V = t_table[d.target, hi], o_table[d.other, hi]  # sorted rows [U, d_head], [Uo, d_head]
-    L = len(d.idx) // max(1, d.n_pos)
-    out = U.new_zeros(len(d.tiles), d.n_pos, TILE)
-    gt_buf = U.new_empty(max((n for _, _, n in d.tiles), default=0) * TILE)  # reused: no page faults per tile
-    rows_buf = U.new_empty(KEY_ROWS * L * TILE)
+    L, TW, KR = len(d.idx) // max(1, d.n_pos), d.tile, d.key_rows
+    out = U.new_zeros(len(d.tiles), d.n_pos, TW)
+    gt_buf = U.new_empty(max((n for _, _, n in d.tiles), default=0) * TW)  # reused: no page faults per tile
+    rows_buf = U.new_empty(KR * L * TW)
     for t, (c0, P, n) in enumerate(d.tiles):
         if P < 0:
             continue
-        width = min(TILE, len(U) - c0)
+        width = min(TW, len(U) - c0)
         gt = torch.mm(V[:n], U[c0:c0 + width].T, out=gt_buf[:n * width].view(n, width)).abs_()  # |Gᵀ| tile
-        for j0 in range(0, P + 1, KEY_ROWS):
-            j1 = min(P + 1, j0 + KEY_ROWS)
+        for j0 in range(0, P + 1, KR):
+            j1 = min(P + 1, j0 + KR)
             s = slice(j0 * L, j1 * L)
             rows = torch.index_select(gt, 0, d.idx[s], out=rows_buf[:(j1 - j0) * L * width].view(-1, width))
             torch.amax(rows.mul_(w[s, None]).view(j1 - j0, L, width), 1, out=out[t, j0:j1, :width])
@@ -120,7 +128,7 @@ def max_tiles(d: Direction, t_table: torch.Tensor, o_table: torch.Tensor, hi: in
 def take_index(d: Direction, pos: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
     """[C, K] flat index into `max_tiles` of (each cell's position pos [C], each slot's target feature inv [C, K])."""
     r = d.rank[inv]
-    return (r // TILE) * (d.n_pos * TILE) + pos[:, None] * TILE + r % TILE
+    return (r // d.tile) * (d.n_pos * d.tile) + pos[:, None] * d.tile + r % d.tile
 
 
 def key_group_max(U: torch.Tensor, V: torch.Tensor, ak: torch.Tensor, k_inv: torch.Tensor,

@@ -21,6 +21,9 @@ CASES = {
                                                          dict(exclude_diagonal=False, exclude_bos_query=True)),
     "RMS + QK-norm, attention-weighted": (dict(norm="RMS", use_qk_norm=True), "resid_pre",
                                           dict(attention_weighted=True, top_m=2)),
+    "sliding window (local attention), diagonal kept": (
+        dict(norm="LN", use_local_attn=True, window_size=4, attn_types=["local", "local", "local"]), "resid_pre",
+        dict(exclude_diagonal=False)),
     "no norm, top-1, BOS both sides": (dict(norm=None), "hook_z", dict(top_m=1, exclude_bos_key=True,
                                                                         exclude_bos_query=True)),
 }
@@ -33,6 +36,8 @@ def test_gram_path_equals_block_path(name, monkeypatch):
     layer = 2 if side == "hook_z" else 1
     d, tok = side_saes(model, layer, side), tokens(model, 3, 12)
     opts = dataclasses.replace(OPTS, **kw)
+    monkeypatch.setattr(gram, "TILE", 16)  # several tiles (some beyond every reach) and position chunks
+    monkeypatch.setattr(gram, "KEY_ROWS", 3)
     items, real = [], gram.top_m_item
     monkeypatch.setattr(gram, "top_m_item", lambda *a: items.append(a[2:4]) or real(*a))
     runs = []
