@@ -127,8 +127,8 @@ def max_tiles(d: Direction, t_table: torch.Tensor, o_table: torch.Tensor, hi: in
 
 def take_index(d: Direction, pos: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
     """[C, K] flat index into `max_tiles` of (each cell's position pos [C], each slot's target feature inv [C, K])."""
-    r = d.rank[inv]
-    return (r // d.tile) * (d.n_pos * d.tile) + pos[:, None] * d.tile + r % d.tile
+    base = (d.rank // d.tile) * (d.n_pos * d.tile) + d.rank % d.tile  # [U]: column c of tile t at position 0
+    return base[inv].add_(pos[:, None] * d.tile)
 
 
 def key_group_max(U: torch.Tensor, V: torch.Tensor, ak: torch.Tensor, k_inv: torch.Tensor,
