@@ -241,7 +241,7 @@ def _gram_table(q_side, k_side, heads, sel, pattern, scale, opts, distinct: list
     for g in range(B * H):
         b, hi = divmod(g, H)
         if hi == 0:  # the sample's head-independent part, once
-            plan = gram.plan_sample(*distinct[b], ic, jc)
+            plan = gram.plan_sample(*distinct[b], ic, jc, opts.chunk_elements)
         top = gram.top_m_item(q_side, k_side, b, hi, plan, ic, jc, opts.top_m, scale,
                               pattern[b, hi] if opts.attention_weighted else None)
         e = _cell_entries(*(t[None] for t in top), ic, jc, 0, 0, T, torch.tensor([g], device=dev),

@@ -147,7 +147,9 @@ def key_group_max(U: torch.Tensor, V: torch.Tensor, ak: torch.Tensor, k_inv: tor
 
 @dataclasses.dataclass
 class SamplePlan:
-    """One sample's head-independent part: distinct features, both directions, the score gathers' indices."""
+    """One sample's head-independent part: distinct features, both directions, and the cells in chunks of
+    ≤ chunk_elements scores, each with its score gathers' take indices (kept when there is one chunk, else
+    rebuilt per head so that memory stays bounded by the chunk)."""
 
     q_rows: torch.Tensor
     q_inv: torch.Tensor
@@ -155,11 +157,17 @@ class SamplePlan:
     k_inv: torch.Tensor
     fwd: Direction  # M [key_pos, Uq] for query features
     bwd: Direction  # M' [reversed query_pos, Uk] for key features
-    take_rows: torch.Tensor  # [C, K]
-    take_cols: torch.Tensor  # [C, L]
+    chunks: list  # [(c0, c1, take_rows [n, K] or None, take_cols [n, L] or None)]
+
+    def takes(self, ic: torch.Tensor, jc: torch.Tensor, c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """take indices of cells c0..c1 into `max_tiles` of fwd (rows) and bwd (columns)."""
+        i, j = ic[c0:c1], jc[c0:c1]
+        T = self.q_inv.shape[0]
+        return (take_index(self.fwd, j, self.q_inv.index_select(0, i)),
+                take_index(self.bwd, T - 1 - i, self.k_inv.index_select(0, j)))
 
 
-def plan_sample(q_u, k_u, ic: torch.Tensor, jc: torch.Tensor) -> SamplePlan:
+def plan_sample(q_u, k_u, ic: torch.Tensor, jc: torch.Tensor, chunk_elements: int = 1 << 22) -> SamplePlan:
     """q_u, k_u: `distinct(side, b)`; ic, jc [C] the selected cells."""
     (rq, q_inv), (rk, k_inv) = q_u, k_u
     T = q_inv.shape[0]
@@ -170,8 +178,12 @@ def plan_sample(q_u, k_u, ic: torch.Tensor, jc: torch.Tensor) -> SamplePlan:
     fwd = direction(rq, _feature_reach(q_inv, last_key, len(rq)), rk, k_inv)
     # M' [query_pos, Uk]: the same with the sides swapped, positions reversed so that needs are prefixes
     bwd = direction(rk, _feature_reach(k_inv, from_end, len(rk)), rq, q_inv.flip(0))
-    return SamplePlan(rq, q_inv, rk, k_inv, fwd, bwd, take_index(fwd, jc, q_inv.index_select(0, ic)),
-                      take_index(bwd, T - 1 - ic, k_inv.index_select(0, jc)))
+    per = max(1, chunk_elements // max(q_inv.shape[1], k_inv.shape[1]))
+    plan = SamplePlan(rq, q_inv, rk, k_inv, fwd, bwd, [(c, min(len(ic), c + per), None, None)
+                                                       for c in range(0, len(ic), per)])
+    if len(plan.chunks) == 1:
+        plan.chunks = [(0, len(ic), *plan.takes(ic, jc, 0, len(ic)))]
+    return plan
 
 
 def top_m_item(q_side, k_side, b: int, hi: int, plan: SamplePlan, ic: torch.Tensor, jc: torch.Tensor, m: int,
@@ -183,26 +195,36 @@ def top_m_item(q_side, k_side, b: int, hi: int, plan: SamplePlan, ic: torch.Tens
     Returns value, k, l, keep [C, m], each cell's pairs in descending |value|.
     """
     aq, ak = coefficients(q_side, b, hi, scale), coefficients(k_side, b, hi)  # [pos, K], [pos, L]
-    L = ak.shape[1]
     aq_abs, ak_abs = aq.abs(), ak.abs()
     # row (query slot k) and column (key slot l) maxima of each cell's K × L values:
     # |a_ik|·M[j, f_ik] and |a_jl|·M'[i, g_jl]
     m_q = max_tiles(plan.fwd, q_side.rows, k_side.rows, hi, ak_abs.reshape(-1))
     m_k = max_tiles(plan.bwd, k_side.rows, q_side.rows, hi, aq_abs.flip(0).reshape(-1))
-    rows = m_q.take(plan.take_rows).mul_(aq_abs.index_select(0, ic))  # [C, K]
-    cols = m_k.take(plan.take_cols).mul_(ak_abs.index_select(0, jc))  # [C, L]
-    ksel = rows.topk(m, dim=-1, sorted=False).indices  # [C, m]
-    lsel = cols.topk(min(m, L), dim=-1, sorted=False).indices  # [C, m_c]
-    # the block path's vectors: q̃ = coef · row (× head factor) ÷ attn_scale, k̃ = coef · row (× head factor)
     U, V = q_side.rows[plan.q_rows, hi], k_side.rows[plan.k_rows, hi]  # [Uq, d_head], [Uk, d_head]
-    qv = aq[ic[:, None], ksel, None] * U[plan.q_inv[ic[:, None], ksel]]  # [C, m, d_head]
-    kv = ak[jc[:, None], lsel, None] * V[plan.k_inv[jc[:, None], lsel]]  # [C, m_c, d_head]
-    cand = torch.bmm(qv, kv.transpose(1, 2)).flatten(1)  # [C, m·m_c]
-    t = cand.abs().topk(m, dim=-1, sorted=True).indices
-    value = cand.gather(-1, t)
+    out = []
+    for c0, c1, t_rows, t_cols in plan.chunks:
+        if t_rows is None:
+            t_rows, t_cols = plan.takes(ic, jc, c0, c1)
+        i, j = ic[c0:c1], jc[c0:c1]
+        rows = m_q.take(t_rows).mul_(aq_abs.index_select(0, i))  # [n, K]
+        cols = m_k.take(t_cols).mul_(ak_abs.index_select(0, j))  # [n, L]
+        out.append(_top_of_maxima(rows, cols, i, j, aq, ak, U, V, plan, m))
+    value, k, l = (torch.cat(c) if len(out) > 1 else c[0] for c in zip(*out))
     if pattern is not None:
         value = value * pattern[ic, jc][:, None]
-    return value, ksel.gather(-1, t // lsel.shape[1]), lsel.gather(-1, t % lsel.shape[1]), value != 0
+    return value, k, l, value != 0
+
+
+def _top_of_maxima(rows, cols, i, j, aq, ak, U, V, plan: SamplePlan, m: int):
+    """value, k, l [n, m] of cells (i, j) [n] from their row and column maxima rows [n, K], cols [n, L]."""
+    ksel = rows.topk(m, dim=-1, sorted=False).indices  # [n, m]
+    lsel = cols.topk(min(m, cols.shape[1]), dim=-1, sorted=False).indices  # [n, m_c]
+    # the block path's vectors: q̃ = coef · row (× head factor) ÷ attn_scale, k̃ = coef · row (× head factor)
+    qv = aq[i[:, None], ksel, None] * U[plan.q_inv[i[:, None], ksel]]  # [n, m, d_head]
+    kv = ak[j[:, None], lsel, None] * V[plan.k_inv[j[:, None], lsel]]  # [n, m_c, d_head]
+    cand = torch.bmm(qv, kv.transpose(1, 2)).flatten(1)  # [n, m·m_c]
+    t = cand.abs().topk(m, dim=-1, sorted=True).indices
+    return cand.gather(-1, t), ksel.gather(-1, t // lsel.shape[1]), lsel.gather(-1, t % lsel.shape[1])
 
 
 def _feature_reach(inv: torch.Tensor, per_pos: torch.Tensor, n: int) -> torch.Tensor:

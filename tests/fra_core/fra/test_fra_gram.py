@@ -24,8 +24,8 @@ CASES = {
     "sliding window (local attention), diagonal kept": (
         dict(norm="LN", use_local_attn=True, window_size=4, attn_types=["local", "local", "local"]), "resid_pre",
         dict(exclude_diagonal=False)),
-    "no norm, top-1, BOS both sides": (dict(norm=None), "hook_z", dict(top_m=1, exclude_bos_key=True,
-                                                                        exclude_bos_query=True)),
+    "no norm, top-1, BOS both sides, cells in chunks": (dict(norm=None), "hook_z", dict(
+        top_m=1, exclude_bos_key=True, exclude_bos_query=True, chunk_elements=200)),
 }
 
 
