@@ -10,7 +10,11 @@ activation/σ and projected (U = D W_Q, V = D W_K, rank d_head, cached across ca
 batched GEMM per block of (sample, head) items × query rows gives v[g, i, k, j, l] = U_{f_ik} · V_{g_jl} /
 attn_scale at cost T²K²·d_head (`blocks.py`: the GEMM, the value transforms, the top-m selection).
 Small problems (the demo model) run every sample and head in one block; long sequences split the
-query rows so that a block stays cache-sized. Everything else is dense and small: node vectors
+query rows so that a block stays cache-sized. Without rotary, top-m per cell has an exact cheaper path when
+the batch's features repeat across positions (`gram.py`: G = U Vᵀ over a sample's distinct features gives
+each cell's row and column maxima, and the top m lie in the m best rows × the m best columns: m² values per
+cell instead of K·L); `gram_plan` picks it by operation count (GPT-2 Small with every active feature kept:
+≈ 10× fewer operations). Everything else is dense and small: node vectors
 [pos, n_nodes, d_head] give node terms [query_pos, key_pos, n_q, n_k] on demand.
 """
 
