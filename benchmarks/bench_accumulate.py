@@ -189,10 +189,14 @@ def compare_paths(args) -> int:
     cases["gpt2-shaped"] = (args.gpt2_samples, r, _uptime())
     for name, (n, r, load) in cases.items():
         ap, tm = n / r["allpairs_s"], n / r["topm_s"]
+        per_head = r["allpairs_pairs"] + r["allpairs_coact"] * (r["heads"] or 1)
         print(f"{name}: one shard of {n} samples, job shard body (tokens → Parquet files): all pairs {ap:.3f} "
-              f"samples/s ({r['allpairs_pairs'] / n:,.0f} pair rows per sample, every pair), top-m {tm:.3f} "
-              f"samples/s ({r['topm_pairs'] / n:,.0f} pair rows per sample), wall ratio {ap / tm:.2f}, CPU-time "
-              f"ratio {r['topm_cpu_s'] / r['allpairs_cpu_s']:.2f}; {load}", flush=True)
+              f"samples/s ({r['allpairs_coact'] / n:,.0f} coact rows + {r['allpairs_pairs'] / n:,.0f} per-head pair "
+              f"rows + {r['allpairs_proj'] / n:,.0f} proj rows per sample, standing for {per_head / n:,.0f} per-head "
+              f"pair rows: every pair; {r['allpairs_bytes'] / n / 1e6:,.2f} MB written per sample), top-m {tm:.3f} "
+              f"samples/s ({r['topm_pairs'] / n:,.0f} pair rows per sample, {r['topm_bytes'] / n / 1e6:,.2f} MB per "
+              f"sample), wall ratio {ap / tm:.2f}, CPU-time ratio {r['topm_cpu_s'] / r['allpairs_cpu_s']:.2f}; {load}",
+              flush=True)
     n, r, _ = cases["gpt2-shaped"]
     ap, tm = n / r["allpairs_s"], n / r["topm_s"]
     print(f"allpairs_samples_per_s={ap:.3f} topm_samples_per_s={tm:.3f} ratio={ap / tm:.2f}")

@@ -6,9 +6,13 @@ tokenising, the engine's sides, the statistics, the shard's tables and writing t
 a user can query is the app's ingest of the files (not timed here; it scales with the rows written, and
 both paths write the same schemas):
 - top-m:     `TopMRunner` (the engine: T²K² pair values per head, top-m per cell, per-pair reduction);
-- all pairs: `AllPairsRunner` (the shard's head-independent co-activation table, G_h applied once per
-             pair and head when the shard is written; every pair, no truncation; marginals and node
-             totals included; the per-batch completeness check included).
+- all pairs: `AllPairsRunner` (the shard's head-independent co-activation table, written ONCE for all
+             heads as `coact` rows plus each head's projected rows `proj`: G_h is applied by the reader;
+             every pair, no truncation; marginals and node totals included; the per-batch completeness
+             check included).
+Rows and bytes: top-m writes one `pairs` row per kept (pair, head); all pairs one `coact` row per distinct
+pair (× heads = the per-head rows it stands for) and `proj` rows per (head, side, feature); bytes = every
+file of the shard on disk.
 Cases: (a) the demo model, layer 1, all heads, demo texts; (b) a GPT-2-Small-shaped layer: random
 weights, d_model 768, 12 heads × d_head 64, an SAE with d_sae 24 576 on blocks.0.ln1.hook_normalized
 whose activations are synthetic: 32 active features per token, drawn from a Zipf(s = 1.1) frequency
@@ -73,7 +77,7 @@ def id_texts(n: int, T: int, vocab: int = 1000) -> list[str]:
 def time_paths(model, sae, texts: list[str], layer: int, k_active: int, top_m: int = 8, batch_size: int = 16,
                context_length: int = 64) -> dict:
     """Seconds (wall and CPU of this process) of each path's shard body over the same texts (one shard),
-    and the pair rows each path wrote."""
+    the pairs / coact / proj rows each path wrote and the bytes of the shard's files."""
     from fra_core import contracts
     from fra_core.accumulate import AccumulateFRAConfig
     from fra_core.accumulate.run import compute_shard, prepare
@@ -95,4 +99,8 @@ def time_paths(model, sae, texts: list[str], layer: int, k_active: int, top_m: i
             compute_shard(runner, cfg, 0, items, job)
             out[f"{name}_s"], out[f"{name}_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
             out[f"{name}_pairs"] = contracts.read_shard_table(job, 0, "pairs").num_rows
+            out[f"{name}_coact"] = contracts.read_shard_table(job, 0, "coact").num_rows
+            out[f"{name}_proj"] = contracts.read_shard_table(job, 0, "proj").num_rows
+            out[f"{name}_bytes"] = sum(p.stat().st_size for p in contracts.shards_dir(job).glob("shard-000000.*"))
+    out["heads"] = len(runner.plans[0].heads) if hasattr(runner, "plans") else None
     return out

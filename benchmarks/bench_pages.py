@@ -1,6 +1,6 @@
 """Speed of the Pair tables page on a large run: cold load and filter changes.
 
-    python benchmarks/bench_pages.py [--rows 10000000] [--repeat 3] [--db PATH]
+    python benchmarks/bench_pages.py [--rows 10000000] [--coact-rows 1000000] [--repeat 3] [--db PATH]
 
 Builds a run of N pair rows inside DuckDB (range() + random(), no Python rows) in a temp workspace,
 laid out as compaction writes it (rows ordered by layer, head, sum DESC, with the run's top-K lists;
@@ -21,9 +21,16 @@ processes:
               (density, histogram, contexts, partners per head, labels), in fresh processes that must not
               import torch (the weight-based parts load on demand, behind a button).
 
-Goals (issue 6): cold load <= 1.5 s, any filter change <= 300 ms; (issue 16) Feature page cold <= 1.5 s.
-The last line is `cold_load_s=<median cold load> filter_ms=<slowest end-to-end filter change>
-feature_page_cold_s=<median Feature page cold load>`.
+  coact       the same cold load and filter changes on an all-pair run stored as co-activation rows
+              (issue 14: `--coact-rows` rows of one layer once, each head's 64-d projected rows, pair_rows
+              expanding them to 12 x as many per-head rows; compacted by the store itself), in a workspace
+              of its own, next to the materialised run.
+
+Goals (issue 6): cold load <= 1.5 s, any filter change <= 300 ms; (issue 16) Feature page cold <= 1.5 s;
+the same page goals on the co-activation run (issue 14). The last line is `cold_load_s=<median cold load>
+filter_ms=<slowest end-to-end filter change> feature_page_cold_s=<median Feature page cold load>
+coact_cold_load_s=<…> coact_filter_ms=<…> coact_feature_page_cold_s=<…>` (the Feature page also runs on
+feature 123 of the co-activation run).
 """
 
 from __future__ import annotations
@@ -140,6 +147,53 @@ def build(db_path: Path, rows: int, n_examples: int = 2_000_000, n_samples: int 
     return run
 
 
+def build_coact(db_path: Path, rows: int, d_head: int = 64, n_examples_per_pair: int = 3,
+                n_samples: int = 100_000) -> tuple[int, float]:
+    """An all-pair run stored as compaction leaves a co-activation run (issue 14): `rows` co-activation
+    rows of one layer (the same pair layout as `build`, ~3 % self-pairs), every SAE feature's projected
+    q/k rows for each of the 12 heads (d_head floats each), staged as a shard leaves them and then
+    compacted by `store.compact_run` (the merge, pair_summary and the top-K lists over the 12 × `rows`
+    rows of pair_rows). Returns (run id, compaction seconds)."""
+    from store import Store, compact_run, register_run
+
+    store = Store(db_path, hold=True)
+    with store.write() as con:
+        run = register_run(con, "bench-coact", "accumulate", {
+            "model": "bench", "q_saes": ["bench-sae"], "layer": LAYER, "heads": list(range(N_HEADS)),
+            "n_samples": n_samples, "statistics": "all_pairs", "examples_per_pair": n_examples_per_pair},
+                           status="done")
+        con.execute("INSERT INTO sources VALUES (?, 0, 'sae', 'bench-sae', 'bench-sae', ?, ?)",
+                    [run, f"blocks.{LAYER}.ln1.hook_normalized", D_SAE])
+        con.execute("SELECT setseed(0.42)")
+        # products ã_if ã_jg >= 0: mn <= s / n <= mx; self-pairs (⌊j / d_sae⌋ = 0) half on the diagonal
+        con.execute(f"""
+            INSERT INTO pair_coact_staged
+            WITH base AS (SELECT i AS j, random() AS u1, random() AS u2, random() AS u3, random() AS u4
+                          FROM range({rows}) t(i)),
+            v AS (SELECT *, (1 + floor(-ln(u2 + 1e-12) * 4))::UBIGINT AS n, u1 * 0.05 AS mn, u1 * 0.05 + u3 * 2 AS mx
+                  FROM base)
+            SELECT {run}, {LAYER}, 0, j % {D_SAE}, 0, ((j // {D_SAE}) * 997 + j % {D_SAE}) % {D_SAE}, n,
+                   n * (mn + (mx - mn) * u4) AS s, n * (mn + (mx - mn) * u4), mx, mn,
+                   CASE WHEN j < {D_SAE} THEN n // 2 ELSE 0 END, CASE WHEN j < {D_SAE} THEN n * mn ELSE 0 END,
+                   CASE WHEN j < {D_SAE} THEN n * mn ELSE 0 END,
+                   (hash(j) % {n_samples})::UBIGINT, 20, 3, (hash(j + 1) % {n_samples})::UBIGINT, 25, 7
+            FROM v""")
+        con.execute(f"""INSERT INTO pair_proj SELECT {run}, {LAYER}, h, side, 0, f,
+                               list_transform(range({d_head}), lambda x: (random() - 0.5) * 0.5)
+                        FROM range({N_HEADS}) a(h), (VALUES ('q'), ('k')) b(side), range({D_SAE}) c(f)""")
+        con.execute(f"""INSERT INTO samples_done SELECT {run}, i, i // 64, 32,
+                        list_transform(range(32), lambda x: 'tok' || ((i * 31 + x) % 500)::VARCHAR)
+                        FROM range({n_samples}) t(i)""")
+        feature_tables(con, run, n_samples)
+        con.execute("UPDATE runs SET n_samples = ?, status = 'done', finished = now() WHERE id = ?", [n_samples, run])
+        t0 = time.perf_counter()
+        compact_run(con, run, n_examples_per_pair)
+        compact_s = time.perf_counter() - t0
+        con.execute("CHECKPOINT")
+    store.close()
+    return run, compact_s
+
+
 def feature_tables(con, run: int, n_samples: int, shards: int = 20) -> None:
     """What a job's shards give the Feature page, for every feature of the SAE: active-token counts,
     5 top + 5 sampled activations with 13-token context windows per shard, a ~20-bin histogram, labels."""
@@ -198,7 +252,7 @@ def query_only(db_path: Path, run: int) -> list[tuple[str, tuple[float, float]]]
     return out
 
 
-def feature_page(workspace: Path, repeat: int) -> float:
+def feature_page(workspace: Path, repeat: int, label: str = "materialised") -> float:
     """Cold loads of the Feature page's stored parts (density, histogram, contexts, partners per head,
     labels) for feature 123 of the 10 M-pair run; each in a fresh process that must not import torch."""
     params = {"model": "bench", "sae": "bench-sae", "feature": "123", "run": "1"}
@@ -209,55 +263,79 @@ def feature_page(workspace: Path, repeat: int) -> float:
         if res["torch"]:
             raise SystemExit("the Feature page imported torch while rendering its stored parts")
         times.append(res["cold_s"])
-        print(f"feature page cold load #{i + 1}: {res['cold_s']:.2f} s, process CPU {res['cold_cpu_s']:.2f} s "
+        print(f"[{label}] feature page cold load #{i + 1}: {res['cold_s']:.2f} s, process CPU {res['cold_cpu_s']:.2f} s "
               f"(no torch imported; uptime load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs)",
               flush=True)
     return statistics.median(times)
 
 
+def time_pages(workspace: Path, run: int, repeat: int, label: str) -> tuple[float, float]:
+    """Cold loads (median of `repeat` fresh processes) and the filter changes of the last one, end to
+    end and as bare queries; prints them with the load; returns (median cold s, slowest filter ms)."""
+    db_path = workspace / "fra.duckdb"
+    load = os.getloadavg()
+    print(f"[{label}] uptime load before timing: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs",
+          flush=True)
+    colds = []
+    for i in range(repeat):
+        res = page_process(workspace, "filters" if i == repeat - 1 else "cold")
+        colds.append(res["cold_s"])
+        print(f"[{label}] cold load #{i + 1}: {res['cold_s']:.2f} s, process CPU {res['cold_cpu_s']:.2f} s (first "
+              f"render, {res['rows']} rows; streamlit harness start-up before it, not counted: "
+              f"{res['import_s']:.2f} s)", flush=True)
+    print(f"[{label}] filter changes, wall (process CPU) in ms: end-to-end page rerun | bare top_pairs query on a "
+          "held connection:")
+    bare = dict(query_only(db_path, run))
+    page = res["filters"]
+    for name, ms, n_rows, cpu_ms in page:
+        print(f"  {name:22s} {ms:8.1f} ({cpu_ms:7.1f}) | {bare[name][0]:7.1f} ({bare[name][1]:7.1f})  ({n_rows} rows)")
+    page_ms = [row[1] for row in page]
+    bare_ms = [wall for wall, _ in bare.values()]
+    print(f"[{label}] filter change: median {statistics.median(page_ms):.1f} ms, slowest {max(page_ms):.1f} ms end to "
+          f"end (process CPU median {statistics.median(row[3] for row in page):.1f} ms, slowest "
+          f"{max(row[3] for row in page):.1f} ms); bare queries median {statistics.median(bare_ms):.1f} ms, "
+          f"slowest {max(bare_ms):.1f} ms")
+    load = os.getloadavg()
+    print(f"[{label}] uptime load after timing: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    return statistics.median(colds), max(page_ms)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--coact-rows", type=int, default=1_000_000,
+                        help="co-activation rows of the all-pair run (x 12 heads in pair_rows); 0 skips it")
     parser.add_argument("--repeat", type=int, default=3, help="cold-load processes (median)")
-    parser.add_argument("--db", help="reuse this workspace folder (its fra.duckdb) instead of a temp one")
+    parser.add_argument("--db", help="reuse this folder (its workspace/ and coact/ workspaces) instead of a temp one")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        workspace = Path(args.db) if args.db else Path(tmp) / "workspace"
-        workspace.mkdir(parents=True, exist_ok=True)
-        db_path = workspace / "fra.duckdb"
-        if not db_path.exists():
+        root = Path(args.db) if args.db else Path(tmp)
+        workspace, coact_ws = root / "workspace", root / "coact"
+        for ws in (workspace, coact_ws):
+            ws.mkdir(parents=True, exist_ok=True)
+        if not (workspace / "fra.duckdb").exists():
             t0 = time.perf_counter()
-            run = build(db_path, args.rows)
+            build(workspace / "fra.duckdb", args.rows)
             print(f"built {args.rows:,} pair rows (+2 M examples, 100 k samples, top-K lists) in "
-                  f"{time.perf_counter() - t0:.1f} s ({db_path.stat().st_size / 2**20:.0f} MiB)", flush=True)
-        else:
-            run = 1
-        print(f"load average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-        colds, imports = [], []
-        for i in range(args.repeat):
-            res = page_process(workspace, "filters" if i == args.repeat - 1 else "cold")
-            colds.append(res["cold_s"])
-            imports.append(res["import_s"])
-            print(f"cold load #{i + 1}: {res['cold_s']:.2f} s, process CPU {res['cold_cpu_s']:.2f} s (first render, "
-                  f"{res['rows']} rows; streamlit harness "
-                  f"start-up before it, not counted: {res['import_s']:.2f} s)", flush=True)
-        cold = statistics.median(colds)
-        print("filter changes, wall (process CPU) in ms: end-to-end page rerun | bare top_pairs query on a held "
-              "connection:")
-        bare = dict(query_only(db_path, run))
-        page = res["filters"]
-        for label, ms, n_rows, cpu_ms in page:
-            print(f"  {label:22s} {ms:8.1f} ({cpu_ms:7.1f}) | {bare[label][0]:7.1f} ({bare[label][1]:7.1f})  "
-                  f"({n_rows} rows)")
-        page_ms = [row[1] for row in page]
-        bare_ms = [wall for wall, _ in bare.values()]
-        print(f"filter change: median {statistics.median(page_ms):.1f} ms, slowest {max(page_ms):.1f} ms end to end "
-              f"(process CPU median {statistics.median(row[3] for row in page):.1f} ms, slowest "
-              f"{max(row[3] for row in page):.1f} ms); bare queries median {statistics.median(bare_ms):.1f} ms, "
-              f"slowest {max(bare_ms):.1f} ms")
-        print(f"load average after timing: {os.getloadavg()[0]:.1f}")
+                  f"{time.perf_counter() - t0:.1f} s ({(workspace / 'fra.duckdb').stat().st_size / 2**20:.0f} MiB)",
+                  flush=True)
+        if args.coact_rows and not (coact_ws / "fra.duckdb").exists():
+            t0 = time.perf_counter()
+            _, compact_s = build_coact(coact_ws / "fra.duckdb", args.coact_rows)
+            load = os.getloadavg()
+            print(f"built a co-activation run: {args.coact_rows:,} rows x {N_HEADS} heads, d_head 64, in "
+                  f"{time.perf_counter() - t0:.1f} s, of which compaction (merge, summary, top-K lists over "
+                  f"{args.coact_rows * N_HEADS:,} pair_rows) {compact_s:.1f} s "
+                  f"({(coact_ws / 'fra.duckdb').stat().st_size / 2**20:.0f} MiB; uptime load {load[0]:.2f})",
+                  flush=True)
+        cold, filter_ms = time_pages(workspace, 1, args.repeat, f"materialised {args.rows:,} rows")
+        coact = time_pages(coact_ws, 1, args.repeat, f"co-activation {args.coact_rows:,} x {N_HEADS}") \
+            if args.coact_rows else None
         feature_cold = feature_page(workspace, args.repeat)
-        print(f"cold_load_s={cold:.2f} filter_ms={max(page_ms):.0f} feature_page_cold_s={feature_cold:.2f}")
+        coact_feature = feature_page(coact_ws, args.repeat, "co-activation") if args.coact_rows else None
+        tail = (f" coact_cold_load_s={coact[0]:.2f} coact_filter_ms={coact[1]:.0f} "
+                f"coact_feature_page_cold_s={coact_feature:.2f}") if coact else ""
+        print(f"cold_load_s={cold:.2f} filter_ms={filter_ms:.0f} feature_page_cold_s={feature_cold:.2f}{tail}")
     return 0
 
 

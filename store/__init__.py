@@ -14,6 +14,8 @@ Every read function takes a connection or cursor and returns a small DataFrame /
 or a name (the job folder name); a deleted run raises StoreError("... does not exist (deleted meanwhile?)").
 Filters shared by the pair queries (`pair_filter`): layer, head, feature (+ side 'either'|'query'|'key',
 src), self_pairs None|'only'|'exclude', min_count, diagonal (False removes query = key occurrences).
+Pair rows are read through the views `pair_rows` / `pair_example_rows` (rows stored per head, and all-pair
+runs' co-activation rows with each head's G applied), so every query serves both kinds of run.
 Metrics: sum, mean, abs_sum, mean_abs, max_abs, count. Top-N queries are answered from each run's
 pre-ranked top-K lists where those provably hold the answer (`store.topk`, rebuilt by compaction), else
 by a scan. `run_sql_readonly` runs user SQL on a sandboxed connection (no file or extension access).

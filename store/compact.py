@@ -1,11 +1,18 @@
 """Compaction: a run's staged shard rows merged into its pair tables, summaries, top-K lists, feature
-densities and automatic labels, in one transaction (queries always see a consistent run)."""
+densities and automatic labels, in one transaction (queries always see a consistent run).
+
+Co-activation rows (all-pair runs, head-independent layers: `pair_coact`) merge like pair rows do, before
+any head's G is applied: for a pair (f, g) the shards' co-activation statistics add (n, s = Σ ã_if ã_jg,
+abs, diag_*) or combine (mx = the largest product, mn = the smallest, each with its cell). Because
+head h's sum is G_h[f, g] · s and G does not depend on the data, G·(Σ over shards of s) is head h's sum
+over all shards, so the merged table serves every head (the view `pair_rows` applies G)."""
 
 from __future__ import annotations
 
+from store.errors import StoreError
 from store.labels import refresh_auto_labels
 from store.sqlparts import KEY
-from store.topk import refresh_top
+from store.topk import refresh_top, run_pair_source
 
 DEFAULT_EXAMPLES = 3  # example contexts kept per pair
 
@@ -18,7 +25,7 @@ def compact_run(con, run: int, examples_per_pair: int = DEFAULT_EXAMPLES) -> int
     when a page filters by head, and a top-N by sum stops after the first row groups. The per-head
     counts in pair_summary are rebuilt. Returns the number of staged rows merged.
     """
-    staged = con.execute("SELECT count(*) FROM pair_stats_staged WHERE run = ?", [run]).fetchone()[0]
+    staged = staged_rows(con, run)
     if not staged:
         return 0
     con.execute("BEGIN TRANSACTION")
@@ -45,6 +52,7 @@ def compact_run(con, run: int, examples_per_pair: int = DEFAULT_EXAMPLES) -> int
         con.execute("INSERT INTO pair_examples SELECT * FROM _merged")
         con.execute("DELETE FROM pair_examples_staged WHERE run = ?", [run])
         con.execute("DROP TABLE _merged")
+        _merge_coact(con, run)
         refresh_summary(con, run)
         _update_feature_density(con, run)
         refresh_auto_labels(con, run)
@@ -55,16 +63,103 @@ def compact_run(con, run: int, examples_per_pair: int = DEFAULT_EXAMPLES) -> int
     return int(staged)
 
 
+def staged_rows(con, run: int) -> int:
+    """Rows of the run waiting for compaction (pair rows and co-activation rows)."""
+    return int(con.execute("""SELECT (SELECT count(*) FROM pair_stats_staged WHERE run = $1)
+                                     + (SELECT count(*) FROM pair_coact_staged WHERE run = $1)""", [run]).fetchone()[0])
+
+
+COACT_KEY = "layer, q_src, q_feat, k_src, k_feat"
+# staged rows `s` of pairs the run has no compacted row of yet
+_NOT_COMPACTED = ("AND NOT EXISTS (SELECT 1 FROM pair_coact o WHERE o.run = $1 AND o.layer = s.layer AND o.q_src = s.q_src"
+                  " AND o.q_feat = s.q_feat AND o.k_src = s.k_src AND o.k_feat = s.k_feat)")
+
+
+def _merge_coact(con, run: int) -> None:
+    """pair_coact of the run ∪ its staged co-activation rows, merged per (layer, pair), with each head's G;
+    call inside a transaction.
+
+    mx keeps the largest product with the earliest (sample, q, k) cell among ties, mn the smallest
+    likewise (deterministic whatever the order the shards came in): the minimum of the struct (−mx, cell)
+    is the largest mx and, among equal ones, the smallest cell; −x is exact in floating point.
+    G[h] = list_dot_product(q.vec, k.vec) of head h's proj rows, stored per row as a list over the layer's
+    heads (pair_coact_heads.idx): the views then expand a row to its heads by a list lookup instead of two
+    joins and a d_head-long dot product per row and head (10x faster scans, benchmarks/bench_pages.py).
+    A pair already compacted keeps its G (its vectors cannot change: ingest refuses a differing one), so
+    only pairs new since the last compaction are computed — unless the layer's heads changed.
+    """
+    if not con.execute("SELECT count(*) FROM pair_coact_staged WHERE run = ?", [run]).fetchone()[0]:
+        return
+    before = con.execute("SELECT layer, head, idx FROM pair_coact_heads WHERE run = ? ORDER BY ALL", [run]).fetchall()
+    con.execute("DELETE FROM pair_coact_heads WHERE run = ?", [run])
+    con.execute("""INSERT INTO pair_coact_heads
+                   SELECT run, layer, head, row_number() OVER (PARTITION BY layer ORDER BY head)::INTEGER
+                   FROM (SELECT DISTINCT run, layer, head FROM pair_proj WHERE run = ?)""", [run])
+    after = con.execute("SELECT layer, head, idx FROM pair_coact_heads WHERE run = ? ORDER BY ALL", [run]).fetchall()
+    keep_g = "o.g" if before == after else "NULL::DOUBLE[]"
+    # the new pairs' features' vectors stacked in head order; a feature whose heads are not all its
+    # layer's gets NULL (ingest refuses that; the check below names any such row)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _stack AS
+        WITH new AS (SELECT {COACT_KEY} FROM pair_coact_staged s WHERE run = $1
+                     {_NOT_COMPACTED if keep_g == 'o.g' else ''}),
+             need AS (SELECT DISTINCT layer, 'q' AS side, q_src AS src, q_feat AS feature FROM new
+                      UNION SELECT DISTINCT layer, 'k', k_src, k_feat FROM new),
+             heads AS (SELECT layer, list(head ORDER BY idx) AS heads FROM pair_coact_heads WHERE run = $1 GROUP BY layer)
+        SELECT p.layer, p.side, p.src, p.feature,
+               CASE WHEN list(p.head ORDER BY p.head) = any_value(h.heads) THEN list(p.vec ORDER BY p.head) END AS vecs
+        FROM pair_proj p SEMI JOIN need n ON n.layer = p.layer AND n.side = p.side AND n.src = p.src
+                                             AND n.feature = p.feature
+        JOIN heads h ON h.layer = p.layer
+        WHERE p.run = $1 GROUP BY ALL""", [run])
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _merged AS
+        WITH m AS (
+            SELECT run, {COACT_KEY}, sum(n)::UBIGINT AS n, sum(s) AS s, sum("abs") AS "abs",
+                   min({{'v': -mx, 's': mx_sample, 'q': mx_q, 'k': mx_k}}) AS top,
+                   min({{'v': mn, 's': mn_sample, 'q': mn_q, 'k': mn_k}}) AS bottom,
+                   sum(diag_n)::UBIGINT AS diag_n, sum(diag_s) AS diag_s, sum(diag_abs) AS diag_abs
+            FROM (SELECT * EXCLUDE (g) FROM pair_coact WHERE run = $1
+                  UNION ALL SELECT * FROM pair_coact_staged WHERE run = $1)
+            GROUP BY run, {COACT_KEY})
+        SELECT m.run, m.layer, m.q_src, m.q_feat, m.k_src, m.k_feat, m.n, m.s, m."abs", -m.top.v AS mx,
+               m.bottom.v AS mn, m.diag_n, m.diag_s, m.diag_abs, m.top.s AS mx_sample, m.top.q AS mx_q,
+               m.top.k AS mx_k, m.bottom.s AS mn_sample, m.bottom.q AS mn_q, m.bottom.k AS mn_k,
+               coalesce({keep_g}, list_transform(q.vecs, lambda v, i: list_dot_product(v, k.vecs[i]))) AS g
+        FROM m
+        LEFT JOIN pair_coact o ON o.run = $1 AND o.layer = m.layer AND o.q_src = m.q_src AND o.q_feat = m.q_feat
+                               AND o.k_src = m.k_src AND o.k_feat = m.k_feat
+        LEFT JOIN _stack q ON q.layer = m.layer AND q.side = 'q' AND q.src = m.q_src AND q.feature = m.q_feat
+        LEFT JOIN _stack k ON k.layer = m.layer AND k.side = 'k' AND k.src = m.k_src AND k.feature = m.k_feat
+        ORDER BY m.layer, m.q_src, m.q_feat, m.k_src, m.k_feat""", [run])
+    bad = con.execute("""SELECT layer, q_src, q_feat, k_src, k_feat FROM _merged
+                         WHERE g IS NULL OR list_count(g) <> len(g) LIMIT 1""").fetchone()
+    if bad is not None:  # ingest refuses such shards; a database edited by hand could still hold one
+        raise StoreError(f"run {run}: co-activation row (layer, q_src, q_feat, k_src, k_feat) = {bad} lacks a "
+                         "proj vector of some head of its layer, so its per-head statistics cannot be computed")
+    con.execute("DELETE FROM pair_coact WHERE run = ?", [run])
+    con.execute("INSERT INTO pair_coact SELECT * FROM _merged")
+    con.execute("DELETE FROM pair_coact_staged WHERE run = ?", [run])
+    con.execute("DROP TABLE _merged")
+    con.execute("DROP TABLE _stack")
+
+
 def refresh_summary(con, run: int) -> None:
-    """Rebuild the run's per-head counts (pair_summary), runs.n_pairs and its pre-ranked top-K lists
-    (`store.topk`); call inside a transaction."""
+    """Rebuild the run's per-head counts and |FRA| totals (pair_summary), runs.n_pairs and its pre-ranked
+    top-K lists (`store.topk`), all over `pair_rows` (stored rows and co-activation rows with G applied,
+    materialised once for a run that has co-activation rows); call inside a transaction."""
+    source = run_pair_source(con, run)
     con.execute("DELETE FROM pair_summary WHERE run = ?", [run])
-    con.execute("""INSERT INTO pair_summary SELECT run, layer, head, count(*),
-                       count_if(q_src = k_src AND q_feat = k_feat), sum(n), sum(diag_n)
-                   FROM pair_stats WHERE run = ? GROUP BY run, layer, head""", [run])
+    con.execute(f"""INSERT INTO pair_summary (run, layer, head, unique_pairs, self_pairs, occurrences,
+                                              diagonal_occurrences, sum, abs_sum, max_abs)
+                    SELECT run, layer, head, count(*), count_if(q_src = k_src AND q_feat = k_feat), sum(n),
+                           sum(diag_n), sum(sum), sum(abs_sum), max(greatest(abs(max), abs(min)))
+                    FROM {source} WHERE run = ? GROUP BY run, layer, head""", [run])
     con.execute("UPDATE runs SET n_pairs = (SELECT coalesce(sum(unique_pairs), 0) FROM pair_summary WHERE run = $1)"
                 " WHERE id = $1", [run])
-    refresh_top(con, run)
+    refresh_top(con, run, source=source)
+    if source != "pair_stats":  # a failed transaction rolls the temp table back with everything else
+        con.execute(f"DROP TABLE {source}")
 
 
 def _update_feature_density(con, run: int) -> None:

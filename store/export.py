@@ -60,7 +60,7 @@ def export_pairs(con, run: int | str, path: str | Path, fmt: str = "parquet", *,
     path = Path(path)
     opts = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
     pairs = (f"SELECT {KEY}, n, sum, abs_sum, max, min, diag_n, diag_sum, diag_abs_sum, {m} AS value "
-             f"FROM pair_stats WHERE {where} ORDER BY {m} DESC NULLS LAST, {KEY} {lim}")
+             f"FROM pair_rows WHERE {where} ORDER BY {m} DESC NULLS LAST, {KEY} {lim}")
     sql = (f"SELECT p.*, {LABEL_COLUMNS} FROM ({pairs}) p {label_joins('p', run_id)} "
            f"ORDER BY value DESC NULLS LAST, {KEY}")
     if fmt == "csv":  # labels are user text: a spreadsheet must not read "=cmd()" as a formula
@@ -192,7 +192,7 @@ def results_package(con, run: int | str, out_path: str | Path, progress: Progres
         _extract_run_db(con, info["id"], folder / "run.duckdb", _span(progress, "tables"))
         export_pairs(con, info["id"], folder / "pair_stats.parquet", progress=_span(progress, "pairs"))
         _span(progress, "examples")(0.0, "writing the example contexts")
-        con.execute(f"COPY (SELECT * FROM pair_examples WHERE run = {int(info['id'])} ORDER BY {KEY}) "
+        con.execute(f"COPY (SELECT * FROM pair_example_rows WHERE run = {int(info['id'])} ORDER BY {KEY}) "
                     f"TO '{_sql_path(folder / 'pair_examples.parquet')}' (FORMAT parquet)")
         _span(progress, "report")(0.0, "writing the HTML report and the config")
         (folder / "report.html").write_text(html_report(con, info["id"]), encoding="utf-8")
@@ -203,7 +203,8 @@ def results_package(con, run: int | str, out_path: str | Path, progress: Progres
         (folder / "README.txt").write_text(
             f"FRA Studio results for run {info['id']} ({info['name']}).\n"
             "run.duckdb: this run's rows in the FRA Studio schema (open with duckdb).\n"
-            "pair_stats.parquet: per-pair aggregates; pair_examples.parquet: top contexts per pair.\n"
+            "pair_stats.parquet: per-pair aggregates of every head (view pair_rows: co-activation rows with\n"
+            "each head's G applied); pair_examples.parquet: top contexts per pair (view pair_example_rows).\n"
             "config.yaml runs unchanged with `python -m fra_core accumulate --config config.yaml`.\n",
             encoding="utf-8")
         tmp_out = out_path.with_name(f".{out_path.name}.tmp")

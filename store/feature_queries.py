@@ -142,7 +142,7 @@ def partners_by_head(con, run: int | str, feature: int, src: int = 0, *, side: s
     m = metric_sql(metric, diagonal)
     df = con.execute(f"""
         WITH top AS (
-            SELECT *, {m} AS value, {nn} AS n_occ FROM pair_stats
+            SELECT *, {m} AS value, {nn} AS n_occ FROM pair_rows
             WHERE run = ? AND {me}_feat = ? AND {me}_src = ? AND {nn} >= ?
             QUALIFY row_number() OVER (PARTITION BY layer, head ORDER BY {m} DESC NULLS LAST, {other}_feat) <= ?)
         SELECT t.layer, t.head, t.{other}_feat AS partner, t.{other}_src AS partner_src, t.value, t.n_occ AS n,
@@ -187,7 +187,7 @@ def token_pairs(con, run: int | str, token: str, *, metric: str = "mean_abs", n:
         top AS (SELECT p.*, {m} AS value, {nn} AS n_occ, {s_} AS s_, {a_} AS a_,
                        CASE WHEN xq.feature IS NOT NULL AND xk.feature IS NOT NULL THEN 'qk'
                             WHEN xq.feature IS NOT NULL THEN 'q' ELSE 'k' END AS matched
-                FROM (SELECT * FROM pair_stats WHERE {where}) p
+                FROM (SELECT * FROM pair_rows WHERE {where}) p
                 LEFT JOIN tf xq ON xq.src = p.q_src AND xq.feature = p.q_feat
                 LEFT JOIN tf xk ON xk.src = p.k_src AND xk.feature = p.k_feat
                 WHERE {cond}

@@ -6,7 +6,11 @@ instance, every few seconds while a job runs) never counts a shard twice. The `s
 key is the second guard: a sample that appears in two shards aborts that shard's transaction.
 
 Shard rows land in `*_staged` tables (a cheap append); `store.compact.compact_run` then merges them into
-`pair_stats` / `pair_examples` in one transaction, so queries always see a consistent run.
+`pair_stats` / `pair_examples` / `pair_coact` in one transaction, so queries always see a consistent run.
+A shard's projected rows (`proj`: each head's q/k vectors of the features its co-activation rows touch)
+go straight into `pair_proj`; every shard repeats the vectors of the features it touches, so rows
+already there are skipped, after checking they are the same vectors (a run whose shards disagree on a
+feature's vector — dictionaries or weights changed mid-run — is refused, never mixed).
 Bulk data goes in through Arrow (`INSERT ... SELECT ... FROM <registered arrow table>`), never
 row-by-row.
 """
@@ -22,7 +26,7 @@ import yaml
 
 from fra_core import contracts
 from fra_core.contracts import job_status, read_json
-from store.compact import DEFAULT_EXAMPLES, compact_run
+from store.compact import DEFAULT_EXAMPLES, compact_run, staged_rows
 from store.errors import StoreError
 from store.schema import RUN_TABLES
 from store.sqlparts import resolve_run
@@ -125,6 +129,8 @@ def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool
     try:
         _insert_arrow(con, "pair_stats_staged", run, "_shard_pairs", contracts.PAIRS_SCHEMA.names)
         _insert_arrow(con, "pair_examples_staged", run, "_shard_examples", contracts.EXAMPLES_SCHEMA.names)
+        _insert_arrow(con, "pair_coact_staged", run, "_shard_coact", contracts.COACT_SCHEMA.names)
+        _insert_proj(con, run, shard, job_dir.name)
         _insert_arrow(con, "feature_counts", run, "_shard_features", contracts.FEATURES_SCHEMA.names)
         _insert_arrow(con, "feature_tokens", run, "_shard_feature_tokens", contracts.FEATURE_TOKENS_SCHEMA.names)
         _insert_arrow(con, "feature_acts", run, "_shard_feature_acts", contracts.FEATURE_ACTS_SCHEMA.names)
@@ -134,12 +140,15 @@ def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool
         _insert_arrow(con, "feature_marginals", run, "_shard_marginals", contracts.MARGINALS_SCHEMA.names)
         _insert_arrow(con, "node_totals", run, "_shard_node_totals", contracts.NODE_TOTALS_SCHEMA.names)
         con.execute("INSERT INTO ingested_shards VALUES (?, ?, ?, ?, ?)",
-                    [run, shard, len(manifest["samples"]), tables["pairs"].num_rows, _dt.datetime.now()])
+                    [run, shard, len(manifest["samples"]), tables["pairs"].num_rows + tables["coact"].num_rows,
+                     _dt.datetime.now()])
         con.execute("UPDATE runs SET n_samples = n_samples + ?, updated = ? WHERE id = ?",
                     [len(manifest["samples"]), _dt.datetime.now(), run])
         con.execute("COMMIT")
     except Exception as exc:
         con.execute("ROLLBACK")
+        if isinstance(exc, StoreError):
+            raise
         if "Duplicate key" in str(exc) or "PRIMARY KEY" in str(exc):
             raise StoreError(f"shard {shard} of {job_dir.name} repeats samples that an earlier shard "
                              f"already counted; refusing to count them twice ({exc})") from exc
@@ -148,6 +157,47 @@ def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool
         for kind in tables:
             con.unregister(f"_shard_{kind}")
     return True
+
+
+# the relative difference above which two shards' vectors of one (layer, head, side, feature) are not the
+# same vector (float64 recomputations of one row agree to a few ulp; a changed dictionary does not)
+PROJ_RTOL = 1e-9
+
+
+def _insert_proj(con, run: int, shard: int, job: str) -> None:
+    """The shard's projected rows into pair_proj, skipping those already there once they are checked
+    to be the same vectors (call inside the shard's transaction)."""
+    bad = con.execute("""
+        SELECT * FROM (
+            SELECT s.layer, s.head, s.side, s.src, s.feature, len(s.vec) AS n_new, len(p.vec) AS n_old,
+                   CASE WHEN len(s.vec) = len(p.vec) THEN list_distance(s.vec, p.vec)
+                        / greatest(sqrt(list_dot_product(p.vec, p.vec)), 1e-300) END AS rel
+            FROM _shard_proj s JOIN pair_proj p ON p.run = ? AND p.layer = s.layer AND p.head = s.head
+                 AND p.side = s.side AND p.src = s.src AND p.feature = s.feature)
+        WHERE n_new <> n_old OR rel > ? LIMIT 1""", [run, PROJ_RTOL]).fetchone()
+    if bad is not None:
+        layer, head, side, src, feature, n_new, n_old, rel = bad
+        raise StoreError(f"shard {shard} of {job}: its proj vector of (layer {layer}, head {head}, side {side!r}, "
+                         f"src {src}, feature {feature}) differs from the one an earlier shard stored "
+                         f"(length {n_new} vs {n_old}, relative difference {rel}); the run's dictionaries or "
+                         "weights changed between shards, so its statistics would mix two models: refusing")
+    con.execute("""INSERT INTO pair_proj SELECT ?, layer, head, side, src, feature, vec FROM _shard_proj
+                   ON CONFLICT DO NOTHING""", [run])
+    # every co-activation row needs both features' vectors for every head of its layer (its G per head)
+    missing = con.execute("""
+        WITH heads AS (SELECT layer, count(DISTINCT head) AS n_heads FROM pair_proj WHERE run = $1 GROUP BY layer),
+             have AS (SELECT layer, side, src, feature, count(*) AS n FROM pair_proj WHERE run = $1 GROUP BY ALL)
+        SELECT c.layer, c.q_src, c.q_feat, c.k_src, c.k_feat, coalesce(h.n_heads, 0), coalesce(q.n, 0), coalesce(k.n, 0)
+        FROM _shard_coact c LEFT JOIN heads h ON h.layer = c.layer
+        LEFT JOIN have q ON q.layer = c.layer AND q.side = 'q' AND q.src = c.q_src AND q.feature = c.q_feat
+        LEFT JOIN have k ON k.layer = c.layer AND k.side = 'k' AND k.src = c.k_src AND k.feature = c.k_feat
+        WHERE h.n_heads IS NULL OR coalesce(q.n, 0) <> h.n_heads OR coalesce(k.n, 0) <> h.n_heads
+        LIMIT 1""", [run]).fetchone()
+    if missing is not None:
+        *key, n_heads, n_q, n_k = missing
+        raise StoreError(f"shard {shard} of {job}: co-activation row (layer, q_src, q_feat, k_src, k_feat) = "
+                         f"{tuple(key)} has {n_q} 'q' and {n_k} 'k' proj vectors stored, but its layer has "
+                         f"{n_heads} heads: its per-head statistics cannot be computed; refusing the shard")
 
 
 def _const_column(value: int, n: int):
@@ -176,8 +226,10 @@ def _should_compact(con, run: int, state: str | None) -> bool:
     n_pairs = con.execute("SELECT n_pairs FROM runs WHERE id = ?", [run]).fetchone()[0]
     if state not in ("running", "queued") or n_pairs < LIVE_COMPACT_ROWS:
         return True
-    staged = con.execute("SELECT count(*) FROM pair_stats_staged WHERE run = ?", [run]).fetchone()[0]
-    return staged >= n_pairs * LIVE_COMPACT_FRACTION
+    # n_pairs counts co-activation rows once per head (what pair_rows expands them to), staged rows once
+    stored = con.execute("""SELECT (SELECT count(*) FROM pair_stats WHERE run = $1)
+                                   + (SELECT count(*) FROM pair_coact WHERE run = $1)""", [run]).fetchone()[0]
+    return staged_rows(con, run) >= stored * LIVE_COMPACT_FRACTION
 
 
 def ingest_job_shards(con, job_dir: str | Path, restore: bool = False) -> dict[str, Any]:
@@ -219,7 +271,8 @@ def ingest_all_jobs(con, jobs_root: str | Path) -> list[dict[str, Any]]:
     # never matches, so it is compacted again even though its job folder did not change
     known = {name: (status, n) for name, status, n, staged in con.execute(
         "SELECT r.name, r.status, (SELECT count(*) FROM ingested_shards s WHERE s.run = r.id),"
-        " EXISTS (SELECT 1 FROM pair_stats_staged p WHERE p.run = r.id) FROM runs r").fetchall()
+        " EXISTS (SELECT 1 FROM pair_stats_staged p WHERE p.run = r.id)"
+        " OR EXISTS (SELECT 1 FROM pair_coact_staged p WHERE p.run = r.id) FROM runs r").fetchall()
         if not staged or status in ("running", "queued")}
     deleted = {r[0] for r in con.execute("SELECT name FROM deleted_runs").fetchall()}
     for job_dir in sorted(root.iterdir()):

@@ -87,15 +87,28 @@ def score_shares(con, run: int | str) -> pd.DataFrame:
     totals against the query features. The three parts add up to total; *_share divide by it.
     """
     run_id = resolve_run(con, run)
-    df = con.execute("""
+    # the compacted pairs' sums per head: pair_summary keeps them (runs compacted before migration 0013
+    # do not: a scan of pair_rows); rows staged since the last compaction are added (co-activation ones
+    # with each head's G applied)
+    stale = con.execute("SELECT count_if(sum IS NULL) FROM pair_summary WHERE run = ?", [run_id]).fetchone()[0]
+    compacted = ("SELECT layer, head, sum FROM pair_rows WHERE run = $1" if stale else
+                 "SELECT layer, head, sum FROM pair_summary WHERE run = $1")
+    df = con.execute(f"""
         WITH qm AS (SELECT layer, head, sum(sum) AS s FROM feature_marginals WHERE run = $1 AND side = 'query'
                     GROUP BY ALL),
              qn AS (SELECT layer, head, sum(sum) AS s FROM node_totals WHERE run = $1 AND side = 'query' GROUP BY ALL),
              kn AS (SELECT layer, head, sum(sum_vs_features) AS s FROM node_totals WHERE run = $1 AND side = 'key'
                     GROUP BY ALL),
              p AS (SELECT layer, head, sum(sum) AS s FROM
-                     (SELECT layer, head, sum FROM pair_stats WHERE run = $1
-                      UNION ALL SELECT layer, head, sum FROM pair_stats_staged WHERE run = $1) GROUP BY ALL)
+                     ({compacted}
+                      UNION ALL SELECT layer, head, sum FROM pair_stats_staged WHERE run = $1
+                      UNION ALL SELECT c.layer, q.head, list_dot_product(q.vec, k.vec) * c.s  -- staged coact: G·s
+                      FROM pair_coact_staged c
+                      JOIN pair_proj q ON q.run = c.run AND q.layer = c.layer AND q.side = 'q' AND q.src = c.q_src
+                                          AND q.feature = c.q_feat
+                      JOIN pair_proj k ON k.run = c.run AND k.layer = c.layer AND k.head = q.head AND k.side = 'k'
+                                          AND k.src = c.k_src AND k.feature = c.k_feat
+                      WHERE c.run = $1) GROUP BY ALL)
         SELECT qn.layer, qn.head, coalesce(qm.s, 0) + qn.s AS total, coalesce(p.s, 0) AS feature_pairs,
                qn.s AS query_nodes, coalesce(kn.s, 0) AS key_nodes_vs_features
         FROM qn LEFT JOIN qm USING (layer, head) LEFT JOIN kn USING (layer, head) LEFT JOIN p USING (layer, head)

@@ -9,24 +9,28 @@ from store.sqlparts import resolve_run
 
 
 def head_summary(con, run: int | str) -> pd.DataFrame:
-    """Per (layer, head) of a run: unique pairs, self-pairs, occurrences (from pair_summary, no scan of
-    pair_stats) and the |FRA| totals of its pairs (one grouped scan): abs_sum = Σ|FRA| over every
-    occurrence, mean_abs = abs_sum / occurrences, max_abs = the largest single |FRA|."""
+    """Per (layer, head) of a run: unique pairs, self-pairs, occurrences and the |FRA| totals of its
+    pairs, all from pair_summary (kept by compaction, no scan): abs_sum = Σ|FRA| over every occurrence,
+    mean_abs = abs_sum / occurrences, max_abs = the largest single |FRA|. Runs compacted before
+    pair_summary kept the totals (migration 0013) get them from one grouped scan of `pair_rows`."""
     run_id = resolve_run(con, run)
-    return con.execute("""
-        WITH agg AS (SELECT layer, head, sum(abs_sum) AS abs_sum,
-                            max(greatest(abs(max), abs(min))) AS max_abs
-                     FROM pair_stats WHERE run = ? GROUP BY layer, head)
+    stale = con.execute("SELECT count_if(abs_sum IS NULL OR max_abs IS NULL) FROM pair_summary WHERE run = ?",
+                        [run_id]).fetchone()[0]
+    agg = ("""(SELECT layer, head, sum(abs_sum) AS abs_sum, max(greatest(abs(max), abs(min)))::DOUBLE AS max_abs
+               FROM pair_rows WHERE run = $run GROUP BY layer, head)""" if stale else
+           "(SELECT layer, head, abs_sum, max_abs FROM pair_summary WHERE run = $run)")
+    return con.execute(f"""
+        WITH agg AS {agg}
         SELECT s.layer, s.head, s.unique_pairs, s.self_pairs, s.occurrences, s.diagonal_occurrences,
                s.self_pairs / nullif(s.unique_pairs, 0) AS self_pair_share,
                a.abs_sum, a.abs_sum / nullif(s.occurrences, 0) AS mean_abs, a.max_abs
         FROM pair_summary s LEFT JOIN agg a USING (layer, head)
-        WHERE s.run = ? ORDER BY s.layer, s.head""", [run_id, run_id]).df()
+        WHERE s.run = $run ORDER BY s.layer, s.head""", {"run": run_id}).df()
 
 
 def run_heads(con, run: int | str) -> pd.DataFrame:
     """The run's (layer, head) rows of pair_summary — unique pairs, self-pairs, occurrences, diagonal
-    occurrences per head — without touching pair_stats (what a page needs on its first render)."""
+    occurrences per head — without touching pair_rows (what a page needs on its first render)."""
     run_id = resolve_run(con, run)
     return con.execute("""SELECT layer, head, unique_pairs, self_pairs, occurrences, diagonal_occurrences
                           FROM pair_summary WHERE run = ? ORDER BY layer, head""", [run_id]).df()
@@ -78,7 +82,7 @@ def top_source_feature(con, run: int | str, src: int, *, metric: str = "sum", or
     m = metric_sql(metric, diagonal)
     value = f"abs({m})" if order == "abs" else m
     row = con.execute(f"""
-        SELECT CASE WHEN q_src = ? THEN q_feat ELSE k_feat END FROM pair_stats
+        SELECT CASE WHEN q_src = ? THEN q_feat ELSE k_feat END FROM pair_rows
         WHERE {where} AND (q_src = ? OR k_src = ?)
         ORDER BY {value} {'ASC' if order == 'asc' else 'DESC'} NULLS LAST, {KEY} LIMIT 1""",
                       [int(src)] + params + [int(src), int(src)]).fetchone()

@@ -27,7 +27,7 @@ def pair_filter(run: int, *, layer: int | None = None, head: int | None = None, 
                 side: str = "either", src: int | None = None, self_pairs: str | None = None,
                 min_count: int | None = 1, diagonal: bool = True) -> tuple[str, list[Any]]:
     """WHERE clause + parameters shared by the pair queries. `self_pairs`: None | 'only' | 'exclude';
-    `min_count=None` drops the count condition (tables without counts, e.g. pair_examples)."""
+    `min_count=None` drops the count condition (tables without counts, e.g. pair_example_rows)."""
     if side not in SIDES:
         raise StoreError(f"unknown side {side!r}; choose one of {SIDES}")
     n = _cols(diagonal)[0]
@@ -79,7 +79,7 @@ def top_pairs(con, run: int | str, *, metric: str = "sum", n: int = 100, order: 
     (see `pair_filter`), each row with mean, max |v|, and the features' labels / densities.
 
     Ranked from the run's pre-ranked top-K lists where they provably hold the answer (`store.topk`: a
-    lookup of a few thousand rows), else from pair_stats (a scan)."""
+    lookup of a few thousand rows), else from `pair_rows` (a scan)."""
     run_id = resolve_run(con, run)
     n = min(int(n), MAX_UI_ROWS)
     sort = {"desc": "DESC", "asc": "ASC", "abs": "DESC"}.get(order)
@@ -92,7 +92,7 @@ def top_pairs(con, run: int | str, *, metric: str = "sum", n: int = 100, order: 
         df = _top_pairs_from(con, source, source_params, run_id, metric, order, n, diagonal, where, params)
         if len(df) >= n or exact_if_short:
             return df
-    return _top_pairs_from(con, "pair_stats", [], run_id, metric, order, n, diagonal, where, params)
+    return _top_pairs_from(con, "pair_rows", [], run_id, metric, order, n, diagonal, where, params)
 
 
 def _top_pairs_from(con, source: str, source_params: list[Any], run_id: int, metric: str, order: str, n: int,
@@ -143,7 +143,7 @@ def summary_stats(con, run: int | str, *, top_n: int = 100, metric: str = "sum",
         where_d, params_d = pair_filter(run_id, layer=layer, head=head, diagonal=diagonal)
         m = metric_sql(metric, diagonal)
         listed = top_candidates(con, run_id, metric, diagonal, "desc", top_n, {"layer": layer, "head": head})
-        for source, source_params, exact_if_short in ([listed] if listed else []) + [("pair_stats", [], True)]:
+        for source, source_params, exact_if_short in ([listed] if listed else []) + [("pair_rows", [], True)]:
             got, value = con.execute(f"""SELECT count(*), avg(self::INT) FROM (
                                          SELECT {SELF} AS self FROM {source} WHERE {where_d}
                                          ORDER BY {m} DESC NULLS LAST, {KEY} LIMIT {top_n})""",
@@ -176,13 +176,13 @@ def value_histogram(con, run: int | str, *, metric: str = "mean", bins: int = 50
     bins = max(1, min(int(bins), MAX_UI_ROWS))
     m = metric_sql(metric, diagonal)
     where, params = pair_filter(run_id, diagonal=diagonal, **filters)
-    lo, hi = con.execute(f"SELECT min({m}), max({m}) FROM pair_stats WHERE {where}", params).fetchone()
+    lo, hi = con.execute(f"SELECT min({m}), max({m}) FROM pair_rows WHERE {where}", params).fetchone()
     if lo is None:
         return pd.DataFrame({"bin_lo": [], "bin_hi": [], "count": []})
     width = (hi - lo) / bins if hi > lo else 1.0
     df = con.execute(f"""
         SELECT least(floor(({m} - ?) / ?)::INTEGER, ?) AS b, count(*) AS count
-        FROM pair_stats WHERE {where} AND {m} IS NOT NULL GROUP BY b ORDER BY b""",
+        FROM pair_rows WHERE {where} AND {m} IS NOT NULL GROUP BY b ORDER BY b""",
                      [lo, width, bins - 1] + params).df()
     df["bin_lo"] = lo + df["b"] * width
     df["bin_hi"] = df["bin_lo"] + width
@@ -205,8 +205,8 @@ def compare_pairs(con, run_a: int | str, run_b: int | str, *, metric: str = "sum
     n = min(int(n), MAX_UI_ROWS // 2)
     # a pair seen in several heads (head filter off) is summed over them before ranking
     return con.execute(f"""
-        WITH a AS (SELECT {pk}, sum({m}) AS v FROM pair_stats WHERE {wa} GROUP BY ALL),
-             b AS (SELECT {pk}, sum({m}) AS v FROM pair_stats WHERE {wb} GROUP BY ALL),
+        WITH a AS (SELECT {pk}, sum({m}) AS v FROM pair_rows WHERE {wa} GROUP BY ALL),
+             b AS (SELECT {pk}, sum({m}) AS v FROM pair_rows WHERE {wb} GROUP BY ALL),
              ta AS (SELECT {pk}, row_number() OVER (ORDER BY v DESC, {pk}) AS rank_a FROM a
                     ORDER BY v DESC, {pk} LIMIT {n}),
              tb AS (SELECT {pk}, row_number() OVER (ORDER BY v DESC, {pk}) AS rank_b FROM b
@@ -258,7 +258,7 @@ def pair_examples(con, run: int | str, *, n: int = 20, context: int = 8, **filte
     df = con.execute(f"""
         SELECT e.layer, e.head, e.q_src, e.q_feat, e.k_src, e.k_feat, e.sample, e.q_pos, e.k_pos, e.value,
                s.tokens
-        FROM (SELECT * FROM pair_examples WHERE {where} ORDER BY abs(value) DESC, sample, q_pos, k_pos
+        FROM (SELECT * FROM pair_example_rows WHERE {where} ORDER BY abs(value) DESC, sample, q_pos, k_pos
               LIMIT {min(int(n), MAX_UI_ROWS)}) e
         LEFT JOIN samples_done s ON s.run = ? AND s.sample = e.sample
         ORDER BY abs(e.value) DESC, e.sample, e.q_pos, e.k_pos""", params + [run_id]).df()

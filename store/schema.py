@@ -16,6 +16,11 @@ diagonal from one run: the diagonal trivially creates feature-f x feature-f pair
 Compaction writes each run's pair rows ordered by (layer, head, sum DESC): DuckDB's zone maps then let
 "top N by sum" (the default view) read one row group per head instead of the whole run. Rankings by
 other metrics come from `pair_top` (per-run top-K lists, `store.topk`), also rebuilt by compaction.
+
+All-pair runs store head-independent layers as ONE co-activation table per layer (`pair_coact`, 0013)
+plus each head's projected decoder rows (`pair_proj`): head h's statistics are G_h[f, g] times the
+table's (G = q.vec · k.vec). Readers never touch pair_stats / pair_examples directly: the views
+`pair_rows` / `pair_example_rows` hold both kinds of rows in pair_stats' / pair_examples' columns.
 """
 
 from __future__ import annotations
@@ -200,6 +205,77 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             PRIMARY KEY (run, src, feature, bin)
         );
     """),
+    ("0013_pair_coact", """
+        -- all-pair runs, head-independent layers: the layer's co-activation table ONCE for all heads
+        -- (fra_core.contracts.COACT_SCHEMA, merged over shards by compaction) and each head's projected
+        -- decoder rows; head h's statistics of pair (f, g) are G·(co-activation statistics) with
+        -- G = q.vec · k.vec (side 'q': U_f[h], side 'k': V_g[h] / attn_scale), applied by the views below
+        CREATE TABLE pair_coact (
+            run UINTEGER NOT NULL, layer USMALLINT NOT NULL,
+            q_src USMALLINT NOT NULL, q_feat UINTEGER NOT NULL,
+            k_src USMALLINT NOT NULL, k_feat UINTEGER NOT NULL,
+            n UBIGINT NOT NULL, s DOUBLE NOT NULL, abs DOUBLE NOT NULL,   -- Σ ã_if ã_jg, Σ |ã_if ã_jg|
+            mx DOUBLE NOT NULL, mn DOUBLE NOT NULL,                       -- largest / smallest product
+            diag_n UBIGINT NOT NULL, diag_s DOUBLE NOT NULL, diag_abs DOUBLE NOT NULL,
+            mx_sample UBIGINT NOT NULL, mx_q USMALLINT NOT NULL, mx_k USMALLINT NOT NULL,  -- cell of mx
+            mn_sample UBIGINT NOT NULL, mn_q USMALLINT NOT NULL, mn_k USMALLINT NOT NULL,  -- cell of mn
+            -- G of each head of the layer, in pair_coact_heads.idx order: list_dot_product(q.vec, k.vec)
+            -- of the pair's pair_proj rows, computed once by compaction (the views read it, so a page
+            -- never recomputes 64-d dot products per row and head)
+            g DOUBLE[] NOT NULL
+        );
+        CREATE TABLE pair_coact_staged AS SELECT * EXCLUDE (g) FROM pair_coact LIMIT 0;
+        CREATE TABLE pair_proj (
+            run UINTEGER NOT NULL, layer USMALLINT NOT NULL, head USMALLINT NOT NULL,
+            side VARCHAR NOT NULL, src USMALLINT NOT NULL, feature UINTEGER NOT NULL,
+            vec DOUBLE[] NOT NULL,
+            PRIMARY KEY (run, layer, head, side, src, feature)
+        );
+        -- the heads of each co-activation layer of a run and their position in pair_coact.g (1-based)
+        CREATE TABLE pair_coact_heads (
+            run UINTEGER NOT NULL, layer USMALLINT NOT NULL, head USMALLINT NOT NULL, idx INTEGER NOT NULL,
+            PRIMARY KEY (run, layer, head)
+        );
+        -- per head, kept by compaction: Σ FRA, Σ|FRA| and the largest |FRA| (head_summary and
+        -- score_shares without a scan; NULL for runs compacted before this migration)
+        ALTER TABLE pair_summary ADD COLUMN sum DOUBLE;
+        ALTER TABLE pair_summary ADD COLUMN abs_sum DOUBLE;
+        ALTER TABLE pair_summary ADD COLUMN max_abs DOUBLE;
+        -- every pair row of every run, in pair_stats' columns: stored rows (top-m runs, per-head all-pair
+        -- layers) and the co-activation rows expanded per head: sum = G·s, abs_sum = |G|·abs,
+        -- max/min = the larger/smaller of G·mx and G·mn (G < 0 swaps them), nd_sum = G·(s − diag_s)
+        CREATE VIEW pair_rows AS
+            SELECT * FROM pair_stats
+            UNION ALL
+            SELECT run, layer, head, q_src, q_feat, k_src, k_feat, n, g * s AS sum, abs(g) * "abs" AS abs_sum,
+                   greatest(g * mx, g * mn)::FLOAT AS max, least(g * mx, g * mn)::FLOAT AS min,
+                   diag_n, g * diag_s AS diag_sum, abs(g) * diag_abs AS diag_abs_sum, g * (s - diag_s) AS nd_sum
+            FROM (SELECT c.* EXCLUDE (g), h.head, c.g[h.idx] AS g
+                  FROM pair_coact c JOIN pair_coact_heads h ON h.run = c.run AND h.layer = c.layer);
+        -- every example row, in pair_examples' columns: stored ones and, per co-activation row and head,
+        -- the max cell (value G·mx) and the min cell (G·mn) where it is another cell; with the run's
+        -- examples_per_pair = 1 only the one with the larger |value| (ties: the cell of the head's max
+        -- value, i.e. the max cell if G >= 0, else the min cell), with 0 none
+        CREATE VIEW pair_example_rows AS
+            SELECT * FROM pair_examples
+            UNION ALL
+            SELECT run, layer, head, q_src, q_feat, k_src, k_feat, sample, q_pos, k_pos, value
+            FROM (SELECT c.run, c.layer, h.head, c.q_src, c.q_feat, c.k_src, c.k_feat,
+                         (c.g[h.idx] * c.mx)::FLOAT AS v_mx, (c.g[h.idx] * c.mn)::FLOAT AS v_mn, c.g[h.idx] >= 0 AS pos,
+                         (c.mn_sample, c.mn_q, c.mn_k) <> (c.mx_sample, c.mx_q, c.mx_k) AS two,
+                         coalesce(TRY_CAST(r.config->>'$.examples_per_pair' AS INTEGER), 3) AS epp,
+                         c.mx_sample, c.mx_q, c.mx_k, c.mn_sample, c.mn_q, c.mn_k
+                  FROM pair_coact c
+                  JOIN pair_coact_heads h ON h.run = c.run AND h.layer = c.layer
+                  JOIN runs r ON r.id = c.run) e,
+                 LATERAL (SELECT mx_sample AS sample, mx_q AS q_pos, mx_k AS k_pos, v_mx AS value
+                          WHERE epp >= 2 OR (epp = 1 AND (NOT two OR abs(v_mx) > abs(v_mn)
+                                                          OR (abs(v_mx) = abs(v_mn) AND pos)))
+                          UNION ALL
+                          SELECT mn_sample, mn_q, mn_k, v_mn
+                          WHERE two AND (epp >= 2 OR (epp = 1 AND (abs(v_mn) > abs(v_mx)
+                                                                   OR (abs(v_mn) = abs(v_mx) AND NOT pos)))));
+    """),
 )
 
 # tables that hold per-run rows (delete_run and the results package walk these)
@@ -207,7 +283,8 @@ RUN_TABLES: tuple[str, ...] = ("pair_stats", "pair_stats_staged", "pair_summary"
                                "pair_examples_staged", "pair_top", "pair_top_lists",
                                "samples_done", "ingested_shards", "sources", "feature_counts", "feature_tokens",
                                "feature_auto_labels", "run_completeness", "feature_marginals", "node_totals",
-                               "feature_acts", "feature_hist")
+                               "feature_acts", "feature_hist", "pair_coact", "pair_coact_staged", "pair_proj",
+                               "pair_coact_heads")
 
 
 def applied_migrations(con) -> list[str]:

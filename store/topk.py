@@ -3,19 +3,25 @@
 A run is written once (compaction) and read many times (every filter change of the pair-table page).
 Ranking 10 M rows by an expression (mean, mean |FRA|, max |FRA|) costs a full scan each time, so
 `refresh_top` keeps, for each run and each (metric, diagonal, direction), the K best rows of the whole
-run (`pair_top`, a copy of their pair_stats rows) and the K-th value (`pair_top_lists.cut`).
+run (`pair_top`, a copy of their `pair_rows` rows) and the K-th value (`pair_top_lists.cut`).
 
 Why a filtered query can be answered from such a list: every row of the run whose value is strictly
 better than `cut` is in the list (at most K-1 rows beat the K-th value). So for any filter P (head,
 self-pairs, min count, ...), the P-rows of the list that beat `cut` are exactly the P-rows of the whole
 run that beat `cut`, in the same order; if there are at least N of them, they *are* the top N. If not,
-`top_candidates` callers fall back to scanning pair_stats. A list shorter than K holds every ranked row
+`top_candidates` callers fall back to scanning `pair_rows`. A list shorter than K holds every ranked row
 of the run, so its answers are always exact. Rows tied with `cut` are never trusted (a tie may have been
 cut arbitrarily). `order='abs'` (by |value|) uses the union of the 'desc' and 'asc' lists: a row in
 neither has asc_cut <= value <= desc_cut, so |value| <= max(|asc_cut|, |desc_cut|).
 
 Lists are rebuilt by `refresh_summary` (every compaction); a run without lists (a database written by an
 older version) is served by the scan until `backfill_top` (called by `ingest_all_jobs`) builds them.
+
+A run with co-activation rows (`pair_coact`) has no stored per-head rows to rank: its rows exist only
+through the view `pair_rows` (each row expanded to its layer's heads with their G). The lists rank by
+rowid, which a view has not, and 44 scans of the view would expand every row 44 times, so
+`run_pair_source` materialises the run's rows once (a temp table) and every list ranks from that
+(1 M co-activation rows x 12 heads: ~2 s to materialise, ~0.1–0.2 s per list on 2 loaded cores).
 """
 
 from __future__ import annotations
@@ -41,12 +47,28 @@ def list_key(metric: str, diagonal: bool) -> tuple[str, bool]:
     return metric, diagonal or metric == "max_abs"
 
 
-def refresh_top(con, run: int, k: int | None = None) -> None:
-    """Rebuild the run's top-K lists from pair_stats; call inside the compaction's transaction.
+RUN_ROWS = "_run_pair_rows"  # the temp table of `run_pair_source`
+
+
+def run_pair_source(con, run: int) -> str:
+    """The table to rank the run's pair rows from: pair_stats when the run has no co-activation rows,
+    else a temp table holding the run's `pair_rows` (G applied once per row and head); a caller that
+    gets the temp table drops it when done."""
+    if not con.execute("SELECT count(*) FROM (SELECT 1 FROM pair_coact WHERE run = ? LIMIT 1)", [run]).fetchone()[0]:
+        return "pair_stats"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {RUN_ROWS} AS SELECT * FROM pair_rows WHERE run = ?", [run])
+    return RUN_ROWS
+
+
+def refresh_top(con, run: int, k: int | None = None, source: str | None = None) -> None:
+    """Rebuild the run's top-K lists from `source` (a table with pair_rows' columns holding the run's
+    rows; None: `run_pair_source`); call inside the compaction's transaction.
 
     Each list is a plain `ORDER BY value LIMIT K` on rowids only (DuckDB's top-N keeps a K-row heap and
     skips row groups by zone map for plain columns), then one join fetches the K rows' columns.
     """
+    own = source is None
+    source = run_pair_source(con, run) if own else source
     k = int(k or TOP_K)
     con.execute("DELETE FROM pair_top WHERE run = ?", [run])
     con.execute("DELETE FROM pair_top_lists WHERE run = ?", [run])
@@ -56,8 +78,8 @@ def refresh_top(con, run: int, k: int | None = None) -> None:
             con.execute(f"""
                 INSERT INTO pair_top
                 SELECT p.run, ?, ?, ?, {PAIR_COLUMNS}, {m} AS value
-                FROM pair_stats p
-                WHERE p.run = ? AND p.rowid IN (SELECT rowid FROM pair_stats WHERE run = ? AND {m} IS NOT NULL
+                FROM {source} p
+                WHERE p.run = ? AND p.rowid IN (SELECT rowid FROM {source} WHERE run = ? AND {m} IS NOT NULL
                                   ORDER BY {m} {direction.upper()} LIMIT {k})""",
                         [metric, diagonal, direction, run, run])
             con.execute(f"""
@@ -65,6 +87,8 @@ def refresh_top(con, run: int, k: int | None = None) -> None:
                 SELECT ?, ?, ?, ?, ?, count(*), {'min' if direction == 'desc' else 'max'}(value)
                 FROM pair_top WHERE run = ? AND metric = ? AND diagonal = ? AND dir = ?""",
                         [run, metric, diagonal, direction, k, run, metric, diagonal, direction])
+    if own and source != "pair_stats":
+        con.execute(f"DROP TABLE {source}")
 
 
 def backfill_top(con) -> list[int]:
@@ -84,11 +108,11 @@ def backfill_top(con) -> list[int]:
 
 def top_candidates(con, run: int, metric: str, diagonal: bool, order: str, n: int,
                    filters: dict[str, Any]) -> tuple[str, list[Any], bool] | None:
-    """(source SQL, its parameters, exact_if_short) to rank from instead of pair_stats, or None.
+    """(source SQL, its parameters, exact_if_short) to rank from instead of `pair_rows`, or None.
 
-    The source is a sub-query with pair_stats' columns holding the list rows that can be trusted;
+    The source is a sub-query with pair_rows' columns holding the list rows that can be trusted;
     a caller takes its first `n` filtered rows and, if fewer than `n` come back and `exact_if_short`
-    is False, repeats the query on pair_stats. None where a list cannot help: N above K, a feature
+    is False, repeats the query on `pair_rows`. None where a list cannot help: N above K, a feature
     filter (too selective for a list of the run's best rows), or no list for this run.
     """
     if n > TOP_K or filters.get("feature") is not None or filters.get("min_count", 1) is None:

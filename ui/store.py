@@ -337,10 +337,12 @@ def sql_box(run_id: int, help_texts: dict[str, str]) -> None:
     """The read-only SQL box of the Pair tables page."""
     st.caption("One SELECT, on a read-only connection, stopped at its time limit; at most 10 000 rows come back. "
                "Tables: runs, sources, "
-               "features, pair_stats, pair_summary, pair_examples, samples_done, ingested_shards, feature_counts, "
-               f"feature_acts, feature_hist (filter with `run = {run_id}`).")
+               "features, pair_rows (every pair of every head), pair_summary, pair_example_rows, samples_done, "
+               "ingested_shards, feature_counts, feature_acts, feature_hist (filter with `run = "
+               f"{run_id}`); pair_rows / pair_example_rows also hold all-pair runs' co-activation rows with "
+               "each head's G applied (pair_stats / pair_examples hold only the rows stored per head).")
     sql = st.text_area("SQL", f"SELECT layer, head, count(*) AS pairs, sum(n) AS occurrences, sum(abs_sum) AS abs_sum\n"
-                              f"FROM pair_stats WHERE run = {run_id}\nGROUP BY ALL ORDER BY layer, head",
+                              f"FROM pair_rows WHERE run = {run_id}\nGROUP BY ALL ORDER BY layer, head",
                        height=120, key="pt_sql", help=help_texts["pt_sql"])
     if st.button("Run query", key="pt_sql_run", help=help_texts["pt_sql_run"]):
         st.dataframe(run_sql(sql), hide_index=True, width="stretch")

@@ -4,12 +4,21 @@ Per batch and layer, `fra_core.fra.allpairs_batch.batch_cotable` gives the batch
 (n, Σx, Σ|x|, max/min x and their cells, diagonal apart; head-independent unless attention-weighted or
 rotary) and `batch_marginals` the per-feature marginals, the named nodes' totals and the measured
 completeness max |Σ terms − score| / max |score| of each head. The shard reduces its batches' tables
-into one (in sample order, so ties keep the earliest cell), and only when the shard is written is each
-head's G_h[f, g] applied, once per pair and head (`head_tables`): per-head work scales with the shard's
-distinct pairs, not with its samples. Examples are each pair's max cell and min cell over the shard.
-The float64 projected decoder rows of each layer (`Projector`) live for the whole job and are filled in
-fixed-size chunks, so a resumed job computes the same numbers as an uninterrupted one. Feature activity
-is counted once per (batch, SAE), even when an upstream SAE serves several layers.
+into one (in sample order, so ties keep the earliest cell). What the shard writes per layer:
+
+- head-independent layer (no attention weighting, no rotary): the layer's co-activation table ONCE for all
+  its heads, `coact` (COACT_SCHEMA: one row per distinct (q_src, q_feat, k_src, k_feat), cells decoded
+  into sample / query / key), and `proj` (PROJ_SCHEMA): per head and side, the float64 vector of every
+  feature that table uses (q = U_f[h], k = V_g[h] / attn_scale), so G_h[f, g] = q.vec · k.vec. No per-head
+  `pairs` / `examples` rows: the reader applies G (`fra_core.accumulate.coact.expand_coact`, the store's
+  SQL), and the shard's size scales with distinct pairs, not with pairs × heads.
+- per-head layer (attention-weighted or rotary): each head's `pairs` and `examples` rows, G applied here
+  (`head_tables`); examples are each pair's max cell and min cell over the shard.
+
+Marginals, node totals, features, feature tokens, feature activations and samples are written as for
+every run. The float64 projected decoder rows of each layer (`Projector`) live for the whole job and are
+filled in fixed-size chunks, so a resumed job computes the same numbers as an uninterrupted one. Feature
+activity is counted once per (batch, SAE), even when an upstream SAE serves several layers.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import torch
 
 import fra_core
 from fra_core import contracts
+from fra_core.accumulate.coact import compact_ids, layer_tables, run_ids
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig
 from fra_core.accumulate.topm import (
     ShardBuffer,
@@ -72,8 +82,8 @@ class LayerPlan:
 class AllPairsShard:
     """A shard of an all-pair run: a base ShardBuffer (samples, feature counts, feature tokens), plus per
     layer the co-activation table of the whole shard (head-independent unless attention-weighted or
-    rotary; each head's G is applied once, when the shard is written), marginals, node totals and
-    completeness maxima."""
+    rotary: then written once as coact + proj; per-head tables get each head's G when the shard is
+    written), marginals, node totals and completeness maxima."""
 
     FOLD = 8  # batch tables reduced together at a time: bounds memory, keeps sample order
 
@@ -103,16 +113,22 @@ class AllPairsShard:
         from fra_core.fra.allpairs import reduce_tables
 
         out = self.base.arrow(codec, layer)  # samples, features, feature_tokens (no pair tables here)
-        pairs, examples = [], []
+        got = {kind: [] for kind in ("pairs", "examples", "coact", "proj")}
         for L, tables in self.co.items():
             co = reduce_tables(tables, unique_keys=True)
             if co is None:
                 continue
-            self.co[L] = []
-            for p, e in self.runner.head_tables(L, self.template[L], co, self.k):
-                pairs.append(p), examples.append(e)
-        out["pairs"] = pa.concat_tables(pairs) if pairs else contracts.PAIRS_SCHEMA.empty_table()
-        out["examples"] = pa.concat_tables(examples) if examples else contracts.EXAMPLES_SCHEMA.empty_table()
+            self.co[L], template, plan = [], self.template[L], self.runner.plan(L)
+            if template.per_head:  # attention-weighted or rotary: each head's own table
+                for p, e in self.runner.head_tables(L, template, co, self.k):
+                    got["pairs"].append(p), got["examples"].append(e)
+            else:  # the layer's table once, and each head's projected rows (G is applied by the reader)
+                c, p = layer_tables(L, plan.heads, template, co, plan.projectors, plan.q_map, plan.k_map,
+                                    self.runner.cell_span)
+                got["coact"].append(c), got["proj"].append(p)
+            del co
+        for kind, parts in got.items():
+            out[kind] = pa.concat_tables(parts) if parts else contracts.KINDS[kind].empty_table()
         out["marginals"], out["node_totals"] = self._marginals(), self._node_totals()
         return out
 
@@ -123,7 +139,7 @@ class AllPairsShard:
         cols = {f.name: [] for f in contracts.MARGINALS_SCHEMA}
         D, S = self.runner.codec.d_max, len(self.runner.sources)
         for (L, side), items in sorted(parts.items()):
-            uniq, inv = torch.unique(torch.cat([k for k, _ in items]), return_inverse=True)
+            uniq, inv = compact_ids(torch.cat([k for k, _ in items]), self.runner.model.cfg.n_heads * S * D)
             v = torch.zeros(len(uniq), 3, dtype=torch.float64).index_add_(0, inv, torch.cat([x for _, x in items]))
             feat, rest = uniq % D, uniq // D
             cols["layer"].append(np.full(len(uniq), L)), cols["side"].append(np.full(len(uniq), side, dtype=object))
@@ -246,11 +262,14 @@ class AllPairsRunner:
         """Fail now, naming shard_size, if this shard's projected peak exceeds the free memory."""
         from fra_core.accumulate.memory import check_shard_memory, free_memory_bytes, tables_bytes
 
-        rows = sum(len(t["key"]) * (1 if buf.template[L].per_head else len(self.plan(L).heads))
-                   for L, tables in buf.co.items() if L in buf.template for t in tables)
+        rows = {True: 0, False: 0}  # per-head table rows (one per pair and head), coact rows (one per pair)
+        for L, tables in buf.co.items():
+            if L in buf.template:
+                rows[buf.template[L].per_head] += sum(len(t["key"]) for t in tables)
         held = sum(tables_bytes(tables) for tables in buf.co.values())
         shard = min(self.cfg.shard_size, self.cfg.n_samples)
-        check_shard_memory(held, rows, len(buf.samples), shard, self.cfg.shard_size, free_memory_bytes())
+        check_shard_memory(held, rows[True], len(buf.samples), shard, self.cfg.shard_size, free_memory_bytes(),
+                           coact_rows=rows[False])
 
     @property
     def cell_span(self) -> int:
@@ -270,11 +289,6 @@ class AllPairsRunner:
             co[c] = (ids[b] * P + i) * P + j
         return co
 
-    def _run_ids(self, gid: torch.Tensor, offsets: list[int], src_map: list[int]):
-        offs = torch.tensor(offsets, device=gid.device)
-        s = torch.searchsorted(offs, gid, right=True) - 1
-        return torch.tensor(src_map, device=gid.device)[s], gid - offs[s]
-
     def head_tables(self, layer: int, template, co: dict, k: int):
         """(pairs, examples) Arrow tables of each head of a layer from the shard's co-activation table:
         G_h applied once per pair and head. Examples: the pair's max cell, and its min cell where that is
@@ -290,8 +304,8 @@ class AllPairsRunner:
                 continue
             st = {c: v.cpu() for c, v in st.items()}
             if ids is None or template.per_head:
-                qs, qf = self._run_ids(st["q_gid"], template.q_offsets, plan.q_map)
-                ks, kf = self._run_ids(st["k_gid"], template.k_offsets, plan.k_map)
+                qs, qf = run_ids(st["q_gid"], template.q_offsets, plan.q_map)
+                ks, kf = run_ids(st["k_gid"], template.k_offsets, plan.k_map)
                 ids = {"q_src": qs.numpy().astype(np.uint16), "q_feat": qf.numpy().astype(np.uint32),
                        "k_src": ks.numpy().astype(np.uint16), "k_feat": kf.numpy().astype(np.uint32),
                        "layer": np.full(len(qs), layer, dtype=np.uint16)}
@@ -324,7 +338,7 @@ class AllPairsRunner:
                                                ("k", "key", bs.k_offsets, plan.k_map)):
             key, vals = mg["features"][s]
             G = offsets[-1] + 1
-            src, feat = self._run_ids(key % G, offsets, src_map)
+            src, feat = run_ids(key % G, offsets, src_map)
             head = torch.tensor(plan.heads, device=key.device)[key // G]
             buf.marg.append((plan.layer, side_name, ((head * S + src) * D + feat).cpu(), vals.cpu()))
             names, tot = mg["nodes"][s]

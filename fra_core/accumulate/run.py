@@ -33,27 +33,36 @@ __all__ = ["accumulate", "compute_shard", "prepare", "run_accumulate", "shard_it
 
 
 def prune_pairs(tables: dict, min_count: int) -> tuple[dict, list[dict]]:
-    """Drop the pairs seen fewer than `min_count` times in this shard (and their examples).
+    """Drop the pairs seen fewer than `min_count` times in this shard (and their examples): per-head `pairs`
+    rows, and `coact` rows (n is head-independent) with the `proj` rows no kept pair uses
+    (`coact.prune_coact`).
 
-    Returns the tables and the dropped mass per (layer, head): n_pairs (rows dropped), n (their
+    Returns the tables and the dropped mass per (layer, head): n_pairs (pairs dropped), n (their
     occurrences), sum, abs_sum — so stored + dropped = the shard's exact totals."""
-    pairs = tables["pairs"]
-    if min_count <= 1 or pairs.num_rows == 0:
+    from fra_core.accumulate.coact import prune_coact
+
+    if min_count <= 1:
         return tables, []
+    dropped = []
+    if "coact" in tables:
+        coact, proj, dropped = prune_coact(tables["coact"], tables["proj"], min_count)
+        tables = {**tables, "coact": coact, "proj": proj}
+    pairs = tables["pairs"]
     low = pc.less(pairs["n"], pa.scalar(min_count, pa.uint64()))
     gone = pairs.filter(low)
-    if gone.num_rows == 0:
-        return tables, []
-    kept = pairs.filter(pc.invert(low))
-    agg = gone.group_by(["layer", "head"]).aggregate([("n", "count"), ("n", "sum"), ("sum", "sum"),
-                                                      ("abs_sum", "sum")]).to_pylist()
-    dropped = [{"layer": int(r["layer"]), "head": int(r["head"]), "n_pairs": int(r["n_count"]), "n": int(r["n_sum"]),
-                "sum": float(r["sum_sum"]), "abs_sum": float(r["abs_sum_sum"])} for r in agg]
-    ex = tables["examples"]
-    if ex.num_rows:  # examples of kept pairs only (a left semi join on the pair key)
-        ex = ex.join(kept.select(list(contracts.PAIR_KEY)), keys=list(contracts.PAIR_KEY), join_type="left semi")
-        ex = ex.select(contracts.EXAMPLES_SCHEMA.names).cast(contracts.EXAMPLES_SCHEMA)
-    return {**tables, "pairs": kept, "examples": ex}, sorted(dropped, key=lambda d: (d["layer"], d["head"]))
+    if gone.num_rows:
+        kept = pairs.filter(pc.invert(low))
+        agg = gone.group_by(["layer", "head"]).aggregate([("n", "count"), ("n", "sum"), ("sum", "sum"),
+                                                          ("abs_sum", "sum")]).to_pylist()
+        dropped += [{"layer": int(r["layer"]), "head": int(r["head"]), "n_pairs": int(r["n_count"]),
+                     "n": int(r["n_sum"]), "sum": float(r["sum_sum"]), "abs_sum": float(r["abs_sum_sum"])}
+                    for r in agg]
+        ex = tables["examples"]
+        if ex.num_rows:  # examples of kept pairs only (a left semi join on the pair key)
+            ex = ex.join(kept.select(list(contracts.PAIR_KEY)), keys=list(contracts.PAIR_KEY), join_type="left semi")
+            ex = ex.select(contracts.EXAMPLES_SCHEMA.names).cast(contracts.EXAMPLES_SCHEMA)
+        tables = {**tables, "pairs": kept, "examples": ex}
+    return tables, sorted(dropped, key=lambda d: (d["layer"], d["head"]))
 
 
 def dropped_totals(job_dir: Path) -> dict[str, dict[str, dict]]:

@@ -47,9 +47,19 @@ def save_parts(workspace, model, sae, model_name: str = "tiny", sae_name: str = 
     sae.save_model(str(workspace.saes / sae_name))
 
 
+def shard_tables(job_dir: Path, kind: str, examples_per_pair: int = 0) -> pd.DataFrame:
+    """The per-head `kind` ("pairs" / "examples") rows of every complete shard: stored per-head rows and the
+    expansion of the shard's coact / proj (`fra_core.accumulate.coact.shard_pairs`)."""
+    from fra_core.accumulate.coact import shard_pairs
+
+    at = 0 if kind == "pairs" else 1
+    return pd.concat([shard_pairs(job_dir, m["shard"], examples_per_pair)[at].to_pandas()
+                      for m in contracts.complete_shards(job_dir)])
+
+
 def shard_totals(job_dir: Path) -> pd.DataFrame:
     """Sum the shards of a job per pair with pandas (an independent reduction)."""
-    frames = [contracts.read_shard_table(job_dir, m["shard"], "pairs").to_pandas() for m in contracts.complete_shards(job_dir)]
+    frames = [shard_tables(job_dir, "pairs")]
     df = pd.concat(frames)
     key = list(contracts.PAIR_KEY)
     return df.groupby(key).agg(n=("n", "sum"), sum=("sum", "sum"), max=("max", "max"), min=("min", "min"),

@@ -88,10 +88,10 @@ def test_store_ingest_matches_shards(parts, tmp_path):
     store = Store(tmp_path / "fra.duckdb")
     with store.write() as con:
         run = ingest_job_shards(con, job)["run"]
-        n_db, sum_db = con.execute("SELECT sum(n), sum(sum) FROM pair_stats WHERE run = ?", [run]).fetchone()
+        n_db, sum_db = con.execute("SELECT sum(n), sum(sum) FROM pair_rows WHERE run = ?", [run]).fetchone()
         top = top_pairs(con, run, n=1)
         ex = pair_examples(con, run, head=int(top["head"][0]), feature=int(top["q_feat"][0]), side="query", n=3)
-        per_pair = con.execute("SELECT max(c) FROM (SELECT count(*) c FROM pair_examples WHERE run = ? "
+        per_pair = con.execute("SELECT max(c) FROM (SELECT count(*) c FROM pair_example_rows WHERE run = ? "
                                "GROUP BY layer, head, q_src, q_feat, k_src, k_feat)", [run]).fetchone()[0]
     store.close()
     totals = shard_totals(job)
@@ -158,7 +158,7 @@ def test_disk_full_keeps_earlier_shards_and_runs(parts, tmp_path, monkeypatch):
     earlier, _ = make_job(tmp_path / "jobs", "earlier")
     with store.write() as con:
         run_a = ingest_job_shards(con, earlier)["run"]
-        before = con.execute("SELECT * FROM pair_stats WHERE run = ? ORDER BY ALL", [run_a]).fetchall()
+        before = con.execute("SELECT * FROM pair_rows WHERE run = ? ORDER BY ALL", [run_a]).fetchall()
     real, calls = contracts.write_table_atomic, {"n": 0}
 
     def flaky(table, path):
@@ -177,7 +177,7 @@ def test_disk_full_keeps_earlier_shards_and_runs(parts, tmp_path, monkeypatch):
     AccumulateFRAConfig(**CFG).save_yaml(job / "config.yaml")
     with store.write() as con:
         assert ingest_job_shards(con, job)["samples"] == 3
-        after = con.execute("SELECT * FROM pair_stats WHERE run = ? ORDER BY ALL", [run_a]).fetchall()
+        after = con.execute("SELECT * FROM pair_rows WHERE run = ? ORDER BY ALL", [run_a]).fetchall()
     store.close()
     assert after == before
     monkeypatch.setattr(contracts, "write_table_atomic", real)  # space freed: resume completes the job

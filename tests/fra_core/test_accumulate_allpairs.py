@@ -12,7 +12,7 @@ from fra_core.accumulate.run import run_accumulate
 from fra_core.config import ConfigError
 from fra_core.datasets import open_texts
 from fra_core.jobs import Progress
-from tests.fra_core.accumulate_helpers import shard_totals, tiny_demo_model, tiny_sae
+from tests.fra_core.accumulate_helpers import shard_tables, shard_totals, tiny_demo_model, tiny_sae
 
 CFG = dict(model="tiny", q_saes=("sae-l0", "sae-l1"), layers=(0, 1), n_samples=5, batch_size=2, shard_size=3,
            k_active=6, context_length=16, examples_per_pair=2)
@@ -30,7 +30,10 @@ def run(tmp_path_factory):
     return model, saes, cfg, job
 
 
-def _read(job, kind):
+def _read(job, kind, examples_per_pair=CFG["examples_per_pair"]):
+    """A kind's rows over the complete shards; per-head pairs / examples through `shard_pairs` (coact expanded)."""
+    if kind in ("pairs", "examples"):
+        return shard_tables(job, kind, examples_per_pair)
     return pd.concat([shards.read_shard_table(job, m["shard"], kind).to_pandas() for m in shards.complete_shards(job)])
 
 
@@ -134,7 +137,7 @@ def test_shard_table_folded_over_many_batches_is_the_same(run, tmp_path, monkeyp
     a, b = shard_totals(job), shard_totals(other)
     pd.testing.assert_frame_equal(a[["n", "max", "min", "diag_n"]], b[["n", "max", "min", "diag_n"]])
     pd.testing.assert_frame_equal(a[["sum", "diag_sum"]], b[["sum", "diag_sum"]], check_exact=False, rtol=1e-12)
-    ex = _read(other, "examples").set_index(list(shards.PAIR_KEY))
+    ex = _read(other, "examples", 1).set_index(list(shards.PAIR_KEY))
     assert ex.index.is_unique and len(ex) == len(b)
     j = ex.join(b)
     want = np.where(j["min"].abs() > j["max"].abs(), j["min"], j["max"])

@@ -110,7 +110,7 @@ def test_partners_by_head_match_top_pairs(db):
 
     with db.read() as cur:
         run = 1
-        any_pair = cur.execute("SELECT q_feat FROM pair_stats WHERE run = 1 ORDER BY n DESC LIMIT 1").fetchone()[0]
+        any_pair = cur.execute("SELECT q_feat FROM pair_rows WHERE run = 1 ORDER BY n DESC LIMIT 1").fetchone()[0]
         by_head = partners_by_head(cur, run, int(any_pair), side="query", metric="sum", n=2)
         assert not by_head.empty and by_head.groupby(["layer", "head"]).size().max() <= 2
         for (layer, head), part in by_head.groupby(["layer", "head"]):

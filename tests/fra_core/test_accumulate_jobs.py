@@ -57,7 +57,7 @@ def test_sigkill_resumes_to_same_totals(saved, tmp_path):
     assert jobs.job_status(job)["state"] == "done", (job / "log.txt").read_text()[-3000:]
     with store.write() as con:
         second = ingest_job_shards(con, job)
-        n_db = con.execute("SELECT sum(n) FROM pair_stats WHERE run = ?", [first["run"]]).fetchone()[0]
+        n_db = con.execute("SELECT sum(n) FROM pair_rows WHERE run = ?", [first["run"]]).fetchone()[0]
         n_samples = con.execute("SELECT count(*) FROM samples_done WHERE run = ?", [first["run"]]).fetchone()[0]
     store.close()
     assert first["run"] == second["run"] and first["samples"] + second["samples"] == 30 == n_samples

@@ -16,6 +16,25 @@ CFG = dict(model="tiny", q_saes=("sae-l1",), layers=(1,), n_samples=8, batch_siz
 def test_projection_is_linear_in_samples_and_counts_every_head_row():
     # 1 000 rows after 2 of 8 samples, 100 B of tables: (100 + 1000 · 136) · 4
     assert memory.projected_shard_bytes(100, 1000, 2, 8) == (100 + 1000 * memory.OUTPUT_BYTES_PER_PAIR_HEAD) * 4
+    # a head-independent layer's coact rows count once per pair, not per (pair, head)
+    assert memory.projected_shard_bytes(100, 0, 2, 8, coact_rows=1000) == (100 + 1000 * memory.COACT_BYTES_PER_PAIR) * 4
+
+
+def test_a_head_independent_shard_projects_its_rows_once(parts, monkeypatch):
+    """The job's projection of a 4-head, head-independent layer counts each table row once."""
+    from fra_core.accumulate.allpairs import AllPairsRunner
+    from fra_core.accumulate.run import prepare
+    from fra_core.datasets import open_texts
+
+    model, sae = parts
+    seen = []
+    monkeypatch.setattr(memory, "check_shard_memory", lambda *a, **kw: seen.append((a, kw)))
+    runner = prepare(AccumulateFRAConfig(**CFG), model, [sae])
+    assert isinstance(runner, AllPairsRunner) and len(runner.plans[0].heads) == 4
+    buf = runner.new_buffer()
+    runner.process(list(enumerate(open_texts("demo").texts(2))), buf)
+    (args, kw), = seen
+    assert args[1] == 0 and kw["coact_rows"] == sum(len(t["key"]) for t in buf.co[1]) > 0
 
 
 def test_check_names_the_fields_and_a_shard_size_that_fits():

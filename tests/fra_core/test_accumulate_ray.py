@@ -64,7 +64,7 @@ def assert_same_shards(a, b, shards=None) -> None:
     `shards`: only those."""
     ma, mb = ([m for m in contracts.complete_shards(j) if shards is None or m["shard"] in shards] for j in (a, b))
     assert [(m["shard"], m["samples"], m["rows"]) for m in ma] == [(m["shard"], m["samples"], m["rows"]) for m in mb]
-    sums = {"sum", "abs_sum", "diag_sum", "diag_abs_sum"}
+    sums = {"sum", "abs_sum", "diag_sum", "diag_abs_sum", "s", "abs", "diag_s", "diag_abs"}  # pairs and coact
     for m in ma:
         for kind in contracts.KINDS:
             ta = contracts.read_shard_table(a, m["shard"], kind)
@@ -217,10 +217,12 @@ def test_cli_executor_flags_run_on_ray_and_ingest(cluster, saved, local_referenc
     assert_same_shards(job, local_reference)
     store = Store(saved.db_path)
     with store.read() as cur:
-        n_db, n_samples = cur.execute("SELECT (SELECT sum(n) FROM pair_stats), (SELECT count(*) FROM samples_done)"
+        n_db, n_samples = cur.execute("SELECT (SELECT sum(n) FROM pair_rows), (SELECT count(*) FROM samples_done)"
                                       ).fetchone()
     store.close()
-    n_ref = sum(contracts.read_shard_table(local_reference, m["shard"], "pairs")["n"].to_numpy().sum()
+    from fra_core.accumulate.coact import shard_pairs
+
+    n_ref = sum(shard_pairs(local_reference, m["shard"], 0)[0]["n"].to_numpy().sum()
                 for m in contracts.complete_shards(local_reference))
     assert n_samples == 20 and n_db == n_ref
 

@@ -8,6 +8,7 @@ import pytest
 
 from fra_core import contracts, jobs
 from fra_core.accumulate import AccumulateFRAConfig
+from fra_core.accumulate.coact import shard_pairs
 from fra_core.accumulate.run import dropped_totals, fmt_rate, run_accumulate
 from fra_core.config import ConfigError
 from fra_core.jobs import Progress
@@ -39,9 +40,8 @@ def test_defaults_keep_every_feature_and_every_pair():
 def test_min_pair_count_drops_rare_pairs_and_records_their_mass(parts, tmp_path, statistics):
     full, _ = _run(parts, tmp_path, "full", statistics=statistics)
     pruned, _ = _run(parts, tmp_path, "pruned", statistics=statistics, min_pair_count=2)
-    def raw(job):
-        return pd.concat([contracts.read_shard_table(job, int(m["shard"]), "pairs").to_pandas()
-                          for m in contracts.complete_shards(job)])
+    def raw(job):  # per-head pairs: stored rows and the expansion of coact / proj
+        return pd.concat([shard_pairs(job, int(m["shard"]), 0)[0].to_pandas() for m in contracts.complete_shards(job)])
 
     a, b = raw(full), raw(pruned)
     rare = int((a["n"] < 2).sum())
@@ -57,8 +57,7 @@ def test_min_pair_count_drops_rare_pairs_and_records_their_mass(parts, tmp_path,
         for col in ("sum", "abs_sum"):
             assert float(stored[col].sum()) + d[col] == pytest.approx(float(got[col].sum()), rel=1e-9, abs=1e-12)
     for m in contracts.complete_shards(pruned):  # examples only of stored pairs
-        ex = contracts.read_shard_table(pruned, int(m["shard"]), "examples").to_pandas()
-        pairs = contracts.read_shard_table(pruned, int(m["shard"]), "pairs").to_pandas()
+        pairs, ex = (t.to_pandas() for t in shard_pairs(pruned, int(m["shard"]), CFG["examples_per_pair"]))
         key = list(contracts.PAIR_KEY)
         assert len(ex) and len(ex.merge(pairs[key], on=key)) == len(ex)
 

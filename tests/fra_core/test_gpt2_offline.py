@@ -160,6 +160,8 @@ def test_accumulation_job_loads_everything_by_reference(offline_hub, workspace):
     assert result["samples"] == 5 and result["shards"] == 2 and result["dataset_texts"] == 5
     shards = contracts.complete_shards(job)
     assert len(shards) == 2
-    pairs = [contracts.read_shard_table(job, m["shard"], "pairs").to_pandas() for m in shards]
+    from fra_core.accumulate.coact import shard_pairs
+
+    pairs = [shard_pairs(job, m["shard"], 0)[0].to_pandas() for m in shards]  # coact expanded per head
     assert sum(len(p) for p in pairs) > 0
     assert {int(h) for p in pairs for h in p["head"].unique()} <= {0, 3}

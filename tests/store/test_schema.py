@@ -82,3 +82,55 @@ def test_0010_labels_older_runs_top_m_kept(tmp_path):
     info = run_statistics(con, "old")
     assert info["label"].startswith("top-5 kept")
     assert con.execute("SELECT count(*) FROM feature_marginals").fetchone()[0] == 0
+
+
+def test_0013_migrates_a_0012_database_with_its_data(tmp_path):
+    """A database at 0012 holding an ingested (top-m) run migrates to 0013: every row stays, the run
+    reads through pair_rows / pair_example_rows as it did from pair_stats / pair_examples, and its
+    per-head totals (NULL in pair_summary until its next compaction) come from a scan."""
+    import duckdb
+
+    from store import Store, ingest_job_shards, top_pairs
+    from store.marginals import score_shares
+    from store.page_queries import head_summary
+    from store.schema import MIGRATIONS, RUN_TABLES, migrate
+    from tests.store.fake_jobs import make_job
+
+    job, _ = make_job(tmp_path / "jobs", "old-run")
+    new = Store(tmp_path / "new.duckdb")
+    with new.write() as con:
+        run = ingest_job_shards(con, job)["run"]
+        want_heads = head_summary(con, run)
+        want_top = top_pairs(con, run, metric="mean", n=20)
+    new.close()
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    con.execute("CREATE TABLE _migrations (seq INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied TIMESTAMP NOT NULL)")
+    upto = [name for name, _ in MIGRATIONS].index("0012_feature_acts")
+    assert upto == len(MIGRATIONS) - 2
+    for seq, (name, sql) in enumerate(MIGRATIONS[: upto + 1]):
+        con.execute(sql)
+        con.execute("INSERT INTO _migrations VALUES (?, ?, now())", [seq, name])
+    con.execute(f"ATTACH '{tmp_path / 'new.duckdb'}' AS src (READ_ONLY)")
+    old_tables = [t for t in ("runs", "features") + RUN_TABLES if not t.startswith(("pair_coact", "pair_proj"))]
+    before = {}
+    for table in old_tables:
+        cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+        con.execute(f"INSERT INTO {table} SELECT {', '.join(cols)} FROM src.{table}")
+        before[table] = repr(con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall())  # repr: NaN == NaN
+    con.execute("DETACH src")
+    assert before["pair_stats"] != "[]" and before["pair_examples"] != "[]"
+    assert migrate(con) == ["0013_pair_coact"]
+    for table in old_tables:
+        added = " EXCLUDE (sum, abs_sum, max_abs)" if table == "pair_summary" else ""
+        assert repr(con.execute(f"SELECT *{added} FROM {table} ORDER BY ALL").fetchall()) == before[table], table
+    assert con.execute("SELECT count_if(abs_sum IS NULL) FROM pair_summary").fetchone()[0] > 0
+    assert (con.execute("SELECT * FROM pair_rows ORDER BY ALL").fetchall()
+            == con.execute("SELECT * FROM pair_stats ORDER BY ALL").fetchall())
+    assert (con.execute("SELECT * FROM pair_example_rows ORDER BY ALL").fetchall()
+            == con.execute("SELECT * FROM pair_examples ORDER BY ALL").fetchall())
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(head_summary(con, run), want_heads)
+    pd.testing.assert_frame_equal(top_pairs(con, run, metric="mean", n=20), want_top)
+    assert len(score_shares(con, run)) == 0  # a top-m run has no node totals: empty, not an error
+    con.close()
