@@ -6,7 +6,8 @@
 
 Default: on the same samples, samples/s of the exact all-pair path and of the top-m path (8 per cell),
 each timed as the job's shard body (`compute_shard`: tokens → statistics → the shard's Parquet files;
-ingest is not timed), for (a) the demo model, layer 1, all heads, one shard of --demo-samples, and
+and, printed apart, the app's ingest +
+compaction of that shard into a fresh DuckDB file), for (a) the demo model, layer 1, all heads, one shard of --demo-samples, and
 (b) a GPT-2-Small-shaped layer (12 heads, d_sae 24 576, T = 128, Zipf-distributed synthetic
 activations; see benchmarks/bench_allpairs_paths.py), one shard of --gpt2-samples. Each case is run
 `--repeats` times and the best of each path is kept (the machine is shared: `uptime` is printed beside
@@ -197,6 +198,10 @@ def compare_paths(args) -> int:
               f"samples/s ({r['topm_pairs'] / n:,.0f} pair rows per sample, {r['topm_bytes'] / n / 1e6:,.2f} MB per "
               f"sample), wall ratio {ap / tm:.2f}, CPU-time ratio {r['topm_cpu_s'] / r['allpairs_cpu_s']:.2f}; {load}",
               flush=True)
+        aq, tq = n / (r["allpairs_s"] + r["allpairs_ingest_s"]), n / (r["topm_s"] + r["topm_ingest_s"])
+        print(f"{name}: to queryable (shard body + the app's ingest and compaction into DuckDB: all pairs "
+              f"{r['allpairs_ingest_s']:.2f} s, top-m {r['topm_ingest_s']:.2f} s): all pairs {aq:.3f} samples/s, "
+              f"top-m {tq:.3f} samples/s, ratio {aq / tq:.2f}", flush=True)
     n, r, _ = cases["gpt2-shaped"]
     ap, tm = n / r["allpairs_s"], n / r["topm_s"]
     print(f"allpairs_samples_per_s={ap:.3f} topm_samples_per_s={tm:.3f} ratio={ap / tm:.2f}")

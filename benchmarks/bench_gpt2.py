@@ -3,7 +3,7 @@ kk-shaped upstream attention SAEs for layers 0–4, T = 128, 20 samples, today's
 
     python benchmarks/bench_gpt2.py [--samples 20] [--T 128] [--heads all|0,3] [--k 0] [--threads 1]
                                     [--statistics all_pairs|top_m] [--min-count 1] [--device cpu|cuda] [--active 40]
-                                    [--prune-check]
+                                    [--prune-check] [--mlp none|transcoder] [--compare-paths N]
 
 --k 0 (the job default) keeps every active feature (K per side = the batch's largest L0, ≈ 200 here), so the
 truncation share is 0; --k 64 is the old default. --threads sets OMP_NUM_THREADS before torch loads (as a
@@ -30,6 +30,11 @@ cell (i, j) of sample 0 and the first head, the pairs of the leading a query and
 are computed, τ = the cell's m-th largest |value| among them, and the cell is certified when every skipped
 pair's bound max(‖q̃‖_(a+1)·‖k̃‖_(1), ‖q̃‖_(1)·‖k̃‖_(a+1)) < τ; it prints the certified share of cells for
 a = K/5 and K/2 (pruning saves GEMM work only on certified cells; the others need the full computation).
+--compare-paths N times `compute_fra` on N samples by the engine's two exact top-m paths in the same process,
+alternately (best of 2 each): the block path (`fra_core/fra/blocks.py`: all K·L values of every cell) and the
+Gram path (`fra_core/fra/gram.py`: row/column maxima from the sample's distinct features, m² values per cell);
+it prints both times, their ratio, and whether the pair tables agree (cells whose top-m sets differ, and how
+close the differing pairs are to the cell's m-th |value|: ~1e-7 means a float32 rounding tie).
 The last line is: samples_per_s=<x> feature_share=<x> truncation_share=<x>
 """
 
@@ -203,6 +208,60 @@ def prune_check(model, saes, text: str, T: int, head: int, m: int = 8) -> dict[f
     return out
 
 
+def compare_paths(model, saes, sample_texts: list[str], T: int, heads: tuple, rounds: int = 2) -> dict[str, float]:
+    """The engine's pair table by the block path (every C·K·L value) and by the Gram path (`fra_core.fra.gram`)
+    on the same batch, alternately (`rounds` times each, best kept): wall and CPU seconds per sample of
+    `compute_fra`, and the check that both give the same entries (values to float32 rounding)."""
+    import torch
+
+    from fra_core.fra import FRAOptions, compute_fra, gram
+    from fra_core.fra.engine import ENTRY_FIELDS
+
+    tokens = torch.cat([model.to_tokens(t, truncate=True)[:, :T] for t in sample_texts])
+    real, best, tables = gram.cheaper, {}, {}
+    try:
+        for _ in range(rounds):
+            for path, use in (("block", False), ("gram", True)):
+                gram.cheaper = (lambda *a: False) if not use else real
+                t0, c0 = time.perf_counter(), time.process_time()
+                with torch.no_grad():
+                    r = compute_fra(model, tokens, LAYER, list(heads) or None, saes, saes, FRAOptions(top_m=8))
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                prev = best.get(path, (float("inf"), 0.0))
+                best[path] = min(prev, (wall / len(sample_texts), cpu / len(sample_texts)))
+                tables[path] = r.entries
+    finally:
+        gram.cheaper = real
+    a, b = tables["block"], tables["gram"]
+    same = all(torch.equal(a[f], b[f]) for f in ENTRY_FIELDS[:-1])
+    diff = float((a["value"] - b["value"]).abs().max()) if same else float("nan")
+    return {"block_wall": best["block"][0], "block_cpu": best["block"][1], "gram_wall": best["gram"][0],
+            "gram_cpu": best["gram"][1], "same_entries": same, "max_value_diff": diff, **_set_diff(a, b)}
+
+
+def _set_diff(a: dict, b: dict) -> dict:
+    """Cells whose top-m sets differ between two pair tables, and the largest gap (relative to the cell's
+    m-th |value|) between a pair kept by only one table and the other table's m-th |value|: near 1e-7 means
+    the sets differ only where float32 rounding ties the m-th and (m+1)-th pairs."""
+    import numpy as np
+
+    def rows(e):
+        cols = ("batch", "head", "query_pos", "key_pos", "q_source", "q_feature", "k_source", "k_feature")
+        return {tuple(r): float(v) for r, v in zip(np.stack([e[c].numpy() for c in cols], 1).tolist(),
+                                                  e["value"].numpy().tolist())}
+
+    ra, rb = rows(a), rows(b)
+    only = [(k, v) for k, v in ra.items() if k not in rb] + [(k, v) for k, v in rb.items() if k not in ra]
+    mth: dict = {}
+    for table in (ra, rb):
+        for k, v in table.items():
+            cell = k[:4]
+            mth[cell] = min(mth.get(cell, float("inf")), abs(v))
+    gap = max((abs(abs(v) - mth[k[:4]]) / max(mth[k[:4]], 1e-30) for k, v in only), default=0.0)
+    common = max((abs(v - rb[k]) for k, v in ra.items() if k in rb), default=0.0)
+    return {"cells_differing": len({k[:4] for k, _ in only}), "max_tie_gap": gap, "max_common_diff": common}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=20)
@@ -216,6 +275,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--mlp", default="none", choices=["none", "transcoder"], help="MLP dictionaries of layers 0-4")
     p.add_argument("--prune-check", action="store_true", help="measure exact Cauchy–Schwarz top-m pruning")
+    p.add_argument("--compare-paths", type=int, default=0, metavar="N",
+                   help="also time compute_fra on N samples by the block path and the Gram path, alternately")
     a = p.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before torch loads, as a job process does
         os.environ[var] = str(a.threads)
@@ -253,6 +314,15 @@ def main() -> None:
         shares_cert = prune_check(model, saes, corpus[0], a.T, heads[0] if heads else 0)
         print("Cauchy-Schwarz pruning, certified share of cells: "
               + ", ".join(f"a = {f:.0%} of K: {v:.3f}" for f, v in shares_cert.items()))
+    if a.compare_paths:
+        c = compare_paths(model, saes, corpus[:a.compare_paths], a.T, heads)
+        print(f"pair paths, compute_fra per sample ({a.compare_paths} samples, best of 2, load "
+              f"{os.getloadavg()[0]:.2f}): block {c['block_wall']:.2f} s wall / {c['block_cpu']:.2f} s CPU, gram "
+              f"{c['gram_wall']:.2f} s / {c['gram_cpu']:.2f} s CPU; ratio (block/gram) wall "
+              f"{c['block_wall'] / c['gram_wall']:.2f}, CPU {c['block_cpu'] / c['gram_cpu']:.2f}; same entries "
+              f"{c['same_entries']} (same order too), max |value difference| of the pairs both keep "
+              f"{c['max_common_diff']:.1e}; cells whose sets differ "
+              f"{c['cells_differing']} (largest gap to the m-th |value|, relative: {c['max_tie_gap']:.1e})")
     print(f"load after: {os.getloadavg()[0]:.2f}")
     print(f"samples_per_s={result['samples'] / wall:.4f} feature_share={feat:.4f} truncation_share={trunc:.4f}")
 

@@ -9,10 +9,10 @@ over all shards, so the merged table serves every head (the view `pair_rows` app
 
 from __future__ import annotations
 
-from store.errors import StoreError
+from store.coact_g import fill_g
 from store.labels import refresh_auto_labels
 from store.sqlparts import KEY
-from store.topk import refresh_top, run_pair_source
+from store.topk import has_coact, refresh_top
 
 DEFAULT_EXAMPLES = 3  # example contexts kept per pair
 
@@ -82,7 +82,7 @@ def _merge_coact(con, run: int) -> None:
     mx keeps the largest product with the earliest (sample, q, k) cell among ties, mn the smallest
     likewise (deterministic whatever the order the shards came in): the minimum of the struct (−mx, cell)
     is the largest mx and, among equal ones, the smallest cell; −x is exact in floating point.
-    G[h] = list_dot_product(q.vec, k.vec) of head h's proj rows, stored per row as a list over the layer's
+    G[h] = q.vec · k.vec of head h's proj rows (numpy, `store.coact_g`), stored per row as a list over the layer's
     heads (pair_coact_heads.idx): the views then expand a row to its heads by a list lookup instead of two
     joins and a d_head-long dot product per row and head (10x faster scans, benchmarks/bench_pages.py).
     A pair already compacted keeps its G (its vectors cannot change: ingest refuses a differing one), so
@@ -97,21 +97,6 @@ def _merge_coact(con, run: int) -> None:
                    FROM (SELECT DISTINCT run, layer, head FROM pair_proj WHERE run = ?)""", [run])
     after = con.execute("SELECT layer, head, idx FROM pair_coact_heads WHERE run = ? ORDER BY ALL", [run]).fetchall()
     keep_g = "o.g" if before == after else "NULL::DOUBLE[]"
-    # the new pairs' features' vectors stacked in head order; a feature whose heads are not all its
-    # layer's gets NULL (ingest refuses that; the check below names any such row)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _stack AS
-        WITH new AS (SELECT {COACT_KEY} FROM pair_coact_staged s WHERE run = $1
-                     {_NOT_COMPACTED if keep_g == 'o.g' else ''}),
-             need AS (SELECT DISTINCT layer, 'q' AS side, q_src AS src, q_feat AS feature FROM new
-                      UNION SELECT DISTINCT layer, 'k', k_src, k_feat FROM new),
-             heads AS (SELECT layer, list(head ORDER BY idx) AS heads FROM pair_coact_heads WHERE run = $1 GROUP BY layer)
-        SELECT p.layer, p.side, p.src, p.feature,
-               CASE WHEN list(p.head ORDER BY p.head) = any_value(h.heads) THEN list(p.vec ORDER BY p.head) END AS vecs
-        FROM pair_proj p SEMI JOIN need n ON n.layer = p.layer AND n.side = p.side AND n.src = p.src
-                                             AND n.feature = p.feature
-        JOIN heads h ON h.layer = p.layer
-        WHERE p.run = $1 GROUP BY ALL""", [run])
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _merged AS
         WITH m AS (
@@ -125,30 +110,25 @@ def _merge_coact(con, run: int) -> None:
         SELECT m.run, m.layer, m.q_src, m.q_feat, m.k_src, m.k_feat, m.n, m.s, m."abs", -m.top.v AS mx,
                m.bottom.v AS mn, m.diag_n, m.diag_s, m.diag_abs, m.top.s AS mx_sample, m.top.q AS mx_q,
                m.top.k AS mx_k, m.bottom.s AS mn_sample, m.bottom.q AS mn_q, m.bottom.k AS mn_k,
-               coalesce({keep_g}, list_transform(q.vecs, lambda v, i: list_dot_product(v, k.vecs[i]))) AS g
+               {keep_g} AS g
         FROM m
         LEFT JOIN pair_coact o ON o.run = $1 AND o.layer = m.layer AND o.q_src = m.q_src AND o.q_feat = m.q_feat
                                AND o.k_src = m.k_src AND o.k_feat = m.k_feat
-        LEFT JOIN _stack q ON q.layer = m.layer AND q.side = 'q' AND q.src = m.q_src AND q.feature = m.q_feat
-        LEFT JOIN _stack k ON k.layer = m.layer AND k.side = 'k' AND k.src = m.k_src AND k.feature = m.k_feat
         ORDER BY m.layer, m.q_src, m.q_feat, m.k_src, m.k_feat""", [run])
-    bad = con.execute("""SELECT layer, q_src, q_feat, k_src, k_feat FROM _merged
-                         WHERE g IS NULL OR list_count(g) <> len(g) LIMIT 1""").fetchone()
-    if bad is not None:  # ingest refuses such shards; a database edited by hand could still hold one
-        raise StoreError(f"run {run}: co-activation row (layer, q_src, q_feat, k_src, k_feat) = {bad} lacks a "
-                         "proj vector of some head of its layer, so its per-head statistics cannot be computed")
+    fill_g(con, run, "_merged")  # the new pairs' G (numpy: store.coact_g); refuses a row lacking a vector
     con.execute("DELETE FROM pair_coact WHERE run = ?", [run])
-    con.execute("INSERT INTO pair_coact SELECT * FROM _merged")
+    con.execute("""INSERT INTO pair_coact SELECT m.* EXCLUDE (g), coalesce(m.g, n.g)
+                   FROM _merged m LEFT JOIN _g_new n ON n.rid = m.rowid ORDER BY m.rowid""")
     con.execute("DELETE FROM pair_coact_staged WHERE run = ?", [run])
     con.execute("DROP TABLE _merged")
-    con.execute("DROP TABLE _stack")
+    con.execute("DROP TABLE _g_new")
 
 
 def refresh_summary(con, run: int) -> None:
     """Rebuild the run's per-head counts and |FRA| totals (pair_summary), runs.n_pairs and its pre-ranked
-    top-K lists (`store.topk`), all over `pair_rows` (stored rows and co-activation rows with G applied,
-    materialised once for a run that has co-activation rows); call inside a transaction."""
-    source = run_pair_source(con, run)
+    top-K lists (`store.topk`; none for a co-activation run), from pair_stats, or for a co-activation run
+    in one streaming pass over the view `pair_rows` (G applied per row and head); call inside a transaction."""
+    source = "pair_rows" if has_coact(con, run) else "pair_stats"  # the view: one streaming pass
     con.execute("DELETE FROM pair_summary WHERE run = ?", [run])
     con.execute(f"""INSERT INTO pair_summary (run, layer, head, unique_pairs, self_pairs, occurrences,
                                               diagonal_occurrences, sum, abs_sum, max_abs)
@@ -157,9 +137,7 @@ def refresh_summary(con, run: int) -> None:
                     FROM {source} WHERE run = ? GROUP BY run, layer, head""", [run])
     con.execute("UPDATE runs SET n_pairs = (SELECT coalesce(sum(unique_pairs), 0) FROM pair_summary WHERE run = $1)"
                 " WHERE id = $1", [run])
-    refresh_top(con, run, source=source)
-    if source != "pair_stats":  # a failed transaction rolls the temp table back with everything else
-        con.execute(f"DROP TABLE {source}")
+    refresh_top(con, run)
 
 
 def _update_feature_density(con, run: int) -> None:

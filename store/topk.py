@@ -17,11 +17,8 @@ neither has asc_cut <= value <= desc_cut, so |value| <= max(|asc_cut|, |desc_cut
 Lists are rebuilt by `refresh_summary` (every compaction); a run without lists (a database written by an
 older version) is served by the scan until `backfill_top` (called by `ingest_all_jobs`) builds them.
 
-A run with co-activation rows (`pair_coact`) has no stored per-head rows to rank: its rows exist only
-through the view `pair_rows` (each row expanded to its layer's heads with their G). The lists rank by
-rowid, which a view has not, and 44 scans of the view would expand every row 44 times, so
-`run_pair_source` materialises the run's rows once (a temp table) and every list ranks from that
-(1 M co-activation rows x 12 heads: ~2 s to materialise, ~0.1–0.2 s per list on 2 loaded cores).
+A run with co-activation rows (`pair_coact`) gets no lists (see `refresh_top`): its pages rank by a
+scan of the view `pair_rows`.
 """
 
 from __future__ import annotations
@@ -47,31 +44,29 @@ def list_key(metric: str, diagonal: bool) -> tuple[str, bool]:
     return metric, diagonal or metric == "max_abs"
 
 
-RUN_ROWS = "_run_pair_rows"  # the temp table of `run_pair_source`
+def has_coact(con, run: int) -> bool:
+    """Whether the run's pairs are co-activation rows (all-pair runs, head-independent layers)."""
+    return bool(con.execute("SELECT count(*) FROM (SELECT 1 FROM pair_coact WHERE run = ? LIMIT 1)",
+                            [run]).fetchone()[0])
 
 
-def run_pair_source(con, run: int) -> str:
-    """The table to rank the run's pair rows from: pair_stats when the run has no co-activation rows,
-    else a temp table holding the run's `pair_rows` (G applied once per row and head); a caller that
-    gets the temp table drops it when done."""
-    if not con.execute("SELECT count(*) FROM (SELECT 1 FROM pair_coact WHERE run = ? LIMIT 1)", [run]).fetchone()[0]:
-        return "pair_stats"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {RUN_ROWS} AS SELECT * FROM pair_rows WHERE run = ?", [run])
-    return RUN_ROWS
-
-
-def refresh_top(con, run: int, k: int | None = None, source: str | None = None) -> None:
-    """Rebuild the run's top-K lists from `source` (a table with pair_rows' columns holding the run's
-    rows; None: `run_pair_source`); call inside the compaction's transaction.
+def refresh_top(con, run: int, k: int | None = None) -> None:
+    """Rebuild the run's top-K lists from pair_stats; call inside the compaction's transaction.
 
     Each list is a plain `ORDER BY value LIMIT K` on rowids only (DuckDB's top-N keeps a K-row heap and
     skips row groups by zone map for plain columns), then one join fetches the K rows' columns.
+
+    Co-activation runs get no lists: a list ranks every (pair, head) of the run, H times the stored rows
+    (at GPT-2 shape 38 M per 2 samples: 20 s of compaction per shard for 22 lists), while a query scans
+    the view `pair_rows` in one pass over the stored rows (G is stored per row: `store.coact_g`), so the
+    pages rank from the view directly (`top_candidates` finds no list and falls back to the scan).
     """
-    own = source is None
-    source = run_pair_source(con, run) if own else source
     k = int(k or TOP_K)
     con.execute("DELETE FROM pair_top WHERE run = ?", [run])
     con.execute("DELETE FROM pair_top_lists WHERE run = ?", [run])
+    if has_coact(con, run):
+        return
+    source = "pair_stats"
     for metric, diagonal in list_specs():
         m = metric_sql(metric, diagonal)
         for direction in ("desc", "asc"):
@@ -87,14 +82,13 @@ def refresh_top(con, run: int, k: int | None = None, source: str | None = None) 
                 SELECT ?, ?, ?, ?, ?, count(*), {'min' if direction == 'desc' else 'max'}(value)
                 FROM pair_top WHERE run = ? AND metric = ? AND diagonal = ? AND dir = ?""",
                         [run, metric, diagonal, direction, k, run, metric, diagonal, direction])
-    if own and source != "pair_stats":
-        con.execute(f"DROP TABLE {source}")
 
 
 def backfill_top(con) -> list[int]:
     """Build the lists of every run that has pairs but no lists (databases from before migration 0007)."""
     runs = [r[0] for r in con.execute("""SELECT id FROM runs WHERE n_pairs > 0
-                                         AND id NOT IN (SELECT run FROM pair_top_lists)""").fetchall()]
+                                         AND id NOT IN (SELECT run FROM pair_top_lists)
+                                         AND id NOT IN (SELECT DISTINCT run FROM pair_coact)""").fetchall()]
     for run in runs:
         con.execute("BEGIN TRANSACTION")
         try:

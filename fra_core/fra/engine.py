@@ -10,7 +10,11 @@ activation/σ and projected (U = D W_Q, V = D W_K, rank d_head, cached across ca
 batched GEMM per block of (sample, head) items × query rows gives v[g, i, k, j, l] = U_{f_ik} · V_{g_jl} /
 attn_scale at cost T²K²·d_head (`blocks.py`: the GEMM, the value transforms, the top-m selection).
 Small problems (the demo model) run every sample and head in one block; long sequences split the
-query rows so that a block stays cache-sized. Everything else is dense and small: node vectors
+query rows so that a block stays cache-sized. Without rotary, top-m per cell has an exact cheaper path when
+the batch's features repeat across positions (`gram.py`: G = U Vᵀ over a sample's distinct features gives
+each cell's row and column maxima, and the top m lie in the m best rows × the m best columns: m² values per
+cell instead of K·L); `gram_plan` picks it by operation count (GPT-2 Small with every active feature kept:
+≈ 10× fewer operations). Everything else is dense and small: node vectors
 [pos, n_nodes, d_head] give node terms [query_pos, key_pos, n_q, n_k] on demand.
 """
 
@@ -20,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fra_core.fra import arch, upstream
+from fra_core.fra import arch, gram
 from fra_core.fra.blocks import block_values, merge_top_n, top_m_cells, top_n_block
 from fra_core.fra.guard import check_model_supported
 from fra_core.fra.options import FRAInputError, FRAOptions, check_layer_heads, check_tokens
@@ -73,23 +77,13 @@ def all_active_k(model, cache, dic, enc_cache: dict) -> int:
     """K that keeps every active feature of a side: max over [batch, pos] of Σ_sources L0.
 
     Encodes each source once into `enc_cache`, the cache that `build_side` reads, keeping all its active
-    features (plain SAEs: k = None; dictionaries encoded by `upstream.encode_source` — transcoders,
-    normalised inputs — keep their hard bound k of a TopK, else every column), so the side's top-K over
-    the sources' candidates keeps them all.
+    features (k = None: each source keeps its batch's largest L0, `sides.encode` / `upstream.encode_source`),
+    so the side's top-K over the sources' candidates keeps them all.
     """
     l0 = 0
-    for s, sae in enumerate(dic.saes):
-        kind = dic.kinds[s] if getattr(dic, "kinds", None) else None
-        plain = kind != upstream.TRANSCODER and getattr(sae.cfg, "normalize_activations", "none") == "none"
-        bound = getattr(sae.cfg, "k", None) if _is_topk(sae) else None
-        k = None if plain else (bound if isinstance(bound, int) and bound > 0 else int(sae.cfg.d_sae))
-        l0 = l0 + encoded_source(model, cache, dic, s, k, enc_cache).l0
+    for s in range(len(dic.saes)):
+        l0 = l0 + encoded_source(model, cache, dic, s, None, enc_cache).l0
     return max(1, int(l0.max()))
-
-
-def _is_topk(sae) -> bool:
-    arch_name = getattr(sae.cfg, "architecture", None)
-    return (arch_name() if callable(arch_name) else arch_name) == "topk"
 
 
 def attention_mask(model, T: int, device=None, *, layer: int) -> torch.Tensor:
@@ -184,6 +178,9 @@ def pair_table(q_side, k_side, heads, amask, sel, pattern, scale, opts, causal, 
     """The sparse pair table (columns ENTRY_FIELDS) of every (sample, head); fills kept_sum in place."""
     B, T, K = q_side.ids.shape
     L, H, dev = k_side.ids.shape[2], len(heads), q_side.ids.device
+    distinct = gram_plan(q_side, k_side, opts, int(sel.sum()))
+    if distinct is not None:
+        return _gram_table(q_side, k_side, heads, sel, pattern, scale, opts, distinct, kept_sum)
     per_block, ranges = plan_blocks(opts, B * H, T, K, L, causal)
     blocks = []  # (i0, i1, j0, j1, selected cells (block row, block key)), found once: no device syncs later
     for i0, i1 in ranges:
@@ -221,6 +218,39 @@ def pair_table(q_side, k_side, heads, amask, sel, pattern, scale, opts, causal, 
         block = _top_n_entries(parts[0], g, T, kept_sum) if opts.top_n is not None else _cat_by_item(parts, T, split)
         if block is not None:
             sink.add(_columns(block, q_side, k_side, heads, H))
+    return sink.table()
+
+
+def gram_plan(q_side, k_side, opts: FRAOptions, n_cells: int) -> list | None:
+    """Each sample's distinct (query, key) features when the Gram path (`gram.py`) applies — top-m < K per
+    cell, no rotary, no row centring — and costs less than the block path for every sample; else None."""
+    B, T, K = q_side.ids.shape
+    L, m = k_side.ids.shape[2], opts.top_m
+    if (m is None or m >= K or opts.top_n is not None or opts.row_centre or not n_cells
+            or q_side.rotate is not None or k_side.rotate is not None):
+        return None
+    plan = [(gram.distinct(q_side, b), gram.distinct(k_side, b)) for b in range(B)]
+    d = q_side.rows.shape[-1]
+    if all(gram.cheaper(len(q[0]), len(k[0]), T, K, L, n_cells, m, d) for q, k in plan):
+        return plan
+    return None
+
+
+def _gram_table(q_side, k_side, heads, sel, pattern, scale, opts, distinct: list, kept_sum) -> dict:
+    """`pair_table` by the Gram path: item by item, the same entries in the same (item, row, key) order."""
+    B, T = q_side.ids.shape[:2]
+    H, dev = len(heads), q_side.ids.device
+    ic, jc = sel.nonzero(as_tuple=True)
+    sink = _TableSink(B * H * len(ic) * opts.top_m, dev)
+    for g in range(B * H):
+        b, hi = divmod(g, H)
+        if hi == 0:  # the sample's head-independent part, once
+            plan = gram.plan_sample(*distinct[b], ic, jc, opts.chunk_elements)
+        top = gram.top_m_item(q_side, k_side, b, hi, plan, ic, jc, opts.top_m, scale,
+                              pattern[b, hi] if opts.attention_weighted else None)
+        e = _cell_entries(*(t[None] for t in top), ic, jc, 0, 0, T, torch.tensor([g], device=dev),
+                          kept_sum.view(B * H, T * T))
+        sink.add(_columns(e, q_side, k_side, heads, H))
     return sink.table()
 
 
@@ -262,7 +292,11 @@ def _empty_column(field: str, n: int, device) -> torch.Tensor:
 
 def _cells(v, ic, jc, i0: int, j0: int, T: int, m: int, g, kept_flat) -> dict[str, torch.Tensor]:
     """Top-m pairs of the selected cells (ic + i0, jc + j0) of a block → entries (g, i, j, k, l, value)."""
-    value, k, l, keep = top_m_cells(v, ic, jc, m)
+    return _cell_entries(*top_m_cells(v, ic, jc, m), ic, jc, i0, j0, T, g, kept_flat)
+
+
+def _cell_entries(value, k, l, keep, ic, jc, i0: int, j0: int, T: int, g, kept_flat) -> dict[str, torch.Tensor]:
+    """value, k, l, keep [G, C, m'] of the cells (ic + i0, jc + j0) → entries; Σ kept pairs into kept_flat."""
     kept_flat[g[:, None], ((ic + i0) * T + jc + j0)[None, :]] = (value * keep).sum(-1)  # Σ kept pairs per cell
     gi, ci, si = keep.nonzero(as_tuple=True)
     return {"g": g[gi], "i": ic[ci] + i0, "j": jc[ci] + j0, "k": k[gi, ci, si], "l": l[gi, ci, si],

@@ -18,11 +18,12 @@ an in-place op (`W_dec.mul_`, `copy_`, `fold_W_dec_norm`), a new tensor (`load_s
 `.to`) or a new SAE still drops the table; only `.data` writes, which leave the version counter alone, go
 unseen there. The maps M are still checksummed on every call (small: d_in × heads × d_head per source).
 
-Deterministic: rows are projected in fixed blocks of BLOCK feature ids ([b·BLOCK, (b+1)·BLOCK) of one
-source), always the whole block, so a row's bits never depend on which batch first needed it (resumed
-accumulation runs are bit-identical) and the uncached path gives the same bits as the cached one.
-Tables above MAX_TABLE_BYTES (huge dictionaries) are not cached: only the blocks active in the batch are
-projected, per call.
+Deterministic: the rows a batch needs are gathered into chunks of exactly BLOCK rows of one source (the
+last chunk zero-padded) and projected by GEMMs of one fixed shape, so a row's bits never depend on which
+batch first needed it or where in a chunk it fell (resumed accumulation runs are bit-identical) and the
+uncached path gives the same bits as the cached one. Tables above MAX_TABLE_BYTES (huge dictionaries, or
+GPT-2 Small's 12 heads × 10 dictionaries of 24 576 features) are not cached: only the rows active in the
+batch are projected, per call.
 """
 
 from __future__ import annotations
@@ -102,39 +103,46 @@ class _Table:
         return fingerprint == self.fingerprint and all(r() is s for r, s in zip(self.refs, saes))
 
 
-def _blocks(gids: torch.Tensor, offsets: list[int]) -> list[tuple[int, int, int]]:
-    """(source, first local id, end local id) of every BLOCK that holds one of the global ids."""
+def _by_source(gids: torch.Tensor, offsets: list[int]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(source, its global ids, their local ids) of the sources that hold some of the (sorted) global ids."""
     out = []
     for s in range(len(offsets) - 1):
-        mine = gids[(gids >= offsets[s]) & (gids < offsets[s + 1])] - offsets[s]
-        n = offsets[s + 1] - offsets[s]
-        for b in torch.unique(mine // BLOCK).tolist():
-            out.append((s, b * BLOCK, min(n, (b + 1) * BLOCK)))
+        mine = gids[(gids >= offsets[s]) & (gids < offsets[s + 1])]
+        if len(mine):
+            out.append((s, mine, mine - offsets[s]))
     return out
 
 
-def _projected_block(dic, maps, decoder, s: int, f0: int, f1: int) -> torch.Tensor:
-    """[f1 − f0, head_index, d_head] the projected rows f0..f1 of source s.
+def _projected(dic, maps, decoder, s: int, local: torch.Tensor) -> torch.Tensor:
+    """[n, head_index, d_head] the projected rows `local` [n] of source s.
 
-    One GEMM [f1 − f0, d_in] @ [d_in, d_head] per head: the same shapes whatever the batch and
-    whichever other heads are selected, hence the same bits.
+    The rows are gathered into chunks of exactly BLOCK rows (the last one zero-padded), and each chunk is one
+    GEMM [BLOCK, d_in] @ [d_in, d_head] per head: the same shapes whatever the batch, whichever rows it needs
+    and whichever other heads are selected, hence the same bits. (Projecting only the rows in use, not whole
+    id blocks: 8 400 rows per GPT-2 sample instead of the 470 000 of the ≈ 1 800 id blocks they touch.)
     """
     M = maps[s]
-    D = decoder(dic.saes[s])[f0:f1].to(M.dtype)
-    return torch.stack([D @ M[:, h] for h in range(M.shape[1])], dim=1)
+    D = decoder(dic.saes[s])
+    out = M.new_empty(len(local), *M.shape[1:])
+    for c0 in range(0, len(local), BLOCK):
+        idx = local[c0:c0 + BLOCK]
+        chunk = D.new_zeros(BLOCK, D.shape[1])
+        chunk[:len(idx)] = D.index_select(0, idx)
+        chunk = chunk.to(M.dtype)
+        out[c0:c0 + len(idx)] = torch.stack([chunk @ M[:, h] for h in range(M.shape[1])], dim=1)[:len(idx)]
+    return out
 
 
 def project_active(dic, maps, ids: torch.Tensor, offsets: list[int], decoder):
-    """Uncached: project the blocks active in the batch → (rows, row_of into rows)."""
-    blocks = _blocks(torch.unique(ids), offsets)
+    """Uncached: project the rows active in the batch → (rows, row_of into rows)."""
+    uniq = torch.unique(ids)
+    parts = _by_source(uniq, offsets)
     n_heads, d_head = maps[0].shape[1:]
-    parts = [_projected_block(dic, maps, decoder, s, f0, f1) for s, f0, f1 in blocks]
-    rows = torch.cat(parts + [maps[0].new_zeros(1, n_heads, d_head)])  # last row: the padding id
+    rows = torch.cat([_projected(dic, maps, decoder, s, local) for s, _, local in parts]
+                     + [maps[0].new_zeros(1, n_heads, d_head)])  # last row: the padding id
     where = torch.full((offsets[-1] + 1,), len(rows) - 1, dtype=torch.long, device=ids.device)
-    at = 0
-    for (s, f0, f1), p in zip(blocks, parts):
-        where[offsets[s] + f0:offsets[s] + f1] = torch.arange(at, at + len(p), device=ids.device)
-        at += len(p)
+    kept = torch.cat([g for _, g, _ in parts]) if parts else uniq[:0]
+    where[kept] = torch.arange(len(kept), device=ids.device)
     return rows, where[ids]
 
 
@@ -157,9 +165,9 @@ def projected_rows(model, layer: int, dic, which: str, heads: list[int], maps, i
             table = tables[key] = _Table(dic.saes, fingerprint, n_rows, maps[0][:1])
         uniq = torch.unique(ids)
         need = uniq[~table.filled[uniq] & (uniq < offsets[-1])]
-        for s, f0, f1 in _blocks(need, offsets):
-            table.rows[offsets[s] + f0:offsets[s] + f1] = _projected_block(dic, maps, decoder, s, f0, f1)
-            table.filled[offsets[s] + f0:offsets[s] + f1] = True
+        for s, gids, local in _by_source(need, offsets):
+            table.rows[gids] = _projected(dic, maps, decoder, s, local)
+            table.filled[gids] = True
     return table.rows, ids
 
 

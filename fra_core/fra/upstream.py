@@ -196,8 +196,11 @@ def token_scale(sae, x: torch.Tensor):
     return None, None
 
 
-def encode_source(sae, x_in: torch.Tensor, x_out: torch.Tensor, k: int, decoder) -> SourceEncoding:
-    """Encode a dictionary reading x_in [batch, pos, d_in] that writes x_out [batch, pos, d_model]; keep top-k."""
+def encode_source(sae, x_in: torch.Tensor, x_out: torch.Tensor, k: int | None, decoder) -> SourceEncoding:
+    """Encode a dictionary reading x_in [batch, pos, d_in] that writes x_out [batch, pos, d_model]; keep top-k.
+
+    k None keeps every active feature: k = the batch's largest L0 (≥ 1), as `sides.encode` (a top-k over all
+    d_sae columns would sort every position's 24 576 activations)."""
     if x_in.shape[-1] != sae.cfg.d_in:
         raise FRAInputError(f"dictionary on {sae.cfg.metadata.hook_name} has d_in={sae.cfg.d_in}, its input "
                             f"activations are {list(x_in.shape)}")
@@ -211,6 +214,8 @@ def encode_source(sae, x_in: torch.Tensor, x_out: torch.Tensor, k: int, decoder)
             acts = acts * c
         D = decoder(sae).to(x_out.dtype)
         l0 = (acts != 0).sum(-1)
+        if k is None:
+            k = max(1, int(l0.max()) if l0.numel() else 1)
         top = acts.abs().topk(min(k, acts.shape[-1]), dim=-1)
         flat = acts.reshape(-1, acts.shape[-1])
         recon = torch.sparse.mm(flat.to_sparse(), D).reshape(*x_out.shape[:-1], D.shape[1])

@@ -10,9 +10,9 @@ import signal
 import numpy as np
 import pytest
 
-from store import Store, ingest_all_jobs, ingest_job_shards
+from store import Store, ingest_all_jobs
 from tests.store.coact_jobs import make_coact_job
-from tests.store.test_kill_ingest import _child
+from tests.store.test_kill_ingest import _child, kill_setup
 
 RUNS = "SELECT name, status, n_samples, n_pairs FROM runs ORDER BY name"
 ROWS = "SELECT * EXCLUDE (run) FROM pair_rows ORDER BY ALL"
@@ -28,22 +28,13 @@ def _snapshot(store: Store):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("coact-kill")
-    jobs = root / "jobs"
-    make_coact_job(jobs, "coact-0-committed", n_shards=2, seed=11)
-    template = root / "template.duckdb"
-    store = Store(template)
-    with store.write() as con:
-        ingest_job_shards(con, jobs / "coact-0-committed")
-    store.close()
-    make_coact_job(jobs, "coact-a", n_shards=3, seed=12)
-    ref_db = root / "ref.duckdb"
-    shutil.copy(template, ref_db)
-    done = _child(ref_db, jobs, 0)
-    assert done.returncode == 0, done.stderr
-    store = Store(ref_db)
-    reference = _snapshot(store)
-    store.close()
-    return root, jobs, template, reference, int(done.stdout.strip())
+
+    def committed(jobs):
+        make_coact_job(jobs, "coact-0-committed", n_shards=2, seed=11)
+        return jobs / "coact-0-committed"
+
+    return (root, *kill_setup(root, committed, lambda jobs: make_coact_job(jobs, "coact-a", n_shards=3, seed=12),
+                              _snapshot))
 
 
 def test_kill_during_coact_ingest_loses_nothing(setup):

@@ -29,28 +29,42 @@ def _snapshot(store: Store):
         return cur.execute(RUNS).fetchall(), cur.execute(STATS).fetchall()
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Jobs (a finished one, a died one, one already ingested before the kills) and a template database
-    holding that earlier run; plus the reference result of an uninterrupted ingest."""
-    root = tmp_path_factory.mktemp("kill")
+def kill_setup(root, make_committed, make_rest, snapshot):
+    """A template database holding the job `make_committed(jobs)` made (ingested before the kills), the
+    jobs `make_rest(jobs)` makes, and the reference `snapshot` of an uninterrupted ingest of them all:
+    (jobs, template, reference, the child's step count)."""
     jobs = root / "jobs"
-    make_job(jobs, "job-0-committed", n_shards=2, seed=3)
     template = root / "template.duckdb"
     store = Store(template)
     with store.write() as con:
-        ingest_job_shards(con, jobs / "job-0-committed")
+        ingest_job_shards(con, make_committed(jobs))
     store.close()
-    make_job(jobs, "job-a", n_shards=3, seed=1)
-    make_job(jobs, "job-b", n_shards=2, seed=2, state="running")  # no live pid: reads as died
+    make_rest(jobs)
     ref_db = root / "ref.duckdb"
     shutil.copy(template, ref_db)
     done = _child(ref_db, jobs, 0)
     assert done.returncode == 0, done.stderr
     store = Store(ref_db)
-    reference = _snapshot(store)
+    reference = snapshot(store)
     store.close()
-    return root, jobs, template, reference, int(done.stdout.strip())
+    return jobs, template, reference, int(done.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Jobs (a finished one, a died one, one already ingested before the kills) and a template database
+    holding that earlier run; plus the reference result of an uninterrupted ingest."""
+    root = tmp_path_factory.mktemp("kill")
+
+    def committed(jobs):
+        make_job(jobs, "job-0-committed", n_shards=2, seed=3)
+        return jobs / "job-0-committed"
+
+    def rest(jobs):
+        make_job(jobs, "job-a", n_shards=3, seed=1)
+        make_job(jobs, "job-b", n_shards=2, seed=2, state="running")  # no live pid: reads as died
+
+    return (root, *kill_setup(root, committed, rest, _snapshot))
 
 
 def _moments(total: int) -> list[int]:
