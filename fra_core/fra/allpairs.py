@@ -302,8 +302,9 @@ def _ascending(key: torch.Tensor) -> bool:
 def merge_sorted(a: dict, b: dict) -> dict:
     """`reduce_tables([a, b])` of two tables whose keys are strictly ascending (a `sample_table` or a
     reduction), in O(rows): b's keys are located in a by binary search, a's rows and b's new rows are
-    placed at their ranks in the union, and the shared rows combine as the reduction does: sums a + b
-    (what scatter_add gives, 0 + a + b), extremes max/min with a's cell on ties (a is the earlier)."""
+    placed at their ranks in the union (scatter_ to distinct rows), and the shared rows combine as the
+    reduction does: sums a + b (what scatter_add gives, 0 + a + b), extremes max/min with a's cell on ties
+    (a is the earlier)."""
     ka, kb = a["key"], b["key"]
     dev = ka.device
     pos = torch.searchsorted(ka, kb)  # a's keys below each b key
@@ -316,15 +317,15 @@ def merge_sorted(a: dict, b: dict) -> dict:
     out = {}
     fa, fb = pos[found], found.nonzero().squeeze(1)  # the shared keys' rows in a and in b
     at = ia[fa]
-    for c in CO_COLUMNS:  # index_copy_: distinct indices (a plain copy, much faster than index_put)
-        out[c] = torch.empty(U, dtype=a[c].dtype, device=dev).index_copy_(0, ia, a[c]).index_copy_(0, ib, b[c][new])
+    for c in CO_COLUMNS:  # scatter_ to distinct indices: a plain copy (measured faster than index_copy_ / index_put)
+        out[c] = torch.empty(U, dtype=a[c].dtype, device=dev).scatter_(0, ia, a[c]).scatter_(0, ib, b[c][new])
     for c in ADD_CO:
-        out[c].index_copy_(0, at, a[c][fa] + b[c][fb])
+        out[c].scatter_(0, at, a[c][fa] + b[c][fb])
     for c, better in (("mx", torch.gt), ("mn", torch.lt)):
         va, vb = a[c][fa], b[c][fb]
         take = better(vb, va)  # strictly better: ties keep a's cell
-        out[c].index_copy_(0, at, torch.where(take, vb, va))
-        out[c + "_c"].index_copy_(0, at, torch.where(take, b[c + "_c"][fb], a[c + "_c"][fa]))
+        out[c].scatter_(0, at, torch.where(take, vb, va))
+        out[c + "_c"].scatter_(0, at, torch.where(take, b[c + "_c"][fb], a[c + "_c"][fa]))
     return out
 
 
