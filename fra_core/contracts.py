@@ -130,9 +130,14 @@ def _replace_atomic(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_table_atomic(table: pa.Table, path: Path) -> None:
+# kinds of float64-heavy, high-cardinality columns: a dictionary encoding is tried per column and given up,
+# so it is not tried (measured on a 3.2 M-row coact table: write 0.58 → 0.51 s, read 0.76 → 0.24 s)
+NO_DICTIONARY = ("coact", "proj")
+
+
+def write_table_atomic(table: pa.Table, path: Path, use_dictionary: bool = True) -> None:
     """Write a Parquet file to a temp name, then move it into place (readers never see half a file)."""
-    _replace_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    _replace_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", use_dictionary=use_dictionary))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -210,7 +215,7 @@ def write_shard(job_dir: str | Path, shard: int, tables: dict[str, pa.Table], sa
         table = tables.get(kind, schema.empty_table()) if kind in OPTIONAL_KINDS else tables[kind]
         if not table.schema.equals(schema):
             raise FRAStudioError(f"shard {shard} {kind} table has schema {table.schema}, expected {schema}")
-        write_table_atomic(table, shard_path(job_dir, shard, kind))
+        write_table_atomic(table, shard_path(job_dir, shard, kind), use_dictionary=kind not in NO_DICTIONARY)
         counts[kind] = table.num_rows
     manifest = {"shard": shard, "samples": [int(s) for s in samples], "rows": counts, **(meta or {})}
     path = shard_path(job_dir, shard, "manifest")

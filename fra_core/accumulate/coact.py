@@ -48,10 +48,11 @@ def coact_table(layer: int, ids: dict[str, np.ndarray], co: dict[str, np.ndarray
     ids: q_src, q_feat, k_src, k_feat [n_pairs] (run ids); co: `fra_core.fra.allpairs` table columns as numpy
     (n, s, abs, dn, ds, dabs [n_pairs], mx, mn, mx_c, mn_c), cells coded (sample · P + q) · P + k."""
     n = len(co["n"])
-    cols = {"layer": np.full(n, layer), **ids, "n": co["n"], "s": co["s"], "abs": co["abs"], "mx": co["mx"],
-            "mn": co["mn"], "diag_n": co["dn"], "diag_s": co["ds"], "diag_abs": co["dabs"]}
+    cols = {"layer": np.full(n, layer, dtype=np.uint16), **ids, "n": co["n"], "s": co["s"], "abs": co["abs"],
+            "mx": co["mx"], "mn": co["mn"], "diag_n": co["dn"], "diag_s": co["ds"], "diag_abs": co["dabs"]}
     for c, cell in (("mx", co["mx_c"]), ("mn", co["mn_c"])):
-        cols[f"{c}_sample"], cols[f"{c}_q"], cols[f"{c}_k"] = cell // (P * P), (cell // P) % P, cell % P
+        rest, k = np.divmod(cell, P)  # two divisions instead of four passes
+        cols[f"{c}_sample"], cols[f"{c}_q"], cols[f"{c}_k"] = (*np.divmod(rest, P), k)
     return pa.table({f.name: pa.array(np.asarray(cols[f.name], dtype=f.type.to_pandas_dtype()), f.type)
                      for f in contracts.COACT_SCHEMA})
 
@@ -259,7 +260,9 @@ def layer_tables(layer: int, heads: list[int], template, co: dict, projectors, q
     qv = pq.get(uq).permute(1, 0, 2)
     kv = pk.get(uk).permute(1, 0, 2) / template.scale
     qs, qf, ks, kf, qi, ki = (t.cpu().numpy() for t in (qs, qf, ks, kf, qi, ki))
-    ids = {"q_src": qs[qi], "q_feat": qf[qi], "k_src": ks[ki], "k_feat": kf[ki]}
+    # narrowed to the schema's types before the gather (no int64 copies of the rows)
+    ids = {"q_src": qs.astype(np.uint16)[qi], "q_feat": qf.astype(np.uint32)[qi],
+           "k_src": ks.astype(np.uint16)[ki], "k_feat": kf.astype(np.uint32)[ki]}
     coact = coact_table(layer, ids, {c: v.cpu().numpy() for c, v in co.items() if c != "key"}, P)
     proj = proj_table(layer, heads, {"q": (qs, qf, qv.contiguous().cpu().numpy()),
                                      "k": (ks, kf, kv.contiguous().cpu().numpy())})
