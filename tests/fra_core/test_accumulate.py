@@ -161,11 +161,11 @@ def test_disk_full_keeps_earlier_shards_and_runs(parts, tmp_path, monkeypatch):
         before = con.execute("SELECT * FROM pair_rows WHERE run = ? ORDER BY ALL", [run_a]).fetchall()
     real, calls = contracts.write_table_atomic, {"n": 0}
 
-    def flaky(table, path):
+    def flaky(table, path, **options):
         calls["n"] += 1
         if calls["n"] > len(contracts.KINDS):  # the second shard's first file: the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(table, path)
+        real(table, path, **options)
 
     monkeypatch.setattr(contracts, "write_table_atomic", flaky)
     job = _job(tmp_path, "full")
