@@ -70,9 +70,6 @@ def staged_rows(con, run: int) -> int:
 
 
 COACT_KEY = "layer, q_src, q_feat, k_src, k_feat"
-# staged rows `s` of pairs the run has no compacted row of yet
-_NOT_COMPACTED = ("AND NOT EXISTS (SELECT 1 FROM pair_coact o WHERE o.run = $1 AND o.layer = s.layer AND o.q_src = s.q_src"
-                  " AND o.q_feat = s.q_feat AND o.k_src = s.k_src AND o.k_feat = s.k_feat)")
 
 
 def _merge_coact(con, run: int) -> None:

@@ -66,15 +66,14 @@ def refresh_top(con, run: int, k: int | None = None) -> None:
     con.execute("DELETE FROM pair_top_lists WHERE run = ?", [run])
     if has_coact(con, run):
         return
-    source = "pair_stats"
     for metric, diagonal in list_specs():
         m = metric_sql(metric, diagonal)
         for direction in ("desc", "asc"):
             con.execute(f"""
                 INSERT INTO pair_top
                 SELECT p.run, ?, ?, ?, {PAIR_COLUMNS}, {m} AS value
-                FROM {source} p
-                WHERE p.run = ? AND p.rowid IN (SELECT rowid FROM {source} WHERE run = ? AND {m} IS NOT NULL
+                FROM pair_stats p
+                WHERE p.run = ? AND p.rowid IN (SELECT rowid FROM pair_stats WHERE run = ? AND {m} IS NOT NULL
                                   ORDER BY {m} {direction.upper()} LIMIT {k})""",
                         [metric, diagonal, direction, run, run])
             con.execute(f"""
