@@ -38,6 +38,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -102,6 +103,36 @@ COACT_SCHEMA = pa.schema([
 ])
 PROJ_SCHEMA = pa.schema([("layer", pa.uint16()), ("head", pa.uint16()), ("side", pa.string()),
                          ("src", pa.uint16()), ("feature", pa.uint32()), ("vec", pa.list_(pa.float64()))])
+
+def feature_code(src: np.ndarray, feature: np.ndarray) -> np.ndarray:
+    """(source, feature) → one sortable uint64 code src · 2³² + feature (how proj rows are looked up)."""
+    return (np.asarray(src).astype(np.uint64) << np.uint64(32)) | np.asarray(feature).astype(np.uint64)
+
+
+def find_codes(codes: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions of `want` in the sorted `codes`, mask of the wanted codes that are missing)."""
+    at = np.searchsorted(codes, want).clip(max=max(len(codes) - 1, 0))
+    missing = codes[at] != want if len(codes) else np.ones(len(want), dtype=bool)
+    return at, missing
+
+
+def describe_code(code) -> str:
+    return f"(src, feature) = ({int(code) >> 32}, {int(code) & 0xFFFFFFFF})"
+
+
+G_ROWS_PER_BLOCK = 32_768  # pair rows whose gathered vectors are held at once
+
+
+def row_strengths(qv: np.ndarray, qi: np.ndarray, kv: np.ndarray, ki: np.ndarray) -> np.ndarray:
+    """G of each pair row: Σ_d qv[qi, …, d] · kv[ki, …, d] (float64), a block of rows at a time (bounded
+    memory). qv/kv [n_features, d_head] or [n_features, head_index, d_head] → G [n_rows] or [n_rows, head_index].
+    Row-wise, so a pair's G never depends on which other pairs are computed with it."""
+    G = np.empty((len(qi),) + qv.shape[1:-1], dtype=np.float64)
+    for r0 in range(0, len(qi), G_ROWS_PER_BLOCK):
+        sl = slice(r0, r0 + G_ROWS_PER_BLOCK)
+        G[sl] = np.einsum("n...d,n...d->n...", qv[qi[sl]], kv[ki[sl]])
+    return G
+
 
 KINDS = {"pairs": PAIRS_SCHEMA, "examples": EXAMPLES_SCHEMA, "samples": SAMPLES_SCHEMA,
          "features": FEATURES_SCHEMA, "feature_tokens": FEATURE_TOKENS_SCHEMA, "marginals": MARGINALS_SCHEMA,

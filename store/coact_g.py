@@ -15,13 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from fra_core import contracts
 from store.errors import StoreError
-
-ROWS_PER_BLOCK = 32_768  # rows whose gathered vectors are held at once: 2 · 32 768 · H · d_head doubles
-
-
-def _code(src: np.ndarray, feature: np.ndarray) -> np.ndarray:
-    return (src.astype(np.int64) << 32) | feature.astype(np.int64)
 
 
 def layer_vectors(con, run: int, layer: int, side: str, heads: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -33,7 +28,7 @@ def layer_vectors(con, run: int, layer: int, side: str, heads: list[int]) -> tup
         FROM pair_proj WHERE run = ? AND layer = ? AND side = ? AND list_contains(?, head)
         GROUP BY src, feature HAVING count(*) = len(?) ORDER BY src, feature""",
                   params=[heads, run, layer, side, heads, heads]).to_arrow_table()
-    codes = _code(tbl.column("src").to_numpy(), tbl.column("feature").to_numpy())
+    codes = contracts.feature_code(tbl.column("src").to_numpy(), tbl.column("feature").to_numpy())
     flat = tbl.column("vecs").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
     n, H = len(codes), len(heads)
     d = flat.size // max(1, n * H)
@@ -44,12 +39,10 @@ def layer_vectors(con, run: int, layer: int, side: str, heads: list[int]) -> tup
 
 
 def _index(codes: np.ndarray, want: np.ndarray, what: str) -> np.ndarray:
-    at = np.searchsorted(codes, want).clip(max=max(len(codes) - 1, 0))
-    missing = (len(codes) == 0) | (codes[at] != want) if len(codes) else np.ones(len(want), dtype=bool)
-    if np.any(missing):
-        c = int(want[np.argmax(missing)])
-        raise StoreError(f"co-activation row with {what} (src, feature) = ({c >> 32}, {c & 0xFFFFFFFF}) lacks a "
-                         "proj vector of some head of its layer, so its per-head statistics cannot be computed")
+    at, missing = contracts.find_codes(codes, want)
+    if missing.any():
+        raise StoreError(f"co-activation row with {what} {contracts.describe_code(want[np.argmax(missing)])} lacks "
+                         "a proj vector of some head of its layer, so its per-head statistics cannot be computed")
     return at
 
 
@@ -68,12 +61,9 @@ def fill_g(con, run: int, table: str) -> int:
         if len(rows["rid"]) == 0:
             continue
         (qc, Q), (kc, K) = (layer_vectors(con, run, layer, s, list(hs)) for s in ("q", "k"))
-        qi = _index(qc, _code(rows["q_src"], rows["q_feat"]), f"layer {layer}: query")
-        ki = _index(kc, _code(rows["k_src"], rows["k_feat"]), f"layer {layer}: key")
-        G = np.empty((len(qi), len(hs)), dtype=np.float64)
-        for r0 in range(0, len(qi), ROWS_PER_BLOCK):
-            sl = slice(r0, r0 + ROWS_PER_BLOCK)
-            G[sl] = np.einsum("nhd,nhd->nh", Q[qi[sl]], K[ki[sl]])  # [rows, head_index]
+        qi = _index(qc, contracts.feature_code(rows["q_src"], rows["q_feat"]), f"layer {layer}: query")
+        ki = _index(kc, contracts.feature_code(rows["k_src"], rows["k_feat"]), f"layer {layer}: key")
+        G = contracts.row_strengths(Q, qi, K, ki)  # [rows, head_index]
         g = pa.ListArray.from_arrays(np.arange(0, G.size + 1, len(hs), dtype=np.int32), pa.array(G.ravel()))
         new = pa.table({"rid": pa.array(np.asarray(rows["rid"], dtype=np.int64)), "g": g})
         con.register("_g_arrow", new)

@@ -30,16 +30,9 @@ import pyarrow.compute as pc
 from fra_core import contracts
 from fra_core.errors import FRAStudioError
 
-ROWS_PER_BLOCK = 1 << 16  # pair rows whose G is computed at a time (a [rows, d_head] float64 gather each)
-
 
 class CoactError(FRAStudioError):
     """A coact / proj pair of tables that do not fit together (a feature without its projected row, …)."""
-
-
-def _code(src: np.ndarray, feat: np.ndarray) -> np.ndarray:
-    """(source, feature) → one uint64 code src · 2³² + feature (sortable, searchable)."""
-    return (src.astype(np.uint64) << np.uint64(32)) | feat.astype(np.uint64)
 
 
 def coact_table(layer: int, ids: dict[str, np.ndarray], co: dict[str, np.ndarray], P: int) -> pa.Table:
@@ -85,7 +78,7 @@ def _side_rows(proj: pa.Table, layer: int, head: int, side: str) -> tuple[np.nda
     """(sorted codes [n], vec [n, d_head] float64 in that order) of one (layer, head, side) of proj."""
     sel = proj.filter(pc.and_(pc.and_(pc.equal(proj["layer"], layer), pc.equal(proj["head"], head)),
                               pc.equal(proj["side"], side)))
-    code = _code(sel["src"].to_numpy(), sel["feature"].to_numpy())
+    code = contracts.feature_code(sel["src"].to_numpy(), sel["feature"].to_numpy())
     vals = pc.list_flatten(sel["vec"]).to_numpy()
     d = len(vals) // max(len(code), 1)
     vec = vals.reshape(len(code), d) if len(code) else np.zeros((0, 0))
@@ -94,14 +87,10 @@ def _side_rows(proj: pa.Table, layer: int, head: int, side: str) -> tuple[np.nda
 
 
 def _lookup(codes: np.ndarray, want: np.ndarray, what: str) -> np.ndarray:
-    at = np.searchsorted(codes, want)
-    ok = at < len(codes)
-    ok[ok] = codes[at[ok]] == want[ok]
-    if not ok.all():
-        bad = int(np.flatnonzero(~ok)[0])
-        raise CoactError(f"proj has no {what} row for (src, feature) = ({int(want[bad] >> np.uint64(32))}, "
-                         f"{int(want[bad] & np.uint64(0xFFFFFFFF))}) of coact ({int((~ok).sum())} of {len(want)} "
-                         "rows miss theirs)")
+    at, missing = contracts.find_codes(codes, want)
+    if missing.any():
+        raise CoactError(f"proj has no {what} row for {contracts.describe_code(want[np.argmax(missing)])} of coact "
+                         f"({int(missing.sum())} of {len(want)} rows miss theirs)")
     return at
 
 
@@ -111,19 +100,15 @@ def strengths(coact: pa.Table, proj: pa.Table, layer: int, head: int) -> np.ndar
     rows = coact.filter(pc.equal(coact["layer"], layer)) if coact.num_rows else coact
     qc, qv = _side_rows(proj, layer, head, "q")
     kc, kv = _side_rows(proj, layer, head, "k")
-    qi = _lookup(qc, _code(rows["q_src"].to_numpy(), rows["q_feat"].to_numpy()), f"layer {layer} head {head} side q")
-    ki = _lookup(kc, _code(rows["k_src"].to_numpy(), rows["k_feat"].to_numpy()), f"layer {layer} head {head} side k")
-    G = np.empty(len(qi), dtype=np.float64)
-    for r0 in range(0, len(qi), ROWS_PER_BLOCK):
-        sl = slice(r0, r0 + ROWS_PER_BLOCK)
-        G[sl] = np.einsum("nd,nd->n", qv[qi[sl]], kv[ki[sl]])
-    return G
+    qi = _lookup(qc, contracts.feature_code(rows["q_src"].to_numpy(), rows["q_feat"].to_numpy()), f"layer {layer} head {head} side q")
+    ki = _lookup(kc, contracts.feature_code(rows["k_src"].to_numpy(), rows["k_feat"].to_numpy()), f"layer {layer} head {head} side k")
+    return contracts.row_strengths(qv, qi, kv, ki)
 
 
 def _heads(proj: pa.Table) -> list[tuple[int, int]]:
     if proj.num_rows == 0:
         return []
-    lh = np.unique(_code(proj["layer"].to_numpy(), proj["head"].to_numpy()))
+    lh = np.unique(contracts.feature_code(proj["layer"].to_numpy(), proj["head"].to_numpy()))
     return [(int(c >> np.uint64(32)), int(c & np.uint64(0xFFFFFFFF))) for c in lh]
 
 
@@ -198,11 +183,11 @@ def prune_coact(coact: pa.Table, proj: pa.Table, min_count: int) -> tuple[pa.Tab
                         "abs_sum": float((np.abs(G) * rows["abs"].to_numpy()).sum())})
     keep = np.zeros(proj.num_rows, dtype=bool)
     p_layer, p_side = proj["layer"].to_numpy(), proj["side"].to_numpy(zero_copy_only=False)
-    p_code = _code(proj["src"].to_numpy(), proj["feature"].to_numpy())
+    p_code = contracts.feature_code(proj["src"].to_numpy(), proj["feature"].to_numpy())
     for layer in np.unique(p_layer):
         mine = kept.filter(pc.equal(kept["layer"], int(layer)))
         for side in ("q", "k"):
-            used = np.unique(_code(mine[f"{side}_src"].to_numpy(), mine[f"{side}_feat"].to_numpy()))
+            used = np.unique(contracts.feature_code(mine[f"{side}_src"].to_numpy(), mine[f"{side}_feat"].to_numpy()))
             at = (p_layer == layer) & (p_side == side)
             keep[at] = np.isin(p_code[at], used)
     return kept, proj.filter(pa.array(keep)), dropped
