@@ -120,18 +120,70 @@ def describe_code(code) -> str:
     return f"(src, feature) = ({int(code) >> 32}, {int(code) & 0xFFFFFFFF})"
 
 
-G_ROWS_PER_BLOCK = 32_768  # pair rows whose gathered vectors are held at once
+# G by tiles of one fixed shape: G_TILE_Q distinct query features × tile_k(d) distinct key features of the block's
+# rows, one GEMM per head. A dot product's rounding may depend on where BLAS puts it (edge tiles of an odd-sized
+# matrix, gemv for one row, the split among threads), never on the other rows of a fixed full shape; tiles of
+# at most G_TILE_FMAS multiply-adds are below OpenBLAS's multithreading threshold (65536 · 4), so each runs on
+# one thread, the same way in every process. Rows outside the features are zero padding.
+G_TILE_Q = 32
+G_TILE_FMAS = 262_144
+
+
+def tile_k(d_head: int) -> int:
+    """Key features per tile for vectors of d_head: a multiple of 32 (no edge tiles), G_TILE_FMAS at most."""
+    return max(32, G_TILE_FMAS // (G_TILE_Q * max(d_head, 1)) // 32 * 32)
 
 
 def row_strengths(qv: np.ndarray, qi: np.ndarray, kv: np.ndarray, ki: np.ndarray) -> np.ndarray:
-    """G of each pair row: Σ_d qv[qi, …, d] · kv[ki, …, d] (float64), a block of rows at a time (bounded
-    memory). qv/kv [n_features, d_head] or [n_features, head_index, d_head] → G [n_rows] or [n_rows, head_index].
-    Row-wise, so a pair's G never depends on which other pairs are computed with it."""
-    G = np.empty((len(qi),) + qv.shape[1:-1], dtype=np.float64)
-    for r0 in range(0, len(qi), G_ROWS_PER_BLOCK):
-        sl = slice(r0, r0 + G_ROWS_PER_BLOCK)
-        G[sl] = np.einsum("n...d,n...d->n...", qv[qi[sl]], kv[ki[sl]])
-    return G
+    """G of each pair row: Σ_d qv[qi, …, d] · kv[ki, …, d] (float64). qv/kv [n_features, d_head] or
+    [n_features, head_index, d_head] → G [n_rows] or [n_rows, head_index].
+
+    Rows are grouped by query feature; per block of G_TILE_Q of them, G_tile[h] = Q_tile[h] @ K_tile[h]ᵀ (BLAS)
+    over tiles of tile_k(d_head) key features (kv's own, or where the block's keys are sparse among them, just
+    those keys), all of one fixed shape, so a pair's G never depends on which other pairs are computed with it
+    (tests/store/test_coact_g.py)."""
+    qi, ki = np.asarray(qi, dtype=np.int64), np.asarray(ki, dtype=np.int64)
+    if len(qi) != len(ki):
+        raise FRAStudioError(f"row_strengths: qi has {len(qi)} rows but ki has {len(ki)}")
+    d, H, head_shape = qv.shape[-1], int(np.prod(qv.shape[1:-1], dtype=np.int64)), qv.shape[1:-1]
+    G = np.empty((len(qi), H), dtype=np.float64)
+    if len(qi):
+        qv, kv = qv.reshape(len(qv), H, d), kv.reshape(len(kv), H, d)
+        kt = _k_tiles(kv, np.arange(len(kv)), tile_k(d))  # kv as tiles [tile, head_index, tile_k, d_head]
+        order = np.argsort(qi, kind="stable") if np.any(qi[1:] < qi[:-1]) else np.arange(len(qi))
+        q_sorted = qi[order]
+        starts = np.flatnonzero(np.r_[True, q_sorted[1:] != q_sorted[:-1]])  # first row of each query feature
+        bounds = np.r_[starts[::G_TILE_Q], len(qi)]
+        for r0, r1 in zip(bounds[:-1], bounds[1:]):
+            rows = order[r0:r1]
+            G[rows] = _block_strengths(qv, qi[rows], kv, kt, ki[rows])
+    return G.reshape((len(qi),) + head_shape)
+
+
+def _k_tiles(kv: np.ndarray, at: np.ndarray, bk: int) -> np.ndarray:
+    """kv[at] [n, head_index, d_head] zero-padded to whole tiles: C-contiguous [tile, head_index, bk, d_head]."""
+    n_tiles = -(-len(at) // bk)
+    flat = np.zeros((n_tiles * bk,) + kv.shape[1:])
+    flat[:len(at)] = kv[at]
+    return np.ascontiguousarray(flat.reshape(n_tiles, bk, *kv.shape[1:]).transpose(0, 2, 1, 3))
+
+
+def _block_strengths(qv: np.ndarray, qi: np.ndarray, kv: np.ndarray, kt: np.ndarray, ki: np.ndarray) -> np.ndarray:
+    """G [rows, head_index] of one block's rows (at most G_TILE_Q distinct qi): one GEMM per (tile, head) of
+    the one fixed shape [G_TILE_Q, d_head] @ [d_head, bk]; kt = kv's tiles."""
+    _, H, bk, d = kt.shape
+    uq, q_at = np.unique(qi, return_inverse=True)
+    q_tile = np.zeros((1, H, G_TILE_Q, d))
+    q_tile[0, :, :len(uq)] = qv[uq].transpose(1, 0, 2)
+    used = np.unique(ki // bk)  # kv's tiles that hold a key of the block
+    uk, k_at = np.unique(ki, return_inverse=True)
+    if len(used) <= 2 * -(-len(uk) // bk):  # dense: kv's own tiles
+        tiles, tile_of, col = (kt if len(used) == len(kt) else kt[used]), np.searchsorted(used, ki // bk), ki % bk
+    else:  # sparse: tiles of just the block's keys
+        tiles, tile_of, col = _k_tiles(kv, uk, bk), k_at // bk, k_at % bk
+    out = np.matmul(q_tile, tiles.transpose(0, 1, 3, 2))  # [tile, head_index, G_TILE_Q, bk]
+    flat = np.ascontiguousarray(out.transpose(0, 2, 3, 1)).reshape(-1, H)  # [(tile, q, k), head_index]
+    return np.take(flat, (tile_of * G_TILE_Q + q_at) * bk + col, axis=0)
 
 
 KINDS = {"pairs": PAIRS_SCHEMA, "examples": EXAMPLES_SCHEMA, "samples": SAMPLES_SCHEMA,

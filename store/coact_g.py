@@ -1,4 +1,5 @@
-"""Each co-activation row's per-head factor G, computed by compaction in numpy (no torch in the store).
+"""Each co-activation row's per-head factor G, computed by compaction in numpy (no torch in the store), and the
+per-head totals of rows with their G.
 
 For pair (f, g) of layer L and head h, G_h[f, g] = q_f[h] · k_g[h] (pair_proj: side 'q' U_f[h], side 'k'
 V_g[h] / attn_scale; fra_core.contracts). Compaction stores, per pair_coact row, the list of its heads' G in
@@ -7,7 +8,7 @@ pair_coact_heads.idx order, so the views expand a row by a list lookup.
 Why not in SQL: joining each row with the two features' stacked vectors [head_index, d_head] carries
 2 · H · d_head doubles per row through the join (≈ 12 KB per row at GPT-2 shape: 3.2 M rows took 33 s and
 22 GB), while here the vectors stay in two arrays [n_features, head_index, d_head] and the rows only carry
-indices: G = Σ_d Q[qi, h, d] · K[ki, h, d], a block of rows at a time (bounded memory).
+indices: G = Σ_d Q[qi, h, d] · K[ki, h, d] by fixed-shape tiles (`contracts.row_strengths`).
 """
 
 from __future__ import annotations
@@ -46,30 +47,48 @@ def _index(codes: np.ndarray, want: np.ndarray, what: str) -> np.ndarray:
     return at
 
 
-def fill_g(con, run: int, table: str) -> int:
-    """Compute G for the rows of `table` (pair_coact's columns) whose g is NULL; returns how many.
+def layer_index(con, run: int, layer: int, heads: list[int], cols: dict[str, np.ndarray]):
+    """(Q, qi, K, ki) of co-activation rows of one layer: the layer's vectors [n_features, head_index, d_head]
+    of each side (heads in the given order) and each row's position in them (int64; sorted like the
+    features, so qi · len(K) + ki sorts like the pair). Refuses a row lacking a vector."""
+    (qc, Q), (kc, K) = (layer_vectors(con, run, layer, side, heads) for side in ("q", "k"))
+    qi = _index(qc, contracts.feature_code(cols["q_src"], cols["q_feat"]), f"layer {layer}: query")
+    ki = _index(kc, contracts.feature_code(cols["k_src"], cols["k_feat"]), f"layer {layer}: key")
+    return Q, qi.astype(np.int64), K, ki.astype(np.int64)
 
-    Rows are matched back by rowid: the result goes into the temp table `_g_new(rid, g)` for the caller
-    to join (`coalesce(m.g, n.g)`)."""
-    con.execute("CREATE OR REPLACE TEMP TABLE _g_new (rid BIGINT, g DOUBLE[])")
-    heads = con.execute("""SELECT layer, list(head ORDER BY idx) FROM pair_coact_heads WHERE run = ?
-                           GROUP BY layer ORDER BY layer""", [run]).fetchall()
-    done = 0
-    for layer, hs in heads:
-        rows = con.execute(f"""SELECT rowid AS rid, q_src, q_feat, k_src, k_feat FROM {table}
-                               WHERE layer = ? AND g IS NULL""", [layer]).fetchnumpy()
-        if len(rows["rid"]) == 0:
-            continue
-        (qc, Q), (kc, K) = (layer_vectors(con, run, layer, s, list(hs)) for s in ("q", "k"))
-        qi = _index(qc, contracts.feature_code(rows["q_src"], rows["q_feat"]), f"layer {layer}: query")
-        ki = _index(kc, contracts.feature_code(rows["k_src"], rows["k_feat"]), f"layer {layer}: key")
-        G = contracts.row_strengths(Q, qi, K, ki)  # [rows, head_index]
-        g = pa.ListArray.from_arrays(np.arange(0, G.size + 1, len(hs), dtype=np.int32), pa.array(G.ravel()))
-        new = pa.table({"rid": pa.array(np.asarray(rows["rid"], dtype=np.int64)), "g": g})
-        con.register("_g_arrow", new)
-        try:
-            con.execute("INSERT INTO _g_new SELECT rid, g FROM _g_arrow")
-        finally:
-            con.unregister("_g_arrow")
-        done += len(qi)
-    return done
+
+def g_list(G: np.ndarray) -> pa.ListArray:
+    """G [rows, head_index] as pair_coact's g column (one list per row)."""
+    rows, H = G.shape
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, rows * H + 1, H, dtype=np.int64), pa.int32()),
+                                    pa.array(np.ascontiguousarray(G).ravel()))
+
+
+def g_array(g: pa.ChunkedArray, H: int) -> np.ndarray:
+    """pair_coact's g column back as [rows, head_index] (every list has H values)."""
+    flat = g.combine_chunks().flatten().to_numpy(zero_copy_only=False) if len(g) else np.zeros(0)
+    if flat.size != len(g) * H:
+        raise StoreError(f"pair_coact g: {flat.size} values for {len(g)} rows of {H} heads")
+    return flat.reshape(len(g), H)
+
+
+CHUNK = 1 << 18  # rows per pass of the per-head totals ([CHUNK, head_index] temporaries)
+
+
+def head_totals(cols: dict[str, np.ndarray], G: np.ndarray) -> dict[str, np.ndarray]:
+    """Per head [head_index] what pair_summary holds of these rows, as a scan of the view `pair_rows` gives
+    it: sum Σ G·s, abs_sum Σ |G|·abs, max_abs the largest |max| or |min| of a row (float32 values, as the view
+    casts them: |G|·max(|mx|, |mn|) rounded once), and the head-independent counts."""
+    H = G.shape[1]
+    total, total_abs, top = np.zeros(H), np.zeros(H), np.full(H, -np.inf)
+    m = np.maximum(np.abs(cols["mx"]), np.abs(cols["mn"]))
+    for r0 in range(0, len(G), CHUNK):
+        sl = slice(r0, r0 + CHUNK)
+        a = np.abs(G[sl])
+        total += cols["s"][sl] @ G[sl]
+        total_abs += cols["abs"][sl] @ a
+        top = np.maximum(top, (a * m[sl, None]).max(axis=0))
+    return {"unique_pairs": len(G), "self_pairs": int(np.count_nonzero(
+                (cols["q_src"] == cols["k_src"]) & (cols["q_feat"] == cols["k_feat"]))),
+            "occurrences": int(cols["n"].sum()), "diagonal_occurrences": int(cols["diag_n"].sum()),
+            "sum": total, "abs_sum": total_abs, "max_abs": top.astype(np.float32).astype(np.float64)}

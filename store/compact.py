@@ -9,7 +9,15 @@ over all shards, so the merged table serves every head (the view `pair_rows` app
 
 from __future__ import annotations
 
-from store.coact_g import fill_g
+import contextlib
+
+import numpy as np
+import pyarrow as pa
+
+from fra_core import contracts
+from store.coact_g import g_array, g_list, head_totals, layer_index
+from store.coact_merge import merge_rows
+from store.errors import StoreError
 from store.labels import refresh_auto_labels
 from store.sqlparts import KEY
 from store.topk import has_coact, refresh_top
@@ -52,8 +60,7 @@ def compact_run(con, run: int, examples_per_pair: int = DEFAULT_EXAMPLES) -> int
         con.execute("INSERT INTO pair_examples SELECT * FROM _merged")
         con.execute("DELETE FROM pair_examples_staged WHERE run = ?", [run])
         con.execute("DROP TABLE _merged")
-        _merge_coact(con, run)
-        refresh_summary(con, run)
+        refresh_summary(con, run, _merge_coact(con, run))
         _update_feature_density(con, run)
         refresh_auto_labels(con, run)
         con.execute("COMMIT")
@@ -69,72 +76,116 @@ def staged_rows(con, run: int) -> int:
                                      + (SELECT count(*) FROM pair_coact_staged WHERE run = $1)""", [run]).fetchone()[0])
 
 
-COACT_KEY = "layer, q_src, q_feat, k_src, k_feat"
+COACT_COLUMNS = ", ".join(contracts.COACT_SCHEMA.names)
+SUMMARY_COLUMNS = ("unique_pairs", "self_pairs", "occurrences", "diagonal_occurrences", "sum", "abs_sum", "max_abs")
 
 
-def _merge_coact(con, run: int) -> None:
-    """pair_coact of the run ∪ its staged co-activation rows, merged per (layer, pair), with each head's G;
-    call inside a transaction.
+def _merge_coact(con, run: int) -> dict[tuple[int, int], dict] | None:
+    """pair_coact of the run ∪ its staged co-activation rows, merged per (layer, pair) with each head's G;
+    call inside a transaction. Returns the per-(layer, head) totals of the merged rows (`coact_g.head_totals`,
+    what `refresh_summary` needs of them), None if nothing was staged.
 
-    mx keeps the largest product with the earliest (sample, q, k) cell among ties, mn the smallest
-    likewise (deterministic whatever the order the shards came in): the minimum of the struct (−mx, cell)
-    is the largest mx and, among equal ones, the smallest cell; −x is exact in floating point.
-    G[h] = q.vec · k.vec of head h's proj rows (numpy, `store.coact_g`), stored per row as a list over the layer's
-    heads (pair_coact_heads.idx): the views then expand a row to its heads by a list lookup instead of two
-    joins and a d_head-long dot product per row and head (10x faster scans, benchmarks/bench_pages.py).
-    A pair already compacted keeps its G (its vectors cannot change: ingest refuses a differing one), so
-    only pairs new since the last compaction are computed — unless the layer's heads changed.
+    One layer at a time in numpy (`store.coact_merge`; rows in pair order, G by `contracts.row_strengths`),
+    inserted once: no GROUP BY, join or sort in SQL. G[h] = q.vec · k.vec of head h's proj rows, stored per
+    row as a list over the layer's heads (pair_coact_heads.idx): the views then expand a row to its heads by a
+    list lookup instead of two joins and a d_head-long dot product per row and head (10x faster scans,
+    benchmarks/bench_pages.py). A pair already compacted keeps its G (its vectors cannot change: ingest refuses
+    a differing one), so only pairs new since the last compaction are computed — unless the layer's heads
+    changed. A pair's G does not depend on which pairs are computed with it, so this equals one compaction.
     """
-    if not con.execute("SELECT count(*) FROM pair_coact_staged WHERE run = ?", [run]).fetchone()[0]:
-        return
-    before = con.execute("SELECT layer, head, idx FROM pair_coact_heads WHERE run = ? ORDER BY ALL", [run]).fetchall()
+    if not con.execute("SELECT count(*) FROM pair_coact_staged WHERE run = ?", [run]).fetchall()[0][0]:
+        return None
+    before = _layer_heads(con, run)
     con.execute("DELETE FROM pair_coact_heads WHERE run = ?", [run])
     con.execute("""INSERT INTO pair_coact_heads
                    SELECT run, layer, head, row_number() OVER (PARTITION BY layer ORDER BY head)::INTEGER
                    FROM (SELECT DISTINCT run, layer, head FROM pair_proj WHERE run = ?)""", [run])
-    after = con.execute("SELECT layer, head, idx FROM pair_coact_heads WHERE run = ? ORDER BY ALL", [run]).fetchall()
-    keep_g = "o.g" if before == after else "NULL::DOUBLE[]"
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _merged AS
-        WITH m AS (
-            SELECT run, {COACT_KEY}, sum(n)::UBIGINT AS n, sum(s) AS s, sum("abs") AS "abs",
-                   min({{'v': -mx, 's': mx_sample, 'q': mx_q, 'k': mx_k}}) AS top,
-                   min({{'v': mn, 's': mn_sample, 'q': mn_q, 'k': mn_k}}) AS bottom,
-                   sum(diag_n)::UBIGINT AS diag_n, sum(diag_s) AS diag_s, sum(diag_abs) AS diag_abs
-            FROM (SELECT * EXCLUDE (g) FROM pair_coact WHERE run = $1
-                  UNION ALL SELECT * FROM pair_coact_staged WHERE run = $1)
-            GROUP BY run, {COACT_KEY})
-        SELECT m.run, m.layer, m.q_src, m.q_feat, m.k_src, m.k_feat, m.n, m.s, m."abs", -m.top.v AS mx,
-               m.bottom.v AS mn, m.diag_n, m.diag_s, m.diag_abs, m.top.s AS mx_sample, m.top.q AS mx_q,
-               m.top.k AS mx_k, m.bottom.s AS mn_sample, m.bottom.q AS mn_q, m.bottom.k AS mn_k,
-               {keep_g} AS g
-        FROM m
-        LEFT JOIN pair_coact o ON o.run = $1 AND o.layer = m.layer AND o.q_src = m.q_src AND o.q_feat = m.q_feat
-                               AND o.k_src = m.k_src AND o.k_feat = m.k_feat
-        ORDER BY m.layer, m.q_src, m.q_feat, m.k_src, m.k_feat""", [run])
-    fill_g(con, run, "_merged")  # the new pairs' G (numpy: store.coact_g); refuses a row lacking a vector
-    con.execute("DELETE FROM pair_coact WHERE run = ?", [run])
-    con.execute("""INSERT INTO pair_coact SELECT m.* EXCLUDE (g), coalesce(m.g, n.g)
-                   FROM _merged m LEFT JOIN _g_new n ON n.rid = m.rowid ORDER BY m.rowid""")
+    after = _layer_heads(con, run)
+    layers = [r[0] for r in con.execute("""SELECT DISTINCT layer FROM pair_coact_staged WHERE run = $1 UNION
+                                           SELECT DISTINCT layer FROM pair_coact WHERE run = $1 ORDER BY 1""",
+                                        [run]).fetchall()]
+    totals = {}
+    for layer in layers:
+        if layer not in after:
+            raise StoreError(f"run {run} layer {layer}: co-activation rows but no proj vectors of any head")
+        per_head = _merge_layer(con, run, layer, after[layer], keep_g=before.get(layer) == after[layer])
+        totals.update({(layer, head): {c: v[i] if c in ("sum", "abs_sum", "max_abs") else v
+                                       for c, v in per_head.items()} for i, head in enumerate(after[layer])})
     con.execute("DELETE FROM pair_coact_staged WHERE run = ?", [run])
-    con.execute("DROP TABLE _merged")
-    con.execute("DROP TABLE _g_new")
+    return totals
 
 
-def refresh_summary(con, run: int) -> None:
+def _layer_heads(con, run: int) -> dict[int, list[int]]:
+    return {layer: list(hs) for layer, hs in con.execute(
+        "SELECT layer, list(head ORDER BY idx) FROM pair_coact_heads WHERE run = ? GROUP BY layer", [run]).fetchall()}
+
+
+def _merge_layer(con, run: int, layer: int, heads: list[int], keep_g: bool) -> dict:
+    """Merge one layer's compacted and staged rows, replace its pair_coact rows; its `head_totals`."""
+    old = con.sql(f"SELECT {COACT_COLUMNS}, g FROM pair_coact WHERE run = ? AND layer = ?",
+                  params=[run, layer]).to_arrow_table()
+    new = con.sql(f"SELECT {COACT_COLUMNS} FROM pair_coact_staged WHERE run = ? AND layer = ?",
+                  params=[run, layer]).to_arrow_table()
+    cols = {c: np.concatenate([old.column(c).to_numpy(), new.column(c).to_numpy()]) if old.num_rows
+            else new.column(c).to_numpy() for c in contracts.COACT_SCHEMA.names}  # compacted rows first
+    Q, qi, K, ki = layer_index(con, run, layer, heads, cols)
+    merged, first = merge_rows(cols, qi * len(K) + ki)
+    G = np.empty((len(first), len(heads)))
+    kept = first < old.num_rows if keep_g else np.zeros(len(first), dtype=bool)
+    G[kept] = g_array(old.column("g"), len(heads))[first[kept]]
+    fresh = first[~kept]
+    G[~kept] = contracts.row_strengths(Q, qi[fresh], K, ki[fresh])
+    table = pa.table({"run": pa.array(np.full(len(first), run, dtype=np.uint32)),
+                      **{c: pa.array(merged[c], contracts.COACT_SCHEMA.field(c).type)
+                         for c in contracts.COACT_SCHEMA.names}, "g": g_list(G)})
+    con.execute("DELETE FROM pair_coact WHERE run = ? AND layer = ?", [run, layer])
+    con.register("_coact_merged", table)
+    try:
+        con.execute(f"INSERT INTO pair_coact (run, {COACT_COLUMNS}, g) SELECT run, {COACT_COLUMNS}, g "
+                    "FROM _coact_merged")
+    finally:
+        with contextlib.suppress(Exception):  # an aborted transaction refuses; the original error matters
+            con.unregister("_coact_merged")
+    return head_totals(merged, G)
+
+
+def refresh_summary(con, run: int, coact: dict[tuple[int, int], dict] | None = None) -> None:
     """Rebuild the run's per-head counts and |FRA| totals (pair_summary), runs.n_pairs and its pre-ranked
-    top-K lists (`store.topk`; none for a co-activation run), from pair_stats, or for a co-activation run
-    in one streaming pass over the view `pair_rows` (G applied per row and head); call inside a transaction."""
-    source = "pair_rows" if has_coact(con, run) else "pair_stats"  # the view: one streaming pass
+    top-K lists (`store.topk`; none for a co-activation run); call inside a transaction.
+
+    From pair_stats in SQL, plus the co-activation rows' totals per (layer, head) `coact` when the caller
+    holds them (compaction: `_merge_coact`); without them a co-activation run's are one streaming pass over
+    the view `pair_rows` (G applied per row and head)."""
+    scan = "pair_rows" if coact is None and has_coact(con, run) else "pair_stats"
+    rows = con.execute(f"""SELECT layer, head, count(*), count_if(q_src = k_src AND q_feat = k_feat), sum(n),
+                                  sum(diag_n), sum(sum), sum(abs_sum), max(greatest(abs(max), abs(min)))
+                           FROM {scan} WHERE run = ? GROUP BY layer, head""", [run]).fetchall()
+    per_head = {(layer, head): dict(zip(SUMMARY_COLUMNS, vals)) for layer, head, *vals in rows}
+    for key, t in (coact or {}).items():
+        per_head[key] = _add_totals(per_head[key], t) if key in per_head else t
     con.execute("DELETE FROM pair_summary WHERE run = ?", [run])
-    con.execute(f"""INSERT INTO pair_summary (run, layer, head, unique_pairs, self_pairs, occurrences,
-                                              diagonal_occurrences, sum, abs_sum, max_abs)
-                    SELECT run, layer, head, count(*), count_if(q_src = k_src AND q_feat = k_feat), sum(n),
-                           sum(diag_n), sum(sum), sum(abs_sum), max(greatest(abs(max), abs(min)))
-                    FROM {source} WHERE run = ? GROUP BY run, layer, head""", [run])
+    con.executemany("""INSERT INTO pair_summary (run, layer, head, unique_pairs, self_pairs, occurrences,
+                                                 diagonal_occurrences, sum, abs_sum, max_abs)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    [[run, layer, head, *(_plain(t[c]) for c in SUMMARY_COLUMNS)]
+                     for (layer, head), t in sorted(per_head.items())])
     con.execute("UPDATE runs SET n_pairs = (SELECT coalesce(sum(unique_pairs), 0) FROM pair_summary WHERE run = $1)"
                 " WHERE id = $1", [run])
     refresh_top(con, run)
+
+
+def _add_totals(a: dict, b: dict) -> dict:
+    """Totals of two disjoint row sets of one (layer, head); a NULL (no rows with a value) is left out."""
+    out = {}
+    for c in SUMMARY_COLUMNS:
+        x, y = a[c], b[c]
+        out[c] = y if x is None else x if y is None else max(x, y) if c == "max_abs" else x + y
+    return out
+
+
+def _plain(v):
+    """A numpy scalar as the Python number DuckDB binds (None stays NULL)."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _update_feature_density(con, run: int) -> None:
