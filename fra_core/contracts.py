@@ -32,6 +32,7 @@ named node kinds, code version, ...) in `run.json`, written before the first sha
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -149,38 +150,44 @@ def row_strengths(qv: np.ndarray, qi: np.ndarray, kv: np.ndarray, ki: np.ndarray
     G = np.empty((len(qi), H), dtype=np.float64)
     if len(qi):
         qv, kv = qv.reshape(len(qv), H, d), kv.reshape(len(kv), H, d)
-        kt = _k_tiles(kv, np.arange(len(kv)), tile_k(d))  # kv as tiles [tile, head_index, tile_k, d_head]
-        order = np.argsort(qi, kind="stable") if np.any(qi[1:] < qi[:-1]) else np.arange(len(qi))
-        q_sorted = qi[order]
-        starts = np.flatnonzero(np.r_[True, q_sorted[1:] != q_sorted[:-1]])  # first row of each query feature
-        bounds = np.r_[starts[::G_TILE_Q], len(qi)]
+        kt = functools.cache(lambda: _k_tiles(kv, np.arange(len(kv)), tile_k(d)))  # kv's tiles, when needed
+        order = np.argsort(qi, kind="stable") if np.any(qi[1:] < qi[:-1]) else None
+        q_sorted = qi if order is None else qi[order]
+        new_q = np.r_[True, q_sorted[1:] != q_sorted[:-1]]
+        q_rank = np.cumsum(new_q) - 1  # each sorted row's query feature, counted from 0
+        bounds = np.r_[np.flatnonzero(new_q)[::G_TILE_Q], len(qi)]
         for r0, r1 in zip(bounds[:-1], bounds[1:]):
-            rows = order[r0:r1]
-            G[rows] = _block_strengths(qv, qi[rows], kv, kt, ki[rows])
+            rows = slice(r0, r1) if order is None else order[r0:r1]
+            G[rows] = _block_strengths(qv, q_sorted[r0:r1], q_rank[r0:r1] - q_rank[r0], kv, kt, ki[rows])
     return G.reshape((len(qi),) + head_shape)
 
 
 def _k_tiles(kv: np.ndarray, at: np.ndarray, bk: int) -> np.ndarray:
     """kv[at] [n, head_index, d_head] zero-padded to whole tiles: C-contiguous [tile, head_index, bk, d_head]."""
-    n_tiles = -(-len(at) // bk)
-    flat = np.zeros((n_tiles * bk,) + kv.shape[1:])
-    flat[:len(at)] = kv[at]
-    return np.ascontiguousarray(flat.reshape(n_tiles, bk, *kv.shape[1:]).transpose(0, 2, 1, 3))
+    tiles = np.zeros((-(-len(at) // bk), kv.shape[1], bk, kv.shape[2]))
+    pos = np.arange(len(at))
+    tiles.transpose(0, 2, 1, 3)[pos // bk, pos % bk] = kv[at]
+    return tiles
 
 
-def _block_strengths(qv: np.ndarray, qi: np.ndarray, kv: np.ndarray, kt: np.ndarray, ki: np.ndarray) -> np.ndarray:
-    """G [rows, head_index] of one block's rows (at most G_TILE_Q distinct qi): one GEMM per (tile, head) of
-    the one fixed shape [G_TILE_Q, d_head] @ [d_head, bk]; kt = kv's tiles."""
-    _, H, bk, d = kt.shape
-    uq, q_at = np.unique(qi, return_inverse=True)
+def _block_strengths(qv: np.ndarray, qi: np.ndarray, q_at: np.ndarray, kv: np.ndarray, kt: np.ndarray,
+                     ki: np.ndarray) -> np.ndarray:
+    """G [rows, head_index] of one block's rows: qi sorted, at most G_TILE_Q distinct (q_at: their rank), one
+    GEMM per (tile, head) of the one fixed shape [G_TILE_Q, d_head] @ [d_head, bk]; kt() = kv's tiles
+    [tile, head_index, bk, d_head]."""
+    H, d, bk = kv.shape[1], kv.shape[2], tile_k(kv.shape[2])
+    n_tiles = -(-len(kv) // bk)
     q_tile = np.zeros((1, H, G_TILE_Q, d))
-    q_tile[0, :, :len(uq)] = qv[uq].transpose(1, 0, 2)
-    used = np.unique(ki // bk)  # kv's tiles that hold a key of the block
-    uk, k_at = np.unique(ki, return_inverse=True)
-    if len(used) <= 2 * -(-len(uk) // bk):  # dense: kv's own tiles
-        tiles, tile_of, col = (kt if len(used) == len(kt) else kt[used]), np.searchsorted(used, ki // bk), ki % bk
+    q_tile[0, :, :q_at[-1] + 1] = qv[qi[np.r_[True, q_at[1:] != q_at[:-1]]]].transpose(1, 0, 2)
+    present = np.bincount(ki, minlength=n_tiles * bk) > 0  # the block's keys among kv's
+    used = present.reshape(n_tiles, bk).any(axis=1)  # kv's tiles that hold one
+    n_used, n_packed = int(used.sum()), -(-int(present.sum()) // bk)
+    if n_used <= 2 * n_packed:  # dense: kv's own tiles
+        tiles = kt() if n_used == n_tiles else kt()[used]
+        tile_of, col = (ki // bk if n_used == n_tiles else (np.cumsum(used) - 1)[ki // bk]), ki % bk
     else:  # sparse: tiles of just the block's keys
-        tiles, tile_of, col = _k_tiles(kv, uk, bk), k_at // bk, k_at % bk
+        k_at = (np.cumsum(present) - 1)[ki]
+        tiles, tile_of, col = _k_tiles(kv, np.flatnonzero(present), bk), k_at // bk, k_at % bk
     out = np.matmul(q_tile, tiles.transpose(0, 1, 3, 2))  # [tile, head_index, G_TILE_Q, bk]
     flat = np.ascontiguousarray(out.transpose(0, 2, 3, 1)).reshape(-1, H)  # [(tile, q, k), head_index]
     return np.take(flat, (tile_of * G_TILE_Q + q_at) * bk + col, axis=0)

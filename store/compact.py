@@ -120,24 +120,32 @@ def _layer_heads(con, run: int) -> dict[int, list[int]]:
         "SELECT layer, list(head ORDER BY idx) FROM pair_coact_heads WHERE run = ? GROUP BY layer", [run]).fetchall()}
 
 
+TOTALS_COLUMNS = ("q_src", "q_feat", "k_src", "k_feat", "n", "s", "abs", "mx", "mn", "diag_n")  # what head_totals reads
+
+
 def _merge_layer(con, run: int, layer: int, heads: list[int], keep_g: bool) -> dict:
     """Merge one layer's compacted and staged rows, replace its pair_coact rows; its `head_totals`."""
     old = con.sql(f"SELECT {COACT_COLUMNS}, g FROM pair_coact WHERE run = ? AND layer = ?",
                   params=[run, layer]).to_arrow_table()
     new = con.sql(f"SELECT {COACT_COLUMNS} FROM pair_coact_staged WHERE run = ? AND layer = ?",
                   params=[run, layer]).to_arrow_table()
-    cols = {c: np.concatenate([old.column(c).to_numpy(), new.column(c).to_numpy()]) if old.num_rows
-            else new.column(c).to_numpy() for c in contracts.COACT_SCHEMA.names}  # compacted rows first
+    parts = [old, new] if old.num_rows else [new]  # compacted rows first
+    cols = {c: _numpy(parts, c) for c in TOTALS_COLUMNS}
     Q, qi, K, ki = layer_index(con, run, layer, heads, cols)
-    merged, first = merge_rows(cols, qi * len(K) + ki)
-    G = np.empty((len(first), len(heads)))
-    kept = first < old.num_rows if keep_g else np.zeros(len(first), dtype=bool)
-    G[kept] = g_array(old.column("g"), len(heads))[first[kept]]
-    fresh = first[~kept]
-    G[~kept] = contracts.row_strengths(Q, qi[fresh], K, ki[fresh])
-    table = pa.table({"run": pa.array(np.full(len(first), run, dtype=np.uint32)),
-                      **{c: pa.array(merged[c], contracts.COACT_SCHEMA.field(c).type)
-                         for c in contracts.COACT_SCHEMA.names}, "g": g_list(G)})
+    key = qi * len(K) + ki
+    if old.num_rows == 0 and bool(np.all(key[1:] > key[:-1])):  # one shard's rows, in pair order: as they are
+        merged, first, out = cols, np.arange(len(key)), {c: new.column(c) for c in contracts.COACT_SCHEMA.names}
+    else:
+        merged, first = merge_rows({c: cols.get(c, _numpy(parts, c)) for c in contracts.COACT_SCHEMA.names}, key)
+        out = {c: pa.array(merged[c], contracts.COACT_SCHEMA.field(c).type) for c in contracts.COACT_SCHEMA.names}
+    kept = (first < old.num_rows) if keep_g else np.zeros(len(first), dtype=bool)
+    if kept.any():
+        G = np.empty((len(first), len(heads)))
+        G[kept] = g_array(old.column("g"), len(heads))[first[kept]]
+        G[~kept] = contracts.row_strengths(Q, qi[first[~kept]], K, ki[first[~kept]])
+    else:
+        G = contracts.row_strengths(Q, qi[first], K, ki[first])
+    table = pa.table({"run": pa.array(np.full(len(first), run, dtype=np.uint32)), **out, "g": g_list(G)})
     con.execute("DELETE FROM pair_coact WHERE run = ? AND layer = ?", [run, layer])
     con.register("_coact_merged", table)
     try:
@@ -147,6 +155,11 @@ def _merge_layer(con, run: int, layer: int, heads: list[int], keep_g: bool) -> d
         with contextlib.suppress(Exception):  # an aborted transaction refuses; the original error matters
             con.unregister("_coact_merged")
     return head_totals(merged, G)
+
+
+def _numpy(parts: list[pa.Table], column: str) -> np.ndarray:
+    arrays = [t.column(column).to_numpy() for t in parts]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def refresh_summary(con, run: int, coact: dict[tuple[int, int], dict] | None = None) -> None:

@@ -130,3 +130,19 @@ def test_summary_equals_a_scan_of_the_view(tmp_path, store):
     np.testing.assert_array_equal(got["max_abs"].to_numpy(), want["max_abs"].to_numpy(np.float64))
     for col in ("sum", "abs_sum"):
         np.testing.assert_allclose(got[col], want[col], rtol=1e-12, err_msg=col)
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_rows_find_their_vectors_or_are_refused(big):
+    from store.coact_g import MAX_TABLE, _index
+    from store.errors import StoreError
+
+    offset = MAX_TABLE if big else 0  # feature indices too large for a table: searchsorted
+    src = np.array([0, 0, 1, 1, 2], dtype=np.uint16)
+    feat = np.array([3, 7, 0, 5, 9], dtype=np.uint32) + offset
+    codes = contracts.feature_code(src, feat)
+    rng = np.random.default_rng(6)
+    rows = rng.integers(0, 5, 200)
+    np.testing.assert_array_equal(_index(codes, src[rows], feat[rows], "query"), rows)
+    with pytest.raises(StoreError, match=rf"query \(src, feature\) = \(1, {4 + offset}\) lacks a proj vector"):
+        _index(codes, np.r_[src[rows], 1].astype(np.uint16), np.r_[feat[rows], 4 + offset].astype(np.uint32), "query")
