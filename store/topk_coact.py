@@ -1,0 +1,150 @@
+"""The candidate rows of a co-activation run's top-K lists, found in numpy without expanding every head.
+
+A co-activation row r (pair_coact) stands for H rows of `pair_rows`, one per head h of its layer, whose
+values are c_h · w_r / d_r up to rounding: c_h = G_h (sum, mean) or |G_h| (abs_sum, mean_abs, max |FRA|) or
+1 (count), w_r and d_r per row (s, s − diag_s, abs, n, ...; `_row_terms`). The best of its H values is
+therefore (c_max or c_min, by the sign of w_r) · w_r / d_r: two reductions of G per row serve every list.
+
+Why the candidates suffice (desc; asc ranks −value the same way). Let lo_r ≤ (row r's best value) ≤ hi_r
+(equal where the value is exact; `_row_terms`), T the K rows of largest lo, t the least lo among them,
+and R = T ∪ {r : hi_r > t}. Each row of T has a value ≥ t, so the K-th best value among R's expanded
+rows (the list's cut) is ≥ t, while every row outside R has all its values ≤ hi_r ≤ t: none beats the
+cut. So the top K of R's expanded rows keep the guarantee of `store.topk` (every row strictly beyond
+the cut is listed). A layer with at most K ranked rows gives all of them; ranking a superset of R (the
+union over lists and layers) keeps the argument.
+
+`candidate_rows` returns those rows expanded exactly as the view `pair_rows` expands them (migration
+0013: sum = G·s, abs_sum = |G|·abs, max/min = float32 of the larger/smaller of G·mx and G·mn, ...), so
+`store.topk` ranks them by the same SQL expressions as a scan of the view.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from store.errors import StoreError
+from store.sqlparts import METRICS
+
+EPS_DOUBLE = 1e-12  # relative bound on the rounding of two products and a difference (a few ulp), generous
+COLUMNS = ("q_src", "q_feat", "k_src", "k_feat", "n", "s", "abs", "mx", "mn", "diag_n", "diag_s", "diag_abs")
+
+
+def layer_arrays(con, run: int, layer: int, n_heads: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One layer's co-activation rows: ({column: [rows]}, G [rows, n_heads] in pair_coact_heads.idx order)."""
+    cols = ", ".join(f'"{c}"' for c in COLUMNS)
+    tbl = con.sql(f"SELECT {cols}, g FROM pair_coact WHERE run = ? AND layer = ?", params=[run, layer]).to_arrow_table()
+    g = tbl.column("g").combine_chunks()
+    flat = g.flatten().to_numpy(zero_copy_only=False)
+    if flat.size != len(g) * n_heads:
+        raise StoreError(f"run {run} layer {layer}: pair_coact.g holds {flat.size} values for {len(g)} rows, "
+                         f"expected {n_heads} per row (the layer's heads in pair_coact_heads)")
+    return {c: tbl.column(c).to_numpy() for c in COLUMNS}, flat.reshape(len(g), n_heads)
+
+
+def _row_terms(a: dict[str, np.ndarray], metric: str, diagonal: bool):
+    """(coefficient kind, w, d or None, rounding bound per row or None) of a list: row r's value for head h
+    is c_h · w_r (/ d_r). Exactly so (the rounding of c·w is monotone in c, and so are the division and
+    the float32 cast) except for abs_sum / mean_abs without the diagonal, where the view subtracts two
+    rounded products: their bound is EPS_DOUBLE · max|c| · (|abs| + |diag_abs|)."""
+    n = a["n"].astype(np.float64)
+    minus_diag = not diagonal and metric != "max_abs"
+    d = (n - a["diag_n"].astype(np.float64)) if minus_diag else n
+    if metric == "count":
+        return "one", d, None, None
+    if metric == "max_abs":
+        return "abs", np.maximum(np.abs(a["mx"]), np.abs(a["mn"])), None, None
+    signed = metric in ("sum", "mean")
+    x, y = (a["s"], a["diag_s"]) if signed else (a["abs"], a["diag_abs"])
+    w = x - y if minus_diag else x
+    size = np.abs(x) + np.abs(y) if minus_diag and not signed else None  # sum: the view subtracts before G too
+    return ("signed" if signed else "abs"), w, (d if metric.startswith("mean") else None), size
+
+
+def list_rows(a: dict[str, np.ndarray], ranges: dict[str, tuple[np.ndarray, np.ndarray]], metric: str,
+              diagonal: bool, k: int) -> dict[str, np.ndarray]:
+    """{direction: indices of the layer's rows R} (see the module docstring) of the two lists of
+    (metric, diagonal); `ranges[kind]` = (c_min, c_max) per row over its heads."""
+    if metric not in METRICS:
+        raise StoreError(f"unknown metric {metric!r}; choose one of {METRICS}")
+    kind, w, d, size = _row_terms(a, metric, diagonal)
+    cmin, cmax = ranges[kind]
+    pos = w >= 0
+    valid = None if d is None else d != 0  # nullif(n, 0): no value
+    err = None if size is None else np.maximum(np.abs(cmin), np.abs(cmax)) * size * EPS_DOUBLE
+    if err is not None and d is not None:
+        err /= np.where(valid, d, 1.0)
+    out = {}
+    for direction, top, bottom in (("desc", cmax, cmin), ("asc", cmin, cmax)):
+        best = np.where(pos, top, bottom) * w  # the row's largest (desc) or smallest (asc) value
+        if metric == "max_abs":
+            best = best.astype(np.float32).astype(np.float64)  # the view's ::FLOAT (monotone: still exact)
+        if d is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                best /= d
+        out[direction] = _select(best if direction == "desc" else -best, err, valid, k)
+    return out
+
+
+def _select(best: np.ndarray, err: np.ndarray | None, valid: np.ndarray | None, k: int) -> np.ndarray:
+    """R = T ∪ {hi > t} for ranked values `best` (larger is better) ± `err`, over the `valid` rows."""
+    idx = None
+    if valid is not None:
+        idx = np.flatnonzero(valid)
+        best, err = best[idx], (None if err is None else err[idx])
+    if len(best) <= k:
+        return np.arange(len(best)) if idx is None else idx
+    lo = best if err is None else best - err
+    t = np.partition(lo, len(lo) - k)[len(lo) - k]  # T: the rows with lo > t, then rows with lo == t up to K
+    above = np.flatnonzero(lo > t)
+    chosen = np.concatenate([above, np.flatnonzero(lo == t)[: k - len(above)]])
+    if err is not None:
+        chosen = np.union1d(chosen, np.flatnonzero(best + err > t))
+    return chosen if idx is None else idx[chosen]
+
+
+def coefficient_ranges(G: np.ndarray, block: int = 1 << 14) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per row, the range of each coefficient kind over its heads: G, |G| and the constant 1."""
+    gmin, gmax, amin = (np.empty(len(G)) for _ in range(3))
+    for lo in range(0, len(G), block):  # a transposed block at a time: reductions over contiguous rows
+        part = np.ascontiguousarray(G[lo:lo + block].T)
+        gmin[lo:lo + block], gmax[lo:lo + block] = np.minimum.reduce(part), np.maximum.reduce(part)
+        amin[lo:lo + block] = np.minimum.reduce(np.abs(part, out=part))
+    one = np.ones(len(G))
+    return {"signed": (gmin, gmax), "abs": (amin, np.maximum(gmax, -gmin)), "one": (one, one)}
+
+
+def expand(run: int, layer: int, heads: list[int], a: dict[str, np.ndarray], G: np.ndarray,
+           rows: np.ndarray) -> pa.Table:
+    """`rows` of the layer expanded to every head, in pair_stats' columns, as the view `pair_rows` does."""
+    H = len(heads)
+    g = G[rows].ravel()  # row-major: row 0's heads, then row 1's, ...
+    rep = {c: np.repeat(a[c][rows], H) for c in COLUMNS}
+    gmx, gmn = g * rep["mx"], g * rep["mn"]
+    return pa.table({
+        "run": np.full(len(g), run, dtype=np.uint32), "layer": np.full(len(g), layer, dtype=np.uint16),
+        "head": np.tile(np.asarray(heads, dtype=np.uint16), len(rows)),
+        "q_src": rep["q_src"], "q_feat": rep["q_feat"], "k_src": rep["k_src"], "k_feat": rep["k_feat"],
+        "n": rep["n"], "sum": g * rep["s"], "abs_sum": np.abs(g) * rep["abs"],
+        "max": np.maximum(gmx, gmn).astype(np.float32), "min": np.minimum(gmx, gmn).astype(np.float32),
+        "diag_n": rep["diag_n"], "diag_sum": g * rep["diag_s"], "diag_abs_sum": np.abs(g) * rep["diag_abs"],
+        "nd_sum": g * (rep["s"] - rep["diag_s"])})
+
+
+def candidate_rows(con, run: int, specs: list[tuple[str, bool]], k: int) -> list[pa.Table]:
+    """Per co-activation layer of the run: the union over every (metric, diagonal) of `specs` and
+    direction of its rows R, expanded to every head (`expand`)."""
+    out = []
+    layers = con.execute("""SELECT layer, list(head ORDER BY idx) FROM pair_coact_heads WHERE run = ?
+                            GROUP BY layer ORDER BY layer""", [run]).fetchall()
+    for layer, heads in layers:
+        a, G = layer_arrays(con, run, layer, len(heads))
+        if not len(G):
+            continue
+        ranges = coefficient_ranges(G)
+        keep = np.zeros(len(G), dtype=bool)
+        for metric, diagonal in specs:
+            for rows in list_rows(a, ranges, metric, diagonal, k).values():
+                keep[rows] = True
+        out.append(expand(run, layer, list(heads), a, G, np.flatnonzero(keep)))
+    return out
