@@ -65,25 +65,29 @@ def refresh_top(con, run: int, k: int | None = None) -> None:
     k = int(k or TOP_K)
     con.execute("DELETE FROM pair_top WHERE run = ?", [run])
     con.execute("DELETE FROM pair_top_lists WHERE run = ?", [run])
-    cand = _coact_candidates(con, run, k) if has_coact(con, run) else None
-    if cand is not None:
-        con.register("_top_cand", cand)
-    try:
-        for metric, diagonal in list_specs():
-            for direction in ("desc", "asc"):
-                _build_list(con, run, metric, diagonal, direction, k, cand is not None)
-    finally:
-        if cand is not None:
-            con.unregister("_top_cand")
+    cand = candidate_rows(con, run, list_specs(), k) if has_coact(con, run) else None
+    for metric, diagonal in list_specs():
+        for direction in ("desc", "asc"):
+            tbl = None if cand is None else cand.get((metric, diagonal, direction))
+            if tbl is None:
+                _build_list(con, run, metric, diagonal, direction, k)
+                continue
+            # the list's co-activation candidates (Arrow: in DuckDB 2.0 a temp table created empty inside a
+            # transaction and filled with more than one row group reads back empty) and the run's stored rows
+            con.register("_top_cand", tbl)
+            try:
+                _build_list(con, run, metric, diagonal, direction, k, "_top_cand")
+            finally:
+                con.unregister("_top_cand")
 
 
-def _build_list(con, run: int, metric: str, diagonal: bool, direction: str, k: int, coact: bool) -> None:
+def _build_list(con, run: int, metric: str, diagonal: bool, direction: str, k: int, coact: str | None = None) -> None:
     m = metric_sql(metric, diagonal)
-    if coact:  # the co-activation candidates (an Arrow table) and the run's stored rows, if any
+    if coact:
         con.execute(f"""
             INSERT INTO pair_top
             SELECT run, ?, ?, ?, {PAIR_COLUMNS}, {m} AS value
-            FROM (SELECT * FROM _top_cand UNION ALL SELECT * FROM pair_stats WHERE run = ?)
+            FROM (SELECT * FROM {coact} UNION ALL SELECT * FROM pair_stats WHERE run = ?)
             WHERE {m} IS NOT NULL ORDER BY {m} {direction.upper()} LIMIT {k}""", [metric, diagonal, direction, run])
     else:
         con.execute(f"""
@@ -97,17 +101,6 @@ def _build_list(con, run: int, metric: str, diagonal: bool, direction: str, k: i
         SELECT ?, ?, ?, ?, ?, count(*), {'min' if direction == 'desc' else 'max'}(value)
         FROM pair_top WHERE run = ? AND metric = ? AND diagonal = ? AND dir = ?""",
                 [run, metric, diagonal, direction, k, run, metric, diagonal, direction])
-
-
-def _coact_candidates(con, run: int, k: int):
-    """An Arrow table in pair_stats' columns: every co-activation row that can reach one of the run's lists,
-    expanded to its heads as `pair_rows` expands it (`store.topk_coact.candidate_rows`). Not a temp table:
-    in DuckDB 2.0 a temp table created empty inside a transaction and then filled with more than one row
-    group reads back empty."""
-    import pyarrow as pa
-
-    tables = candidate_rows(con, run, list_specs(), k)
-    return pa.concat_tables(tables) if tables else None
 
 
 def backfill_top(con) -> list[int]:

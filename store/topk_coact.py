@@ -13,7 +13,7 @@ cut. So the top K of R's expanded rows keep the guarantee of `store.topk` (every
 the cut is listed). A layer with at most K ranked rows gives all of them; ranking a superset of R (the
 union over lists and layers) keeps the argument.
 
-`candidate_rows` returns those rows expanded exactly as the view `pair_rows` expands them (migration
+`candidate_rows` returns each list's rows expanded exactly as the view `pair_rows` expands them (migration
 0013: sum = G·s, abs_sum = |G|·abs, max/min = float32 of the larger/smaller of G·mx and G·mn, ...), so
 `store.topk` ranks them by the same SQL expressions as a scan of the view.
 """
@@ -42,22 +42,34 @@ def layer_arrays(con, run: int, layer: int, n_heads: int) -> tuple[dict[str, np.
     return {c: tbl.column(c).to_numpy() for c in COLUMNS}, flat.reshape(len(g), n_heads)
 
 
+def _term(a: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """A row-level term shared by several lists, computed once per layer (kept in `a`)."""
+    if name not in a:
+        a[name] = {"n_f": lambda: a["n"].astype(np.float64),
+                   "d_f": lambda: _term(a, "n_f") - a["diag_n"].astype(np.float64),
+                   "s_nd": lambda: a["s"] - a["diag_s"], "abs_nd": lambda: a["abs"] - a["diag_abs"],
+                   "abs_size": lambda: np.abs(a["abs"]) + np.abs(a["diag_abs"]),
+                   "mx_abs": lambda: np.maximum(np.abs(a["mx"]), np.abs(a["mn"]))}[name]()
+    return a[name]
+
+
 def _row_terms(a: dict[str, np.ndarray], metric: str, diagonal: bool):
     """(coefficient kind, w, d or None, rounding bound per row or None) of a list: row r's value for head h
     is c_h · w_r (/ d_r). Exactly so (the rounding of c·w is monotone in c, and so are the division and
     the float32 cast) except for abs_sum / mean_abs without the diagonal, where the view subtracts two
-    rounded products: their bound is EPS_DOUBLE · max|c| · (|abs| + |diag_abs|)."""
-    n = a["n"].astype(np.float64)
+    rounded products: their bound is EPS_DOUBLE · max|c| · (|abs| + |diag_abs|). For sum / mean the view
+    subtracts s − diag_s before applying G, as w does here."""
     minus_diag = not diagonal and metric != "max_abs"
-    d = (n - a["diag_n"].astype(np.float64)) if minus_diag else n
+    d = _term(a, "d_f" if minus_diag else "n_f")
     if metric == "count":
         return "one", d, None, None
     if metric == "max_abs":
-        return "abs", np.maximum(np.abs(a["mx"]), np.abs(a["mn"])), None, None
+        return "abs", _term(a, "mx_abs"), None, None
     signed = metric in ("sum", "mean")
-    x, y = (a["s"], a["diag_s"]) if signed else (a["abs"], a["diag_abs"])
-    w = x - y if minus_diag else x
-    size = np.abs(x) + np.abs(y) if minus_diag and not signed else None  # sum: the view subtracts before G too
+    if signed:
+        w, size = (_term(a, "s_nd") if minus_diag else a["s"]), None
+    else:
+        w, size = (_term(a, "abs_nd"), _term(a, "abs_size")) if minus_diag else (a["abs"], None)
     return ("signed" if signed else "abs"), w, (d if metric.startswith("mean") else None), size
 
 
@@ -70,19 +82,23 @@ def list_rows(a: dict[str, np.ndarray], ranges: dict[str, tuple[np.ndarray, np.n
     kind, w, d, size = _row_terms(a, metric, diagonal)
     cmin, cmax = ranges[kind]
     pos = w >= 0
+    pos = True if pos.all() else pos  # True: every row takes the same end of the range (no where)
     valid = None if d is None else d != 0  # nullif(n, 0): no value
+    valid = None if valid is None or valid.all() else valid
     err = None if size is None else np.maximum(np.abs(cmin), np.abs(cmax)) * size * EPS_DOUBLE
     if err is not None and d is not None:
-        err /= np.where(valid, d, 1.0)
+        err /= d if valid is None else np.where(valid, d, 1.0)
     out = {}
     for direction, top, bottom in (("desc", cmax, cmin), ("asc", cmin, cmax)):
-        best = np.where(pos, top, bottom) * w  # the row's largest (desc) or smallest (asc) value
+        best = (top if pos is True else np.where(pos, top, bottom)) * w  # the row's largest / smallest value
         if metric == "max_abs":
             best = best.astype(np.float32).astype(np.float64)  # the view's ::FLOAT (monotone: still exact)
         if d is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 best /= d
-        out[direction] = _select(best if direction == "desc" else -best, err, valid, k)
+        if direction == "asc":
+            np.negative(best, out=best)
+        out[direction] = _select(best, err, valid, k)
     return out
 
 
@@ -95,12 +111,22 @@ def _select(best: np.ndarray, err: np.ndarray | None, valid: np.ndarray | None, 
     if len(best) <= k:
         return np.arange(len(best)) if idx is None else idx
     lo = best if err is None else best - err
-    t = np.partition(lo, len(lo) - k)[len(lo) - k]  # T: the rows with lo > t, then rows with lo == t up to K
-    above = np.flatnonzero(lo > t)
-    chosen = np.concatenate([above, np.flatnonzero(lo == t)[: k - len(above)]])
+    t = _kth_largest(lo, k)  # T: the rows with lo > t, then rows with lo == t up to K
+    at_least = np.flatnonzero(lo >= t)
+    above = at_least[lo[at_least] > t]
+    chosen = np.concatenate([above, at_least[lo[at_least] == t][: k - len(above)]])
     if err is not None:
         chosen = np.union1d(chosen, np.flatnonzero(best + err > t))
     return chosen if idx is None else idx[chosen]
+
+
+def _kth_largest(x: np.ndarray, k: int, stride: int = 8) -> float:
+    """The k-th largest value of x (k <= len(x)). The k-th largest of every `stride`-th value is a lower
+    bound, so the values at or above it hold the answer: one pass over x and a partition of a few k."""
+    if len(x) // stride >= k:
+        bound = np.partition(x[::stride], len(x[::stride]) - k)[len(x[::stride]) - k]
+        x = x[x >= bound]
+    return float(np.partition(x, len(x) - k)[len(x) - k])
 
 
 def coefficient_ranges(G: np.ndarray, block: int = 1 << 14) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -131,10 +157,10 @@ def expand(run: int, layer: int, heads: list[int], a: dict[str, np.ndarray], G: 
         "nd_sum": g * (rep["s"] - rep["diag_s"])})
 
 
-def candidate_rows(con, run: int, specs: list[tuple[str, bool]], k: int) -> list[pa.Table]:
-    """Per co-activation layer of the run: the union over every (metric, diagonal) of `specs` and
-    direction of its rows R, expanded to every head (`expand`)."""
-    out = []
+def candidate_rows(con, run: int, specs: list[tuple[str, bool]], k: int) -> dict[tuple[str, bool, str], pa.Table]:
+    """{(metric, diagonal, direction): its rows R of every co-activation layer of the run, expanded to
+    every head (`expand`)} for every (metric, diagonal) of `specs`."""
+    out: dict[tuple[str, bool, str], list[pa.Table]] = {}
     layers = con.execute("""SELECT layer, list(head ORDER BY idx) FROM pair_coact_heads WHERE run = ?
                             GROUP BY layer ORDER BY layer""", [run]).fetchall()
     for layer, heads in layers:
@@ -142,9 +168,7 @@ def candidate_rows(con, run: int, specs: list[tuple[str, bool]], k: int) -> list
         if not len(G):
             continue
         ranges = coefficient_ranges(G)
-        keep = np.zeros(len(G), dtype=bool)
         for metric, diagonal in specs:
-            for rows in list_rows(a, ranges, metric, diagonal, k).values():
-                keep[rows] = True
-        out.append(expand(run, layer, list(heads), a, G, np.flatnonzero(keep)))
-    return out
+            for direction, rows in list_rows(a, ranges, metric, diagonal, k).items():
+                out.setdefault((metric, diagonal, direction), []).append(expand(run, layer, list(heads), a, G, rows))
+    return {key: pa.concat_tables(tables) for key, tables in out.items()}
