@@ -102,3 +102,20 @@ def test_listed_rows_are_the_views_rows(coact_db):
         missing = con.execute(f"""SELECT count(*) FROM (SELECT DISTINCT {cols} FROM pair_top WHERE run = {run}
                                   EXCEPT SELECT {cols} FROM pair_rows WHERE run = {run})""").fetchone()[0]
     assert len(listed) > 20 and missing == 0
+
+
+@pytest.mark.parametrize("src", [None, 0, 1])
+def test_feature_on_either_side_reads_each_matching_row_once(coact_db, src):
+    """The union source of a feature filter (`rows_source`) gives what the plain OR filter on the view
+    gives, self-pairs (both sides match) once, with and without the lists."""
+    from store.queries import pair_filter
+
+    store, run = coact_db
+    with store.read() as cur:
+        for feature, metric in itertools.product(range(5), ["sum", "count"]):
+            got = top_pairs(cur, run, metric=metric, n=10_000, feature=feature, src=src, min_count=1)
+            where, params = pair_filter(run, feature=feature, src=src)
+            want = cur.execute(f"SELECT count(*) FROM pair_rows WHERE {where}", params).fetchone()[0]
+            assert len(got) == want > 0
+            assert not got.duplicated(["layer", "head", "q_src", "q_feat", "k_src", "k_feat"]).any()
+            assert ((got["q_feat"] == feature) | (got["k_feat"] == feature)).all()
