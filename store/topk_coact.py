@@ -20,6 +20,7 @@ union over lists and layers) keeps the argument.
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -31,9 +32,15 @@ COLUMNS = ("q_src", "q_feat", "k_src", "k_feat", "n", "s", "abs", "mx", "mn", "d
 
 
 def layer_arrays(con, run: int, layer: int, n_heads: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """One layer's co-activation rows: ({column: [rows]}, G [rows, n_heads] in pair_coact_heads.idx order)."""
+    """One layer's co-activation rows: ({column: [rows]}, G [rows, n_heads] in pair_coact_heads.idx order).
+    G comes as a fixed-size array (DOUBLE[n_heads]): half the conversion time of a list column."""
     cols = ", ".join(f'"{c}"' for c in COLUMNS)
-    tbl = con.sql(f"SELECT {cols}, g FROM pair_coact WHERE run = ? AND layer = ?", params=[run, layer]).to_arrow_table()
+    try:
+        tbl = con.sql(f"SELECT {cols}, g::DOUBLE[{int(n_heads)}] AS g FROM pair_coact WHERE run = ? AND layer = ?",
+                      params=[run, layer]).to_arrow_table()
+    except duckdb.Error as exc:  # a list of another length cannot be cast
+        raise StoreError(f"run {run} layer {layer}: a pair_coact.g list does not hold {n_heads} values (the "
+                         f"layer's heads in pair_coact_heads): {exc}") from exc
     g = tbl.column("g").combine_chunks()
     flat = g.flatten().to_numpy(zero_copy_only=False)
     if flat.size != len(g) * n_heads:
