@@ -119,3 +119,17 @@ def test_feature_on_either_side_reads_each_matching_row_once(coact_db, src):
             assert len(got) == want > 0
             assert not got.duplicated(["layer", "head", "q_src", "q_feat", "k_src", "k_feat"]).any()
             assert ((got["q_feat"] == feature) | (got["k_feat"] == feature)).all()
+
+
+def test_backfill_builds_the_lists_of_a_coact_run_compacted_without_them(coact_db):
+    """A database whose co-activation run was compacted before such runs had lists gets them once."""
+    from store.topk import backfill_top
+
+    store, run = coact_db
+    with store.write() as con:
+        want = top_pairs(con, run, metric="mean_abs", n=5)
+        con.execute(f"DELETE FROM pair_top WHERE run = {run}")
+        con.execute(f"DELETE FROM pair_top_lists WHERE run = {run}")
+        assert backfill_top(con) == [run] and backfill_top(con) == []
+        assert con.execute(f"SELECT count(*) FROM pair_top_lists WHERE run = {run}").fetchone()[0] == 22
+        pd.testing.assert_frame_equal(top_pairs(con, run, metric="mean_abs", n=5), want)
