@@ -5,13 +5,15 @@
                                           [--top-m 8] [--statistics all_pairs] [--baseline DIR --repeats 2]
 
 Default: on the same samples, samples/s of the exact all-pair path and of the top-m path (8 per cell),
-each timed as the job's shard body (`compute_shard`: tokens → statistics → the shard's Parquet files;
+each timed as the job's shard body (`compute_shard`: tokens → statistics → the shard's files;
 and, printed apart, the app's ingest +
 compaction of that shard into a fresh DuckDB file), for (a) the demo model, layer 1, all heads, one shard of --demo-samples, and
 (b) a GPT-2-Small-shaped layer (12 heads, d_sae 24 576, T = 128, Zipf-distributed synthetic
 activations; see benchmarks/bench_allpairs_paths.py), one shard of --gpt2-samples. Each case is run
 `--repeats` times and the best of each path is kept (the machine is shared: `uptime` is printed beside
-the figures). Last line: `allpairs_samples_per_s=… topm_samples_per_s=… ratio=…` (case (b)).
+the figures). Case (b) also times the top-m path without the engine's Gram path (issue 15), i.e. the block
+path every top-m run took when issue 14 was filed, printed apart as context (the ratio is against today's
+top-m path). Last line: `allpairs_samples_per_s=… topm_samples_per_s=… ratio=…` (case (b)).
 
 --end-to-end (the older benchmark):
 
@@ -185,13 +187,13 @@ def compare_paths(args) -> int:
     cases["demo"] = (args.demo_samples, r, _uptime())
     gmodel, gsae, _ = gpt2_shaped(T=args.gpt2_T)
     gtexts = id_texts(args.gpt2_samples, args.gpt2_T)
-    r = _best(lambda: time_paths(gmodel, gsae, gtexts, 0, 32, batch_size=1, context_length=args.gpt2_T),
-              args.repeats)
+    r = _best(lambda: time_paths(gmodel, gsae, gtexts, 0, 32, batch_size=1, context_length=args.gpt2_T,
+                                 block_path=True), args.repeats)
     cases["gpt2-shaped"] = (args.gpt2_samples, r, _uptime())
     for name, (n, r, load) in cases.items():
         ap, tm = n / r["allpairs_s"], n / r["topm_s"]
-        per_head = r["allpairs_pairs"] + r["allpairs_coact"] * (r["heads"] or 1)
-        print(f"{name}: one shard of {n} samples, job shard body (tokens → Parquet files): all pairs {ap:.3f} "
+        per_head = r["allpairs_pairs"] + r["allpairs_coact"] * (r.get("heads") or 1)
+        print(f"{name}: one shard of {n} samples, job shard body (tokens → shard files): all pairs {ap:.3f} "
               f"samples/s ({r['allpairs_coact'] / n:,.0f} coact rows + {r['allpairs_pairs'] / n:,.0f} per-head pair "
               f"rows + {r['allpairs_proj'] / n:,.0f} proj rows per sample, standing for {per_head / n:,.0f} per-head "
               f"pair rows: every pair; {r['allpairs_bytes'] / n / 1e6:,.2f} MB written per sample), top-m {tm:.3f} "
@@ -204,6 +206,9 @@ def compare_paths(args) -> int:
               f"top-m {tq:.3f} samples/s, ratio {aq / tq:.2f}", flush=True)
     n, r, _ = cases["gpt2-shaped"]
     ap, tm = n / r["allpairs_s"], n / r["topm_s"]
+    tb = n / r["topm_block_s"]
+    print(f"gpt2-shaped: top-m without the Gram path (the block path of every top-m run before issue 15) "
+          f"{tb:.3f} samples/s: all pairs vs it, ratio {ap / tb:.2f}", flush=True)
     print(f"allpairs_samples_per_s={ap:.3f} topm_samples_per_s={tm:.3f} ratio={ap / tm:.2f}")
     return 0
 

@@ -1,7 +1,7 @@
 """Exact all-pair statistics vs the top-m path, on the same samples (used by bench_accumulate.py).
 
 Both paths are timed as the job runs them: `fra_core.accumulate.run.compute_shard`, the one shard body of
-every executor (local loop and Ray), from the shard's (sample, text) items to its Parquet files on disk:
+every executor (local loop and Ray), from the shard's (sample, text) items to its files on disk:
 tokenising, the engine's sides, the statistics, the shard's tables and writing them. What is left before
 a user can query is the app's ingest of the files (not timed here; it scales with the rows written, and
 both paths write the same schemas):
@@ -22,6 +22,7 @@ as SAE feature densities are), with log-normal magnitudes; T = 128; "texts" are 
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -74,39 +75,68 @@ def id_texts(n: int, T: int, vocab: int = 1000) -> list[str]:
             for s in range(n)]
 
 
+@contextlib.contextmanager
+def block_path_only():
+    """The engine without its Gram path (issue 15): every top-m run then takes the block path, as all did
+    when issue 14 was filed (`fra_core.fra.engine.gram_plan` answers None)."""
+    from fra_core.fra import engine
+
+    plan = engine.gram_plan
+    engine.gram_plan = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        engine.gram_plan = plan
+
+
 def time_paths(model, sae, texts: list[str], layer: int, k_active: int, top_m: int = 8, batch_size: int = 16,
-               context_length: int = 64) -> dict:
+               context_length: int = 64, block_path: bool = False) -> dict:
     """Seconds (wall and CPU of this process) of each path's shard body over the same texts (one shard),
     the pairs / coact / proj rows each path wrote, the bytes of the shard's files, and the seconds of the
-    app's ingest + compaction of that shard into a fresh database (`<path>_ingest_s`)."""
-    from fra_core import contracts
+    app's ingest + compaction of that shard into a fresh database (`<path>_ingest_s`). block_path: also
+    `topm_block_s`, the top-m shard body without the Gram path (`block_path_only`; not ingested)."""
     from fra_core.accumulate import AccumulateFRAConfig
-    from fra_core.accumulate.run import compute_shard, prepare
+    from fra_core.accumulate.run import prepare
 
     items = list(enumerate(texts))
     out = {}
     base = dict(model="bench", q_saes=("bench-sae",), layer=layer, n_samples=len(items), batch_size=batch_size,
                 shard_size=len(items), k_active=k_active, context_length=context_length, top_m=top_m,
                 include_diagonal=True, exclude_bos_key=False, exclude_bos_query=False)
-    for name, statistics in (("topm", "top_m"), ("allpairs", "all_pairs")):
+    paths = [("topm", "top_m"), ("allpairs", "all_pairs")] + ([("topm_block", "top_m")] if block_path else [])
+    for name, statistics in paths:
         cfg = AccumulateFRAConfig(**base, statistics=statistics)
-        runner = prepare(cfg, model, [sae])
-        with tempfile.TemporaryDirectory() as tmp:
-            job, warm = Path(tmp) / f"bench-{name}", Path(tmp) / "warm-up"
-            for folder in (job, warm):
-                folder.mkdir()
-                contracts.write_run_info(folder, runner.run_info())
-            with torch.no_grad():  # warm-up: caches, allocator, projected rows of the first sample
-                compute_shard(runner, cfg, 1, items[:1], warm)
-            t0, c0 = time.perf_counter(), time.process_time()
-            compute_shard(runner, cfg, 0, items, job)
-            out[f"{name}_s"], out[f"{name}_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
-            out[f"{name}_ingest_s"] = _ingest_seconds(job, cfg, Path(tmp) / "fra.duckdb")
-            out[f"{name}_pairs"] = contracts.read_shard_table(job, 0, "pairs").num_rows
-            out[f"{name}_coact"] = contracts.read_shard_table(job, 0, "coact").num_rows
-            out[f"{name}_proj"] = contracts.read_shard_table(job, 0, "proj").num_rows
-            out[f"{name}_bytes"] = sum(p.stat().st_size for p in contracts.shards_dir(job).glob("shard-000000.*"))
-    out["heads"] = len(runner.plans[0].heads) if hasattr(runner, "plans") else None
+        with block_path_only() if name == "topm_block" else contextlib.nullcontext():
+            runner = prepare(cfg, model, [sae])
+            out.update(_time_shard(name, runner, cfg, items, ingest=name != "topm_block"))
+        if hasattr(runner, "plans"):
+            out["heads"] = len(runner.plans[0].heads)
+    return out
+
+
+def _time_shard(name: str, runner, cfg, items, ingest: bool) -> dict:
+    """`<name>_s` / `<name>_cpu_s`: one shard body after a warm-up shard; with ingest also the ingest seconds,
+    the rows written per kind and the shard's bytes."""
+    from fra_core import contracts
+    from fra_core.accumulate.run import compute_shard
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        job, warm = Path(tmp) / f"bench-{name}", Path(tmp) / "warm-up"
+        for folder in (job, warm):
+            folder.mkdir()
+            contracts.write_run_info(folder, runner.run_info())
+        with torch.no_grad():  # warm-up: caches, allocator, projected rows of the first sample
+            compute_shard(runner, cfg, 1, items[:1], warm)
+        t0, c0 = time.perf_counter(), time.process_time()
+        compute_shard(runner, cfg, 0, items, job)
+        out[f"{name}_s"], out[f"{name}_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+        if not ingest:
+            return out
+        out[f"{name}_ingest_s"] = _ingest_seconds(job, cfg, Path(tmp) / "fra.duckdb")
+        for kind in ("pairs", "coact", "proj"):
+            out[f"{name}_{kind}"] = contracts.read_shard_table(job, 0, kind).num_rows
+        out[f"{name}_bytes"] = sum(p.stat().st_size for p in contracts.shards_dir(job).glob("shard-000000.*"))
     return out
 
 

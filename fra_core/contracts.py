@@ -19,8 +19,10 @@ An accumulation job folder's `shards/` holds, per shard `i` (a batch of samples)
                                    node totals (MARGINALS_SCHEMA, NODE_TOTALS_SCHEMA; absent otherwise)
     shard-000042.feature_acts.parquet / .feature_hist.parquet  top and sampled activations per feature
                                    with their context windows, and activation histograms (absent in older shards)
-    shard-000042.coact.parquet / .proj.parquet  all-pair runs, head-independent layers: the layer's
-                                   co-activation table and the heads' projected rows (COACT_SCHEMA, PROJ_SCHEMA)
+    shard-000042.coact.arrow / .proj.parquet  all-pair runs, head-independent layers: the layer's
+                                   co-activation table and the heads' projected rows (COACT_SCHEMA, PROJ_SCHEMA);
+                                   coact is an Arrow IPC file (zstd): millions of float-heavy rows per shard,
+                                   written ~3x faster than Parquet at the same size (older shards: .parquet)
     shard-000042.json              manifest: written last, so its presence marks a complete shard
 
 Every file is written to a temp name and moved into place with `os.replace`, and the manifest comes
@@ -147,8 +149,14 @@ def shards_dir(job_dir: str | Path) -> Path:
     return Path(job_dir) / "shards"
 
 
+# kinds written as Arrow IPC files (zstd-compressed buffers, compressed on all cores) instead of Parquet
+# (one column encoder at a time): a GPT-2-shaped coact table of 3.2 M rows wrote in 0.36 s instead of 1.32 s,
+# 107 MB instead of 112 MB (load 1, 2 cores); the store reads the whole table anyway
+IPC_KINDS = ("coact",)
+
+
 def shard_path(job_dir: str | Path, shard: int, kind: str) -> Path:
-    suffix = "json" if kind == "manifest" else f"{kind}.parquet"
+    suffix = "json" if kind == "manifest" else f"{kind}.arrow" if kind in IPC_KINDS else f"{kind}.parquet"
     return shards_dir(job_dir) / f"shard-{shard:06d}.{suffix}"
 
 
@@ -169,6 +177,24 @@ NO_DICTIONARY = ("coact", "proj")
 def write_table_atomic(table: pa.Table, path: Path, use_dictionary: bool = True) -> None:
     """Write a Parquet file to a temp name, then move it into place (readers never see half a file)."""
     _replace_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", use_dictionary=use_dictionary))
+
+
+def write_ipc_atomic(table: pa.Table, path: Path) -> None:
+    """Write an Arrow IPC file (zstd) to a temp name, then move it into place."""
+    def write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, \
+                pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+            writer.write_table(table, max_chunksize=1 << 20)
+    _replace_atomic(path, write)
+
+
+def write_kind_atomic(table: pa.Table, job_dir: str | Path, shard: int, kind: str) -> None:
+    """Write one shard table in its kind's format (`IPC_KINDS`: Arrow IPC, else Parquet)."""
+    path = shard_path(job_dir, shard, kind)
+    if kind in IPC_KINDS:
+        write_ipc_atomic(table, path)
+    else:
+        write_table_atomic(table, path, use_dictionary=kind not in NO_DICTIONARY)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -246,7 +272,7 @@ def write_shard(job_dir: str | Path, shard: int, tables: dict[str, pa.Table], sa
         table = tables.get(kind, schema.empty_table()) if kind in OPTIONAL_KINDS else tables[kind]
         if not table.schema.equals(schema):
             raise FRAStudioError(f"shard {shard} {kind} table has schema {table.schema}, expected {schema}")
-        write_table_atomic(table, shard_path(job_dir, shard, kind), use_dictionary=kind not in NO_DICTIONARY)
+        write_kind_atomic(table, job_dir, shard, kind)
         counts[kind] = table.num_rows
     manifest = {"shard": shard, "samples": [int(s) for s in samples], "rows": counts, **(meta or {})}
     path = shard_path(job_dir, shard, "manifest")
@@ -268,8 +294,17 @@ def complete_shards(job_dir: str | Path) -> list[dict[str, Any]]:
 
 def read_shard_table(job_dir: str | Path, shard: int, kind: str) -> pa.Table:
     path = shard_path(job_dir, shard, kind)
+    legacy = path.with_suffix(".parquet")  # an IPC kind of a shard written before it was one
+    if kind in IPC_KINDS and not path.exists() and legacy.exists():
+        path = legacy
     if kind in OPTIONAL_KINDS and not path.exists():
         return KINDS[kind].empty_table()
+    if path.suffix == ".arrow":
+        with pa.OSFile(str(path), "rb") as source:  # read into memory: the table outlives the file handle
+            table = pa.ipc.open_file(source).read_all()
+        if not table.schema.equals(KINDS[kind]):
+            raise FRAStudioError(f"{path}: schema {table.schema}, expected {KINDS[kind]}")
+        return table
     return pq.read_table(path, schema=KINDS[kind])
 
 

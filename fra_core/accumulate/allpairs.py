@@ -238,17 +238,16 @@ class AllPairsRunner:
                                   f"{r:.2e} of max |score| (limit {LIMIT:g}); nothing of this shard counts as exact")
 
     def process(self, items: list[tuple[int, str]], buf: AllPairsShard) -> None:
-        from fra_core.fra.allpairs_batch import batch_cotable, batch_marginals
+        from fra_core.fra.allpairs_batch import batch_cotable_and_marginals
 
         cfg, model = self.cfg, self.model
         for ids, tokens in token_groups(model, items, cfg, buf):  # one engine call per token length
             counted: set[int] = set()
             for plan in self.plans:
-                bs = batch_cotable(model, tokens, plan.layer, plan.heads, plan.qd, plan.kd, self.options,
-                                   plan.projectors)
+                bs, mg = batch_cotable_and_marginals(model, tokens, plan.layer, plan.heads, plan.qd, plan.kd,
+                                                     self.options, plan.projectors)
                 buf.add_table(plan.layer, self._shard_cells(bs.co, ids, tokens.shape[1]))
                 buf.template.setdefault(plan.layer, dataclasses.replace(bs, sides=(), co=None))
-                mg = batch_marginals(model, plan.layer, bs, plan.projectors, self.options)
                 add_sums(buf.share[plan.layer], mg["share"])  # from the marginals' float64 side sums
                 self._add_marginals(buf, plan, bs, mg)
                 for side, src_map in ((bs.sides[0], plan.q_map), (bs.sides[1], plan.k_map)):

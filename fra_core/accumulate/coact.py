@@ -44,10 +44,19 @@ def coact_table(layer: int, ids: dict[str, np.ndarray], co: dict[str, np.ndarray
     cols = {"layer": np.full(n, layer, dtype=np.uint16), **ids, "n": co["n"], "s": co["s"], "abs": co["abs"],
             "mx": co["mx"], "mn": co["mn"], "diag_n": co["dn"], "diag_s": co["ds"], "diag_abs": co["dabs"]}
     for c, cell in (("mx", co["mx_c"]), ("mn", co["mn_c"])):
-        rest, k = np.divmod(cell, P)  # two divisions instead of four passes
-        cols[f"{c}_sample"], cols[f"{c}_q"], cols[f"{c}_k"] = (*np.divmod(rest, P), k)
+        cols[f"{c}_sample"], cols[f"{c}_q"], cols[f"{c}_k"] = split_cells(cell, P)
     return pa.table({f.name: pa.array(np.asarray(cols[f.name], dtype=f.type.to_pandas_dtype()), f.type)
                      for f in contracts.COACT_SCHEMA})
+
+
+def split_cells(cell: np.ndarray, P: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell codes (sample · P + q) · P + k (int64 ≥ 0) → (sample, q, k); shifts and masks when P is a
+    power of two (every usual context length: half the time of two integer divmods), else two divmods."""
+    if P & (P - 1) == 0:
+        bits = P.bit_length() - 1
+        return cell >> (2 * bits), (cell >> bits) & (P - 1), cell & (P - 1)
+    rest, k = np.divmod(cell, P)
+    return (*np.divmod(rest, P), k)
 
 
 def proj_table(layer: int, heads: list[int], sides: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]

@@ -267,8 +267,8 @@ def sample_groups(qa: torch.Tensor, qid: torch.Tensor, ka: torch.Tensor, kid: to
 
 def reduce_tables(tables: list[dict | None], unique_keys: bool = False) -> dict | None:
     """Merge co-activation tables (or rows with repeated keys): sums add, extremes reduce (their cell:
-    the first row that attains them, i.e. the earliest table — tables are merged in sample order, so the
-    result is deterministic). unique_keys: each table's keys are distinct (a `sample_table`), so one
+    the first row that attains them, i.e. the earliest table — tables are merged in sample order, the
+    earlier always on the left, so the result is deterministic). unique_keys: each table's keys are distinct (a `sample_table`), so one
     table is returned as it is."""
     tables = [t for t in tables if t is not None]
     if not tables:
@@ -276,10 +276,10 @@ def reduce_tables(tables: list[dict | None], unique_keys: bool = False) -> dict 
     if unique_keys and len(tables) == 1:
         return tables[0]
     if unique_keys and all(_ascending(t["key"]) for t in tables):  # every table is sorted: merge in order
-        out = tables[0]
-        for t in tables[1:]:
-            out = merge_sorted(out, t)
-        return out
+        while len(tables) > 1:  # neighbours pairwise (a tree: each row is merged log2(n) times, not up to n)
+            tables = [merge_sorted(*tables[i:i + 2]) if i + 1 < len(tables) else tables[i]
+                      for i in range(0, len(tables), 2)]
+        return tables[0]
     cat = {c: torch.cat([t[c] for t in tables]) for c in CO_COLUMNS}
     uniq, inv = torch.unique(cat["key"], return_inverse=True)
     U, dev = len(uniq), uniq.device

@@ -121,36 +121,72 @@ def batch_cotable(model, tokens, layer: int, heads, q_dict, k_dict, options: FRA
                   projectors: tuple[Projector, Projector]) -> BatchStats:
     """The batch's co-activation table only (`BatchStats.co`, stats None): what an accumulation job
     reduces over a whole shard before it applies each head's G once (`with_heads`)."""
+    bs = batch_sides(model, tokens, layer, heads, q_dict, k_dict, options)
+    return dataclasses.replace(bs, co=cotable(model, layer, bs, options, projectors))
+
+
+def batch_cotable_and_marginals(model, tokens, layer: int, heads, q_dict, k_dict, options: FRAOptions,
+                                projectors: tuple[Projector, Projector]) -> tuple[BatchStats, dict]:
+    """(`batch_cotable`, `batch_marginals`) of a batch, the two computed at the same time: they only read
+    the batch's sides, so the table runs in a worker thread while this one sums the marginals (torch
+    releases the GIL; measured on the GPT-2-shaped case: see benchmarks/bench_allpairs_compute.py). The
+    projected rows they read are filled first, so neither thread writes shared state. Same numbers as
+    calling the two one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bs = batch_sides(model, tokens, layer, heads, q_dict, k_dict, options)
+    q_side, k_side = bs.sides[:2]
+    projectors[0].get(q_side.ids.reshape(-1)), projectors[1].get(k_side.ids.reshape(-1))
+    with ThreadPoolExecutor(1, thread_name_prefix="cotable") as pool:
+        table = pool.submit(cotable, model, layer, bs, options, projectors)
+        marginals = batch_marginals(model, layer, bs, projectors, options)
+        return dataclasses.replace(bs, co=table.result()), marginals
+
+
+def batch_sides(model, tokens, layer: int, heads, q_dict, k_dict, options: FRAOptions) -> BatchStats:
+    """The engine's sides of a batch, checked for what all-pair statistics need (`BatchStats`, co None)."""
     check_supported(model)
     model, tokens, heads, q_side, k_side, scores, pattern, _ = run_sides(model, tokens, layer, heads, q_dict,
                                                                          k_dict, options.k_active)
     if q_side.head_scale is not None or k_side.head_scale is not None:
         raise FRAInputError("all-pair statistics do not support per-position q/k scales (QK-norm, log-n scaling) "
                             "of this model; use statistics='top_m'")
-    B, T = tokens.shape
+    T = tokens.shape[1]
     amask = attention_mask(model, T, scores.device, layer=layer)
     sel = selection_mask(amask, options)
-    qa, ka = q_side.coef.to(F64), k_side.coef.to(F64)
-    for name, a in (("query", qa), ("key", ka)):
+    for name, a in (("query", q_side.coef), ("key", k_side.coef)):
         if bool((a < 0).any()):
             raise FRAInputError(f"all-pair statistics need SAE activations >= 0; the {name} side has "
                                 f"min activation/σ {float(a.min()):.4g}")
     spans = (q_side.offsets[-1] + 1, k_side.offsets[-1] + 1)
-    scale = float(model.blocks[layer].attn.attn_scale)
+    rotary = model.cfg.positional_embedding_type == "rotary"
+    return BatchStats(list(heads), None, q_side.offsets, k_side.offsets, (q_side, k_side, scores, pattern, sel, amask),
+                      None, spans, float(model.blocks[layer].attn.attn_scale), rotary,
+                      options.attention_weighted or rotary)
+
+
+def cotable(model, layer: int, bs: BatchStats, options: FRAOptions, projectors: tuple[Projector, Projector]
+            ) -> dict | None:
+    """The co-activation table of a batch's sides (`batch_sides`): per sample group, or per (sample, head)
+    of every per-cell term when rotary."""
+    q_side, k_side, _, pattern, sel, amask = bs.sides
+    B = q_side.ids.shape[0]
+    qa, ka = q_side.coef.to(F64), k_side.coef.to(F64)
+    spans, scale = bs.spans, bs.scale
     pq, pk = projectors
     pat = pattern.to(F64)
     tables = []
-    rotary = model.cfg.positional_embedding_type == "rotary"
+    rotary = bs.rotary
     if rotary:
         for b in range(B):
             qv = _rotate(model, layer, qa[b, :, :, None, None] * pq.get(q_side.ids[b])) / scale  # [T, K, H, d]
             kv = _rotate(model, layer, ka[b, :, :, None, None] * pk.get(k_side.ids[b]))
-            for hi in range(len(heads)):
+            for hi in range(len(bs.heads)):
                 tables.append(percell_rows(qv[:, :, hi], qa[b] != 0, q_side.ids[b], kv[:, :, hi], ka[b] != 0,
                                            k_side.ids[b], sel, amask, options.row_centre,
                                            pat[b, hi] if options.attention_weighted else None, spans, hi, b))
     else:
-        slots = range(len(heads)) if options.attention_weighted else [0]
+        slots = range(len(bs.heads)) if options.attention_weighted else [0]
         layout = _layout(model, options, sel, amask)
         for b0, b1 in sample_groups(qa, q_side.ids, ka, k_side.ids):
             for hi in slots:
@@ -158,10 +194,7 @@ def batch_cotable(model, tokens, layer: int, heads, q_dict, k_dict, options: FRA
                                            options.row_centre,
                                            pat[b0:b1, hi] if options.attention_weighted else None, spans, hi, b0,
                                            layout))
-    co = reduce_tables(tables, unique_keys=not rotary)
-    return BatchStats(list(heads), None, q_side.offsets, k_side.offsets,
-                      (q_side, k_side, scores, pattern, sel, amask), co, spans, scale, rotary,
-                      options.attention_weighted or rotary)
+    return reduce_tables(tables, unique_keys=not rotary)
 
 
 def with_heads(bs: BatchStats, co: dict | None, projectors: tuple[Projector, Projector]) -> BatchStats:

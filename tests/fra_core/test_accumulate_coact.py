@@ -10,7 +10,7 @@ import torch
 
 from fra_core import contracts
 from fra_core.accumulate import AccumulateFRAConfig
-from fra_core.accumulate.coact import CoactError, expand_coact, prune_coact, shard_pairs
+from fra_core.accumulate.coact import CoactError, expand_coact, prune_coact, shard_pairs, split_cells
 from fra_core.accumulate.run import prune_pairs, run_accumulate
 from fra_core.datasets import open_texts
 from fra_core.fra import FRAOptions, compute_fra
@@ -214,3 +214,12 @@ def test_shard_pairs_is_stored_pairs_and_the_expansion(parts2, tmp_path):
     want_p, want_e = expand_coact(tables["coact"], tables["proj"], 2)
     assert pairs.num_rows == want_p.num_rows + 1 and pairs.slice(0, 1).equals(extra)
     assert pairs.slice(1).equals(want_p) and ex.equals(want_e)
+
+
+@pytest.mark.parametrize("P", [1, 2, 64, 100, 128, 1000])
+def test_split_cells_inverts_the_cell_code(P):
+    rng = np.random.default_rng(P)
+    sample, q, k = rng.integers(0, 5000, 4000), rng.integers(0, P, 4000), rng.integers(0, P, 4000)
+    got = split_cells((sample * P + q) * P + k, P)
+    for g, want in zip(got, (sample, q, k)):
+        np.testing.assert_array_equal(g, want)

@@ -285,10 +285,9 @@ def test_later_compaction_adds_new_pairs_with_their_g(tmp_path, store):
     """Pairs first seen after a compaction get their G then; compacted pairs keep theirs (the second
     compaction computes G only for pairs new since the first)."""
     job, cells, extra = make_coact_job(tmp_path / "jobs", "coact-grow", n_shards=2, seed=8, samples_per_shard=3)
-    path = contracts.shard_path(job, 0, "coact")
-    first = pq.read_table(path).to_pandas()
-    contracts.write_table_atomic(pa.Table.from_pandas(first[first["q_feat"] < 2], schema=contracts.COACT_SCHEMA,
-                                                      preserve_index=False), path)
+    first = contracts.read_shard_table(job, 0, "coact").to_pandas()
+    contracts.write_kind_atomic(pa.Table.from_pandas(first[first["q_feat"] < 2], schema=contracts.COACT_SCHEMA,
+                                                     preserve_index=False), job, 0, "coact")
     cells = cells[~((cells["sample"] < 3) & (cells["q_feat"] >= 2))]
     hidden = contracts.shard_path(job, 1, "manifest")
     hidden.rename(hidden.with_suffix(".hidden"))

@@ -300,3 +300,25 @@ def test_sorted_merge_equals_the_generic_reduction():
             assert torch.equal(got[c], want[c]), (trial, c)
         for c in ("s", "abs", "ds", "dabs"):
             torch.testing.assert_close(got[c], want[c], rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", ["causal", "weighted", "rotary"])
+def test_table_and_marginals_together_equal_them_one_after_the_other(case):
+    """`batch_cotable_and_marginals` (the table in a worker thread) gives bit for bit what `batch_cotable`
+    then `batch_marginals` give, on fresh projectors each (the rows are filled in different orders)."""
+    from fra_core.fra.allpairs_batch import batch_cotable, batch_cotable_and_marginals, batch_marginals
+
+    model_kw, opt_kw = CASES[case]
+    model, sae, opts, toks, proj = _setup(model_kw, opt_kw)
+    bs, mg = batch_cotable_and_marginals(model, toks, 1, None, sae, None, opts, proj)
+    heads = list(range(model.cfg.n_heads))
+    fresh = (Projector(model, 1, sae, "Q", heads), Projector(model, 1, sae, "K", heads))
+    bs2 = batch_cotable(model, toks, 1, None, sae, None, opts, fresh)
+    mg2 = batch_marginals(model, 1, bs2, fresh, opts)
+    assert bs.co.keys() == bs2.co.keys()
+    for c in bs.co:
+        assert torch.equal(bs.co[c], bs2.co[c]), c
+    for s in ("q", "k"):
+        assert all(torch.equal(a, b) for a, b in zip(mg["features"][s], mg2["features"][s]))
+        assert torch.equal(mg["nodes"][s][1], mg2["nodes"][s][1])
+    assert torch.equal(mg["completeness"], mg2["completeness"]) and mg["share"] == mg2["share"]
