@@ -79,7 +79,8 @@ def top_pairs(con, run: int | str, *, metric: str = "sum", n: int = 100, order: 
     (see `pair_filter`), each row with mean, max |v|, and the features' labels / densities.
 
     Ranked from the run's pre-ranked top-K lists where they provably hold the answer (`store.topk`: a
-    lookup of a few thousand rows), else from `pair_rows` (a scan)."""
+    lookup of a few thousand rows; co-activation runs have them too), else from `pair_rows` (a scan; for
+    a feature filter, of that feature's rows only: `rows_source`)."""
     run_id = resolve_run(con, run)
     n = min(int(n), MAX_UI_ROWS)
     sort = {"desc": "DESC", "asc": "ASC", "abs": "DESC"}.get(order)
