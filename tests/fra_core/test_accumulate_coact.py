@@ -223,3 +223,21 @@ def test_split_cells_inverts_the_cell_code(P):
     got = split_cells((sample * P + q) * P + k, P)
     for g, want in zip(got, (sample, q, k)):
         np.testing.assert_array_equal(g, want)
+
+
+def test_coact_is_written_as_arrow_ipc_and_older_parquet_shards_still_read(parts2, tmp_path):
+    _, tables, *_ = _shard(parts2, 2)
+    contracts.write_shard(tmp_path / "new", 0, tables, [0])
+    path = contracts.shard_path(tmp_path / "new", 0, "coact")
+    assert path.name == "shard-000000.coact.arrow" and tables["coact"].num_rows > 0
+    assert contracts.read_shard_table(tmp_path / "new", 0, "coact").equals(tables["coact"])
+    old = tmp_path / "old"
+    contracts.write_shard(old, 0, tables, [0])
+    contracts.shard_path(old, 0, "coact").unlink()  # a shard of the Parquet era: coact.parquet
+    contracts.write_table_atomic(tables["coact"], contracts.shards_dir(old) / "shard-000000.coact.parquet")
+    assert contracts.read_shard_table(old, 0, "coact").equals(tables["coact"])
+    wrong = tables["coact"].drop_columns(["n"])
+    with pa.ipc.new_file(str(path), wrong.schema) as writer:
+        writer.write_table(wrong)
+    with pytest.raises(contracts.FRAStudioError, match="coact.arrow: schema"):
+        contracts.read_shard_table(tmp_path / "new", 0, "coact")
