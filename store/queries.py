@@ -79,7 +79,8 @@ def top_pairs(con, run: int | str, *, metric: str = "sum", n: int = 100, order: 
     (see `pair_filter`), each row with mean, max |v|, and the features' labels / densities.
 
     Ranked from the run's pre-ranked top-K lists where they provably hold the answer (`store.topk`: a
-    lookup of a few thousand rows), else from `pair_rows` (a scan)."""
+    lookup of a few thousand rows; co-activation runs have them too), else from `pair_rows` (a scan; for
+    a feature filter, of that feature's rows only: `rows_source`)."""
     run_id = resolve_run(con, run)
     n = min(int(n), MAX_UI_ROWS)
     sort = {"desc": "DESC", "asc": "ASC", "abs": "DESC"}.get(order)
@@ -92,7 +93,25 @@ def top_pairs(con, run: int | str, *, metric: str = "sum", n: int = 100, order: 
         df = _top_pairs_from(con, source, source_params, run_id, metric, order, n, diagonal, where, params)
         if len(df) >= n or exact_if_short:
             return df
-    return _top_pairs_from(con, "pair_rows", [], run_id, metric, order, n, diagonal, where, params)
+    source, source_params = rows_source(run_id, filters)
+    return _top_pairs_from(con, source, source_params, run_id, metric, order, n, diagonal, where, params)
+
+
+def rows_source(run_id: int, filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    """(FROM source, its parameters) for a scan of the run's `pair_rows` under `filters`: the view itself,
+    or for a feature on either side the union of its query-side rows and its other key-side rows. DuckDB
+    cannot push `q_feat = f OR k_feat = f` into the scans under the view, so it would expand every row of a
+    co-activation run (all heads) before filtering; each branch's filter is pushed down (zone maps on the
+    sorted q_feat), and the branches are disjoint, so the union holds each matching row once. The caller's
+    WHERE clause (`pair_filter`) still applies on top."""
+    feature, src = filters.get("feature"), filters.get("src")
+    if feature is None or filters.get("side", "either") != "either":
+        return "pair_rows", []
+    side = {s: f"{s}_feat = ?" + (f" AND {s}_src = ?" if src is not None else "") for s in ("q", "k")}
+    one = [int(feature)] + ([int(src)] if src is not None else [])
+    return (f"""(SELECT * FROM pair_rows WHERE run = ? AND {side['q']} UNION ALL
+                 SELECT * FROM pair_rows WHERE run = ? AND {side['k']} AND NOT ({side['q']}))""",
+            [run_id, *one, run_id, *one, *one])
 
 
 def _top_pairs_from(con, source: str, source_params: list[Any], run_id: int, metric: str, order: str, n: int,
@@ -176,14 +195,15 @@ def value_histogram(con, run: int | str, *, metric: str = "mean", bins: int = 50
     bins = max(1, min(int(bins), MAX_UI_ROWS))
     m = metric_sql(metric, diagonal)
     where, params = pair_filter(run_id, diagonal=diagonal, **filters)
-    lo, hi = con.execute(f"SELECT min({m}), max({m}) FROM pair_rows WHERE {where}", params).fetchone()
+    source, source_params = rows_source(run_id, filters)
+    lo, hi = con.execute(f"SELECT min({m}), max({m}) FROM {source} WHERE {where}", source_params + params).fetchone()
     if lo is None:
         return pd.DataFrame({"bin_lo": [], "bin_hi": [], "count": []})
     width = (hi - lo) / bins if hi > lo else 1.0
     df = con.execute(f"""
         SELECT least(floor(({m} - ?) / ?)::INTEGER, ?) AS b, count(*) AS count
-        FROM pair_rows WHERE {where} AND {m} IS NOT NULL GROUP BY b ORDER BY b""",
-                     [lo, width, bins - 1] + params).df()
+        FROM {source} WHERE {where} AND {m} IS NOT NULL GROUP BY b ORDER BY b""",
+                     [lo, width, bins - 1] + source_params + params).df()
     df["bin_lo"] = lo + df["b"] * width
     df["bin_hi"] = df["bin_lo"] + width
     if log_count:

@@ -17,8 +17,8 @@ neither has asc_cut <= value <= desc_cut, so |value| <= max(|asc_cut|, |desc_cut
 Lists are rebuilt by `refresh_summary` (every compaction); a run without lists (a database written by an
 older version) is served by the scan until `backfill_top` (called by `ingest_all_jobs`) builds them.
 
-A run with co-activation rows (`pair_coact`) gets no lists (see `refresh_top`): its pages rank by a
-scan of the view `pair_rows`.
+A run with co-activation rows (`pair_coact`) gets the same lists, over the rows of `pair_rows`; their
+candidates come from numpy (`store.topk_coact`: the few stored rows whose best head can reach a list).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 import duckdb
 
 from store.sqlparts import METRICS, metric_sql
+from store.topk_coact import candidate_rows
 
 # rows kept per list; a top-N query with N > TOP_K always scans. 22 lists x 5 000 rows per run.
 TOP_K = 5_000
@@ -56,38 +57,57 @@ def refresh_top(con, run: int, k: int | None = None) -> None:
     Each list is a plain `ORDER BY value LIMIT K` on rowids only (DuckDB's top-N keeps a K-row heap and
     skips row groups by zone map for plain columns), then one join fetches the K rows' columns.
 
-    Co-activation runs get no lists: a list ranks every (pair, head) of the run, H times the stored rows
-    (at GPT-2 shape 38 M per 2 samples: 20 s of compaction per shard for 22 lists), while a query scans
-    the view `pair_rows` in one pass over the stored rows (G is stored per row: `store.coact_g`), so the
-    pages rank from the view directly (`top_candidates` finds no list and falls back to the scan).
+    A co-activation run's rows are H per stored row (its heads), too many to rank in SQL (at GPT-2 shape
+    38 M per 2 samples: 20 s per shard for 22 lists): numpy picks, per layer, the few stored rows that can
+    reach each list (`store.topk_coact`), and the lists rank those rows' expansion (plus the run's
+    pair_stats rows, if any) by the same SQL expressions as a scan of `pair_rows`.
     """
     k = int(k or TOP_K)
     con.execute("DELETE FROM pair_top WHERE run = ?", [run])
     con.execute("DELETE FROM pair_top_lists WHERE run = ?", [run])
-    if has_coact(con, run):
-        return
+    cand = candidate_rows(con, run, list_specs(), k) if has_coact(con, run) else None
     for metric, diagonal in list_specs():
-        m = metric_sql(metric, diagonal)
         for direction in ("desc", "asc"):
-            con.execute(f"""
-                INSERT INTO pair_top
-                SELECT p.run, ?, ?, ?, {PAIR_COLUMNS}, {m} AS value
-                FROM pair_stats p
-                WHERE p.run = ? AND p.rowid IN (SELECT rowid FROM pair_stats WHERE run = ? AND {m} IS NOT NULL
-                                  ORDER BY {m} {direction.upper()} LIMIT {k})""",
-                        [metric, diagonal, direction, run, run])
-            con.execute(f"""
-                INSERT INTO pair_top_lists
-                SELECT ?, ?, ?, ?, ?, count(*), {'min' if direction == 'desc' else 'max'}(value)
-                FROM pair_top WHERE run = ? AND metric = ? AND diagonal = ? AND dir = ?""",
-                        [run, metric, diagonal, direction, k, run, metric, diagonal, direction])
+            tbl = None if cand is None else cand.get((metric, diagonal, direction))
+            if tbl is None:
+                _build_list(con, run, metric, diagonal, direction, k)
+                continue
+            # the list's co-activation candidates (Arrow: in DuckDB 2.0 a temp table created empty inside a
+            # transaction and filled with more than one row group reads back empty) and the run's stored rows
+            con.register("_top_cand", tbl)
+            try:
+                _build_list(con, run, metric, diagonal, direction, k, "_top_cand")
+            finally:
+                con.unregister("_top_cand")
+
+
+def _build_list(con, run: int, metric: str, diagonal: bool, direction: str, k: int, coact: str | None = None) -> None:
+    m = metric_sql(metric, diagonal)
+    if coact:
+        con.execute(f"""
+            INSERT INTO pair_top
+            SELECT run, ?, ?, ?, {PAIR_COLUMNS}, {m} AS value
+            FROM (SELECT * FROM {coact} UNION ALL SELECT * FROM pair_stats WHERE run = ?)
+            WHERE {m} IS NOT NULL ORDER BY {m} {direction.upper()} LIMIT {k}""", [metric, diagonal, direction, run])
+    else:
+        con.execute(f"""
+            INSERT INTO pair_top
+            SELECT p.run, ?, ?, ?, {PAIR_COLUMNS}, {m} AS value
+            FROM pair_stats p
+            WHERE p.run = ? AND p.rowid IN (SELECT rowid FROM pair_stats WHERE run = ? AND {m} IS NOT NULL
+                              ORDER BY {m} {direction.upper()} LIMIT {k})""", [metric, diagonal, direction, run, run])
+    con.execute(f"""
+        INSERT INTO pair_top_lists
+        SELECT ?, ?, ?, ?, ?, count(*), {'min' if direction == 'desc' else 'max'}(value)
+        FROM pair_top WHERE run = ? AND metric = ? AND diagonal = ? AND dir = ?""",
+                [run, metric, diagonal, direction, k, run, metric, diagonal, direction])
 
 
 def backfill_top(con) -> list[int]:
-    """Build the lists of every run that has pairs but no lists (databases from before migration 0007)."""
+    """Build the lists of every run that has pairs but no lists (databases from before migration 0007, and
+    co-activation runs compacted before they got lists)."""
     runs = [r[0] for r in con.execute("""SELECT id FROM runs WHERE n_pairs > 0
-                                         AND id NOT IN (SELECT run FROM pair_top_lists)
-                                         AND id NOT IN (SELECT DISTINCT run FROM pair_coact)""").fetchall()]
+                                         AND id NOT IN (SELECT run FROM pair_top_lists)""").fetchall()]
     for run in runs:
         con.execute("BEGIN TRANSACTION")
         try:
