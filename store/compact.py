@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -125,8 +126,12 @@ TOTALS_COLUMNS = ("q_src", "q_feat", "k_src", "k_feat", "n", "s", "abs", "mx", "
 
 def _merge_layer(con, run: int, layer: int, heads: list[int], keep_g: bool) -> dict:
     """Merge one layer's compacted and staged rows, replace its pair_coact rows; its `head_totals`."""
-    old = con.sql(f"SELECT {COACT_COLUMNS}, g FROM pair_coact WHERE run = ? AND layer = ?",
-                  params=[run, layer]).to_arrow_table()
+    g = f", g::DOUBLE[{len(heads)}] AS g" if keep_g else ""  # fixed-size: half a list's conversion time
+    try:
+        old = con.sql(f"SELECT {COACT_COLUMNS}{g} FROM pair_coact WHERE run = ? AND layer = ?",
+                      params=[run, layer]).to_arrow_table()
+    except duckdb.Error as exc:
+        raise StoreError(f"run {run} layer {layer}: pair_coact g is not its {len(heads)} heads' G ({exc})") from exc
     new = con.sql(f"SELECT {COACT_COLUMNS} FROM pair_coact_staged WHERE run = ? AND layer = ?",
                   params=[run, layer]).to_arrow_table()
     parts = [old, new] if old.num_rows else [new]  # compacted rows first
