@@ -41,8 +41,9 @@ def coact_table(layer: int, ids: dict[str, np.ndarray], co: dict[str, np.ndarray
     ids: q_src, q_feat, k_src, k_feat [n_pairs] (run ids); co: `fra_core.fra.allpairs` table columns as numpy
     (n, s, abs, dn, ds, dabs [n_pairs], mx, mn, mx_c, mn_c), cells coded (sample · P + q) · P + k."""
     n = len(co["n"])
-    cols = {"layer": np.full(n, layer, dtype=np.uint16), **ids, "n": co["n"], "s": co["s"], "abs": co["abs"],
-            "mx": co["mx"], "mn": co["mn"], "diag_n": co["dn"], "diag_s": co["ds"], "diag_abs": co["dabs"]}
+    count = lambda c: c.view(np.uint64) if c.dtype == np.int64 else c  # noqa: E731  counts ≥ 0: same bits
+    cols = {"layer": np.full(n, layer, dtype=np.uint16), **ids, "n": count(co["n"]), "s": co["s"], "abs": co["abs"],
+            "mx": co["mx"], "mn": co["mn"], "diag_n": count(co["dn"]), "diag_s": co["ds"], "diag_abs": co["dabs"]}
     for c, cell in (("mx", co["mx_c"]), ("mn", co["mn_c"])):
         cols[f"{c}_sample"], cols[f"{c}_q"], cols[f"{c}_k"] = split_cells(cell, P)
     return pa.table({f.name: pa.array(np.asarray(cols[f.name], dtype=f.type.to_pandas_dtype()), f.type)
@@ -50,11 +51,15 @@ def coact_table(layer: int, ids: dict[str, np.ndarray], co: dict[str, np.ndarray
 
 
 def split_cells(cell: np.ndarray, P: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cell codes (sample · P + q) · P + k (int64 ≥ 0) → (sample, q, k); shifts and masks when P is a
-    power of two (every usual context length: half the time of two integer divmods), else two divmods."""
-    if P & (P - 1) == 0:
+    """Cell codes (sample · P + q) · P + k (int64 ≥ 0) → (sample, q, k); when P is a power of two (every
+    usual context length) by shifts and masks straight into COACT_SCHEMA's dtypes (uint64, uint16, uint16)
+    with one int64 temporary: 0.11–0.19 → 0.02 s per 3.2 M cells, against 0.13 s for two divmods."""
+    if P & (P - 1) == 0 and P <= 1 << 16:
         bits = P.bit_length() - 1
-        return cell >> (2 * bits), (cell >> bits) & (P - 1), cell & (P - 1)
+        k = (cell & (P - 1)).astype(np.uint16)
+        tmp = np.right_shift(cell, bits)
+        q = np.bitwise_and(tmp, P - 1, out=tmp).astype(np.uint16)
+        return np.right_shift(cell, 2 * bits, out=tmp).view(np.uint64), q, k
     rest, k = np.divmod(cell, P)
     return (*np.divmod(rest, P), k)
 
