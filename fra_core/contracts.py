@@ -22,7 +22,7 @@ An accumulation job folder's `shards/` holds, per shard `i` (a batch of samples)
     shard-000042.coact.arrow / .proj.parquet  all-pair runs, head-independent layers: the layer's
                                    co-activation table and the heads' projected rows (COACT_SCHEMA, PROJ_SCHEMA);
                                    coact is an Arrow IPC file (zstd): millions of float-heavy rows per shard,
-                                   written ~3x faster than Parquet at the same size (older shards: .parquet)
+                                   written 2–4× faster than Parquet at the same size (older shards: .parquet)
     shard-000042.json              manifest: written last, so its presence marks a complete shard
 
 Every file is written to a temp name and moved into place with `os.replace`, and the manifest comes

@@ -169,7 +169,8 @@ def _numpy(parts: list[pa.Table], column: str) -> np.ndarray:
 
 def refresh_summary(con, run: int, coact: dict[tuple[int, int], dict] | None = None) -> None:
     """Rebuild the run's per-head counts and |FRA| totals (pair_summary), runs.n_pairs and its pre-ranked
-    top-K lists (`store.topk`; none for a co-activation run); call inside a transaction.
+    top-K lists (`store.topk`; a co-activation run's from the candidates `store.topk_coact` picks); call
+    inside a transaction.
 
     From pair_stats in SQL, plus the co-activation rows' totals per (layer, head) `coact` when the caller
     holds them (compaction: `_merge_coact`); without them a co-activation run's are one streaming pass over
