@@ -140,6 +140,18 @@ def make_coact_job(jobs_root: Path, name: str, n_shards: int = 3, samples_per_sh
     return job_dir, pd.concat(all_cells, ignore_index=True), {"vecs": vecs, "occ": occ_all}
 
 
+def ingested_coact_job(root: Path, name: str, **job_kwargs):
+    """(store, run id, cells, extra, job folder): `make_coact_job` under root/jobs, ingested into
+    root/fra.duckdb (the caller closes the store)."""
+    from store import Store, ingest_job_shards
+
+    job, cells_, extra = make_coact_job(root / "jobs", name, **job_kwargs)
+    store = Store(root / "fra.duckdb")
+    with store.write() as con:
+        run = ingest_job_shards(con, job)["run"]
+    return store, run, cells_, extra, job
+
+
 def expected_rows(c: pd.DataFrame, vecs: dict) -> pd.DataFrame:
     """Every head's pair statistics by enumeration of the per-cell terms ã·ã·G (pair_rows' columns
     but `run`), sorted by (layer, head, pair)."""

@@ -26,7 +26,14 @@ from store import (
     top_pairs,
 )
 from store.page_queries import head_summary
-from tests.store.coact_jobs import LAYERS, PAIR_LAYER, expected_examples, expected_rows, make_coact_job
+from tests.store.coact_jobs import (
+    LAYERS,
+    PAIR_LAYER,
+    expected_examples,
+    expected_rows,
+    ingested_coact_job,
+    make_coact_job,
+)
 from tests.store.fake_jobs import aggregate
 
 COLS = ["layer", "head", "q_src", "q_feat", "k_src", "k_feat", "n", "sum", "abs_sum", "max", "min", "diag_n",
@@ -68,13 +75,7 @@ def assert_examples_equal(got: pd.DataFrame, exp: pd.DataFrame) -> None:
 @pytest.fixture(scope="module")
 def coact_run(tmp_path_factory):
     """One 4-shard coact job ingested at once (the database, the run id, the job's cells and vectors)."""
-    from store import Store
-
-    root = tmp_path_factory.mktemp("coact")
-    job, cells, extra = make_coact_job(root / "jobs", "coact-a", n_shards=4, seed=5)
-    store = Store(root / "fra.duckdb")
-    with store.write() as con:
-        run = ingest_job_shards(con, job)["run"]
+    store, run, cells, extra, job = ingested_coact_job(tmp_path_factory.mktemp("coact"), "coact-a", n_shards=4, seed=5)
     yield store, run, cells, extra, job
     store.close()
 

@@ -9,23 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from store import ingest_job_shards, summary_stats, top_pairs
+from store import summary_stats, top_pairs
 from store.sqlparts import metric_sql
 from store.topk import list_specs, refresh_top
 from store.topk_coact import coefficient_ranges, layer_arrays, list_rows
-from tests.store.coact_jobs import LAYERS, make_coact_job
+from tests.store.coact_jobs import LAYERS, ingested_coact_job
 
 
 @pytest.fixture(scope="module")
 def coact_db(tmp_path_factory):
     """A 3-shard coact job (two coact layers, one per-head layer in pair_stats: a mixed run), ingested."""
-    from store import Store
-
-    root = tmp_path_factory.mktemp("coact_topk")
-    job, _, _ = make_coact_job(root / "jobs", "coact-topk", n_shards=3, seed=11)
-    store = Store(root / "fra.duckdb")
-    with store.write() as con:
-        run = ingest_job_shards(con, job)["run"]
+    store, run, *_ = ingested_coact_job(tmp_path_factory.mktemp("coact_topk"), "coact-topk", n_shards=3, seed=11)
     yield store, run
     store.close()
 
