@@ -22,6 +22,7 @@ from store.errors import StoreError
 from store.labels import refresh_auto_labels
 from store.sqlparts import KEY
 from store.topk import has_coact, refresh_top
+from store.topk_coact import COLUMNS as LIST_COLUMNS
 
 DEFAULT_EXAMPLES = 3  # example contexts kept per pair
 
@@ -61,7 +62,7 @@ def compact_run(con, run: int, examples_per_pair: int = DEFAULT_EXAMPLES) -> int
         con.execute("INSERT INTO pair_examples SELECT * FROM _merged")
         con.execute("DELETE FROM pair_examples_staged WHERE run = ?", [run])
         con.execute("DROP TABLE _merged")
-        refresh_summary(con, run, _merge_coact(con, run))
+        refresh_summary(con, run, *(_merge_coact(con, run) or (None, None)))
         _update_feature_density(con, run)
         refresh_auto_labels(con, run)
         con.execute("COMMIT")
@@ -81,10 +82,11 @@ COACT_COLUMNS = ", ".join(contracts.COACT_SCHEMA.names)
 SUMMARY_COLUMNS = ("unique_pairs", "self_pairs", "occurrences", "diagonal_occurrences", "sum", "abs_sum", "max_abs")
 
 
-def _merge_coact(con, run: int) -> dict[tuple[int, int], dict] | None:
+def _merge_coact(con, run: int) -> tuple[dict[tuple[int, int], dict], dict[int, tuple]] | None:
     """pair_coact of the run ∪ its staged co-activation rows, merged per (layer, pair) with each head's G;
     call inside a transaction. Returns the per-(layer, head) totals of the merged rows (`coact_g.head_totals`,
-    what `refresh_summary` needs of them), None if nothing was staged.
+    what `refresh_summary` needs of them) and per layer the merged columns the top-K lists read with their G
+    (`store.topk_coact.layer_arrays`' form), None if nothing was staged.
 
     One layer at a time in numpy (`store.coact_merge`; rows in pair order, G by `contracts.row_strengths`),
     inserted once: no GROUP BY, join or sort in SQL. G[h] = q.vec · k.vec of head h's proj rows, stored per
@@ -105,15 +107,15 @@ def _merge_coact(con, run: int) -> dict[tuple[int, int], dict] | None:
     layers = [r[0] for r in con.execute("""SELECT DISTINCT layer FROM pair_coact_staged WHERE run = $1 UNION
                                            SELECT DISTINCT layer FROM pair_coact WHERE run = $1 ORDER BY 1""",
                                         [run]).fetchall()]
-    totals = {}
+    totals, held = {}, {}
     for layer in layers:
         if layer not in after:
             raise StoreError(f"run {run} layer {layer}: co-activation rows but no proj vectors of any head")
-        per_head = _merge_layer(con, run, layer, after[layer], keep_g=before.get(layer) == after[layer])
+        per_head, held[layer] = _merge_layer(con, run, layer, after[layer], keep_g=before.get(layer) == after[layer])
         totals.update({(layer, head): {c: v[i] if c in ("sum", "abs_sum", "max_abs") else v
                                        for c, v in per_head.items()} for i, head in enumerate(after[layer])})
     con.execute("DELETE FROM pair_coact_staged WHERE run = ?", [run])
-    return totals
+    return totals, held
 
 
 def _layer_heads(con, run: int) -> dict[int, list[int]]:
@@ -124,8 +126,9 @@ def _layer_heads(con, run: int) -> dict[int, list[int]]:
 TOTALS_COLUMNS = ("q_src", "q_feat", "k_src", "k_feat", "n", "s", "abs", "mx", "mn", "diag_n")  # what head_totals reads
 
 
-def _merge_layer(con, run: int, layer: int, heads: list[int], keep_g: bool) -> dict:
-    """Merge one layer's compacted and staged rows, replace its pair_coact rows; its `head_totals`."""
+def _merge_layer(con, run: int, layer: int, heads: list[int], keep_g: bool) -> tuple[dict, tuple]:
+    """Merge one layer's compacted and staged rows, replace its pair_coact rows; (its `head_totals`, (its
+    merged columns of `topk_coact.COLUMNS`, G [rows, head_index]))."""
     g = f", g::DOUBLE[{len(heads)}] AS g" if keep_g else ""  # fixed-size: half a list's conversion time
     try:
         old = con.sql(f"SELECT {COACT_COLUMNS}{g} FROM pair_coact WHERE run = ? AND layer = ?",
@@ -159,7 +162,8 @@ def _merge_layer(con, run: int, layer: int, heads: list[int], keep_g: bool) -> d
     finally:
         with contextlib.suppress(Exception):  # an aborted transaction refuses; the original error matters
             con.unregister("_coact_merged")
-    return head_totals(merged, G)
+    lists = {c: merged[c] if c in merged else out[c].to_numpy() for c in LIST_COLUMNS}
+    return head_totals(merged, G), (lists, G)
 
 
 def _numpy(parts: list[pa.Table], column: str) -> np.ndarray:
@@ -167,14 +171,16 @@ def _numpy(parts: list[pa.Table], column: str) -> np.ndarray:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
-def refresh_summary(con, run: int, coact: dict[tuple[int, int], dict] | None = None) -> None:
+def refresh_summary(con, run: int, coact: dict[tuple[int, int], dict] | None = None,
+                    held: dict[int, tuple] | None = None) -> None:
     """Rebuild the run's per-head counts and |FRA| totals (pair_summary), runs.n_pairs and its pre-ranked
     top-K lists (`store.topk`; a co-activation run's from the candidates `store.topk_coact` picks); call
     inside a transaction.
 
     From pair_stats in SQL, plus the co-activation rows' totals per (layer, head) `coact` when the caller
     holds them (compaction: `_merge_coact`); without them a co-activation run's are one streaming pass over
-    the view `pair_rows` (G applied per row and head)."""
+    the view `pair_rows` (G applied per row and head). held: compaction's merged rows and G per layer,
+    handed to the top-K lists (`store.topk.refresh_top`)."""
     scan = "pair_rows" if coact is None and has_coact(con, run) else "pair_stats"
     rows = con.execute(f"""SELECT layer, head, count(*), count_if(q_src = k_src AND q_feat = k_feat), sum(n),
                                   sum(diag_n), sum(sum), sum(abs_sum), max(greatest(abs(max), abs(min)))
@@ -190,7 +196,7 @@ def refresh_summary(con, run: int, coact: dict[tuple[int, int], dict] | None = N
                      for (layer, head), t in sorted(per_head.items())])
     con.execute("UPDATE runs SET n_pairs = (SELECT coalesce(sum(unique_pairs), 0) FROM pair_summary WHERE run = $1)"
                 " WHERE id = $1", [run])
-    refresh_top(con, run)
+    refresh_top(con, run, held=held)
 
 
 def _add_totals(a: dict, b: dict) -> dict:

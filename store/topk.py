@@ -51,7 +51,7 @@ def has_coact(con, run: int) -> bool:
                             [run]).fetchone()[0])
 
 
-def refresh_top(con, run: int, k: int | None = None) -> None:
+def refresh_top(con, run: int, k: int | None = None, held: dict | None = None) -> None:
     """Rebuild the run's top-K lists from pair_stats; call inside the compaction's transaction.
 
     Each list is a plain `ORDER BY value LIMIT K` on rowids only (DuckDB's top-N keeps a K-row heap and
@@ -60,12 +60,13 @@ def refresh_top(con, run: int, k: int | None = None) -> None:
     A co-activation run's rows are H per stored row (its heads), too many to rank in SQL (at GPT-2 shape
     38 M per 2 samples: 20 s per shard for 22 lists): numpy picks, per layer, the few stored rows that can
     reach each list (`store.topk_coact`), and the lists rank those rows' expansion (plus the run's
-    pair_stats rows, if any) by the same SQL expressions as a scan of `pair_rows`.
+    pair_stats rows, if any) by the same SQL expressions as a scan of `pair_rows`. held: the co-activation
+    layers' rows and G the caller holds (`topk_coact.candidate_rows`), so compaction does not read them back.
     """
     k = int(k or TOP_K)
     con.execute("DELETE FROM pair_top WHERE run = ?", [run])
     con.execute("DELETE FROM pair_top_lists WHERE run = ?", [run])
-    cand = candidate_rows(con, run, list_specs(), k) if has_coact(con, run) else None
+    cand = candidate_rows(con, run, list_specs(), k, held) if has_coact(con, run) else None
     for metric, diagonal in list_specs():
         for direction in ("desc", "asc"):
             tbl = None if cand is None else cand.get((metric, diagonal, direction))

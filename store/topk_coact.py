@@ -164,14 +164,18 @@ def expand(run: int, layer: int, heads: list[int], a: dict[str, np.ndarray], G: 
         "nd_sum": g * (rep["s"] - rep["diag_s"])})
 
 
-def candidate_rows(con, run: int, specs: list[tuple[str, bool]], k: int) -> dict[tuple[str, bool, str], pa.Table]:
+def candidate_rows(con, run: int, specs: list[tuple[str, bool]], k: int,
+                   held: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] | None = None
+                   ) -> dict[tuple[str, bool, str], pa.Table]:
     """{(metric, diagonal, direction): its rows R of every co-activation layer of the run, expanded to
-    every head (`expand`)} for every (metric, diagonal) of `specs`."""
+    every head (`expand`)} for every (metric, diagonal) of `specs`. held: {layer: `layer_arrays`' result}
+    for the layers the caller already holds in memory (compaction: the merged rows and their G), read from
+    pair_coact otherwise."""
     out: dict[tuple[str, bool, str], list[pa.Table]] = {}
     layers = con.execute("""SELECT layer, list(head ORDER BY idx) FROM pair_coact_heads WHERE run = ?
                             GROUP BY layer ORDER BY layer""", [run]).fetchall()
     for layer, heads in layers:
-        a, G = layer_arrays(con, run, layer, len(heads))
+        a, G = (held or {}).get(layer) or layer_arrays(con, run, layer, len(heads))
         if not len(G):
             continue
         ranges = coefficient_ranges(G)
