@@ -190,7 +190,10 @@ def dataframe_rows(frame: Locator) -> int:
 
 
 def dataframe_columns(frame: Locator) -> list[str]:
+    """Column names of an st.dataframe, once its grid has rendered them (on a busy machine the frame can be
+    in the DOM before its header cells: CI once read no columns at all)."""
     heads = frame.locator('table[role="grid"] th[role="columnheader"]')
+    heads.first.wait_for(state="attached")
     return [heads.nth(i).text_content().strip() for i in range(heads.count())]
 
 
