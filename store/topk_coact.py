@@ -24,6 +24,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from store.coact_g import g_array
 from store.errors import StoreError
 from store.sqlparts import METRICS
 
@@ -41,12 +42,7 @@ def layer_arrays(con, run: int, layer: int, n_heads: int) -> tuple[dict[str, np.
     except duckdb.Error as exc:  # a list of another length cannot be cast
         raise StoreError(f"run {run} layer {layer}: a pair_coact.g list does not hold {n_heads} values (the "
                          f"layer's heads in pair_coact_heads): {exc}") from exc
-    g = tbl.column("g").combine_chunks()
-    flat = g.flatten().to_numpy(zero_copy_only=False)
-    if flat.size != len(g) * n_heads:
-        raise StoreError(f"run {run} layer {layer}: pair_coact.g holds {flat.size} values for {len(g)} rows, "
-                         f"expected {n_heads} per row (the layer's heads in pair_coact_heads)")
-    return {c: tbl.column(c).to_numpy() for c in COLUMNS}, flat.reshape(len(g), n_heads)
+    return {c: tbl.column(c).to_numpy() for c in COLUMNS}, g_array(tbl.column("g"), n_heads)
 
 
 def _term(a: dict[str, np.ndarray], name: str) -> np.ndarray:
