@@ -9,7 +9,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from fra_core import contracts
@@ -172,14 +171,14 @@ def test_proj_rows_are_stored_once_and_checked(tmp_path, store):
                           ).fetchone()[0]
         assert dup == 0 and con.execute("SELECT count(*) FROM pair_proj WHERE run = ?", [run]).fetchone()[0] > 0
     # a later shard whose vector of a feature differs (dictionary changed mid-run) is refused, whole
-    path = contracts.shard_path(job, 2, "proj")
-    table = pq.read_table(path).to_pandas()
+    table = contracts.read_shard_table(job, 2, "proj").to_pandas()
     table.loc[0, "vec"] = list(np.asarray(table.loc[0, "vec"]) * 1.001)
     with store.write() as con:
         con.execute("DELETE FROM ingested_shards WHERE run = ? AND shard = 2", [run])
         con.execute("DELETE FROM samples_done WHERE run = ? AND shard = 2", [run])
         before = con.execute("SELECT count(*) FROM pair_coact_staged").fetchone()[0]
-    contracts.write_table_atomic(pa.Table.from_pandas(table, schema=contracts.PROJ_SCHEMA, preserve_index=False), path)
+    contracts.write_kind_atomic(pa.Table.from_pandas(table, schema=contracts.PROJ_SCHEMA, preserve_index=False), job, 2,
+                                "proj")
     with store.write() as con, pytest.raises(StoreError, match=r"proj vector of \(layer \d+, head \d+, side '.', src"):
         ingest_job_shards(con, job)
     with store.read() as cur:
@@ -254,13 +253,11 @@ def test_results_package_database_holds_the_coact_run(coact_run, tmp_path):
 
 def test_coact_row_without_a_heads_vector_is_refused(tmp_path, store):
     job, *_ = make_coact_job(tmp_path / "jobs", "coact-missing", n_shards=1, seed=6)
-    path = contracts.shard_path(job, 0, "proj")
-    table = pq.read_table(path)
-    df = table.to_pandas()
+    df = contracts.read_shard_table(job, 0, "proj").to_pandas()
     drop = (df["side"] == "k") & (df["head"] == 3)  # head 3 of layer 2 loses one feature's key vector
     drop &= drop.cumsum() == 1
-    contracts.write_table_atomic(pa.Table.from_pandas(df[~drop], schema=contracts.PROJ_SCHEMA, preserve_index=False),
-                                 path)
+    contracts.write_kind_atomic(pa.Table.from_pandas(df[~drop], schema=contracts.PROJ_SCHEMA, preserve_index=False),
+                                job, 0, "proj")
     with store.write() as con, pytest.raises(StoreError, match=r"co-activation row .* has \d+ 'q' and 1 'k' proj "
                                                                r"vectors stored, but its layer has 2 heads"):
         ingest_job_shards(con, job)

@@ -279,7 +279,8 @@ def test_batch_share_equals_the_engine_share(case):
 def test_sorted_merge_equals_the_generic_reduction():
     """reduce_tables of sorted distinct-key tables (the O(rows) merge) == the generic sort-and-scatter
     reduction (unique_keys=False) of the same tables: keys, counts, extremes and their cells (ties: the
-    earliest table's cell) identical, sums to float64 rounding; tables with shared, new and no keys."""
+    earliest table's cell) identical, sums to float64 rounding; tables with shared, new and no keys; raw
+    tables (abs is s, dabs is ds: one tensor) merge into a raw table."""
     from fra_core.fra.allpairs import reduce_tables
 
     g = torch.Generator().manual_seed(0)
@@ -291,6 +292,8 @@ def test_sorted_merge_equals_the_generic_reduction():
             t = {"key": key, "n": torch.randint(1, 4, (N,), generator=g), "dn": torch.randint(0, 2, (N,), generator=g)}
             for c in ("s", "abs", "ds", "dabs"):
                 t[c] = torch.randn(N, generator=g, dtype=torch.float64)
+            if trial % 2:  # raw values: one tensor for Σx and Σ|x| (`sample_table`)
+                t["abs"], t["dabs"] = t["s"], t["ds"]
             for c in ("mx", "mn"):
                 t[c] = torch.randint(0, 3, (N,), generator=g).double()  # few values: many ties
                 t[c + "_c"] = torch.randint(0, 1000, (N,), generator=g)
@@ -300,6 +303,8 @@ def test_sorted_merge_equals_the_generic_reduction():
             assert torch.equal(got[c], want[c]), (trial, c)
         for c in ("s", "abs", "ds", "dabs"):
             torch.testing.assert_close(got[c], want[c], rtol=1e-14, atol=1e-14)
+        if trial % 2:
+            assert got["abs"] is got["s"] and got["dabs"] is got["ds"], trial
 
 
 @pytest.mark.parametrize("case", ["causal", "weighted", "rotary"])
