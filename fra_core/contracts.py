@@ -39,6 +39,7 @@ import functools
 import json
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -153,16 +154,44 @@ def row_strengths(qv: np.ndarray, qi: np.ndarray, kv: np.ndarray, ki: np.ndarray
     G = np.empty((len(qi), H), dtype=np.float64)
     if len(qi):
         qv, kv = qv.reshape(len(qv), H, d), kv.reshape(len(kv), H, d)
-        kt = functools.cache(lambda: _k_tiles(kv, np.arange(len(kv)), tile_k(d)))  # kv's tiles, when needed
+        lock = threading.Lock()
+
+        @functools.cache
+        def kt_once() -> np.ndarray:
+            return _k_tiles(kv, np.arange(len(kv)), tile_k(d))
+
+        def kt() -> np.ndarray:  # kv's tiles, when a block needs them: built once, whichever thread asks first
+            with lock:
+                return kt_once()
+
         order = np.argsort(qi, kind="stable") if np.any(qi[1:] < qi[:-1]) else None
         q_sorted = qi if order is None else qi[order]
         new_q = np.r_[True, q_sorted[1:] != q_sorted[:-1]]
         q_rank = np.cumsum(new_q) - 1  # each sorted row's query feature, counted from 0
         bounds = np.r_[np.flatnonzero(new_q)[::G_TILE_Q], len(qi)]
-        for r0, r1 in zip(bounds[:-1], bounds[1:]):
+
+        def block(r0: int, r1: int) -> None:
             rows = slice(r0, r1) if order is None else order[r0:r1]
             G[rows] = _block_strengths(qv, q_sorted[r0:r1], q_rank[r0:r1] - q_rank[r0], kv, kt, ki[rows])
+
+        # blocks write disjoint rows and each tile's GEMM is one fixed single-threaded BLAS call, so running
+        # blocks on all cores changes no bit (numpy releases the GIL in the GEMMs)
+        _on_cores(block, list(zip(bounds[:-1].tolist(), bounds[1:].tolist())))
     return G.reshape((len(qi),) + head_shape)
+
+
+def _on_cores(fn, args: list[tuple]) -> None:
+    """fn(*a) for every a in args, on a thread per core (in this thread when one block or one core)."""
+    workers = min(len(args), os.cpu_count() or 1)
+    if workers <= 1:
+        for a in args:
+            fn(*a)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="row-strengths") as pool:
+        for f in [pool.submit(fn, *a) for a in args]:
+            f.result()
 
 
 def _k_tiles(kv: np.ndarray, at: np.ndarray, bk: int) -> np.ndarray:
