@@ -181,23 +181,55 @@ def _insert_proj(con, run: int, shard: int, job: str) -> None:
                          f"src {src}, feature {feature}) differs from the one an earlier shard stored "
                          f"(length {n_new} vs {n_old}, relative difference {rel}); the run's dictionaries or "
                          "weights changed between shards, so its statistics would mix two models: refusing")
-    con.execute("""INSERT INTO pair_proj SELECT ?, layer, head, side, src, feature, vec FROM _shard_proj
-                   ON CONFLICT DO NOTHING""", [run])
-    # every co-activation row needs both features' vectors for every head of its layer (its G per head)
+    _insert_new_proj(con, run)
+    # every co-activation row needs both features' vectors for every head of its layer (its G per head): checked
+    # per distinct (layer, side, src, feature) the shard's rows touch, then one offending row is named
     missing = con.execute("""
         WITH heads AS (SELECT layer, count(DISTINCT head) AS n_heads FROM pair_proj WHERE run = $1 GROUP BY layer),
-             have AS (SELECT layer, side, src, feature, count(*) AS n FROM pair_proj WHERE run = $1 GROUP BY ALL)
-        SELECT c.layer, c.q_src, c.q_feat, c.k_src, c.k_feat, coalesce(h.n_heads, 0), coalesce(q.n, 0), coalesce(k.n, 0)
-        FROM _shard_coact c LEFT JOIN heads h ON h.layer = c.layer
-        LEFT JOIN have q ON q.layer = c.layer AND q.side = 'q' AND q.src = c.q_src AND q.feature = c.q_feat
-        LEFT JOIN have k ON k.layer = c.layer AND k.side = 'k' AND k.src = c.k_src AND k.feature = c.k_feat
-        WHERE h.n_heads IS NULL OR coalesce(q.n, 0) <> h.n_heads OR coalesce(k.n, 0) <> h.n_heads
-        LIMIT 1""", [run]).fetchone()
+             have AS (SELECT layer, side, src, feature, count(*) AS n FROM pair_proj WHERE run = $1 GROUP BY ALL),
+             need AS (SELECT DISTINCT layer, 'q' AS side, q_src AS src, q_feat AS feature FROM _shard_coact
+                      UNION SELECT DISTINCT layer, 'k', k_src, k_feat FROM _shard_coact)
+        SELECT f.layer, f.side, f.src, f.feature FROM need f LEFT JOIN heads h ON h.layer = f.layer
+        LEFT JOIN have v ON v.layer = f.layer AND v.side = f.side AND v.src = f.src AND v.feature = f.feature
+        WHERE h.n_heads IS NULL OR coalesce(v.n, 0) <> h.n_heads
+        ORDER BY f.layer, f.side DESC, f.src, f.feature LIMIT 1""", [run]).fetchone()
     if missing is not None:
-        *key, n_heads, n_q, n_k = missing
+        layer, side, src, feature = missing
+        key, n_heads, n_q, n_k = _missing_row(con, run, layer, side, src, feature)
         raise StoreError(f"shard {shard} of {job}: co-activation row (layer, q_src, q_feat, k_src, k_feat) = "
                          f"{tuple(key)} has {n_q} 'q' and {n_k} 'k' proj vectors stored, but its layer has "
                          f"{n_heads} heads: its per-head statistics cannot be computed; refusing the shard")
+
+
+def _insert_new_proj(con, run: int) -> None:
+    """The shard's proj rows not in pair_proj yet, inserted (call after checking the others are equal). By an
+    anti-join, not ON CONFLICT DO NOTHING (0.78 → 0.10 s for a GPT-2-shaped shard's 65 K rows), where the
+    shard's own keys are distinct (they are, as jobs write them); ON CONFLICT otherwise, as before."""
+    key = "layer, head, side, src, feature"
+    if con.execute(f"SELECT count(*) = count(DISTINCT ({key})) FROM _shard_proj").fetchone()[0]:
+        con.execute(f"""INSERT INTO pair_proj SELECT ?, {key}, vec FROM _shard_proj s
+                        WHERE NOT EXISTS (SELECT 1 FROM pair_proj p WHERE p.run = ? AND p.layer = s.layer
+                                          AND p.head = s.head AND p.side = s.side AND p.src = s.src
+                                          AND p.feature = s.feature)""", [run, run])
+    else:
+        con.execute(f"INSERT INTO pair_proj SELECT ?, {key}, vec FROM _shard_proj ON CONFLICT DO NOTHING", [run])
+
+
+def _missing_row(con, run: int, layer: int, side: str, src: int, feature: int) -> tuple[tuple, int, int, int]:
+    """(key, n_heads, n_q, n_k) of a co-activation row of the shard whose `side`
+    feature (src, feature) of `layer` lacks some head's proj vector: what the refusal names."""
+    col_src, col_feat = ("q_src", "q_feat") if side == "q" else ("k_src", "k_feat")
+    key = con.execute(f"""SELECT layer, q_src, q_feat, k_src, k_feat FROM _shard_coact
+                          WHERE layer = ? AND {col_src} = ? AND {col_feat} = ? LIMIT 1""",
+                      [layer, src, feature]).fetchone()
+    n_heads = con.execute("SELECT count(DISTINCT head) FROM pair_proj WHERE run = ? AND layer = ?",
+                          [run, layer]).fetchone()[0]
+
+    def n(side: str, src: int, feature: int) -> int:
+        return con.execute("SELECT count(*) FROM pair_proj WHERE run = ? AND layer = ? AND side = ? AND src = ?"
+                           " AND feature = ?", [run, layer, side, src, feature]).fetchone()[0]
+
+    return key, n_heads, n("q", key[1], key[2]), n("k", key[3], key[4])
 
 
 def _const_column(value: int, n: int):
