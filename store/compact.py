@@ -35,40 +35,53 @@ def compact_run(con, run: int, examples_per_pair: int = DEFAULT_EXAMPLES) -> int
     when a page filters by head, and a top-N by sum stops after the first row groups. The per-head
     counts in pair_summary are rebuilt. Returns the number of staged rows merged.
     """
-    staged = staged_rows(con, run)
-    if not staged:
+    if not staged_rows(con, run):
         return 0
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _merged AS
-            SELECT run, {KEY}, sum(n)::UBIGINT AS n, sum(sum) AS sum, sum(abs_sum) AS abs_sum,
-                   max(max) AS max, min(min) AS min, sum(diag_n)::UBIGINT AS diag_n,
-                   sum(diag_sum) AS diag_sum, sum(diag_abs_sum) AS diag_abs_sum,
-                   sum(sum) - sum(diag_sum) AS nd_sum
-            FROM (SELECT * EXCLUDE (nd_sum) FROM pair_stats WHERE run = $1
-                  UNION ALL SELECT * FROM pair_stats_staged WHERE run = $1)
-            GROUP BY run, {KEY} ORDER BY layer, head, sum DESC""", [run])
-        con.execute("DELETE FROM pair_stats WHERE run = ?", [run])
-        con.execute("INSERT INTO pair_stats SELECT * FROM _merged")
-        con.execute("DELETE FROM pair_stats_staged WHERE run = ?", [run])
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _merged AS
-            SELECT * FROM (SELECT * FROM pair_examples WHERE run = $1
-                           UNION ALL SELECT * FROM pair_examples_staged WHERE run = $1)
-            QUALIFY row_number() OVER (PARTITION BY {KEY} ORDER BY abs(value) DESC, sample, q_pos, k_pos) <= $2
-            ORDER BY layer, head""", [run, examples_per_pair])
-        con.execute("DELETE FROM pair_examples WHERE run = ?", [run])
-        con.execute("INSERT INTO pair_examples SELECT * FROM _merged")
-        con.execute("DELETE FROM pair_examples_staged WHERE run = ?", [run])
-        con.execute("DROP TABLE _merged")
-        refresh_summary(con, run, *(_merge_coact(con, run) or (None, None)))
-        _update_feature_density(con, run)
-        refresh_auto_labels(con, run)
+        staged = compact_in_transaction(con, run, examples_per_pair)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
+    return staged
+
+
+def compact_in_transaction(con, run: int, examples_per_pair: int = DEFAULT_EXAMPLES,
+                           held: pa.Table | None = None) -> int:
+    """`compact_run`'s work inside the caller's transaction. held: co-activation rows (COACT_SCHEMA) of a
+    shard the caller ingests in this transaction without staging them (`store.ingest`), merged as if they
+    were staged last, so the result equals staging them and compacting (their 3.2 M rows of a GPT-2-shaped
+    shard are then never written to pair_coact_staged, read back and deleted)."""
+    held = held if held is not None and held.num_rows else None
+    staged = staged_rows(con, run) + (held.num_rows if held is not None else 0)
+    if not staged:
+        return 0
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _merged AS
+        SELECT run, {KEY}, sum(n)::UBIGINT AS n, sum(sum) AS sum, sum(abs_sum) AS abs_sum,
+               max(max) AS max, min(min) AS min, sum(diag_n)::UBIGINT AS diag_n,
+               sum(diag_sum) AS diag_sum, sum(diag_abs_sum) AS diag_abs_sum,
+               sum(sum) - sum(diag_sum) AS nd_sum
+        FROM (SELECT * EXCLUDE (nd_sum) FROM pair_stats WHERE run = $1
+              UNION ALL SELECT * FROM pair_stats_staged WHERE run = $1)
+        GROUP BY run, {KEY} ORDER BY layer, head, sum DESC""", [run])
+    con.execute("DELETE FROM pair_stats WHERE run = ?", [run])
+    con.execute("INSERT INTO pair_stats SELECT * FROM _merged")
+    con.execute("DELETE FROM pair_stats_staged WHERE run = ?", [run])
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _merged AS
+        SELECT * FROM (SELECT * FROM pair_examples WHERE run = $1
+                       UNION ALL SELECT * FROM pair_examples_staged WHERE run = $1)
+        QUALIFY row_number() OVER (PARTITION BY {KEY} ORDER BY abs(value) DESC, sample, q_pos, k_pos) <= $2
+        ORDER BY layer, head""", [run, examples_per_pair])
+    con.execute("DELETE FROM pair_examples WHERE run = ?", [run])
+    con.execute("INSERT INTO pair_examples SELECT * FROM _merged")
+    con.execute("DELETE FROM pair_examples_staged WHERE run = ?", [run])
+    con.execute("DROP TABLE _merged")
+    refresh_summary(con, run, *(_merge_coact(con, run, held) or (None, None)))
+    _update_feature_density(con, run)
+    refresh_auto_labels(con, run)
     return int(staged)
 
 
@@ -82,8 +95,10 @@ COACT_COLUMNS = ", ".join(contracts.COACT_SCHEMA.names)
 SUMMARY_COLUMNS = ("unique_pairs", "self_pairs", "occurrences", "diagonal_occurrences", "sum", "abs_sum", "max_abs")
 
 
-def _merge_coact(con, run: int) -> tuple[dict[tuple[int, int], dict], dict[int, tuple]] | None:
-    """pair_coact of the run ∪ its staged co-activation rows, merged per (layer, pair) with each head's G;
+def _merge_coact(con, run: int, held: pa.Table | None = None
+                 ) -> tuple[dict[tuple[int, int], dict], dict[int, tuple]] | None:
+    """pair_coact of the run ∪ its staged co-activation rows ∪ `held` (rows not staged, see
+    `compact_in_transaction`), merged per (layer, pair) with each head's G;
     call inside a transaction. Returns the per-(layer, head) totals of the merged rows (`coact_g.head_totals`,
     what `refresh_summary` needs of them) and per layer the merged columns the top-K lists read with their G
     (`store.topk_coact.layer_arrays`' form), None if nothing was staged.
@@ -96,7 +111,8 @@ def _merge_coact(con, run: int) -> tuple[dict[tuple[int, int], dict], dict[int, 
     a differing one), so only pairs new since the last compaction are computed — unless the layer's heads
     changed. A pair's G does not depend on which pairs are computed with it, so this equals one compaction.
     """
-    if not con.execute("SELECT count(*) FROM pair_coact_staged WHERE run = ?", [run]).fetchall()[0][0]:
+    n_staged = con.execute("SELECT count(*) FROM pair_coact_staged WHERE run = ?", [run]).fetchall()[0][0]
+    if not n_staged and held is None:
         return None
     before = _layer_heads(con, run)
     con.execute("DELETE FROM pair_coact_heads WHERE run = ?", [run])
@@ -107,15 +123,29 @@ def _merge_coact(con, run: int) -> tuple[dict[tuple[int, int], dict], dict[int, 
     layers = [r[0] for r in con.execute("""SELECT DISTINCT layer FROM pair_coact_staged WHERE run = $1 UNION
                                            SELECT DISTINCT layer FROM pair_coact WHERE run = $1 ORDER BY 1""",
                                         [run]).fetchall()]
-    totals, held = {}, {}
+    held_layers = _by_layer(held)
+    layers = sorted(set(layers) | set(held_layers))
+    totals, lists = {}, {}
     for layer in layers:
         if layer not in after:
             raise StoreError(f"run {run} layer {layer}: co-activation rows but no proj vectors of any head")
-        per_head, held[layer] = _merge_layer(con, run, layer, after[layer], keep_g=before.get(layer) == after[layer])
+        per_head, lists[layer] = _merge_layer(con, run, layer, after[layer], keep_g=before.get(layer) == after[layer],
+                                              held=held_layers.get(layer), staged=bool(n_staged))
         totals.update({(layer, head): {c: v[i] if c in ("sum", "abs_sum", "max_abs") else v
                                        for c, v in per_head.items()} for i, head in enumerate(after[layer])})
-    con.execute("DELETE FROM pair_coact_staged WHERE run = ?", [run])
-    return totals, held
+    if n_staged:
+        con.execute("DELETE FROM pair_coact_staged WHERE run = ?", [run])
+    return totals, lists
+
+
+def _by_layer(held: pa.Table | None) -> dict[int, pa.Table]:
+    """held's rows per layer (in their order)."""
+    if held is None or not held.num_rows:
+        return {}
+    layer = held.column("layer").to_numpy()
+    if layer.min() == layer.max():
+        return {int(layer[0]): held}
+    return {int(v): held.take(np.flatnonzero(layer == v)) for v in np.unique(layer)}
 
 
 def _layer_heads(con, run: int) -> dict[int, list[int]]:
@@ -126,23 +156,25 @@ def _layer_heads(con, run: int) -> dict[int, list[int]]:
 TOTALS_COLUMNS = ("q_src", "q_feat", "k_src", "k_feat", "n", "s", "abs", "mx", "mn", "diag_n")  # what head_totals reads
 
 
-def _merge_layer(con, run: int, layer: int, heads: list[int], keep_g: bool) -> tuple[dict, tuple]:
-    """Merge one layer's compacted and staged rows, replace its pair_coact rows; (its `head_totals`, (its
-    merged columns of `topk_coact.COLUMNS`, G [rows, head_index]))."""
+def _merge_layer(con, run: int, layer: int, heads: list[int], keep_g: bool, held: pa.Table | None = None,
+                 staged: bool = True) -> tuple[dict, tuple]:
+    """Merge one layer's compacted, staged (if `staged`) and held rows, replace its pair_coact rows; (its
+    `head_totals`, (its merged columns of `topk_coact.COLUMNS`, G [rows, head_index]))."""
     g = f", g::DOUBLE[{len(heads)}] AS g" if keep_g else ""  # fixed-size: half a list's conversion time
     try:
         old = con.sql(f"SELECT {COACT_COLUMNS}{g} FROM pair_coact WHERE run = ? AND layer = ?",
                       params=[run, layer]).to_arrow_table()
     except duckdb.Error as exc:
         raise StoreError(f"run {run} layer {layer}: pair_coact g is not its {len(heads)} heads' G ({exc})") from exc
-    new = con.sql(f"SELECT {COACT_COLUMNS} FROM pair_coact_staged WHERE run = ? AND layer = ?",
-                  params=[run, layer]).to_arrow_table()
-    parts = [old, new] if old.num_rows else [new]  # compacted rows first
+    news = [con.sql(f"SELECT {COACT_COLUMNS} FROM pair_coact_staged WHERE run = ? AND layer = ?",
+                    params=[run, layer]).to_arrow_table()] if staged else []
+    news = [t for t in [*news, held] if t is not None and t.num_rows]  # staged rows first, then held ones
+    parts = [old, *news] if old.num_rows else news  # compacted rows first (the layer has some rows)
     cols = {c: _numpy(parts, c) for c in TOTALS_COLUMNS}
     Q, qi, K, ki = layer_index(con, run, layer, heads, cols)
     key = qi * len(K) + ki
-    if old.num_rows == 0 and bool(np.all(key[1:] > key[:-1])):  # one shard's rows, in pair order: as they are
-        merged, first, out = cols, np.arange(len(key)), {c: new.column(c) for c in contracts.COACT_SCHEMA.names}
+    if old.num_rows == 0 and len(news) == 1 and bool(np.all(key[1:] > key[:-1])):  # one shard's rows, in pair order
+        merged, first, out = cols, np.arange(len(key)), {c: news[0].column(c) for c in contracts.COACT_SCHEMA.names}
     else:
         merged, first = merge_rows({c: cols.get(c, _numpy(parts, c)) for c in contracts.COACT_SCHEMA.names}, key)
         out = {c: pa.array(merged[c], contracts.COACT_SCHEMA.field(c).type) for c in contracts.COACT_SCHEMA.names}

@@ -20,13 +20,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from fra_core import contracts
 from fra_core.contracts import job_status, read_json
-from store.compact import DEFAULT_EXAMPLES, compact_run, staged_rows
+from store.compact import DEFAULT_EXAMPLES, compact_in_transaction, compact_run, staged_rows
 from store.errors import StoreError
 from store.schema import RUN_TABLES
 from store.sqlparts import resolve_run
@@ -113,8 +113,13 @@ def _insert_arrow(con, table: str, run: int, view: str, columns: tuple[str, ...]
     con.execute(f"INSERT INTO {table} (run, {cols}) SELECT ?, {cols} FROM {view}", [run])
 
 
-def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool:
-    """Ingest one complete shard in one transaction; False if it was ingested before."""
+def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any],
+                 compact: Callable[[Any], Any] | None = None) -> bool:
+    """Ingest one complete shard in one transaction; False if it was ingested before.
+
+    compact: called in that transaction once the shard's rows are in, with its co-activation rows (an Arrow
+    table, COACT_SCHEMA), which are then not staged: `ingest_job_shards` compacts the run there
+    (`compact.compact_in_transaction`), so a shard and its compaction commit together (or neither does)."""
     shard = int(manifest["shard"])
     if con.execute("SELECT 1 FROM ingested_shards WHERE run = ? AND shard = ?", [run, shard]).fetchone():
         return False
@@ -125,11 +130,13 @@ def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool
     # to unregister them)
     for kind, table in tables.items():
         con.register(f"_shard_{kind}", table)
+    compacting = False
     con.execute("BEGIN TRANSACTION")
     try:
         _insert_arrow(con, "pair_stats_staged", run, "_shard_pairs", contracts.PAIRS_SCHEMA.names)
         _insert_arrow(con, "pair_examples_staged", run, "_shard_examples", contracts.EXAMPLES_SCHEMA.names)
-        _insert_arrow(con, "pair_coact_staged", run, "_shard_coact", contracts.COACT_SCHEMA.names)
+        if compact is None:
+            _insert_arrow(con, "pair_coact_staged", run, "_shard_coact", contracts.COACT_SCHEMA.names)
         _insert_proj(con, run, shard, job_dir.name)
         _insert_arrow(con, "feature_counts", run, "_shard_features", contracts.FEATURES_SCHEMA.names)
         _insert_arrow(con, "feature_tokens", run, "_shard_feature_tokens", contracts.FEATURE_TOKENS_SCHEMA.names)
@@ -144,10 +151,13 @@ def ingest_shard(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> bool
                      _dt.datetime.now()])
         con.execute("UPDATE runs SET n_samples = n_samples + ?, updated = ? WHERE id = ?",
                     [len(manifest["samples"]), _dt.datetime.now(), run])
+        if compact is not None:
+            compacting = True
+            compact(tables["coact"])
         con.execute("COMMIT")
     except Exception as exc:
         con.execute("ROLLBACK")
-        if isinstance(exc, StoreError):
+        if isinstance(exc, StoreError) or compacting:  # compaction's errors are its own
             raise
         if "Duplicate key" in str(exc) or "PRIMARY KEY" in str(exc):
             raise StoreError(f"shard {shard} of {job_dir.name} repeats samples that an earlier shard "
@@ -254,14 +264,15 @@ LIVE_COMPACT_ROWS = 2_000_000
 LIVE_COMPACT_FRACTION = 0.25
 
 
-def _should_compact(con, run: int, state: str | None) -> bool:
+def _should_compact(con, run: int, state: str | None, extra: int = 0) -> bool:
+    """Whether to compact the run now (extra: rows about to be staged, counted as staged)."""
     n_pairs = con.execute("SELECT n_pairs FROM runs WHERE id = ?", [run]).fetchone()[0]
     if state not in ("running", "queued") or n_pairs < LIVE_COMPACT_ROWS:
         return True
     # n_pairs counts co-activation rows once per head (what pair_rows expands them to), staged rows once
     stored = con.execute("""SELECT (SELECT count(*) FROM pair_stats WHERE run = $1)
                                    + (SELECT count(*) FROM pair_coact WHERE run = $1)""", [run]).fetchone()[0]
-    return staged_rows(con, run) >= stored * LIVE_COMPACT_FRACTION
+    return staged_rows(con, run) + extra >= stored * LIVE_COMPACT_FRACTION
 
 
 def ingest_job_shards(con, job_dir: str | Path, restore: bool = False) -> dict[str, Any]:
@@ -277,18 +288,37 @@ def ingest_job_shards(con, job_dir: str | Path, restore: bool = False) -> dict[s
         con.execute("DELETE FROM deleted_runs WHERE name = ?", [job_dir.name])
     run = _register_job(con, job_dir)
     new_shards = new_samples = 0
-    for manifest in contracts.complete_shards(job_dir):
-        if ingest_shard(con, run, job_dir, manifest):
+    manifests = contracts.complete_shards(job_dir)
+    for i, manifest in enumerate(manifests):
+        compact = _compact_with(con, run, job_dir, manifest) if i == len(manifests) - 1 else None
+        if ingest_shard(con, run, job_dir, manifest, compact):
             new_shards += 1
             new_samples += len(manifest["samples"])
     # compaction first, status after: a kill between them leaves the old status, so the next pass sees a
     # change and comes back; and `ingest_all_jobs` also returns to any run with staged rows left over
     status = job_status(job_dir)
     if _should_compact(con, run, status.get("state")):
-        config = json.loads(con.execute("SELECT config FROM runs WHERE id = ?", [run]).fetchone()[0] or "{}")
-        compact_run(con, run, int(config.get("examples_per_pair", DEFAULT_EXAMPLES)))
+        compact_run(con, run, _examples_per_pair(con, run))
     status = _sync_status(con, run, job_dir)
     return {"run": run, "shards": new_shards, "samples": new_samples, "state": status.get("state")}
+
+
+def _examples_per_pair(con, run: int) -> int:
+    config = json.loads(con.execute("SELECT config FROM runs WHERE id = ?", [run]).fetchone()[0] or "{}")
+    return int(config.get("examples_per_pair", DEFAULT_EXAMPLES))
+
+
+def _compact_with(con, run: int, job_dir: Path, manifest: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """For the last shard of a pass: the compaction to run inside its ingest transaction (its co-activation rows
+    handed over, never staged), where the pass would compact after it anyway and the shard has such rows; else
+    None. Saves staging them (a GPT-2-shaped shard's 3.2 M rows written, committed, read back and deleted).
+    Decided by `_should_compact` on the state before the ingest, with the shard's rows counted as staged; where
+    that says no, the shard is staged and the pass decides again afterwards, as before."""
+    rows = manifest.get("rows") or {}
+    n_new = int(rows.get("coact") or 0)
+    if not n_new or not _should_compact(con, run, job_status(job_dir).get("state"), n_new + int(rows.get("pairs") or 0)):
+        return None
+    return lambda coact: compact_in_transaction(con, run, _examples_per_pair(con, run), held=coact)
 
 
 def ingest_all_jobs(con, jobs_root: str | Path) -> list[dict[str, Any]]:
