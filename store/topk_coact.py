@@ -92,15 +92,15 @@ def list_rows(a: dict[str, np.ndarray], ranges: dict[str, tuple[np.ndarray, np.n
     if err is not None and d is not None:
         err /= d if valid is None else np.where(valid, d, 1.0)
     out = {}
-    for direction, top, bottom in (("desc", cmax, cmin), ("asc", cmin, cmax)):
-        best = (top if pos is True else np.where(pos, top, bottom)) * w  # the row's largest / smallest value
+    # asc ranks −value as desc ranks value; −value = (−c)·w / d exactly (rounding is symmetric in sign), so
+    # the negated ends of the range (`coefficient_ranges`, computed once per layer) save a pass per list
+    for direction, top, bottom in (("desc", cmax, cmin), ("asc", *ranges["-" + kind])):
+        best = (top if pos is True else np.where(pos, top, bottom)) * w  # the row's largest / −smallest value
         if metric == "max_abs":
             best = best.astype(np.float32).astype(np.float64)  # the view's ::FLOAT (monotone: still exact)
         if d is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 best /= d
-        if direction == "asc":
-            np.negative(best, out=best)
         out[direction] = _select(best, err, valid, k)
     return out
 
@@ -114,8 +114,7 @@ def _select(best: np.ndarray, err: np.ndarray | None, valid: np.ndarray | None, 
     if len(best) <= k:
         return np.arange(len(best)) if idx is None else idx
     lo = best if err is None else best - err
-    t = _kth_largest(lo, k)  # T: the rows with lo > t, then rows with lo == t up to K
-    at_least = np.flatnonzero(lo >= t)
+    t, at_least = _kth_largest(lo, k)  # T: the rows with lo > t, then rows with lo == t up to K
     above = at_least[lo[at_least] > t]
     chosen = np.concatenate([above, at_least[lo[at_least] == t][: k - len(above)]])
     if err is not None:
@@ -123,24 +122,33 @@ def _select(best: np.ndarray, err: np.ndarray | None, valid: np.ndarray | None, 
     return chosen if idx is None else idx[chosen]
 
 
-def _kth_largest(x: np.ndarray, k: int, stride: int = 8) -> float:
-    """The k-th largest value of x (k <= len(x)). The k-th largest of every `stride`-th value is a lower
-    bound, so the values at or above it hold the answer: one pass over x and a partition of a few k."""
+def _kth_largest(x: np.ndarray, k: int, stride: int = 8) -> tuple[float, np.ndarray]:
+    """(t: the k-th largest value of x (k <= len(x)), the indices of x >= t, ascending). The k-th largest of
+    every `stride`-th value is a lower bound, so the values at or above it hold the answer: one pass over x
+    and a partition of a few k."""
     if len(x) // stride >= k:
-        bound = np.partition(x[::stride], len(x[::stride]) - k)[len(x[::stride]) - k]
-        x = x[x >= bound]
-    return float(np.partition(x, len(x) - k)[len(x) - k])
+        sub = x[::stride]
+        cand = np.flatnonzero(x >= np.partition(sub, len(sub) - k)[len(sub) - k])
+    else:
+        cand = np.arange(len(x))
+    v = x[cand]
+    t = float(np.partition(v, len(v) - k)[len(v) - k])
+    return t, cand[v >= t]
 
 
 def coefficient_ranges(G: np.ndarray, block: int = 1 << 14) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per row, the range of each coefficient kind over its heads: G, |G| and the constant 1."""
+    """Per row, the range of each coefficient kind over its heads: G, |G| and the constant 1, and (key "-kind") the
+    negated range (−c_min, −c_max)."""
     gmin, gmax, amin = (np.empty(len(G)) for _ in range(3))
     for lo in range(0, len(G), block):  # a transposed block at a time: reductions over contiguous rows
         part = np.ascontiguousarray(G[lo:lo + block].T)
         gmin[lo:lo + block], gmax[lo:lo + block] = np.minimum.reduce(part), np.maximum.reduce(part)
         amin[lo:lo + block] = np.minimum.reduce(np.abs(part, out=part))
     one = np.ones(len(G))
-    return {"signed": (gmin, gmax), "abs": (amin, np.maximum(gmax, -gmin)), "one": (one, one)}
+    amax = np.maximum(gmax, -gmin)
+    out = {"signed": (gmin, gmax), "abs": (amin, amax), "one": (one, one)}
+    # negated: (−c_min, −c_max) per kind, the ends `list_rows` ranks its asc lists by
+    return {**out, **{"-" + kind: (-lo, -hi) for kind, (lo, hi) in out.items()}}
 
 
 def expand(run: int, layer: int, heads: list[int], a: dict[str, np.ndarray], G: np.ndarray,
