@@ -360,3 +360,15 @@ def test_extreme_is_the_first_entry_attaining_it(how):
             assert best[f, k] == a_e[win] * kx[i_e[win], k], (f, k)
             if torch.isfinite(best[f, k]):
                 assert (i[f, k], j[f, k]) == (i_e[win], jx[i_e[win], k]), (f, k)
+
+
+@pytest.mark.parametrize("span", [50, 1 << 23])  # the O(n + span) path, and torch.unique for a huge span
+def test_compact_ids_is_torch_unique(span):
+    from fra_core.fra.aggregate import compact_ids
+
+    g = torch.Generator().manual_seed(span % 97)
+    ids = torch.randint(0, min(span, 50), (300,), generator=g) * (span // 50)  # many repeats, gaps
+    for got, want in zip(compact_ids(ids, span), torch.unique(ids, return_inverse=True)):
+        assert torch.equal(got, want)
+    empty = compact_ids(ids[:0], span)
+    assert len(empty[0]) == 0 and len(empty[1]) == 0
