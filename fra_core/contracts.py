@@ -181,8 +181,9 @@ def row_strengths(qv: np.ndarray, qi: np.ndarray, kv: np.ndarray, ki: np.ndarray
 
 
 def _on_cores(fn, args: list[tuple]) -> None:
-    """fn(*a) for every a in args, on a thread per core (in this thread when one block or one core)."""
-    workers = min(len(args), os.cpu_count() or 1)
+    """fn(*a) for every a in args, on a thread per usable core (in this thread when one block or one core)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(len(args), cores)
     if workers <= 1:
         for a in args:
             fn(*a)

@@ -32,7 +32,7 @@ import torch
 
 import fra_core
 from fra_core import contracts
-from fra_core.accumulate.coact import compact_ids, layer_tables, run_ids
+from fra_core.accumulate.coact import layer_tables, run_ids
 from fra_core.accumulate.config import AccumulateError, AccumulateFRAConfig
 from fra_core.accumulate.topm import (
     ShardBuffer,
@@ -42,7 +42,7 @@ from fra_core.accumulate.topm import (
     run_sources,
     token_groups,
 )
-from fra_core.fra.aggregate import PairCodec
+from fra_core.fra.aggregate import PairCodec, compact_ids
 from fra_core.fra.share import add_sums
 
 

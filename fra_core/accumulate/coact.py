@@ -226,22 +226,6 @@ def run_ids(gid, offsets: list[int], src_map: list[int]):
     return torch.tensor(src_map, device=gid.device)[s], gid - offs[s]
 
 
-def compact_ids(gid, span: int):
-    """torch.unique(gid, return_inverse=True) for ids in [0, span), in O(n + span) without a sort (the same
-    sorted ids and inverse); a plain torch.unique when span is much larger than gid."""
-    import torch
-
-    if span > max(1 << 22, 4 * len(gid)):
-        return torch.unique(gid, return_inverse=True)
-
-    present = torch.zeros(span, dtype=torch.bool, device=gid.device)
-    present[gid] = True
-    uniq = present.nonzero().squeeze(1)
-    at = torch.empty(span, dtype=torch.long, device=gid.device)
-    at[uniq] = torch.arange(len(uniq), device=gid.device)
-    return uniq, at[gid]
-
-
 def layer_tables(layer: int, heads: list[int], template, co: dict, projectors, q_map: list[int],
                  k_map: list[int], P: int) -> tuple[pa.Table, pa.Table]:
     """(coact, proj) of one head-independent layer from the shard's reduced co-activation table co
@@ -249,6 +233,7 @@ def layer_tables(layer: int, heads: list[int], template, co: dict, projectors, q
     layer's `BatchStats` (spans, offsets, scale). proj holds, per head, exactly the features co uses, with
     the vectors `fra_core.fra.allpairs_batch.strengths` multiplies: q = U_f[h], k = V_g[h] / attn_scale."""
 
+    from fra_core.fra.aggregate import compact_ids
     from fra_core.fra.allpairs import split_key
 
     _, qg, kg = split_key(co["key"], *template.spans)

@@ -39,8 +39,10 @@ def free_memory_bytes() -> int | None:
 
 
 def tables_bytes(tables: list[dict]) -> int:
-    """Bytes held by the tensors of co-activation tables (dicts of column → tensor)."""
-    return sum(v.element_size() * v.numel() for t in tables for v in t.values() if hasattr(v, "element_size"))
+    """Bytes held by the tensors of co-activation tables (dicts of column → tensor); a tensor two columns
+    share (a raw table's abs is its s) counts once."""
+    seen = {id(v): v for t in tables for v in t.values() if hasattr(v, "element_size")}
+    return sum(v.element_size() * v.numel() for v in seen.values())
 
 
 def projected_shard_bytes(held_bytes: int, output_rows: int, samples_done: int, shard_samples: int,

@@ -131,37 +131,35 @@ def key_aggregates_scan(Ak: torch.Tensor, causal: bool, diag: bool, bos_key: boo
 def _extreme(a_e: torch.Tensor, i_e: torch.Tensor, f_e: torch.Tensor, nq: int, kx: torch.Tensor,
              jx: torch.Tensor, how: str):
     """max (how='amax') or min over the query entries e = (i_e, f_e, a_e > 0) of a_e · kx[i_e, g]:
-    the max-times product, [n_q, n_k], with the (i, j) of the first entry that attains it.
+    the max-times product, [n_q, n_k], with the (i, j) of the first entry that attains it (features
+    without entries: ±inf, and an arbitrary cell: they have no co-activation row).
 
-    A feature with a single entry (most features of a heavy-tailed sample) needs no reduction: its
-    products are its extremes and its entry the first to attain them, so only multi-entry features are
-    scattered and searched for the first attaining entry."""
-    nk = kx.shape[1]
-    E = len(a_e)
-    best = torch.full((nq, nk), -torch.inf if how == "amax" else torch.inf, dtype=F64, device=kx.device)
+    Features are taken by their number of entries c: the entries of those with c entries form one
+    [features, c, n_k] block of products, reduced along c by max/min, which return the first index of
+    the extreme (documented; entries are in row order within a feature, so the first is the earliest
+    row). One pass over the products: 0.17–0.38 → 0.12 s per GPT-2-shaped sample against a scatter
+    reduction followed by a search for the first equal product."""
+    nk, E, dev = kx.shape[1], len(a_e), kx.device
+    best = torch.full((nq, nk), -torch.inf if how == "amax" else torch.inf, dtype=F64, device=dev)
+    first = torch.zeros((nq, nk), dtype=torch.long, device=dev)  # the entry of each extreme
     if E == 0:
-        zero = torch.zeros(nq, nk, dtype=torch.long, device=kx.device)
-        return best, zero, zero
-    step = max(1, BUDGET // max(1, nk))
-    single = torch.bincount(f_e, minlength=nq)[f_e] == 1
-    one, many = single.nonzero().squeeze(1), (~single).nonzero().squeeze(1)
-    for e0 in range(0, len(one), step):  # distinct features: a plain row copy
-        e = one[e0:e0 + step]
-        best[f_e[e]] = a_e[e, None] * kx[i_e[e]]  # a > 0: ±inf (no selected active key) stays ±inf
-    for e0 in range(0, len(many), step):
-        e = many[e0:e0 + step]
-        P = a_e[e, None] * kx[i_e[e]]
-        best.scatter_reduce_(0, f_e[e, None].expand_as(P), P, how, include_self=True)
-    first = torch.full((nq, nk), E, dtype=torch.long, device=kx.device)
-    first[f_e[one]] = one[:, None]
-    # the first multi-entry product equal to a finite extreme (±inf extremes become NaN: never equal)
-    target = torch.where(torch.isfinite(best), best, torch.nan)
-    flat = first.view(-1)
-    for e0 in range(0, len(many), step):
-        e = many[e0:e0 + step]
-        r, g = (a_e[e, None] * kx[i_e[e]] == target[f_e[e]]).nonzero(as_tuple=True)
-        flat.scatter_reduce_(0, f_e[e][r] * nk + g, e[r], "amin")
-    i = i_e[first.clamp(max=E - 1)]
+        return best, first, first.clone()
+    counts = torch.bincount(f_e, minlength=nq)
+    order = torch.sort(f_e, stable=True).indices  # entries by feature, in entry (row) order within one
+    starts = torch.cumsum(counts, 0) - counts
+    for c in torch.unique(counts[counts > 0]).tolist():
+        feats = (counts == c).nonzero().squeeze(1)
+        entries = order[starts[feats, None] + torch.arange(c, device=dev)]  # [features, c]
+        rows = max(1, BUDGET // (c * nk))
+        for r0 in range(0, len(feats), rows):
+            f, e = feats[r0:r0 + rows], entries[r0:r0 + rows]
+            P = a_e[e, None] * kx[i_e[e]]  # [features, c, n_k]; a > 0: ±inf (no selected active key) stays ±inf
+            if c == 1:  # a feature's one entry: its products are its extremes
+                best[f], first[f] = P[:, 0], e.expand(-1, nk)
+            else:
+                v, w = P.max(1) if how == "amax" else P.min(1)
+                best[f], first[f] = v, e.gather(1, w)
+    i = i_e[first]
     return best, i, jx.gather(0, i)
 
 

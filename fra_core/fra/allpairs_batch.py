@@ -17,6 +17,7 @@ import dataclasses
 
 import torch
 
+from fra_core.fra.aggregate import compact_ids
 from fra_core.fra.allpairs import F64, head_stats, percell_rows, reduce_tables, sample_groups, sample_table, split_key
 from fra_core.fra.engine import attention_mask, run_sides, selection_mask
 from fra_core.fra.options import FRAInputError, FRAOptions
@@ -322,9 +323,9 @@ def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Project
         nodes["q"] = nodes["q"] + m["q_nodes"]
         nodes["k"] = nodes["k"] + m["k_nodes"]
     feats = {}
-    for s in ("q", "k"):
+    for s, side in (("q", q_side), ("k", k_side)):
         key = torch.cat(keys[s])
-        uniq, inv = torch.unique(key, return_inverse=True)
+        uniq, inv = compact_ids(key, H * (side.offsets[-1] + 1))
         v = torch.cat(vals[s])
         feats[s] = (uniq, torch.zeros(len(uniq), 3, dtype=F64, device=v.device).index_add_(0, inv, v))
     return {"features": feats, "nodes": {"q": (q_side.node_names, nodes["q"]), "k": (k_side.node_names, nodes["k"])},

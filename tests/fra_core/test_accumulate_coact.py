@@ -233,9 +233,10 @@ def test_coact_is_written_as_arrow_ipc_and_older_parquet_shards_still_read(parts
     assert contracts.read_shard_table(tmp_path / "new", 0, "coact").equals(tables["coact"])
     old = tmp_path / "old"
     contracts.write_shard(old, 0, tables, [0])
-    contracts.shard_path(old, 0, "coact").unlink()  # a shard of the Parquet era: coact.parquet
-    contracts.write_table_atomic(tables["coact"], contracts.shards_dir(old) / "shard-000000.coact.parquet")
-    assert contracts.read_shard_table(old, 0, "coact").equals(tables["coact"])
+    for kind in ("coact", "proj"):  # a shard of the Parquet era: coact.parquet, proj.parquet
+        contracts.shard_path(old, 0, kind).unlink()
+        contracts.write_table_atomic(tables[kind], contracts.shards_dir(old) / f"shard-000000.{kind}.parquet")
+        assert contracts.read_shard_table(old, 0, kind).equals(tables[kind])
     wrong = tables["coact"].drop_columns(["n"])
     with pa.ipc.new_file(str(path), wrong.schema) as writer:
         writer.write_table(wrong)

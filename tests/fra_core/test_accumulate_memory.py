@@ -20,6 +20,14 @@ def test_projection_is_linear_in_samples_and_counts_every_head_row():
     assert memory.projected_shard_bytes(100, 0, 2, 8, coact_rows=1000) == (100 + 1000 * memory.COACT_BYTES_PER_PAIR) * 4
 
 
+def test_a_tensor_two_columns_share_counts_once():
+    import torch
+
+    s, n = torch.zeros(10, dtype=torch.float64), torch.zeros(10, dtype=torch.int64)
+    assert memory.tables_bytes([{"s": s, "abs": s, "n": n}]) == 160  # a raw table: abs is s
+    assert memory.tables_bytes([{"s": s, "abs": s.clone(), "n": n}]) == 240
+
+
 def test_a_head_independent_shard_projects_its_rows_once(parts, monkeypatch):
     """The job's projection of a 4-head, head-independent layer counts each table row once."""
     from fra_core.accumulate.allpairs import AllPairsRunner

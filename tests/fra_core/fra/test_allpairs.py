@@ -327,3 +327,48 @@ def test_table_and_marginals_together_equal_them_one_after_the_other(case):
         assert all(torch.equal(a, b) for a, b in zip(mg["features"][s], mg2["features"][s]))
         assert torch.equal(mg["nodes"][s][1], mg2["nodes"][s][1])
     assert torch.equal(mg["completeness"], mg2["completeness"]) and mg["share"] == mg2["share"]
+
+
+@pytest.mark.parametrize("how", ["amax", "amin"])
+def test_extreme_is_the_first_entry_attaining_it(how):
+    """The max-times product `_extreme` == a loop over each feature's entries in order: the extreme of
+    a_e · kx[i_e, g] and the first entry attaining it, with products that tie often (small integers) and
+    features of every multiplicity (one entry up to dozens), ±inf where a key feature has no selected key."""
+    from fra_core.fra.allpairs import _extreme
+
+    g = torch.Generator().manual_seed(1)
+    T, nq, nk, E = 12, 9, 7, 60
+    i_e = torch.sort(torch.randint(0, T, (E,), generator=g)).values  # entries in row order
+    f_e = torch.cat([torch.zeros(20, dtype=torch.long), torch.randint(1, nq - 1, (E - 20,), generator=g)])
+    f_e = f_e[torch.randperm(E, generator=g)]  # feature 0: 20 entries; feature nq - 1: none
+    a_e = torch.randint(1, 3, (E,), generator=g).double()
+    kx = torch.randint(0, 3, (T, nk), generator=g).double()
+    kx[kx == 0] = -torch.inf if how == "amax" else torch.inf
+    jx = torch.randint(0, T, (T, nk), generator=g)
+    best, i, j = _extreme(a_e, i_e, f_e, nq, kx, jx, how)
+    better = (lambda x, y: x > y) if how == "amax" else (lambda x, y: x < y)
+    for f in range(nq):
+        mine = [e for e in range(E) if f_e[e] == f]
+        for k in range(nk):
+            if not mine:
+                assert best[f, k] == (-torch.inf if how == "amax" else torch.inf)
+                continue
+            win = mine[0]
+            for e in mine[1:]:
+                if better(a_e[e] * kx[i_e[e], k], a_e[win] * kx[i_e[win], k]):
+                    win = e
+            assert best[f, k] == a_e[win] * kx[i_e[win], k], (f, k)
+            if torch.isfinite(best[f, k]):
+                assert (i[f, k], j[f, k]) == (i_e[win], jx[i_e[win], k]), (f, k)
+
+
+@pytest.mark.parametrize("span", [50, 1 << 23])  # the O(n + span) path, and torch.unique for a huge span
+def test_compact_ids_is_torch_unique(span):
+    from fra_core.fra.aggregate import compact_ids
+
+    g = torch.Generator().manual_seed(span % 97)
+    ids = torch.randint(0, min(span, 50), (300,), generator=g) * (span // 50)  # many repeats, gaps
+    for got, want in zip(compact_ids(ids, span), torch.unique(ids, return_inverse=True)):
+        assert torch.equal(got, want)
+    empty = compact_ids(ids[:0], span)
+    assert len(empty[0]) == 0 and len(empty[1]) == 0
