@@ -7,6 +7,8 @@ key is the second guard: a sample that appears in two shards aborts that shard's
 
 Shard rows land in `*_staged` tables (a cheap append); `store.compact.compact_run` then merges them into
 `pair_stats` / `pair_examples` / `pair_coact` in one transaction, so queries always see a consistent run.
+Where a pass compacts anyway, its last shard is compacted inside that shard's own transaction and its
+co-activation rows go to compaction in memory, never through pair_coact_staged (`_compact_with`).
 A shard's projected rows (`proj`: each head's q/k vectors of the features its co-activation rows touch)
 go straight into `pair_proj`; every shard repeats the vectors of the features it touches, so rows
 already there are skipped, after checking they are the same vectors (a run whose shards disagree on a
