@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fra_core import contracts
+from fra_core import contracts, pair_strengths
 
 
 @pytest.mark.parametrize("unsorted", [False, True])
@@ -15,11 +15,11 @@ def test_g_on_all_cores_has_the_bits_of_one_core(monkeypatch, unsorted):
     if unsorted:
         qi = rng.permutation(qi)
     threads = []
-    real = contracts._on_cores
-    monkeypatch.setattr(contracts, "_on_cores", lambda fn, args: (threads.append(len(args)), real(fn, args)))
-    monkeypatch.setattr(contracts.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    real = pair_strengths._on_cores
+    monkeypatch.setattr(pair_strengths, "_on_cores", lambda fn, args: (threads.append(len(args)), real(fn, args)))
+    monkeypatch.setattr(pair_strengths.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     many = contracts.row_strengths(qv, qi, kv, ki)
-    monkeypatch.setattr(contracts.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(pair_strengths.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     one = contracts.row_strengths(qv, qi, kv, ki)
     assert threads and threads[0] > 4  # many blocks, shared among the cores
     assert np.array_equal(many.view(np.uint64), one.view(np.uint64))
