@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-PACKED = b"fra.coact.packed"  # schema metadata: comma-separated list of what was zeroed (`_RULES`)
+PACKED = b"fra.coact.packed"  # schema metadata: what was zeroed, comma-separated (SAME_COLUMNS keys, "single")
 SAME_COLUMNS = {"abs": "s", "diag_abs": "diag_s"}  # column → the column it repeats (raw values)
 SINGLE_CELL = {"mx": "s", "mn": "s", "mn_sample": "mx_sample", "mn_q": "mx_q", "mn_k": "mx_k"}  # rows n = 1
 

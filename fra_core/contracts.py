@@ -270,11 +270,13 @@ def write_shard(job_dir: str | Path, shard: int, tables: dict[str, pa.Table], sa
             raise FRAStudioError(f"shard {shard} {kind} table has schema {tables[kind].schema}, expected {schema}")
     # the IPC kinds (an all-pair shard's bulk) are written by a worker thread while this one writes the Parquet
     # kinds: pyarrow releases the GIL, and the two use the two cores a shard's write otherwise leaves half idle
+    def write(kinds) -> None:
+        for kind in kinds:
+            write_kind_atomic(tables[kind], job_dir, shard, kind)
+
     with ThreadPoolExecutor(1, thread_name_prefix="shard-ipc") as pool:
-        bulk = pool.submit(lambda: [write_kind_atomic(tables[k], job_dir, shard, k) for k in IPC_KINDS])
-        for kind in KINDS:
-            if kind not in IPC_KINDS:
-                write_kind_atomic(tables[kind], job_dir, shard, kind)
+        bulk = pool.submit(write, IPC_KINDS)
+        write([kind for kind in KINDS if kind not in IPC_KINDS])
         bulk.result()
     counts = {kind: table.num_rows for kind, table in tables.items()}
     manifest = {"shard": shard, "samples": [int(s) for s in samples], "rows": counts, **(meta or {})}
