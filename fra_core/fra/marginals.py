@@ -16,7 +16,12 @@ share of a head's scores that features explain. Values are transformed like the 
 its absent cells are left out, as for pairs) and attention-weighted (× A_ij).
 
 Cost per sample and head: T²·(K + n_nodes)·d_head: per-cell work, cheap next to the pairs; all heads of a
-sample in one set of batched einsums.
+sample in one set of batched products. Without centring (`sample_marginals`' fast path) a sum is linear in
+the cell values (Σ_j w_ij q_i^f·k_j = q_i^f·Σ_j w_ij k_j: one [T, T] × [T, d] product per side), so only the
+abs sums need the cells, and of those only the ones the selection reaches: `BANDS` bands of rows, each
+against the columns its selected cells span (a causal mask: 62.5 % of the T² cells), as plain contiguous
+products whose |values| are summed by a product with the (weighted) mask. Row-centred values go through
+`sample_marginals_general` (the per-cell reference: every cell of [head_index, component, T, T]).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import torch
 
 F64 = torch.float64
+BANDS = 4  # row bands of the fast path's abs sums (fewer, larger products: each op is a thread barrier)
 
 
 def _transform(V: torch.Tensor, amask, centre: bool, weight) -> torch.Tensor:
@@ -43,6 +49,14 @@ def sample_marginals(qf, qon, kf, kon, kid, qn, kn, sel, amask, centre: bool, we
     k_nodes [head_index, Nk, 4] (n, sum, abs_sum, sum_vs_features), and the side sums the caller reuses
     (completeness, feature share): q_feat / k_feat [head_index, T, d] (Σ of the side's features) and
     q_all / k_all [head_index, T, d] (the whole query / key)."""
+    if centre:
+        return sample_marginals_general(qf, qon, kf, kon, kid, qn, kn, sel, amask, centre, weight, scale)
+    return sample_marginals_fast(qf, qon, kf, kon, qn, kn, sel, weight, scale)
+
+
+def sample_marginals_general(qf, qon, kf, kon, kid, qn, kn, sel, amask, centre: bool, weight, scale: float) -> dict:
+    """`sample_marginals` from every cell's value: [head_index, component, T, T] per side and node kind,
+    transformed (centred, weighted), masked and summed. The reference, and the path of row-centred values."""
     H, T, K, _ = qf.shape
     L = kf.shape[2]
     qF, kF = qf.sum(2), kf.sum(2)  # [head_index, T, d]: all features of a position
@@ -94,3 +108,62 @@ def _key_means(mean: torch.Tensor, bk: torch.Tensor) -> torch.Tensor:
     """mean [head_index, i, bucket], bk [j, l] → [head_index, l, i, j]: the row-i mean of the key feature
     at slot (j, l)."""
     return mean[:, :, bk].permute(0, 3, 1, 2)
+
+
+def sample_marginals_fast(qf, qon, kf, kon, qn, kn, sel, weight, scale: float, bands: int = BANDS) -> dict:
+    """`sample_marginals` of uncentred values (any selection mask, weighted or not): sums from the side
+    sums (S_q = W @ k / attn_scale, S_k = Wᵀ @ q / attn_scale, W = sel × weight), abs sums from the cells the
+    selection reaches (`_abs_rows`, with |W|). Same numbers as `sample_marginals_general` up to float64
+    rounding (the sums are reassociated)."""
+    H, T, K, _ = qf.shape
+    qF, kF = qf.sum(2), kf.sum(2)  # [head_index, T, d]
+    qt, kt = qF + qn.sum(2), kF + kn.sum(2)
+    qts, kts, qFs, kFs = qt / scale, kt / scale, qF / scale, kF / scale
+    s = sel.to(F64)
+    w = s if weight is None else s * weight.to(F64)  # [T, T] or [head_index, T, T]: the sums' cell weights
+    wa = s if weight is None else w.abs()  # the abs sums' (|v·w| = |v|·|w|)
+    wT = w.transpose(-1, -2)
+    out = {"q_feat": qF, "k_feat": kF, "q_all": qt, "k_all": kt}
+    # the query side sums over key positions (rows i of W), the key side over query positions (rows j of Wᵀ)
+    for name, X, N, other, otherF, W, Wa, on, n in (
+            ("q", qf, qn, kts, kFs, w, wa, qon, s.sum(1)),
+            ("k", kf, kn, qts, qFs, wT, wa.transpose(-1, -2).contiguous(), kon, s.sum(0))):
+        C = X.shape[2]
+        XN = torch.cat([X, N], 2)  # [head_index, T, C + n_nodes, d]: features and nodes in one product
+        vals = _dot(XN, W @ other)  # [head_index, T, C + n_nodes]: Σ over the other side's positions
+        absv = _abs_rows(XN, other, Wa, _bands(sel if name == "q" else sel.T, bands))
+        onf = on.to(F64)  # [T, C]
+        out[f"{name}_val"] = torch.stack([(n[:, None] * onf).expand(H, T, C), vals[..., :C] * onf,
+                                          absv[..., :C] * onf], -1)
+        out[f"{name}_nodes"] = torch.stack([s.sum().expand(H, N.shape[2]), vals[..., C:].sum(1),
+                                            absv[..., C:].sum(1), _dot(N, W @ otherF).sum(1)], -1)
+    return out
+
+
+def _dot(X: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """X [head_index, T, C, d] · S [head_index, T, d] → [head_index, T, C]."""
+    return torch.matmul(X, S[..., None]).squeeze(-1)
+
+
+def _bands(sel: torch.Tensor, n: int) -> list[tuple[int, int, int, int]]:
+    """[(r0, r1, c0, c1)]: n bands of sel's rows [r0, r1) and the columns [c0, c1) their selected cells span
+    (bands that select nothing left out)."""
+    R = sel.shape[0]
+    cols = torch.arange(sel.shape[1], device=sel.device)
+    out = []
+    for r0, r1 in zip([R * b // n for b in range(n)], [R * (b + 1) // n for b in range(n)]):
+        on = cols[sel[r0:r1].any(0)]
+        if len(on):
+            out.append((r0, r1, int(on[0]), int(on[-1]) + 1))
+    return out
+
+
+def _abs_rows(X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor, bands: list) -> torch.Tensor:
+    """Σ_c W[r, c]·|X[h, r, x]·Y[h, c]| → [head_index, R, C] for X [head_index, R, C, d], Y [head_index, R', d],
+    W [R, R'] or [head_index, R, R'] (0 off the selection), one band of rows at a time against its columns."""
+    H, R, C, d = X.shape
+    out = torch.zeros(H, R, C, dtype=F64, device=X.device)
+    for r0, r1, c0, c1 in bands:
+        V = torch.bmm(X[:, r0:r1].reshape(H, (r1 - r0) * C, d), Y[:, c0:c1].transpose(1, 2)).abs_()
+        out[:, r0:r1] = torch.matmul(V.view(H, r1 - r0, C, c1 - c0), W[..., r0:r1, c0:c1, None]).squeeze(-1)
+    return out
