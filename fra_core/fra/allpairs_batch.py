@@ -304,10 +304,18 @@ def batch_marginals(model, layer: int, bs: BatchStats, projectors: tuple[Project
     for b in range(B):
         vecs = []
         for side, proj in ((q_side, projectors[0]), (k_side, projectors[1])):
-            v = side.coef[b].to(F64)[:, :, None, None] * proj.get(side.ids[b])  # [T, K, H, d]
-            vecs.append((_rotate(model, layer, v) if rotary else v).permute(2, 0, 1, 3))  # [H, T, K, d]
-        qn, kn = (side.nodes[b].to(F64).permute(1, 0, 2, 3) for side in (q_side, k_side))  # [H, T, n, d]
-        m = sample_marginals(vecs[0], q_side.coef[b] != 0, vecs[1], k_side.coef[b] != 0, k_side.ids[b], qn, kn,
+            K, (n, d) = side.ids.shape[2], side.nodes.shape[3:]
+            buf = torch.empty(H, T, K + n, d, dtype=F64, device=scores.device)  # features then nodes, no join copy
+            c, rows = side.coef[b].to(F64)[:, :, None, None], proj.get(side.ids[b])  # [T, K, 1, 1], [T, K, H, d]
+            feats = buf[:, :, :K].permute(1, 2, 0, 3)  # [T, K, H, d]: written in place
+            if rotary:
+                feats.copy_(_rotate(model, layer, c * rows))
+            else:
+                torch.mul(c, rows, out=feats)
+            buf[:, :, K:] = side.nodes[b].permute(1, 0, 2, 3)
+            vecs += [buf[:, :, :K], buf[:, :, K:]]  # [H, T, K, d], [H, T, n, d]
+        (qf, qn), (kf, kn) = vecs[:2], vecs[2:]
+        m = sample_marginals(qf, q_side.coef[b] != 0, kf, k_side.coef[b] != 0, k_side.ids[b], qn, kn,
                              sel, amask, options.row_centre, pattern[b] if options.attention_weighted else None,
                              scale)
         for s, side in (("q", q_side), ("k", k_side)):

@@ -129,7 +129,7 @@ def sample_marginals_fast(qf, qon, kf, kon, qn, kn, sel, weight, scale: float, b
             ("q", qf, qn, kts, kFs, w, wa, qon, s.sum(1)),
             ("k", kf, kn, qts, qFs, wT, wa.transpose(-1, -2).contiguous(), kon, s.sum(0))):
         C = X.shape[2]
-        XN = torch.cat([X, N], 2)  # [head_index, T, C + n_nodes, d]: features and nodes in one product
+        XN = _joined(X, N)  # [head_index, T, C + n_nodes, d]: features and nodes in one product
         vals = _dot(XN, W @ other)  # [head_index, T, C + n_nodes]: Σ over the other side's positions
         absv = _abs_rows(XN, other, Wa, _bands(sel if name == "q" else sel.T, bands))
         onf = on.to(F64)  # [T, C]
@@ -143,6 +143,17 @@ def sample_marginals_fast(qf, qon, kf, kon, qn, kn, sel, weight, scale: float, b
 def _dot(X: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
     """X [head_index, T, C, d] · S [head_index, T, d] → [head_index, T, C]."""
     return torch.matmul(X, S[..., None]).squeeze(-1)
+
+
+def _joined(X: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
+    """X [..., C, d] and N [..., n, d] side by side → [..., C + n, d]: a view when N follows X in one buffer
+    with the same strides (as `batch_marginals` lays them out), else a copy."""
+    same = (X.dtype == N.dtype and X.device == N.device and X.stride() == N.stride()
+            and X.untyped_storage().data_ptr() == N.untyped_storage().data_ptr()
+            and N.storage_offset() == X.storage_offset() + X.shape[-2] * X.stride(-2))
+    if same:
+        return X.as_strided(X.shape[:-2] + (X.shape[-2] + N.shape[-2], X.shape[-1]), X.stride())
+    return torch.cat([X, N], -2)
 
 
 def _bands(sel: torch.Tensor, n: int) -> list[tuple[int, int, int, int]]:

@@ -127,3 +127,20 @@ def test_sample_marginals_takes_the_fast_path_unless_centred(centre, monkeypatch
     got = sample_marginals(qf, qon, kf, kon, kid, qn, kn, sel, amask, centre, w, SCALE)
     assert taken == ["sample_marginals_general" if centre else "sample_marginals_fast"]
     assert _close(got, want)
+
+
+def test_features_and_nodes_of_one_buffer_are_joined_without_a_copy():
+    """`batch_marginals` lays a side's features and nodes out in one [H, T, K + n, d] buffer: the fast
+    path joins the two slices as a view of it (other inputs: a copy), with the same numbers."""
+    from fra_core.fra.marginals import _joined
+
+    qf, qon, kf, kon, kid, qn, kn, w = _inputs(4, None)
+    sel, _ = _masks("causal_nodiag")
+    bq, bk = torch.cat([qf, qn], 2), torch.cat([kf, kn], 2)
+    views = (bq[:, :, :K], bq[:, :, K:], bk[:, :, :L], bk[:, :, L:])
+    joined = _joined(views[0], views[1])
+    assert joined.data_ptr() == bq.data_ptr() and torch.equal(joined, bq)
+    assert _joined(qf, qn).data_ptr() != qf.data_ptr() and torch.equal(_joined(qf, qn), bq)
+    assert torch.equal(_joined(views[1], views[0]), torch.cat([qn, qf], 2))  # not in buffer order: a copy
+    got = sample_marginals_fast(views[0], qon, views[2], kon, views[1], views[3], sel, w, SCALE)
+    assert _close(got, _brute(qf, qon, kf, kon, qn, kn, sel, w))
