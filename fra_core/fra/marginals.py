@@ -171,10 +171,14 @@ def _bands(sel: torch.Tensor, n: int) -> list[tuple[int, int, int, int]]:
 
 def _abs_rows(X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor, bands: list) -> torch.Tensor:
     """Σ_c W[r, c]·|X[h, r, x]·Y[h, c]| → [head_index, R, C] for X [head_index, R, C, d], Y [head_index, R', d],
-    W [R, R'] or [head_index, R, R'] (0 off the selection), one band of rows at a time against its columns."""
+    W [R, R'] or [head_index, R, R'] (0 off the selection), one band of rows at a time against its columns
+    (the bands' values [head_index, rows · C, columns] share one buffer: no fresh pages per band)."""
     H, R, C, d = X.shape
     out = torch.zeros(H, R, C, dtype=F64, device=X.device)
+    buf = torch.empty(H * C * max([(r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in bands], default=0), dtype=F64,
+                      device=X.device)
     for r0, r1, c0, c1 in bands:
-        V = torch.bmm(X[:, r0:r1].reshape(H, (r1 - r0) * C, d), Y[:, c0:c1].transpose(1, 2)).abs_()
+        V = buf[:H * (r1 - r0) * C * (c1 - c0)].view(H, (r1 - r0) * C, c1 - c0)
+        torch.bmm(X[:, r0:r1].reshape(H, (r1 - r0) * C, d), Y[:, c0:c1].transpose(1, 2), out=V).abs_()
         out[:, r0:r1] = torch.matmul(V.view(H, r1 - r0, C, c1 - c0), W[..., r0:r1, c0:c1, None]).squeeze(-1)
     return out
