@@ -25,7 +25,7 @@ import torch
 
 from fra_core.fra.allpairs import ADD_CO, CO_COLUMNS, F64
 
-BLOCK = 1 << 24  # dense (row, col) cells per block: a bool mark and an int64 rank each (≈ 150 MB)
+BLOCK = 1 << 22  # dense (row, col) cells per block: its output rows' columns stay in cache one at a time
 
 
 def _ranks(ids: list[torch.Tensor], span: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,35 +73,43 @@ def merge_many(tables: list[dict], n_col_ids: int, block: int = BLOCK) -> dict:
     for b, ids in enumerate(found):
         pos = torch.empty(edges[b + 1] - edges[b], dtype=torch.long, device=dev)  # read only where marked
         pos[ids - edges[b]] = torch.arange(start, start + len(ids), device=dev)
+        steps = []  # (table, its rows lo:hi, their output rows, those an earlier table reached: in t, in out)
         for t, x, cut in zip(tables, local, cuts):
             lo, hi = cut[b], cut[b + 1]
             if lo < hi:
-                _combine(out, t, lo, hi, pos[x[lo:hi] - edges[b]], seen, alias)
+                at = pos.index_select(0, x[lo:hi] - edges[b])
+                both = seen.index_select(0, at).nonzero().squeeze(1)
+                steps.append((t, lo, hi, at, both + lo, at.index_select(0, both)))
+                seen.index_fill_(0, at, True)
+        _combine(out, steps, alias)  # column by column: one column's block of rows stays in cache
         start += len(ids)
     for c, same in alias.items():
         out[c] = out[same]
     return out
 
 
-def _combine(out: dict, t: dict, lo: int, hi: int, at: torch.Tensor, seen: torch.Tensor, alias: dict) -> None:
-    """Fold rows [lo, hi) of table t into output rows `at` (distinct, ascending): the first table to reach
-    a row copies its values, a later one adds its sums and replaces an extreme only when strictly better.
-    Every row of t is copied, then the rows an earlier table reached (`both`) get their combination."""
-    both = seen.index_select(0, at).nonzero().squeeze(1)
-    mine, theirs = both + lo, at.index_select(0, both)  # rows of t, of out
-    fixed = {}
+def _combine(out: dict, steps: list[tuple], alias: dict) -> None:
+    """Fold each step's rows (t, lo, hi, at, mine, theirs) into output rows `at`, in table order: the first
+    table to reach a row copies its values, a later one adds its sums and replaces an extreme only when
+    strictly better. Each table's rows are copied, then the rows an earlier table reached (t's rows `mine`,
+    output rows `theirs`) get their combination."""
     for c in ADD_CO:
         if c not in alias:
-            fixed[c] = out[c].index_select(0, theirs) + t[c].index_select(0, mine)
+            o = out[c]
+            for t, lo, hi, at, mine, theirs in steps:
+                both = o.index_select(0, theirs) + t[c].index_select(0, mine)
+                o.index_copy_(0, at, t[c][lo:hi])
+                o.index_copy_(0, theirs, both)
     for c, better in (("mx", torch.gt), ("mn", torch.lt)):
-        v, cur = t[c].index_select(0, mine), out[c].index_select(0, theirs)
-        take = better(v, cur)
-        fixed[c] = torch.where(take, v, cur)
-        fixed[c + "_c"] = torch.where(take, t[c + "_c"].index_select(0, mine), out[c + "_c"].index_select(0, theirs))
-    for c, v in fixed.items():
-        out[c].index_copy_(0, at, t[c][lo:hi])
-        out[c].index_copy_(0, theirs, v)
-    seen.index_fill_(0, at, True)
+        o, oc = out[c], out[c + "_c"]
+        for t, lo, hi, at, mine, theirs in steps:
+            v, cur = t[c].index_select(0, mine), o.index_select(0, theirs)
+            take = better(v, cur)
+            cell = torch.where(take, t[c + "_c"].index_select(0, mine), oc.index_select(0, theirs))
+            o.index_copy_(0, at, t[c][lo:hi])
+            oc.index_copy_(0, at, t[c + "_c"][lo:hi])
+            o.index_copy_(0, theirs, torch.where(take, v, cur))
+            oc.index_copy_(0, theirs, cell)
 
 
 def reduce_tables(tables: list[dict | None], unique_keys: bool = False, n_col_ids: int | None = None
