@@ -1,10 +1,11 @@
 """The all-pair shard body against a git reference of fra_core, in ONE process, on the same samples.
 
     python benchmarks/bench_allpairs_compute.py [--ref main] [--reps 3] [--threads 2] [--case gpt2|demo]
+                                                [--samples 2]
 
 The reference's fra_core (`git show REF:fra_core/...`) is extracted into a temporary folder as the
 package `fra_core_ref` (its absolute imports renamed), so both versions run side by side in this
-process: `compute_shard` of a 2-sample shard of statistics='all_pairs' on the GPT-2-shaped case of
+process: `compute_shard` of a --samples shard (default 2) of statistics='all_pairs' on the GPT-2-shaped case of
 `bench_allpairs_paths` (12 heads, d_sae 24 576, T 128, Zipf(1.1) activations), alternating ref / new,
 best of --reps, after one warm-up shard each (of other samples); --case demo: the demo model, layer 1,
 all heads, 32 demo texts in batches of 16 (case a of bench_accumulate).
@@ -107,15 +108,16 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--case", choices=("gpt2", "demo"), default="gpt2")
+    ap.add_argument("--samples", type=int, default=2, help="samples in the GPT-2-shaped shard (its one batch each)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from bench_allpairs_paths import gpt2_shaped, id_texts
 
     if args.case == "gpt2":
         model, sae, _ = gpt2_shaped(T=128)
-        items = list(enumerate(id_texts(3, 128)))
-        case = dict(layer=0, n_samples=2, batch_size=1, shard_size=2, k_active=32, context_length=128)
-        n = 2
+        n = args.samples
+        items = list(enumerate(id_texts(n + 1, 128)))
+        case = dict(layer=0, n_samples=n, batch_size=1, shard_size=n, k_active=32, context_length=128)
     else:  # the demo model, layer 1, all heads, 32 demo texts in batches of 16 (as bench_accumulate's case a)
         from fra_core.models.demo import demo_texts, load_demo_model
         from fra_core.sae import load_sae

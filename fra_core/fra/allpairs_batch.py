@@ -18,7 +18,8 @@ import dataclasses
 import torch
 
 from fra_core.fra.aggregate import compact_ids
-from fra_core.fra.allpairs import F64, head_stats, percell_rows, reduce_tables, sample_groups, sample_table, split_key
+from fra_core.fra.allpairs import F64, head_stats, percell_rows, sample_groups, sample_table, split_key
+from fra_core.fra.allpairs_merge import reduce_tables
 from fra_core.fra.engine import attention_mask, run_sides, selection_mask
 from fra_core.fra.options import FRAInputError, FRAOptions
 from fra_core.fra.sides import parse_dictionary, sae_decoder, side_maps
@@ -195,7 +196,7 @@ def cotable(model, layer: int, bs: BatchStats, options: FRAOptions, projectors: 
                                            options.row_centre,
                                            pat[b0:b1, hi] if options.attention_weighted else None, spans, hi, b0,
                                            layout))
-    return reduce_tables(tables, unique_keys=not rotary)
+    return reduce_tables(tables, unique_keys=not rotary, n_col_ids=spans[1])
 
 
 def with_heads(bs: BatchStats, co: dict | None, projectors: tuple[Projector, Projector]) -> BatchStats:

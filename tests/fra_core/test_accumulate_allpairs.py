@@ -123,13 +123,14 @@ def test_example_cells_hold_their_values(run):
 
 
 def test_shard_table_folded_over_many_batches_is_the_same(run, tmp_path, monkeypatch):
-    """One batch per sample, tables folded every 2 batches, one 5-sample shard, one example per pair:
+    """One batch per sample, tables folded every 3 batches, one 5-sample shard, one example per pair:
     the same totals as the 2-batch, 3-sample shards (counts/max/min exactly, sums to float64
     rounding), and each pair's one example is its max or min cell, whichever has the larger |value|."""
     from fra_core.accumulate.allpairs import AllPairsShard
 
     model, saes, cfg, job = run
-    monkeypatch.setattr(AllPairsShard, "FOLD", 2)
+    monkeypatch.setattr(AllPairsShard, "FOLD", 3)  # three tables at a time: the one-pass merge (merge_many)
+    monkeypatch.setattr(AllPairsShard, "GROWTH", 0)  # and fold again into the growing one
     other = tmp_path / "folded"
     other.mkdir()
     run_accumulate(AccumulateFRAConfig(**{**CFG, "batch_size": 1, "shard_size": 5, "examples_per_pair": 1}),

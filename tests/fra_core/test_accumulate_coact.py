@@ -31,7 +31,7 @@ def parts2(tmp_path_factory):
 def _shard(parts2, k: int, **kw):
     """(runner, the shard's arrow tables, the old per-head (pairs, examples) of the same reduced tables)."""
     from fra_core.accumulate.run import prepare
-    from fra_core.fra.allpairs import reduce_tables
+    from fra_core.fra.allpairs_merge import reduce_tables
 
     model, saes = parts2
     cfg = AccumulateFRAConfig(**{**CFG, "examples_per_pair": k, **kw})

@@ -281,7 +281,7 @@ def test_sorted_merge_equals_the_generic_reduction():
     reduction (unique_keys=False) of the same tables: keys, counts, extremes and their cells (ties: the
     earliest table's cell) identical, sums to float64 rounding; tables with shared, new and no keys; raw
     tables (abs is s, dabs is ds: one tensor) merge into a raw table."""
-    from fra_core.fra.allpairs import reduce_tables
+    from fra_core.fra.allpairs_merge import reduce_tables
 
     g = torch.Generator().manual_seed(0)
     for trial in range(30):
