@@ -170,7 +170,7 @@ def _bands(sel: torch.Tensor, n: int) -> list[tuple[int, int, int, int]]:
 
 
 def _abs_rows(X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor, bands: list) -> torch.Tensor:
-    """Σ_c W[r, c]·|X[h, r, x]·Y[h, c]| → [head_index, R, C] for X [head_index, R, C, d], Y [head_index, R', d],
+    """Σ_j W[r, j]·|X[h, r, c]·Y[h, j]| → [head_index, R, C] for X [head_index, R, C, d], Y [head_index, R', d],
     W [R, R'] or [head_index, R, R'] (0 off the selection), one band of rows at a time against its columns
     (the bands' values [head_index, rows · C, columns] share one buffer: no fresh pages per band)."""
     H, R, C, d = X.shape
