@@ -103,7 +103,6 @@ class AllPairsShard:
         self.err: dict[int, torch.Tensor] = {}  # layer → [head_index, 2]: max |error|, max |score|
         self.share: dict[int, dict] = {p.layer: {} for p in runner.plans}  # layer → head → [Σ|F|, Σ|N|]
         self.folded: dict[int, int] = {}  # layer → rows of its first table when that is a reduction
-        self.col_ids: dict[int, int] = {}  # layer → its keys' column span (Gk)
 
     def add_table(self, layer: int, co: dict | None, n_col_ids: int) -> None:
         from fra_core.fra.allpairs_merge import reduce_tables
@@ -112,7 +111,6 @@ class AllPairsShard:
             return
         tables = self.co[layer]
         tables.append(co)
-        self.col_ids[layer] = n_col_ids
         fresh = sum(len(t["key"]) for t in tables) - self.folded.get(layer, 0)
         if len(tables) >= self.FOLD and fresh >= self.GROWTH * self.folded.get(layer, 0):
             self.co[layer] = [reduce_tables(tables, unique_keys=True, n_col_ids=n_col_ids)]  # distinct keys each
@@ -124,10 +122,11 @@ class AllPairsShard:
         out = self.base.arrow(codec, layer)  # samples, features, feature_tokens (no pair tables here)
         got = {kind: [] for kind in ("pairs", "examples", "coact", "proj")}
         for L, tables in self.co.items():
-            co = reduce_tables(tables, unique_keys=True, n_col_ids=self.col_ids.get(L))
+            template = self.template.get(L)  # set with the layer's first table: its spans give Gk
+            co = reduce_tables(tables, unique_keys=True, n_col_ids=template.spans[1] if template else None)
             if co is None:
                 continue
-            self.co[L], template, plan = [], self.template[L], self.runner.plan(L)
+            self.co[L], plan = [], self.runner.plan(L)
             if template.per_head:  # attention-weighted or rotary: each head's own table
                 for p, e in self.runner.head_tables(L, template, co, self.k):
                     got["pairs"].append(p), got["examples"].append(e)
